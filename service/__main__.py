@@ -1,0 +1,54 @@
+"""Run the service: ``python -m service --host 127.0.0.1 --port 8000 --model-dir model``.
+
+Flags override the TRANSERVE_* environment settings. uvicorn handles SIGTERM: it stops
+accepting connections, lets in-flight requests finish, runs the lifespan shutdown (which
+drains the batcher) and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m service", description="transerve HTTP service")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--model-dir")
+    p.add_argument("--provider", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int)
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    args = p.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as e:
+        print(f"invalid settings: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service.app import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=settings.request_timeout_s,
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    # uvicorn returns after a lifespan startup failure (e.g. no model directory) without raising
+    return 0 if server.started else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The FastAPI application factory. Models load in the lifespan, never at import time."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from service.batcher import Batcher
+from service.bundle import find_bundles
+from service.errors import ServiceError
+from service.metrics import Metrics
+from service.middleware import BodyLimitAndMetrics
+from service.registry import ModelDirError, load_registry
+from service.security import RateLimiter
+from service.settings import Settings, get_settings
+from service.state import ServiceState
+
+log = logging.getLogger("service")
+
+
+def _load(state: ServiceState) -> None:
+    """Create the onnxruntime sessions and the batcher (in a thread: /health answers meanwhile)."""
+    try:
+        registry = load_registry(state.settings)
+        runners: dict[str, Any] = {}
+        for name, engine in registry.translators().items():
+            engine.on_tokens = lambda n, name=name: state.metrics.tokens.labels(name).inc(n)
+            runners[name] = engine.translate
+        for name, engine in registry.classifiers().items():
+            runners[name] = engine.predict
+        s = state.settings
+
+        def on_batch(model: str, size: int, seconds: float) -> None:
+            state.metrics.batch_size.labels(model).observe(size)
+            state.metrics.batch_seconds.labels(model).observe(seconds)
+
+        state.batcher = Batcher(runners, s.max_batch_size, s.max_wait_ms, s.max_queue, on_batch=on_batch)
+        state.registry = registry
+        state.ready_seconds = round(time.monotonic() - state.started, 3)
+        log.info(
+            "ready in %.2fs: %s",
+            state.ready_seconds,
+            {n: ("ready" if m.ready else "failed") for n, m in registry.models.items()},
+        )
+    except Exception as e:
+        state.load_error = str(e)
+        log.exception("loading models failed")
+    finally:
+        state.loading = False
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = ServiceState(settings=settings, metrics=metrics)
+        if settings.rate_limit_per_minute:
+            state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+        app.state.service = state
+        # A missing or empty model directory is a configuration error: refuse to start.
+        if not settings.model_dir.is_dir() or not find_bundles(settings.model_dir):
+            raise ModelDirError(
+                f"model directory {settings.model_dir.resolve()} "
+                + ("does not exist" if not settings.model_dir.is_dir() else "holds no bundle (*/manifest.json)")
+            )
+        loader = threading.Thread(target=_load, args=(state,), name="model-loader", daemon=True)
+        loader.start()
+        yield
+        loader.join()
+        if state.batcher:
+            state.batcher.stop()
+
+    app = FastAPI(
+        title="transerve",
+        version="0.1.0",
+        description="Transformer translation and text classification on onnxruntime. "
+        "LibreTranslate-compatible /translate, /detect and /languages.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.dependency_overrides[get_settings] = lambda: settings
+
+    from service.routes import classify, system, translate
+
+    app.include_router(translate.router)
+    app.include_router(classify.router)
+    app.include_router(system.router)
+    _document_request_bodies(app)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        body: dict[str, Any] = {"error": exc.message, **exc.extra}
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
+            msg = str(err.get("msg", "")).removeprefix("Value error, ")
+            problems.append(f"{where}: {msg}" if where else msg)
+        return JSONResponse({"error": "; ".join(problems) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = uuid.uuid4().hex[:12]
+        log.error("request %s %s failed (request_id=%s)", request.method, request.url.path, request_id, exc_info=exc)
+        return JSONResponse({"error": "internal error", "request_id": request_id}, status_code=500)
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
+    app.add_middleware(BodyLimitAndMetrics, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    return app
+
+
+def _document_request_bodies(app: FastAPI) -> None:
+    """The routes parse JSON or form bodies themselves (LibreTranslate accepts both), so their
+    request models are added to the OpenAPI components by hand."""
+    from service.schemas import ClassifyRequest, DetectRequest, TranslateRequest
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (TranslateRequest, DetectRequest, ClassifyRequest):
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(js.pop("$defs", {}))
+            components[model.__name__] = js
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,171 @@
+"""Dynamic batching: concurrent requests' texts are merged into model calls on one worker thread.
+
+The event loop never runs a model: a route submits its texts and awaits a future. The worker
+takes the oldest waiting job, waits up to ``max_wait_ms`` for more jobs for the same model (or
+until ``max_batch_size`` texts are there), sorts the texts by length to avoid padding, runs the
+model in chunks of at most ``max_batch_size`` and hands every job its own results. One worker
+keeps one model call at a time on the cores, which on a small CPU is the fastest schedule.
+
+The queue is bounded in texts: when it is full, ``submit`` raises ``QueueFull`` at once (the
+route answers 503 with Retry-After) instead of letting memory grow. An exception inside one
+model call fails only the jobs of that call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RunFn = Callable[[Sequence[str]], Sequence[Any]]
+
+
+class QueueFull(Exception):
+    """The batcher holds max_queue texts already."""
+
+
+class BatcherStopped(Exception):
+    """The batcher is shutting down and takes no new work."""
+
+
+@dataclass
+class _Job:
+    model: str
+    texts: Sequence[str]
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    def __init__(
+        self,
+        runners: dict[str, RunFn],
+        max_batch_size: int = 32,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 2048,
+        length: Callable[[str], int] = len,
+        on_batch: Callable[[str, int, float], None] | None = None,
+    ) -> None:
+        self.runners = runners
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.length = length
+        self.on_batch = on_batch
+        self._jobs: deque[_Job] = deque()
+        self._queued = 0  # texts waiting
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name="batcher", daemon=True)
+        self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    async def submit(self, model: str, texts: Sequence[str]) -> list[Any]:
+        """Run `texts` through `model` in some batch; returns their results in order."""
+        if model not in self.runners:
+            raise KeyError(model)
+        loop = asyncio.get_running_loop()
+        job = _Job(model, list(texts), loop.create_future(), loop)
+        with self._cv:
+            if self._stopping:
+                raise BatcherStopped()
+            if self._queued + len(job.texts) > self.max_queue:
+                raise QueueFull()
+            self._jobs.append(job)
+            self._queued += len(job.texts)
+            self._cv.notify()
+        return await job.future
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish every job already accepted, then end the worker."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+    # -- worker -----------------------------------------------------------------------------
+
+    def _take(self) -> list[_Job] | None:
+        """Block until there is work; return the jobs of one batch (one model)."""
+        with self._cv:
+            while not self._jobs:
+                if self._stopping:
+                    return None
+                self._cv.wait()
+            first = self._jobs[0]
+            deadline = first.enqueued + self.max_wait
+            while not self._stopping:
+                waiting = sum(len(j.texts) for j in self._jobs if j.model == first.model)
+                remaining = deadline - time.monotonic()
+                if waiting >= self.max_batch_size or remaining <= 0:
+                    break
+                self._cv.wait(remaining)
+            taken, kept, size = [], deque(), 0
+            for job in self._jobs:
+                if job.model == first.model and (not taken or size + len(job.texts) <= self.max_batch_size):
+                    taken.append(job)
+                    size += len(job.texts)
+                else:
+                    kept.append(job)
+            self._jobs = kept
+            self._queued -= size
+            return taken
+
+    def _work(self) -> None:
+        while (jobs := self._take()) is not None:
+            self._run(jobs)
+
+    def _run(self, jobs: list[_Job]) -> None:
+        model = jobs[0].model
+        items = [(j, i, t) for j in jobs for i, t in enumerate(j.texts)]
+        items.sort(key=lambda it: self.length(it[2]))
+        results: dict[int, list[Any]] = {id(j): [None] * len(j.texts) for j in jobs}
+        failed: dict[int, BaseException] = {}
+        for start in range(0, len(items), self.max_batch_size):
+            chunk = items[start : start + self.max_batch_size]
+            live = [it for it in chunk if id(it[0]) not in failed]
+            if not live:
+                continue
+            t0 = time.perf_counter()
+            try:
+                outputs = self.runners[model]([it[2] for it in live])
+            except Exception as exc:
+                log.exception("model %s failed on a batch of %d texts", model, len(live))
+                for it in live:
+                    failed[id(it[0])] = exc
+                continue
+            if self.on_batch:
+                self.on_batch(model, len(live), time.perf_counter() - t0)
+            for (job, i, _), out in zip(live, outputs):
+                results[id(job)][i] = out
+        for job in jobs:
+            if id(job) in failed:
+                self._resolve(job, exc=failed[id(job)])
+            else:
+                self._resolve(job, result=results[id(job)])
+
+    @staticmethod
+    def _resolve(job: _Job, result: Any = None, exc: BaseException | None = None) -> None:
+        def settle() -> None:
+            if job.future.done():  # the client gave up (timeout, disconnect)
+                return
+            if exc is not None:
+                job.future.set_exception(exc)
+            else:
+                job.future.set_result(result)
+
+        try:
+            job.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass

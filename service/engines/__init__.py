@@ -1,0 +1,1 @@
+"""Inference engines over onnxruntime: greedy translation and classification."""

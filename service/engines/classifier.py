@@ -1,0 +1,45 @@
+"""Batched text classification: one encoder graph with pooling and softmax inside.
+
+Graph: ids (B, T) int64 -> probabilities (B, n_labels) float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from service.bundle import Manifest
+from service.engines.runtime import BundleEngine
+
+
+class Classifier(BundleEngine):
+    def __init__(
+        self,
+        bundle_dir: Path,
+        manifest: Manifest,
+        providers: list[str],
+        threads: int = 0,
+        variant: str | None = None,
+    ) -> None:
+        super().__init__(bundle_dir, manifest, variant)
+        self.graph = self.session("classifier", providers, threads)
+        self.pad, self.bos = manifest.special_ids["pad"], manifest.special_ids["bos"]
+        self.labels = list(manifest.labels)
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """<s> (the classification position) + pieces, cut to the model's length."""
+        return [[self.bos] + ids[: self.max_len - 1] for ids in self.sp.encode(list(texts))]
+
+    def n_tokens(self, text: str) -> int:
+        return len(self.sp.encode(text)) + 1
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        """Probabilities (N, n_labels) for one batch of texts, in their order."""
+        encoded = self.encode(texts)
+        ids = np.full((len(encoded), max(len(e) for e in encoded)), self.pad, dtype=np.int64)
+        for i, e in enumerate(encoded):
+            ids[i, : len(e)] = e
+        (probs,) = self.graph.run(None, {"ids": ids})
+        return probs

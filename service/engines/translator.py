@@ -1,0 +1,114 @@
+"""Greedy autoregressive translation in numpy around an encoder and a KV-cache decoder graph.
+
+Encoder graph:  src_ids (B, S) int64 -> cross_k, cross_v (L, B, H, S, Dh)
+Decoder graph:  input_ids (B, 1) int64, src_mask (B, S) bool, past_k, past_v (L, B, H, T, Dh),
+                cross_k, cross_v -> logits (B, V), present_k, present_v (L, B, H, T+1, Dh)
+
+Each row stops at </s> or at a limit derived from its source length; finished rows leave the
+batch (their cache slices are dropped), so late steps only pay for sentences still running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from service.bundle import Manifest
+from service.engines.runtime import BundleEngine
+
+
+class Translator(BundleEngine):
+    def __init__(
+        self,
+        bundle_dir: Path,
+        manifest: Manifest,
+        providers: list[str],
+        threads: int = 0,
+        variant: str | None = None,
+        max_output_ratio: float = 1.5,
+        max_output_extra: int = 10,
+    ) -> None:
+        super().__init__(bundle_dir, manifest, variant)
+        self.encoder = self.session("encoder", providers, threads)
+        self.decoder = self.session("decoder", providers, threads)
+        ids = manifest.special_ids
+        self.pad, self.bos, self.eos = ids["pad"], ids["bos"], ids["eos"]
+        m = manifest.model
+        self.n_layers, self.n_heads = m["n_decoder_layers"], m["n_heads"]
+        self.d_head = m["d_model"] // m["n_heads"]
+        self.ratio, self.extra = max_output_ratio, max_output_extra
+        self.on_tokens: Callable[[int], None] | None = None  # told how many tokens each call made
+
+    # -- text level -------------------------------------------------------------------------
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Source ids: pieces + </s>, cut to the model's length."""
+        return [ids[: self.max_len - 1] + [self.eos] for ids in self.sp.encode(list(texts))]
+
+    def n_tokens(self, text: str) -> int:
+        return len(self.sp.encode(text)) + 1
+
+    def translate(self, texts: Sequence[str]) -> list[str]:
+        """Translate one batch of sentences (empty strings give empty strings)."""
+        out = [""] * len(texts)
+        todo = [i for i, t in enumerate(texts) if t.strip()]
+        if not todo:
+            return out
+        encoded = self.encode([texts[i] for i in todo])
+        order = sorted(range(len(todo)), key=lambda k: len(encoded[k]))
+        results = self.generate([encoded[k] for k in order])
+        decoded = self.sp.decode(results)
+        for k, text in zip(order, decoded):
+            out[todo[k]] = text
+        return out
+
+    # -- id level ---------------------------------------------------------------------------
+
+    def generate(self, sources: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Greedy decoding of a batch of source id lists (each ending in </s>)."""
+        b = len(sources)
+        lengths = np.array([len(s) for s in sources])
+        src = np.full((b, lengths.max()), self.pad, dtype=np.int64)
+        for i, s in enumerate(sources):
+            src[i, : len(s)] = s
+        src_mask = src != self.pad
+        cross_k, cross_v = self.encoder.run(None, {"src_ids": src})
+        limits = np.minimum(self.max_len - 1, (lengths * self.ratio).astype(np.int64) + self.extra)
+        steps = int(limits.max())
+
+        out = np.full((b, steps), self.pad, dtype=np.int64)
+        out_len = np.zeros(b, dtype=np.int64)
+        alive = np.arange(b)  # original rows still decoding, in batch order
+        tokens = np.full((b, 1), self.bos, dtype=np.int64)
+        empty = np.zeros((self.n_layers, b, self.n_heads, 0, self.d_head), dtype=np.float32)
+        past_k, past_v = empty, empty
+        for step in range(steps):
+            logits, past_k, past_v = self.decoder.run(
+                None,
+                {
+                    "input_ids": tokens,
+                    "src_mask": src_mask,
+                    "past_k": past_k,
+                    "past_v": past_v,
+                    "cross_k": cross_k,
+                    "cross_v": cross_v,
+                },
+            )
+            next_ids = logits.argmax(-1)
+            ended = next_ids == self.eos
+            out[alive[~ended], step] = next_ids[~ended]
+            out_len[alive[~ended]] = step + 1
+            keep = ~ended & (step + 1 < limits[alive])
+            if not keep.all():
+                if not keep.any():
+                    break
+                alive, next_ids = alive[keep], next_ids[keep]
+                src_mask = src_mask[keep]
+                past_k, past_v = past_k[:, keep], past_v[:, keep]
+                cross_k, cross_v = cross_k[:, keep], cross_v[:, keep]
+            tokens = next_ids[:, None]
+        if self.on_tokens:
+            self.on_tokens(int(out_len.sum()))
+        return [out[i, : out_len[i]].tolist() for i in range(b)]

@@ -1,0 +1,40 @@
+"""Prometheus metrics, on a registry per app (tests build many apps in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "transerve_requests_total", "HTTP requests", ["endpoint", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "transerve_request_seconds",
+            "HTTP request latency",
+            ["endpoint"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "transerve_batch_size",
+            "texts per model call",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "transerve_batch_seconds", "model call duration", ["model"], registry=self.registry
+        )
+        self.queue_depth = Gauge("transerve_queue_depth", "texts waiting for a batch", registry=self.registry)
+        self.tokens = Counter(
+            "transerve_generated_tokens_total", "target tokens generated", ["model"], registry=self.registry
+        )
+        self.rejected = Counter(
+            "transerve_rejected_total",
+            "requests refused for overload or rate limit",
+            ["reason"],
+            registry=self.registry,
+        )

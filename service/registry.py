@@ -1,0 +1,100 @@
+"""Loads every bundle of the model directory; a bad bundle is refused and reported, the rest serve."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.bundle import BundleError, Manifest, find_bundles, load_manifest
+from service.engines.classifier import Classifier
+from service.engines.runtime import resolve_providers
+from service.engines.translator import Translator
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelDirError(Exception):
+    """The model directory is missing or holds no bundle: the service cannot start."""
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    manifest: Manifest | None
+    engine: Translator | Classifier | None = None
+    error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None
+
+
+@dataclass
+class Registry:
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    # (source, target) -> translation model name
+    pairs: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    @property
+    def all_ready(self) -> bool:
+        return bool(self.models) and all(m.ready for m in self.models.values())
+
+    def translators(self) -> dict[str, Translator]:
+        return {n: m.engine for n, m in self.models.items() if isinstance(m.engine, Translator)}
+
+    def classifiers(self) -> dict[str, Classifier]:
+        return {n: m.engine for n, m in self.models.items() if isinstance(m.engine, Classifier)}
+
+
+def load_registry(settings: Settings) -> Registry:
+    model_dir = settings.model_dir
+    if not model_dir.is_dir():
+        raise ModelDirError(f"model directory {model_dir} does not exist")
+    bundles = find_bundles(model_dir)
+    if not bundles:
+        raise ModelDirError(f"model directory {model_dir} holds no bundle (no */manifest.json)")
+    providers = resolve_providers(settings.provider)
+    registry = Registry()
+    for bundle_dir in bundles:
+        name = bundle_dir.name
+        loaded = LoadedModel(name=name, manifest=None)
+        try:
+            loaded.manifest = load_manifest(bundle_dir, verify=True)
+            loaded.engine = _engine(bundle_dir, loaded.manifest, providers, settings)
+        except Exception as e:  # noqa: BLE001 - one broken bundle must not stop the others
+            # BundleError (manifest, checksums), OSError, and onnxruntime's own Fail /
+            # InvalidGraph / InvalidProtobuf for a graph it cannot load.
+            loaded.error = str(e) if isinstance(e, BundleError) else f"{type(e).__name__}: {e}"
+            log.error("refused bundle %s: %s", bundle_dir, e)
+        else:
+            log.info(
+                "loaded %s (%s, variant %s) on %s",
+                name,
+                loaded.manifest.task,
+                loaded.engine.variant,
+                loaded.engine.provider,
+            )
+            m = loaded.manifest
+            if m.task == "translation":
+                pair = (m.source_lang, m.target_lang)
+                if pair in registry.pairs:
+                    log.warning(
+                        "%s and %s both translate %s->%s; using %s",
+                        registry.pairs[pair],
+                        name,
+                        *pair,
+                        registry.pairs[pair],
+                    )
+                else:
+                    registry.pairs[pair] = name
+        registry.models[name] = loaded
+    return registry
+
+
+def _engine(bundle_dir: Path, manifest: Manifest, providers: list[str], settings: Settings):
+    variant = settings.variant if settings.variant in manifest.variants else None
+    if manifest.task == "translation":
+        return Translator(bundle_dir, manifest, providers, settings.threads, variant)
+    return Classifier(bundle_dir, manifest, providers, settings.threads, variant)

@@ -1,0 +1,80 @@
+"""Health, readiness, model list, Prometheus metrics and the web page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.schemas import ModelInfo
+from service.state import ServiceState
+
+router = APIRouter(tags=["system"])
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+@router.get("/health", summary="Liveness: the process answers")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready", summary="Readiness: 200 once the models are loaded, 503 before")
+async def ready(request: Request) -> JSONResponse:
+    state: ServiceState = request.app.state.service
+    if state.loading:
+        return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
+    reg = state.registry
+    if reg is None or not any(m.ready for m in reg.models.values()):
+        return JSONResponse(
+            {
+                "status": "failed",
+                "error": state.load_error or "no model could be loaded",
+                "failed": {n: m.error for n, m in (reg.models.items() if reg else [])},
+            },
+            status_code=503,
+        )
+    failed = {n: m.error for n, m in reg.models.items() if not m.ready}
+    return JSONResponse(
+        {
+            "status": "degraded" if failed else "ready",
+            "models": sorted(n for n, m in reg.models.items() if m.ready),
+            "failed": failed,
+            "ready_seconds": state.ready_seconds,
+        }
+    )
+
+
+@router.get("/models", response_model=list[ModelInfo], summary="Bundles, their status, languages or labels, metrics")
+async def models(request: Request) -> list[ModelInfo]:
+    state: ServiceState = request.app.state.service
+    out = []
+    for name, m in sorted((state.registry.models if state.registry else {}).items()):
+        man = m.manifest
+        out.append(
+            ModelInfo(
+                name=name,
+                task=man.task if man else "unknown",
+                status="ready" if m.ready else "failed",
+                error=m.error,
+                version=man.version if man else None,
+                source_lang=(man.source_lang or None) if man else None,
+                target_lang=(man.target_lang or None) if man else None,
+                labels=list(man.labels) if man else [],
+                variant=m.engine.variant if m.engine else None,
+                provider=m.engine.provider if m.engine else None,
+                metrics=list(man.metrics) if man else [],
+            )
+        )
+    return out
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> FileResponse:
+    return FileResponse(STATIC / "index.html", media_type="text/html")

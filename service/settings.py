@@ -1,0 +1,54 @@
+"""Service settings: one pydantic-settings class, environment prefix ``TRANSERVE_``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Environment: ``TRANSERVE_<NAME>`` (lists comma-separated)."""
+
+    model_config = SettingsConfigDict(env_prefix="TRANSERVE_", extra="ignore")
+
+    model_dir: Path = Field(Path("model"), description="folder of model bundles (one per sub-folder)")
+    provider: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="onnxruntime execution provider")
+    threads: int = Field(0, ge=0, description="intra-op threads per onnxruntime session (0 = all cores)")
+    variant: str = Field("", description="bundle variant to load (fp32, int8); empty = the bundle's default")
+    langid_model: str = Field("langid", description="classification bundle used for /detect and source=auto")
+
+    max_chars: int = Field(5000, ge=1, description="max characters per request (all items together)")
+    max_items: int = Field(64, ge=1, description="max texts in one request")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="request bodies larger than this get 413")
+    max_batch_size: int = Field(32, ge=1, description="max sentences per model call")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
+    max_queue: int = Field(2048, ge=1, description="max sentences waiting; beyond it requests get 503")
+    request_timeout_s: float = Field(30.0, gt=0, description="a request still waiting after this gets 504")
+
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="allowed CORS origins; empty = CORS closed"
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="accepted API keys; empty = no key needed"
+    )
+    rate_limit_per_minute: int = Field(0, ge=0, description="requests per minute per API key or client IP; 0 = off")
+
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535, description="0 = any free port")
+    log_level: str = "info"
+
+    @field_validator("cors_origins", "api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

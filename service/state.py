@@ -1,0 +1,31 @@
+"""The service's runtime state, hung on ``app.state.service``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.batcher import Batcher
+from service.metrics import Metrics
+from service.registry import Registry
+from service.security import RateLimiter
+from service.settings import Settings
+
+
+@dataclass
+class ServiceState:
+    """Everything the routes need, hung on ``app.state.service``."""
+
+    settings: Settings
+    metrics: Metrics
+    registry: Registry | None = None
+    batcher: Batcher | None = None
+    rate_limiter: RateLimiter | None = None
+    loading: bool = True
+    started: float = field(default_factory=time.monotonic)
+    ready_seconds: float | None = None
+    load_error: str | None = None
+
+    def info(self) -> dict[str, Any]:
+        return {"loading": self.loading, "ready_seconds": self.ready_seconds}

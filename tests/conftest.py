@@ -1,0 +1,211 @@
+"""Shared fixtures: tiny corpora written to tmp dirs, tiny models, and exported tiny bundles.
+
+Nothing here needs ../shared: the data is made in the test. Tests that need the real corpora
+carry the `corpus` marker and skip outside CI when ../shared/data is absent.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+WORDS_DE = "hallo welt haus katze hund ein eine der die das mann frau kind spielt läuft rot blau".split()
+WORDS_EN = "hello world house cat dog a an the the the man woman child plays runs red blue".split()
+
+
+def pytest_configure(config):
+    # Tiny models run fastest on one thread, and tests must not fight a background job for cores.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    if SHARED_DATA.is_dir():
+        return
+    if os.environ.get("CI"):
+        raise pytest.UsageError(f"CI must run the corpus tests, but {SHARED_DATA} is missing")
+    skip = pytest.mark.skip(reason=f"needs the real corpora in {SHARED_DATA} (run in CI)")
+    for item in items:
+        if "corpus" in item.keywords:
+            item.add_marker(skip)
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def make_parallel_corpus(root: Path, n_train: int = 400, n_valid: int = 20, seed: int = 0) -> Path:
+    """A toy de-en corpus: word-by-word substitution, so a tiny model can learn it."""
+    rng = random.Random(seed)
+    lookup = dict(zip(WORDS_DE, WORDS_EN))
+
+    def pairs(n: int) -> tuple[list[str], list[str]]:
+        de, en = [], []
+        for _ in range(n):
+            words = [rng.choice(WORDS_DE) for _ in range(rng.randint(2, 7))]
+            de.append(" ".join(words))
+            en.append(" ".join(lookup[w] for w in words))
+        return de, en
+
+    for split, n in (("train", n_train), ("val", n_valid), ("test", n_valid)):
+        de, en = pairs(n)
+        write_lines(root / f"{split}.de.gz", de)
+        write_lines(root / f"{split}.en.gz", en)
+    return root
+
+
+def make_tsv(root: Path, n_train: int = 300, n_valid: int = 40, seed: int = 0) -> Path:
+    """A separable sentiment task: positive texts contain 'good'-words, negative 'bad'-words."""
+    rng = random.Random(seed)
+    pos, neg = ["good", "great", "fine", "nice"], ["bad", "awful", "poor", "sad"]
+    filler = ["the", "movie", "was", "really", "quite", "plot", "acting", "and"]
+
+    def rows(n: int) -> list[str]:
+        out = ["sentence\tlabel"]
+        for _ in range(n):
+            y = rng.randint(0, 1)
+            words = [rng.choice(filler) for _ in range(rng.randint(2, 6))]
+            words.insert(rng.randint(0, len(words)), rng.choice(pos if y else neg))
+            out.append(" ".join(words) + f"\t{y}")
+        return out
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train.tsv.gz", n_train), ("dev.tsv.gz", n_valid)):
+        with gzip.open(root / name, "wt", encoding="utf-8") as f:
+            f.write("\n".join(rows(n)) + "\n")
+    return root
+
+
+TINY_MODEL = {
+    "d_model": 32,
+    "n_heads": 2,
+    "d_ff": 64,
+    "n_encoder_layers": 2,
+    "n_decoder_layers": 2,
+    "dropout": 0.0,
+    "attention_dropout": 0.0,
+    "max_len": 64,
+}
+
+
+def translation_config(data_dir: Path, name: str = "de-en", src: str = "de", tgt: str = "en", **train):
+    from training.config import config_from_dict
+
+    return config_from_dict(
+        {
+            "name": name,
+            "task": "translation",
+            "data": {
+                "dir": str(data_dir),
+                "source_lang": src,
+                "target_lang": tgt,
+                "train_split": "train",
+                "valid_split": "val",
+                "test_splits": ["test"],
+            },
+            "tokenizer": {"vocab_size": 60},
+            "model": TINY_MODEL,
+            "train": {
+                "max_tokens": 512,
+                "lr": 3e-3,
+                "warmup_steps": 30,
+                "epochs": 1,
+                "checkpoint_every": 10,
+                "patience": 0,
+                "seed": 3,
+                "label_smoothing": 0.0,
+                "amp": "off",
+                **train,
+            },
+        }
+    )
+
+
+def classification_config(data_dir: Path, name: str = "sentiment", **train):
+    from training.config import config_from_dict
+
+    return config_from_dict(
+        {
+            "name": name,
+            "task": "classification",
+            "data": {"dir": str(data_dir), "labels": ["negative", "positive"]},
+            "tokenizer": {"vocab_size": 40},
+            "model": {**TINY_MODEL, "n_decoder_layers": 0},
+            "train": {
+                "max_tokens": 512,
+                "lr": 3e-3,
+                "warmup_steps": 20,
+                "epochs": 1,
+                "checkpoint_every": 1000,
+                "patience": 0,
+                "seed": 3,
+                "amp": "off",
+                **train,
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def parallel_dir(tmp_path_factory) -> Path:
+    return make_parallel_corpus(tmp_path_factory.mktemp("parallel"))
+
+
+@pytest.fixture(scope="session")
+def tsv_dir(tmp_path_factory) -> Path:
+    return make_tsv(tmp_path_factory.mktemp("tsv"))
+
+
+def _export_random(cfg, run_dir: Path, out: Path, seed: int, train_first: bool = False) -> Path:
+    """Tokenizer + a tiny model -> bundle. Random weights unless `train_first` (a few seconds)."""
+    import torch
+
+    from training.export import export_bundle
+    from training.train import TOKENIZER_FILE, make_task, model_config, model_from_checkpoint, prepare_tokenizer, train
+    from training.transformer import build_model
+
+    tok = prepare_tokenizer(cfg, run_dir)
+    if train_first:
+        train(cfg, run_dir, device="cpu")
+        model = model_from_checkpoint(run_dir / "best.pt")
+    else:
+        torch.manual_seed(seed)
+        model = build_model(model_config(cfg, tok)).eval()
+    split = "val" if cfg.task == "translation" else "valid"
+    texts = [r[0] for r in make_task(cfg, tok).raw(split)[:5]]
+    export_bundle(model, cfg, run_dir / TOKENIZER_FILE, out, texts)
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, parallel_dir, tsv_dir) -> Path:
+    """A model directory with tiny bundles: de-en, en-de, sentiment and a langid (de/en)."""
+    from training.config import config_from_dict
+
+    root = tmp_path_factory.mktemp("models")
+    runs = tmp_path_factory.mktemp("runs")
+    _export_random(translation_config(parallel_dir), runs / "de-en", root / "de-en", 1)
+    _export_random(translation_config(parallel_dir, "en-de", "en", "de"), runs / "en-de", root / "en-de", 2)
+    _export_random(classification_config(tsv_dir, epochs=15), runs / "sentiment", root / "sentiment", 3, True)
+    langid = config_from_dict(
+        {
+            "name": "langid",
+            "task": "classification",
+            "data": {"labels": ["de", "en"], "langid_sources": [f"de={parallel_dir}", f"en={parallel_dir}"]},
+            "tokenizer": {"vocab_size": 60},
+            "model": {**TINY_MODEL, "n_decoder_layers": 0},
+            "train": {"amp": "off", "epochs": 2, "max_tokens": 512, "lr": 3e-3, "warmup_steps": 20, "patience": 0},
+        }
+    )
+    _export_random(langid, runs / "langid", root / "langid", 4, True)
+    return root

@@ -1,0 +1,185 @@
+"""Every endpoint and every documented error, against tiny exported bundles."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.service.conftest import make_client, wait_ready
+
+
+def test_health_ready_and_models(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+    assert ready.json()["models"] == ["de-en", "en-de", "langid", "sentiment"]
+    models = {m["name"]: m for m in client.get("/models").json()}
+    assert models["de-en"]["task"] == "translation" and models["de-en"]["status"] == "ready"
+    assert models["de-en"]["provider"] == "CPUExecutionProvider"
+    assert models["sentiment"]["labels"] == ["negative", "positive"]
+
+
+def test_languages_lists_pairs(client):
+    langs = {lang["code"]: lang for lang in client.get("/languages").json()}
+    assert langs["de"] == {"code": "de", "name": "German", "targets": ["en"]}
+    assert langs["en"]["targets"] == ["de"]
+
+
+def test_translate_single_and_list(client):
+    one = client.post("/translate", json={"q": "hallo welt", "source": "de", "target": "en"})
+    assert one.status_code == 200
+    text = one.json()["translatedText"]
+    assert isinstance(text, str)
+    many = client.post("/translate", json={"q": ["hallo welt", "der hund"], "source": "de", "target": "en"})
+    assert many.status_code == 200
+    assert many.json()["translatedText"][0] == text
+    assert "detectedLanguage" not in many.json() or many.json()["detectedLanguage"] is None
+
+
+def test_translate_accepts_form_bodies(client):
+    json_r = client.post("/translate", json={"q": "hallo welt", "source": "de", "target": "en"})
+    form_r = client.post("/translate", data={"q": "hallo welt", "source": "de", "target": "en"})
+    assert form_r.status_code == 200
+    assert form_r.json()["translatedText"] == json_r.json()["translatedText"]
+
+
+def test_translate_auto_detects_source(client):
+    r = client.post("/translate", json={"q": "der hund spielt mit der katze", "source": "auto", "target": "en"})
+    assert r.status_code == 200, r.text
+    assert r.json()["detectedLanguage"]["language"] == "de"
+    assert 50 < r.json()["detectedLanguage"]["confidence"] <= 100
+
+
+def test_translate_same_language_returns_input(client):
+    r = client.post("/translate", json={"q": "the dog", "source": "en", "target": "en"})
+    assert r.json()["translatedText"] == "the dog"
+
+
+def test_translate_keeps_line_breaks(client):
+    r = client.post("/translate", json={"q": "hallo welt.\n\nder hund.", "source": "de", "target": "en"})
+    assert r.status_code == 200
+    assert r.json()["translatedText"].count("\n\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        ({"source": "de", "target": "en"}, 422, "q: Field required"),
+        ({"q": "", "source": "de", "target": "en"}, 422, "q: must not be empty"),
+        ({"q": "   ", "source": "de", "target": "en"}, 422, "q: must not be empty"),
+        ({"q": [], "source": "de", "target": "en"}, 422, "q: must not be an empty list"),
+        ({"q": ["ok", ""], "source": "de", "target": "en"}, 422, "q: must not contain empty texts"),
+        ({"q": 5, "source": "de", "target": "en"}, 422, "q: must be a string or a list of strings"),
+        ({"q": ["ok", 5], "source": "de", "target": "en"}, 422, "q: must be a string or a list of strings"),
+        ({"q": "hallo", "source": "de"}, 422, "target: Field required"),
+        (
+            {"q": "hallo", "source": "de", "target": "xx"},
+            400,
+            "unsupported target language 'xx'; supported pairs: de->en, en->de",
+        ),
+        (
+            {"q": "hallo", "source": "fr", "target": "en"},
+            400,
+            "unsupported language pair fr->en; supported pairs: de->en, en->de",
+        ),
+        ({"q": "hallo", "source": "de", "target": "en", "format": "html"}, 422, "format: Input should be 'text'"),
+        ({"q": "a" * 5001, "source": "de", "target": "en"}, 413, "text too long: 5001 characters > 5000"),
+        ({"q": ["a"] * 65, "source": "de", "target": "en"}, 413, "too many texts: 65 > 64"),
+    ],
+)
+def test_translate_errors(client, body, status, error):
+    r = client.post("/translate", json=body)
+    assert r.status_code == status, r.text
+    assert r.json() == {"error": error}
+
+
+def test_invalid_json_is_400(client):
+    r = client.post("/translate", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json() == {"error": "request body is not valid JSON"}
+
+
+def test_body_larger_than_limit_is_413_before_parsing(client):
+    r = client.post("/translate", content=b"x" * 1_000_001, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert r.json() == {"error": "request body larger than 1000000 bytes"}
+
+
+def test_detect(client):
+    r = client.post("/detect", json={"q": "the woman runs"})
+    assert r.status_code == 200
+    best = r.json()[0]
+    assert best["language"] == "en" and 0 <= best["confidence"] <= 100
+    assert client.post("/detect", json={"q": ""}).status_code == 422
+
+
+def test_classify(client):
+    r = client.post("/classify", json={"text": ["the movie was great", "awful plot"], "model": "sentiment"})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert [p["label"] for p in preds] == ["positive", "negative"]
+    assert sum(preds[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert preds[0]["probability"] == max(preds[0]["probabilities"].values())
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        ({"text": "good", "model": "nope"}, 400, "unknown model 'nope'; classification models: langid, sentiment"),
+        ({"text": "", "model": "sentiment"}, 422, "text: must not be empty"),
+        ({"text": ["a"] * 65, "model": "sentiment"}, 413, "too many texts: 65 > 64"),
+        ({"model": "sentiment"}, 422, "text: Field required"),
+    ],
+)
+def test_classify_errors(client, body, status, error):
+    r = client.post("/classify", json=body)
+    assert r.status_code == status, r.text
+    assert r.json() == {"error": error}
+
+
+def test_metrics_count_requests(client):
+    client.post("/translate", json={"q": "hallo", "source": "de", "target": "en"})
+    text = client.get("/metrics").text
+    assert 'transerve_requests_total{endpoint="/translate",status="200"}' in text
+    assert "transerve_batch_size_bucket" in text
+    assert "transerve_generated_tokens_total" in text
+
+
+def test_web_page_and_openapi(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "<title>transerve</title>" in page.text
+    schema = client.get("/openapi.json").json()
+    assert "TranslateRequest" in schema["components"]["schemas"]
+    body = schema["paths"]["/translate"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/json", "application/x-www-form-urlencoded"}
+
+
+def test_api_keys(model_dir):
+    with make_client(model_dir, api_keys=["s3cret"]) as c:
+        wait_ready(c)
+        body = {"q": "hallo", "source": "de", "target": "en"}
+        assert c.post("/translate", json=body).json() == {"error": "invalid or missing API key"}
+        assert c.post("/translate", json=body).status_code == 403
+        assert c.post("/translate", json=body, headers={"x-api-key": "wrong"}).status_code == 403
+        assert c.post("/translate", json=body, headers={"x-api-key": "s3cret"}).status_code == 200
+        assert c.post("/translate", json={**body, "api_key": "s3cret"}).status_code == 200
+        assert c.post("/translate", json=body, headers={"authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/languages").status_code == 200  # reading the catalogue needs no key
+
+
+def test_rate_limit_answers_429(model_dir):
+    with make_client(model_dir, rate_limit_per_minute=2) as c:
+        wait_ready(c)
+        body = {"q": "hallo", "source": "de", "target": "en"}
+        codes = [c.post("/translate", json=body).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        r = c.post("/translate", json=body)
+        assert r.json() == {"error": "rate limit exceeded"} and int(r.headers["retry-after"]) >= 1
+
+
+def test_cors_closed_unless_configured(model_dir, client):
+    r = client.options("/translate", headers={"origin": "https://x.example", "access-control-request-method": "POST"})
+    assert "access-control-allow-origin" not in r.headers
+    with make_client(model_dir, cors_origins=["https://x.example"]) as c:
+        r = c.options("/translate", headers={"origin": "https://x.example", "access-control-request-method": "POST"})
+        assert r.headers["access-control-allow-origin"] == "https://x.example"

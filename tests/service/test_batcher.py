@@ -1,0 +1,110 @@
+"""Dynamic batching: merged batches give the unbatched outputs; overload and failures are contained."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from service.batcher import Batcher, QueueFull
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_are_merged_and_results_routed_back():
+    calls: list[int] = []
+
+    def model(texts):
+        calls.append(len(texts))
+        time.sleep(0.01)
+        return [t.upper() for t in texts]
+
+    b = Batcher({"m": model}, max_batch_size=16, max_wait_ms=50)
+
+    async def main():
+        jobs = [b.submit("m", [f"text {i}", f"more {i}"]) for i in range(6)]
+        return await asyncio.gather(*jobs)
+
+    results = run(main())
+    b.stop()
+    assert results == [[f"TEXT {i}", f"MORE {i}"] for i in range(6)]
+    assert max(calls) > 2  # at least one call held texts of several requests
+    assert sum(calls) == 12
+
+
+def test_batches_never_exceed_max_batch_size():
+    sizes: list[int] = []
+    b = Batcher({"m": lambda ts: sizes.append(len(ts)) or list(ts)}, max_batch_size=4, max_wait_ms=20)
+
+    async def main():
+        return await asyncio.gather(*(b.submit("m", ["x"] * 3) for _ in range(5)), b.submit("m", ["y"] * 9))
+
+    out = run(main())
+    b.stop()
+    assert out[-1] == ["y"] * 9
+    assert max(sizes) <= 4 and sum(sizes) == 24
+
+
+def test_texts_are_sorted_by_length_within_a_batch():
+    seen: list[list[str]] = []
+    b = Batcher({"m": lambda ts: seen.append(list(ts)) or list(ts)}, max_batch_size=8, max_wait_ms=30)
+
+    async def main():
+        return await asyncio.gather(b.submit("m", ["ccc", "a"]), b.submit("m", ["bb", "dddd"]))
+
+    assert run(main()) == [["ccc", "a"], ["bb", "dddd"]]
+    b.stop()
+    assert seen == [["a", "bb", "ccc", "dddd"]]
+
+
+def test_queue_full_is_refused_at_once():
+    gate = threading.Event()
+    b = Batcher({"m": lambda ts: gate.wait() and list(ts)}, max_batch_size=1, max_wait_ms=0, max_queue=3)
+
+    async def main():
+        first = asyncio.ensure_future(b.submit("m", ["a"]))  # taken by the worker, blocks in the model
+        await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(b.submit("m", ["b", "c", "d"]))  # fills the queue
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull):
+            await b.submit("m", ["e"])
+        gate.set()
+        return await first, await waiting
+
+    assert run(main()) == (["a"], ["b", "c", "d"])
+    b.stop()
+
+
+def test_failure_in_one_batch_fails_only_that_batch():
+    def model(texts):
+        if "boom" in texts:
+            raise RuntimeError("model exploded")
+        return list(texts)
+
+    b = Batcher({"m": model}, max_batch_size=1, max_wait_ms=0)
+
+    async def main():
+        bad = asyncio.gather(b.submit("m", ["boom"]), return_exceptions=True)
+        good = b.submit("m", ["fine"])
+        return await bad, await good, await b.submit("m", ["later"])
+
+    bad, good, later = run(main())
+    b.stop()
+    assert isinstance(bad[0], RuntimeError)
+    assert good == ["fine"] and later == ["later"]
+
+
+def test_stop_finishes_accepted_jobs():
+    b = Batcher({"m": lambda ts: time.sleep(0.05) or list(ts)}, max_batch_size=1, max_wait_ms=0)
+
+    async def main():
+        futs = [asyncio.ensure_future(b.submit("m", [str(i)])) for i in range(3)]
+        await asyncio.sleep(0.01)
+        await asyncio.get_running_loop().run_in_executor(None, b.stop)
+        return await asyncio.gather(*futs)
+
+    assert run(main()) == [["0"], ["1"], ["2"]]

@@ -1,0 +1,65 @@
+"""Start-up: bad bundles are refused and reported while the others serve; no model dir, no start."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from service.registry import ModelDirError
+from tests.service.conftest import make_client, wait_ready
+
+
+def test_missing_model_dir_stops_startup(tmp_path):
+    with pytest.raises(ModelDirError, match="does not exist"):
+        with make_client(tmp_path / "nope"):
+            pass
+    with pytest.raises(ModelDirError, match="holds no bundle"):
+        with make_client(tmp_path):
+            pass
+
+
+def test_cli_exits_nonzero_without_models(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "service", "--model-dir", str(tmp_path / "none"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0
+    assert "does not exist" in r.stderr
+
+
+def test_corrupt_and_truncated_bundles_are_refused_others_serve(model_dir, tmp_path):
+    root = tmp_path / "models"
+    for name in ("de-en", "en-de", "sentiment"):
+        shutil.copytree(model_dir / name, root / name)
+    (root / "en-de" / "decoder.onnx").write_bytes(b"")  # truncated
+    with (root / "sentiment" / "spm.model").open("ab") as f:
+        f.write(b"!")  # bad checksum
+    with make_client(root) as c:
+        ready = wait_ready(c)
+        assert ready["status"] == "degraded"
+        assert ready["models"] == ["de-en"]
+        assert "decoder.onnx sha256" in ready["failed"]["en-de"]
+        assert "spm.model sha256" in ready["failed"]["sentiment"]
+        models = {m["name"]: m for m in c.get("/models").json()}
+        assert models["en-de"]["status"] == "failed" and models["de-en"]["status"] == "ready"
+        assert c.post("/translate", json={"q": "hallo", "source": "de", "target": "en"}).status_code == 200
+        r = c.post("/translate", json={"q": "hello", "source": "en", "target": "de"})
+        assert r.status_code == 400 and "supported pairs: de->en" in r.json()["error"]
+
+
+def test_service_imports_without_torch():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now raises ImportError
+        "import service.app, service.__main__, service.registry, service.engines.translator\n"
+        "from service.app import create_app\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"

@@ -1,0 +1,116 @@
+"""ONNX export: bundle layout, manifest, parity with PyTorch, int8 variant, overwrite refusal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from service.bundle import BundleError, load_manifest
+from service.engines.runtime import resolve_providers
+from service.engines.translator import Translator
+from tests.conftest import translation_config
+from training.export import export_bundle
+from training.train import make_task, model_config, prepare_tokenizer
+from training.transformer import build_model
+
+
+@pytest.fixture(scope="module")
+def exported(parallel_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    cfg = translation_config(parallel_dir)
+    tok = prepare_tokenizer(cfg, run)
+    torch.manual_seed(0)
+    model = build_model(model_config(cfg, tok)).eval()
+    texts = [r[0] for r in make_task(cfg, tok).raw("val")[:8]]
+    out = tmp_path_factory.mktemp("bundles") / "de-en"
+    manifest, parity = export_bundle(model, cfg, run / "spm.model", out, texts)
+    return model, cfg, run, out, manifest, parity, texts
+
+
+def test_bundle_has_graphs_tokenizer_and_checksummed_manifest(exported):
+    _, _, _, out, manifest, _, _ = exported
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "encoder.onnx",
+        "decoder.onnx",
+        "encoder.int8.onnx",
+        "decoder.int8.onnx",
+        "spm.model",
+        "manifest.json",
+    } <= names
+    loaded = load_manifest(out)
+    assert loaded.source_lang == "de" and loaded.target_lang == "en"
+    assert loaded.special_ids == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
+    assert set(loaded.variants) == {"fp32", "int8"}
+    dec = loaded.graph("fp32", "decoder")
+    assert [t.name for t in dec.inputs] == ["input_ids", "src_mask", "past_k", "past_v", "cross_k", "cross_v"]
+    assert [t.name for t in dec.outputs] == ["logits", "present_k", "present_v"]
+    assert set(loaded.files) == names - {"manifest.json"}
+
+
+def test_export_parity_with_pytorch(exported):
+    _, _, _, _, _, parity, _ = exported
+    assert parity["max_abs_logit_diff"] <= 1e-3
+    assert parity["identical_greedy"] == 1.0
+
+
+def test_onnx_engine_batched_output_equals_pytorch_greedy(exported):
+    model, _, run, out, manifest, _, texts = exported
+    from training.evaluate import encode_source
+    from training.tokenizer import Tokenizer
+
+    tok = Tokenizer(run / "spm.model")
+    engine = Translator(out, manifest, resolve_providers("cpu"), variant="fp32")
+    sources = [encode_source(tok, t, 64) for t in texts]
+    from training.evaluate import pad_batch
+
+    expected = model.greedy_decode(pad_batch(sources, 0))
+    assert engine.generate(sources) == expected  # batched, with rows finishing at different steps
+
+
+def test_int8_variant_runs_and_is_close(exported):
+    _, _, _, out, manifest, _, _ = exported
+    fp32 = Translator(out, manifest, resolve_providers("cpu"), variant="fp32")
+    int8 = Translator(out, manifest, resolve_providers("cpu"), variant="int8")
+    src = np.array([[5, 6, 7, 3]], dtype=np.int64)
+    k32, _ = fp32.encoder.run(None, {"src_ids": src})
+    k8, _ = int8.encoder.run(None, {"src_ids": src})
+    assert k8.shape == k32.shape
+    assert np.abs(k8 - k32).max() < 0.25 * np.abs(k32).max()
+    assert (out / "decoder.int8.onnx").stat().st_size < (out / "decoder.onnx").stat().st_size
+
+
+def test_export_refuses_to_overwrite_without_force(exported):
+    model, cfg, run, out, _, _, texts = exported
+    with pytest.raises(FileExistsError, match="--force"):
+        export_bundle(model, cfg, run / "spm.model", out, texts)
+    export_bundle(model, cfg, run / "spm.model", out, texts, force=True, int8=False)
+    assert set(load_manifest(out).variants) == {"fp32"}
+
+
+def test_corrupt_file_fails_checksum(exported, tmp_path):
+    import shutil
+
+    _, _, _, out, _, _, _ = exported
+    copy = tmp_path / "b"
+    shutil.copytree(out, copy)
+    with (copy / "spm.model").open("ab") as f:
+        f.write(b"x")
+    with pytest.raises(BundleError, match="spm.model sha256"):
+        load_manifest(copy)
+    raw = json.loads((copy / "manifest.json").read_text())
+    del raw["special_ids"]
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="missing keys"):
+        load_manifest(copy)
+
+
+def test_cli_help_lists_every_step():
+    out = subprocess.run([sys.executable, "-m", "training", "--help"], capture_output=True, text=True, check=True)
+    for step in ("download", "tokenizer", "train", "evaluate", "export", "release"):
+        assert step in out.stdout

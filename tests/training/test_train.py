@@ -1,0 +1,130 @@
+"""The training loop end to end on tiny synthetic data: learning, resuming, logging."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import classification_config, translation_config
+from training.data import token_batches
+from training.evaluate import translate
+from training.tokenizer import Tokenizer
+from training.train import inverse_sqrt_lr, load_checkpoint, model_from_checkpoint, train
+
+
+def test_translation_learns_toy_task_and_decodes_it_exactly(parallel_dir, tmp_path):
+    cfg = translation_config(parallel_dir, epochs=50, lr=5e-3, warmup_steps=40, checkpoint_every=1000, max_tokens=300)
+    summary = train(cfg, tmp_path, device="cpu")
+    with (tmp_path / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["train_loss"]) < 0.1, rows[-1]
+    assert summary["best_valid_bleu"] > 90
+    model = model_from_checkpoint(tmp_path / "best.pt")
+    tok = Tokenizer(tmp_path / "spm.model")
+    assert translate(model, tok, ["hallo katze spielt", "der hund läuft"]) == ["hello cat plays", "the dog runs"]
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_resume_continues_exactly(parallel_dir, tmp_path):
+    # Straight through: 2 epochs. Interrupted: stop at step 15 (mid-epoch), then resume.
+    cfg = translation_config(parallel_dir, epochs=2, checkpoint_every=5, max_tokens=256)
+    straight = tmp_path / "straight"
+    train(cfg, straight, device="cpu")
+    steps = load_checkpoint(straight / "last.pt")["state"]["step"]
+    assert steps > 20
+
+    interrupted = tmp_path / "interrupted"
+    train(
+        translation_config(parallel_dir, epochs=2, checkpoint_every=5, max_tokens=256, max_steps=15),
+        interrupted,
+        device="cpu",
+    )
+    assert load_checkpoint(interrupted / "last.pt")["state"]["step"] == 15
+    with pytest.raises(FileExistsError):
+        train(cfg, interrupted, device="cpu")  # no silent restart over an existing run
+    train(cfg, interrupted, resume=True, device="cpu")
+
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(interrupted / "last.pt")
+    assert a["state"]["step"] == b["state"]["step"] == steps
+    for key, value in a["model"].items():
+        torch.testing.assert_close(value, b["model"][key], rtol=0, atol=0, msg=key)
+
+
+def test_checkpoint_holds_config_and_rebuilds_model(parallel_dir, tmp_path):
+    cfg = translation_config(parallel_dir, max_steps=3)
+    train(cfg, tmp_path, device="cpu")
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["model_config"]["d_model"] == 32
+    assert ckpt["run_config"]["name"] == "de-en"
+    model = model_from_checkpoint(tmp_path / "last.pt")
+    assert not model.training
+
+
+def test_checkpoint_averaging_writes_averaged_model(parallel_dir, tmp_path):
+    cfg = translation_config(parallel_dir, epochs=3, average_last=2)
+    summary = train(cfg, tmp_path, device="cpu")
+    assert (tmp_path / "averaged.pt").exists()
+    assert "averaged_valid_bleu" in summary
+    assert sorted(p.name for p in tmp_path.glob("epoch*.pt")) == ["epoch2.pt", "epoch3.pt"]
+    avg = load_checkpoint(tmp_path / "averaged.pt")["model"]
+    e2, e3 = (load_checkpoint(tmp_path / f"epoch{i}.pt")["model"] for i in (2, 3))
+    key = "embed.embedding.weight"
+    torch.testing.assert_close(avg[key], (e2[key] + e3[key]) / 2)
+
+
+def test_classifier_learns_separable_task(tsv_dir, tmp_path):
+    summary = train(classification_config(tsv_dir, epochs=15), tmp_path, device="cpu")
+    assert summary["best_valid_accuracy"] == 100.0
+
+
+def test_early_stopping_stops_after_patience(parallel_dir, tmp_path):
+    # lr 0 never improves after the first epoch: patience 1 stops at epoch 2 of 10.
+    cfg = translation_config(parallel_dir, epochs=10, lr=0.0, patience=1)
+    summary = train(cfg, tmp_path, device="cpu")
+    assert summary["epochs"] == 2
+
+
+def test_token_batches_bound_padding_and_are_deterministic():
+    lengths = [((i * 7919) % 50) + 1 for i in range(1000)]
+    a = token_batches(lengths, 400, seed=1, epoch=0)
+    assert a == token_batches(lengths, 400, seed=1, epoch=0)
+    assert a != token_batches(lengths, 400, seed=1, epoch=1)
+    assert sorted(i for b in a for i in b) == list(range(1000))
+    for b in a:
+        assert max(lengths[i] for i in b) * len(b) <= 400
+    padding = sum(max(lengths[i] for i in b) * len(b) for b in a) - sum(lengths)
+    assert padding / sum(lengths) < 0.05
+
+
+def test_inverse_sqrt_schedule():
+    assert inverse_sqrt_lr(50, 1e-3, 100) == pytest.approx(5e-4)
+    assert inverse_sqrt_lr(100, 1e-3, 100) == pytest.approx(1e-3)
+    assert inverse_sqrt_lr(400, 1e-3, 100) == pytest.approx(5e-4)
+
+
+def test_tokenizer_has_fixed_special_ids(parallel_dir, tmp_path):
+    from training.train import prepare_tokenizer
+
+    tok = prepare_tokenizer(translation_config(parallel_dir), tmp_path)
+    sp = tok.sp
+    assert (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()) == (0, 1, 2, 3)
+    assert [sp.id_to_piece(i) for i in range(4)] == ["<pad>", "<unk>", "<s>", "</s>"]
+    assert tok.decode(tok.encode("hallo welt")) == "hallo welt"
+
+
+def test_config_overrides_and_validation(tmp_path: Path):
+    from training.config import load_config
+
+    path = tmp_path / "c.toml"
+    path.write_text('name = "x"\ntask = "translation"\n[data]\nsource_lang = "de"\ntarget_lang = "en"\n')
+    cfg = load_config(path, ["train.epochs=3", "data.test_splits=['a', 'b']", "model.d_model=64"])
+    assert cfg.train.epochs == 3 and cfg.data.test_splits == ("a", "b") and cfg.model["d_model"] == 64
+    with pytest.raises(ValueError, match=r"unknown keys in \[train\]: \['epoch'\]"):
+        load_config(path, ["train.epoch=3"])
+    path.write_text('name = "x"\ntask = "summarize"\n[model]\nvocab_size = 5\n')
+    with pytest.raises(ValueError) as e:
+        load_config(path)
+    assert "task='summarize'" in str(e.value) and "model.vocab_size is derived" in str(e.value)

@@ -1,0 +1,194 @@
+"""The training job's command line: ``python -m training --help``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("training")
+
+
+def _config(args):
+    from training.config import load_config
+
+    return load_config(args.config, args.set)
+
+
+def _run_dir(args, cfg) -> Path:
+    return Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
+
+
+def cmd_download(args) -> int:
+    from training.data import download
+
+    for path in download(args.corpus, Path(args.dest), force=args.force):
+        print(path)
+    return 0
+
+
+def cmd_tokenizer(args) -> int:
+    from training.train import prepare_tokenizer
+
+    cfg = _config(args)
+    tok = prepare_tokenizer(cfg, _run_dir(args, cfg), force=args.force)
+    print(f"{tok.path}: {tok.vocab_size} pieces")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from training.train import train
+
+    cfg = _config(args)
+    summary = train(cfg, _run_dir(args, cfg), resume=args.resume, device=args.device)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    cfg = _config(args)
+    if args.bundle:
+        from training.release import evaluate_bundle
+
+        result = evaluate_bundle(Path(args.bundle), cfg, args.split, args.variant or "fp32")
+    else:
+        import torch
+
+        from training.evaluate import classification_metrics, classify, translate, translation_metrics
+        from training.tokenizer import Tokenizer
+        from training.train import TOKENIZER_FILE, make_task, model_from_checkpoint
+
+        run_dir = _run_dir(args, cfg)
+        ckpt = Path(args.checkpoint) if args.checkpoint else run_dir / "best.pt"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = model_from_checkpoint(ckpt, device)
+        tok = Tokenizer(run_dir / TOKENIZER_FILE)
+        rows = make_task(cfg, tok).raw(args.split)
+        if cfg.task == "translation":
+            hyps = translate(model, tok, [r[0] for r in rows], device=device)
+            result = translation_metrics(hyps, [r[1] for r in rows], cfg.data.target_lang)
+            if args.output:
+                Path(args.output).write_text("\n".join(hyps) + "\n", encoding="utf-8")
+        else:
+            probs = classify(model, tok, [r[0] for r in rows], device=device)
+            result = classification_metrics(probs.argmax(1).tolist(), [r[1] for r in rows], cfg.data.labels)
+        result["split"] = args.split
+    if "confusion_matrix" in result:
+        from training.evaluate import format_confusion
+
+        print(format_confusion(result["confusion_matrix"], result["labels"]), file=sys.stderr)
+    print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from training.export import export_bundle
+    from training.tokenizer import Tokenizer
+    from training.train import TOKENIZER_FILE, make_task, model_from_checkpoint
+
+    cfg = _config(args)
+    run_dir = _run_dir(args, cfg)
+    ckpt = Path(args.checkpoint) if args.checkpoint else run_dir / "best.pt"
+    model = model_from_checkpoint(ckpt)
+    task = make_task(cfg, Tokenizer(run_dir / TOKENIZER_FILE))
+    split = cfg.data.valid_split if cfg.task == "translation" else "valid"
+    texts = [r[0] for r in task.raw(split)[:50]]
+    extra = [p for p in (run_dir / "curves.png",) if p.exists()]
+    out = Path(args.out) if args.out else Path("model") / cfg.name
+    manifest, parity = export_bundle(
+        model, cfg, run_dir / TOKENIZER_FILE, out, texts, force=args.force, int8=not args.no_int8, extra_files=extra
+    )
+    print(json.dumps({"bundle": str(out), "variants": sorted(manifest.variants), "parity": parity}, indent=2))
+    return 0
+
+
+def cmd_release(args) -> int:
+    from training.release import release
+
+    cfg = _config(args)
+    out = Path(args.out) if args.out else Path("model") / cfg.name
+    report = release(
+        cfg, _run_dir(args, cfg), out, force=args.force, device=args.device, keep_all_variants=args.keep_all_variants
+    )
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m training",
+        description="transerve training job: tokenizer, training, evaluation, ONNX export, release.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="STEP")
+
+    def with_config(sp):
+        sp.add_argument("--config", required=True, help="a TOML file, e.g. training/configs/multi30k-de-en.toml")
+        sp.add_argument("--run-dir", help="checkpoints, tokenizer and logs (default runs/<name>)")
+        sp.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override a config value (TOML syntax), repeatable",
+        )
+        return sp
+
+    d = sub.add_parser("download", help="fetch a corpus from its public source, verifying sha256")
+    d.add_argument("--corpus", required=True, help="multi30k or sst2")
+    d.add_argument("--dest", required=True)
+    d.add_argument("--force", action="store_true")
+    d.set_defaults(func=cmd_download)
+
+    t = with_config(sub.add_parser("tokenizer", help="train the SentencePiece model on the train split"))
+    t.add_argument("--force", action="store_true", help="retrain even if the run has one")
+    t.set_defaults(func=cmd_tokenizer)
+
+    tr = with_config(sub.add_parser("train", help="train (or --resume) a model"))
+    tr.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt exactly")
+    tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    tr.set_defaults(func=cmd_train)
+
+    e = with_config(sub.add_parser("evaluate", help="greedy-decode a split: sacreBLEU, chrF / accuracy"))
+    e.add_argument("--split", required=True, help="e.g. test_2016_flickr, val, valid")
+    e.add_argument("--checkpoint", help="default <run-dir>/best.pt")
+    e.add_argument("--bundle", help="evaluate an exported bundle with the service's engine instead")
+    e.add_argument("--variant", help="bundle variant (fp32, int8)")
+    e.add_argument("--output", help="write the hypotheses here")
+    e.set_defaults(func=cmd_evaluate)
+
+    x = with_config(sub.add_parser("export", help="write an ONNX bundle (fp32 + int8) with parity checks"))
+    x.add_argument("--checkpoint", help="default <run-dir>/best.pt")
+    x.add_argument("--out", help="bundle folder (default model/<name>)")
+    x.add_argument("--force", action="store_true", help="overwrite an existing bundle")
+    x.add_argument("--no-int8", action="store_true", help="skip the int8 variant")
+    x.set_defaults(func=cmd_export)
+
+    r = with_config(
+        sub.add_parser(
+            "release",
+            help="the whole pipeline from a config: train, export, "
+            "evaluate, choose the served variant, write the model card",
+        )
+    )
+    r.add_argument("--out", help="bundle folder (default model/<name>)")
+    r.add_argument("--force", action="store_true", help="overwrite an existing bundle")
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    r.add_argument("--keep-all-variants", action="store_true", help="keep fp32 and int8 graphs")
+    r.set_defaults(func=cmd_release)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        log.error("%s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Run configuration: one TOML file per model (see training/configs/), parsed into dataclasses.
+
+A config has the top-level keys ``name`` and ``task`` and the sections ``[data]``,
+``[tokenizer]``, ``[model]`` (TransformerConfig fields except vocab_size and n_classes, which
+follow from the tokenizer and the labels) and ``[train]``. Any value can be overridden on the
+command line with ``--set section.key=value`` (the value is parsed as TOML).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+TASKS = ("translation", "classification")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dir: str = ""
+    corpus: str = ""  # a key of training.data.CORPORA: license text, download source
+    # translation
+    source_lang: str = ""
+    target_lang: str = ""
+    train_split: str = "train"
+    valid_split: str = "val"
+    test_splits: tuple[str, ...] = ()
+    max_tokens_per_sentence: int = 128
+    max_length_ratio: float = 3.0
+    # classification: TSV files `sentence<TAB>label` with a header
+    train_file: str = "train.tsv.gz"
+    valid_file: str = "dev.tsv.gz"
+    labels: tuple[str, ...] = ()
+    # language identification: each label's text comes from monolingual files
+    # ("<dir>/<split>.<lang>.gz" of several corpora); see training.data.load_langid
+    langid_sources: tuple[str, ...] = ()
+    langid_valid_per_label: int = 1000
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    vocab_size: int = 8000
+    model_type: str = "unigram"
+    character_coverage: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_tokens: int = 4096  # per batch, source + target tokens incl. padding
+    lr: float = 1e-3  # peak learning rate, reached at the end of warmup
+    warmup_steps: int = 1000
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    label_smoothing: float = 0.1
+    epochs: int = 20
+    max_steps: int = 0  # 0 = no limit
+    checkpoint_every: int = 500  # steps
+    patience: int = 5  # epochs without improvement of the validation metric; 0 = never stop
+    average_last: int = 0  # average the last N epoch checkpoints at the end; 0 = off
+    valid_bleu_sentences: int = 0  # 0 = the whole validation split
+    seed: int = 1
+    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16), bf16, fp16, off
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str
+    task: str
+    data: DataConfig
+    tokenizer: TokenizerConfig
+    train: TrainConfig
+    model: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # the file it came from
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.task not in TASKS:
+            problems.append(f"task={self.task!r} must be one of {TASKS}")
+        if self.task == "translation" and not (self.data.source_lang and self.data.target_lang):
+            problems.append("translation needs data.source_lang and data.target_lang")
+        if self.task == "classification" and len(self.data.labels) < 2:
+            problems.append(f"classification needs >= 2 data.labels, got {list(self.data.labels)}")
+        for bad in ("vocab_size", "n_classes"):
+            if bad in self.model:
+                problems.append(f"model.{bad} is derived, do not set it")
+        if problems:
+            raise ValueError(f"invalid config {self.source or self.name}: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _build(cls, values: dict[str, Any], section: str):
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown keys in [{section}]: {unknown}")
+    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**converted)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values in TOML syntax, bare words as strings)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        key, value = item.split("=", 1)
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        *path, last = key.strip().split(".")
+        node = raw
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = parsed
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "") -> RunConfig:
+    raw = dict(raw)
+    sections = {"data", "tokenizer", "train", "model"}
+    unknown = sorted(set(raw) - sections - {"name", "task", "source"})
+    if unknown:
+        raise ValueError(f"unknown top-level keys in {source}: {unknown}")
+    return RunConfig(
+        name=raw.get("name", ""),
+        task=raw.get("task", ""),
+        data=_build(DataConfig, raw.get("data", {}), "data"),
+        tokenizer=_build(TokenizerConfig, raw.get("tokenizer", {}), "tokenizer"),
+        train=_build(TrainConfig, raw.get("train", {}), "train"),
+        model=dict(raw.get("model", {})),
+        source=source or raw.get("source", ""),
+    )
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(path)
+    with path.open("rb") as f:
+        raw = tomllib.load(f)
+    return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))

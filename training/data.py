@@ -1,0 +1,216 @@
+"""Corpora: reading, downloading with checksums, length filtering and token-based batching.
+
+Parallel corpora are plain text, one sentence per line, aligned by line number across
+``<dir>/<split>.<lang>[.gz]``. Classification data is a TSV ``sentence<TAB>label`` with a
+header. Nothing is copied: the job reads from a configurable directory (``data.dir``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import random
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.bundle import sha256_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Where a corpus comes from, under which license, and the sha256 of each file (as stored)."""
+
+    url: str  # base URL; a file's address is url + remote name
+    license: str
+    files: dict[str, str]  # local file name -> sha256 of the file as served
+    remote_names: dict[str, str] = field(default_factory=dict)  # local name -> remote name
+    gzip_locally: bool = False  # the remote file is plain text: gzip it (mtime 0) after checking
+
+
+_M30K = "https://raw.githubusercontent.com/multi30k/dataset/a3d2e0d26b56f3846f66a952536ffed4e401d05a/data/task1/raw/"
+
+CORPORA: dict[str, Corpus] = {
+    "multi30k": Corpus(
+        url=_M30K,
+        license="Multi30k: research and educational, non-commercial use (Flickr30K terms); cite Elliott et al. 2016",
+        files={
+            "train.de.gz": "726e39b2fa9eb9ffb6dc763fb35a179f80fae06ffc5d28b6ace5faa883de28a6",
+            "train.en.gz": "d79cfa999dd4c51d2cb42499b6796d5a882c3a8a961923c25a898c90f8bbd56f",
+            "train.fr.gz": "622e75069e9f4c577425c4f277116ce66e63a2401c0a2312d90073cb12379a3c",
+            "train.cs.gz": "a65adb8b32e3bc664f21ecba7a6e7f6950fd1f405e135f7c312faabdb6255077",
+            "val.de.gz": "f0cba2f995189cf5770f29a8a9a537a3ad3f51657ad873405082ff6863a5e75a",
+            "val.en.gz": "14f7d25ddd868909a9213e361768460edcacdd6ab9d1e77b92560dc10c10dc28",
+            "val.fr.gz": "ca3106f1a72390591d25f6c45cb4cd39dec4cd3f123e099748a3ce5256c160e9",
+            "val.cs.gz": "b63226e05c4bd5dd6a42897d74b86a1b9d2c31498252c572b1ea7f7996927fcc",
+            "test_2016_flickr.de.gz": "9204244e408ccb38d2a55cfcd344df15005fc42a07a6e55ca6c52b6ababb8cc8",
+            "test_2016_flickr.en.gz": "611d361c6334bc7246101d48097c13cf5c4413c5befc793cc629934359d532d9",
+            "test_2016_flickr.fr.gz": "6d326e188d259fb1d04ac19eae3af956559b3a0b93d7635e56c90987c40c8b90",
+            "test_2016_flickr.cs.gz": "200a4a74cc9560f051924abb9803be008d1908d77f747e9141aeb86dfd2797f1",
+            "test_2017_flickr.de.gz": "a2c89666db00c495cd8513b9d708d5a3acc205d7de312ef2bf5fb7ebc1540aee",
+            "test_2017_flickr.en.gz": "76a444ee25172e72695cddb13ae4a3bda59430617be88e0bb46b60504f054074",
+            "test_2017_flickr.fr.gz": "3ba671ceb2299f3304ffafefea7a833d08632fbaf0ba18546f8a2ec2391af496",
+        },
+    ),
+    "sst2": Corpus(
+        url="https://raw.githubusercontent.com/eyalbd2/Reproducing-AutoPrompt/"
+        "6288fb5bec9c572f2492875ae0111df5b6daed11/glue_data/SST-2/",
+        license="SST-2 (Socher et al. 2013, via GLUE): research use",
+        # The remote files are plain TSV; these are the sha256 of the decompressed text.
+        files={
+            "train.tsv.gz": "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1",
+            "dev.tsv.gz": "54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0",
+        },
+        remote_names={"train.tsv.gz": "train_full.tsv", "dev.tsv.gz": "dev.tsv"},
+        gzip_locally=True,
+    ),
+    "zh-en": Corpus(
+        url="",
+        license="Tatoeba cmn-eng via ManyThings.org: CC BY 2.0 FR (attribution per line)",
+        files={},
+    ),
+    "chnsenticorp": Corpus(
+        url="",
+        license="ChnSentiCorp (Baidu LUGE agreement): non-commercial research or teaching only",
+        files={},
+    ),
+}
+
+
+def download(corpus: str, dest: Path, force: bool = False) -> list[Path]:
+    """Fetch a corpus's files from their public source into `dest`, verifying sha256.
+
+    A file already present with the right checksum is kept. A checksum mismatch deletes the
+    download and raises, so a bad file never stays behind.
+    """
+    if corpus not in CORPORA or not CORPORA[corpus].files:
+        known = sorted(k for k, c in CORPORA.items() if c.files)
+        raise ValueError(f"no download source for corpus {corpus!r}; downloadable: {known}")
+    spec = CORPORA[corpus]
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, expected in spec.files.items():
+        target = dest / name
+        if target.exists() and not force and _local_sha(target, spec) == expected:
+            written.append(target)
+            continue
+        remote = spec.remote_names.get(name, name)
+        log.info("downloading %s%s", spec.url, remote)
+        tmp = target.with_suffix(target.suffix + ".part")
+        with urllib.request.urlopen(spec.url + remote, timeout=60) as resp:
+            payload = resp.read()
+        actual = hashlib.sha256(payload).hexdigest()
+        if actual != expected:
+            raise ValueError(f"{spec.url + remote}: sha256 {actual} != expected {expected}")
+        if spec.gzip_locally:
+            payload = gzip.compress(payload, mtime=0)
+        tmp.write_bytes(payload)
+        tmp.replace(target)
+        written.append(target)
+    return written
+
+
+def _local_sha(path: Path, spec: Corpus) -> str:
+    if spec.gzip_locally:
+        with gzip.open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    return sha256_file(path)
+
+
+def open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+
+
+def read_lines(path: Path) -> list[str]:
+    with open_text(path) as f:
+        return [line.strip() for line in f]
+
+
+def find_split_file(data_dir: Path, split: str, lang: str) -> Path:
+    for name in (f"{split}.{lang}.gz", f"{split}.{lang}"):
+        if (data_dir / name).exists():
+            return data_dir / name
+    raise FileNotFoundError(f"no {split}.{lang}[.gz] in {data_dir}")
+
+
+def load_parallel(data_dir: Path, split: str, src: str, tgt: str) -> list[tuple[str, str]]:
+    sources = read_lines(find_split_file(data_dir, split, src))
+    targets = read_lines(find_split_file(data_dir, split, tgt))
+    if len(sources) != len(targets):
+        raise ValueError(f"{data_dir}/{split}: {len(sources)} {src} lines but {len(targets)} {tgt} lines")
+    return list(zip(sources, targets))
+
+
+def load_tsv(path: Path, labels: Sequence[str]) -> list[tuple[str, int]]:
+    """Rows of a `sentence<TAB>label` TSV with a header. Labels may be written as their index
+    (0, 1, ...) or their name from `labels`."""
+    index = {name: i for i, name in enumerate(labels)} | {str(i): i for i in range(len(labels))}
+    rows = []
+    with open_text(path) as f:
+        header = f.readline().rstrip("\n").split("\t")
+        if header[:2] != ["sentence", "label"]:
+            raise ValueError(f"{path}: header {header} is not ['sentence', 'label']")
+        for n, line in enumerate(f, start=2):
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            text, _, label = line.rpartition("\t")
+            if label not in index:
+                raise ValueError(f"{path}:{n}: label {label!r} not in {list(labels)}")
+            rows.append((text.strip(), index[label]))
+    return rows
+
+
+def load_langid(sources: Sequence[str], labels: Sequence[str], split: str) -> list[tuple[str, int]]:
+    """Monolingual sentences labelled by language. Each source is ``lang=dir`` (``dir`` holds
+    ``<split>.<lang>[.gz]``); a language may appear in several sources. For ``split`` names
+    that a corpus lacks (e.g. ``valid`` vs ``val``), the aliases below are tried."""
+    aliases = {"valid": ("valid", "val", "dev"), "train": ("train",)}
+    rows = []
+    for spec in sources:
+        lang, _, d = spec.partition("=")
+        if lang not in labels:
+            raise ValueError(f"langid source {spec!r}: {lang!r} is not in labels {list(labels)}")
+        for name in aliases.get(split, (split,)):
+            try:
+                path = find_split_file(Path(d), name, lang)
+            except FileNotFoundError:
+                continue
+            rows += [(line, labels.index(lang)) for line in read_lines(path) if line]
+            break
+        else:
+            raise FileNotFoundError(f"langid source {spec!r}: no {split} split for {lang}")
+    return rows
+
+
+def token_batches(
+    lengths: Sequence[int], max_tokens: int, seed: int, epoch: int, shuffle: bool = True
+) -> list[list[int]]:
+    """Group example indices into batches of at most `max_tokens` padded tokens.
+
+    Examples are sorted by length (ties broken by a seeded shuffle) so that a batch holds
+    sentences of similar length and little padding; then the batch order is shuffled. The same
+    (seed, epoch) always gives the same batches, which makes resuming exact.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    if shuffle:
+        rng.shuffle(order)
+    order.sort(key=lambda i: lengths[i])
+    batches, current, longest = [], [], 0
+    for i in order:
+        new_longest = max(longest, lengths[i])
+        if current and new_longest * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, new_longest = [], lengths[i]
+        current.append(i)
+        longest = new_longest
+    if current:
+        batches.append(current)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches

@@ -1,0 +1,321 @@
+"""ONNX export: graphs, onnx.checker, PyTorch parity, int8 quantization, bundle writing.
+
+The bundle is written through ``service.bundle`` (the one module that knows the format) and
+checked with the service's own engines, so what is verified here is exactly what is served.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from torch import Tensor, nn
+
+from service.bundle import GraphSpec, Manifest, TensorSpec, sha256_file, write_manifest
+from service.engines.classifier import Classifier
+from service.engines.runtime import resolve_providers
+from service.engines.translator import Translator
+from training.config import RunConfig
+from training.data import CORPORA
+from training.evaluate import encode_classifier_input, encode_source, pad_batch
+from training.tokenizer import SPECIAL_IDS, Tokenizer
+from training.transformer import Seq2SeqTransformer, TransformerClassifier, count_parameters
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+PARITY_ATOL = 1e-3  # max |logit difference| between PyTorch and onnxruntime fp32
+
+
+class EncoderGraph(nn.Module):
+    """src_ids (B, S) -> cross-attention keys/values of every decoder layer (L, B, H, S, Dh)."""
+
+    def __init__(self, model: Seq2SeqTransformer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, src_ids: Tensor) -> tuple[Tensor, Tensor]:
+        memory, _ = self.model.encode(src_ids)
+        kv = self.model.decoder.cross_kv(memory)
+        return torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv])
+
+
+class DecoderGraph(nn.Module):
+    """One decoding step with the self-attention cache; logits of the new position only."""
+
+    def __init__(self, model: Seq2SeqTransformer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, src_mask, past_k, past_v, cross_k, cross_v):
+        n = past_k.shape[0]
+        past = [(past_k[i], past_v[i]) for i in range(n)]
+        cross = [(cross_k[i], cross_v[i]) for i in range(n)]
+        hidden, present = self.model.decoder(input_ids, cross, src_mask, past)
+        logits = self.model.project(hidden[:, -1])  # (B, V)
+        return logits, torch.stack([k for k, _ in present]), torch.stack([v for _, v in present])
+
+
+class ClassifierGraph(nn.Module):
+    """ids (B, T) -> label probabilities (B, n_labels)."""
+
+    def __init__(self, model: TransformerClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return torch.softmax(self.model(ids), dim=-1)
+
+
+def _kv_shape(batch: str, length: str) -> list[str]:
+    return ["layers", batch, "heads", length, "head_dim"]
+
+
+def _export(
+    module: nn.Module, args: tuple, path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec]
+) -> GraphSpec:
+    dynamic = {
+        t.name: {
+            i: d
+            for i, d in enumerate(t.shape)
+            if isinstance(d, str) and d not in ("layers", "heads", "head_dim", "vocab", "labels")
+        }
+        for t in inputs + outputs
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[t.name for t in inputs],
+            output_names=[t.name for t in outputs],
+            dynamic_axes=dynamic,
+            do_constant_folding=True,
+        )
+    onnx.checker.check_model(str(path), full_check=True)
+    return GraphSpec(file=path.name, inputs=inputs, outputs=outputs)
+
+
+def export_translation_graphs(model: Seq2SeqTransformer, out: Path, suffix: str = "") -> dict[str, GraphSpec]:
+    cfg = model.cfg
+    model.eval()
+    src = torch.randint(4, cfg.vocab_size, (2, 7))
+    enc_graph = EncoderGraph(model)
+    with torch.no_grad():
+        cross_k, cross_v = enc_graph(src)
+    kv = torch.zeros(cfg.n_decoder_layers, 2, cfg.n_heads, 3, cfg.d_head)
+    enc = _export(
+        enc_graph,
+        (src,),
+        out / f"encoder{suffix}.onnx",
+        [TensorSpec("src_ids", "int64", ["batch", "src_len"])],
+        [
+            TensorSpec("cross_k", "float32", _kv_shape("batch", "src_len")),
+            TensorSpec("cross_v", "float32", _kv_shape("batch", "src_len")),
+        ],
+    )
+    dec = _export(
+        DecoderGraph(model),
+        (torch.full((2, 1), cfg.bos_id), src != cfg.pad_id, kv, kv.clone(), cross_k, cross_v),
+        out / f"decoder{suffix}.onnx",
+        [
+            TensorSpec("input_ids", "int64", ["batch", 1]),
+            TensorSpec("src_mask", "bool", ["batch", "src_len"]),
+            TensorSpec("past_k", "float32", _kv_shape("batch", "past_len")),
+            TensorSpec("past_v", "float32", _kv_shape("batch", "past_len")),
+            TensorSpec("cross_k", "float32", _kv_shape("batch", "src_len")),
+            TensorSpec("cross_v", "float32", _kv_shape("batch", "src_len")),
+        ],
+        [
+            TensorSpec("logits", "float32", ["batch", "vocab"]),
+            TensorSpec("present_k", "float32", _kv_shape("batch", "present_len")),
+            TensorSpec("present_v", "float32", _kv_shape("batch", "present_len")),
+        ],
+    )
+    return {"encoder": enc, "decoder": dec}
+
+
+def export_classifier_graph(model: TransformerClassifier, out: Path) -> dict[str, GraphSpec]:
+    model.eval()
+    ids = torch.randint(4, model.cfg.vocab_size, (2, 9))
+    graph = _export(
+        ClassifierGraph(model),
+        (ids,),
+        out / "classifier.onnx",
+        [TensorSpec("ids", "int64", ["batch", "length"])],
+        [TensorSpec("probabilities", "float32", ["batch", "labels"])],
+    )
+    return {"classifier": graph}
+
+
+def quantize_graphs(graphs: dict[str, GraphSpec], out: Path) -> dict[str, GraphSpec]:
+    """Dynamic int8 quantization (int8 weights, activations quantized at run time)."""
+    result = {}
+    for role, g in graphs.items():
+        target = out / g.file.replace(".onnx", ".int8.onnx")
+        quantize_dynamic(
+            str(out / g.file), str(target), weight_type=QuantType.QInt8, per_channel=False, reduce_range=False
+        )
+        result[role] = GraphSpec(file=target.name, inputs=g.inputs, outputs=g.outputs)
+    return result
+
+
+# ----------------------------------------------------------------------------- parity
+
+
+def translation_parity(
+    model: Seq2SeqTransformer, engine: Translator, tokenizer: Tokenizer, sentences: Sequence[str]
+) -> dict[str, Any]:
+    """Max |logit| difference over teacher-forced steps, and the share of identical greedy
+    outputs, PyTorch vs the onnxruntime engine, on real sentences."""
+    model.eval()
+    encoded = [encode_source(tokenizer, s, model.cfg.max_len) for s in sentences]
+    max_diff = 0.0
+    identical = 0
+    with torch.no_grad():
+        for ids in encoded:
+            src = torch.tensor([ids])
+            torch_out = model.greedy_decode(src)[0]
+            ort_out = engine.generate([ids])[0]
+            identical += torch_out == ort_out
+            tgt_in = [model.cfg.bos_id] + torch_out
+            ref = model(src, torch.tensor([tgt_in]))[0].numpy()  # (T, V)
+            cross_k, cross_v = engine.encoder.run(None, {"src_ids": src.numpy()})
+            cfg = model.cfg
+            past_k = past_v = np.zeros((cfg.n_decoder_layers, 1, cfg.n_heads, 0, cfg.d_head), np.float32)
+            for t, tok in enumerate(tgt_in):
+                logits, past_k, past_v = engine.decoder.run(
+                    None,
+                    {
+                        "input_ids": np.array([[tok]], dtype=np.int64),
+                        "src_mask": src.numpy() != cfg.pad_id,
+                        "past_k": past_k,
+                        "past_v": past_v,
+                        "cross_k": cross_k,
+                        "cross_v": cross_v,
+                    },
+                )
+                max_diff = max(max_diff, float(np.abs(logits[0] - ref[t]).max()))
+    return {
+        "max_abs_logit_diff": max_diff,
+        "identical_greedy": identical / max(len(encoded), 1),
+        "sentences": len(encoded),
+        "atol": PARITY_ATOL,
+    }
+
+
+def classifier_parity(
+    model: TransformerClassifier, engine: Classifier, tokenizer: Tokenizer, texts: Sequence[str]
+) -> dict[str, Any]:
+    model.eval()
+    encoded = [encode_classifier_input(tokenizer, t, model.cfg.max_len) for t in texts]
+    with torch.no_grad():
+        ref = torch.softmax(model(pad_batch(encoded, model.cfg.pad_id)), -1).numpy()
+    got = engine.predict(texts)
+    return {
+        "max_abs_prob_diff": float(np.abs(ref - got).max()),
+        "same_argmax": float((ref.argmax(1) == got.argmax(1)).mean()),
+        "texts": len(texts),
+        "atol": PARITY_ATOL,
+    }
+
+
+# ----------------------------------------------------------------------------- bundle
+
+
+def export_bundle(
+    model: nn.Module,
+    cfg: RunConfig,
+    tokenizer_path: Path,
+    out_dir: Path,
+    parity_texts: Sequence[str],
+    force: bool = False,
+    int8: bool = True,
+    version: str = "1.0.0",
+    extra_files: Sequence[Path] = (),
+    training_info: dict[str, Any] | None = None,
+) -> tuple[Manifest, dict[str, Any]]:
+    """Write a complete, verified bundle to `out_dir`. Returns its manifest and the parity
+    report. Refuses to replace an existing bundle unless `force`."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise FileExistsError(f"{out_dir} exists; pass --force to overwrite it")
+    tokenizer = Tokenizer(tokenizer_path)
+    mcfg = model.cfg
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        t0 = time.perf_counter()
+        if cfg.task == "translation":
+            graphs = export_translation_graphs(model, tmp)
+        else:
+            graphs = export_classifier_graph(model, tmp)
+        variants = {"fp32": graphs}
+        if int8:
+            variants["int8"] = quantize_graphs(graphs, tmp)
+        shutil.copyfile(tokenizer_path, tmp / "spm.model")
+        for f in extra_files:
+            shutil.copyfile(f, tmp / f.name)
+        corpus = CORPORA.get(cfg.data.corpus)
+        manifest = Manifest(
+            name=cfg.name,
+            task=cfg.task,
+            version=version,
+            tokenizer="spm.model",
+            special_ids=dict(SPECIAL_IDS),
+            vocab_size=tokenizer.vocab_size,
+            max_len=mcfg.max_len,
+            model={**mcfg.to_dict(), "parameters": count_parameters(model)},
+            variants=variants,
+            default_variant="fp32",
+            files={p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+            source_lang=cfg.data.source_lang,
+            target_lang=cfg.data.target_lang,
+            labels=list(cfg.data.labels),
+            training={"config": cfg.to_dict(), **(training_info or {})},
+            data={
+                "corpus": cfg.data.corpus,
+                "license": corpus.license if corpus else "",
+                "source": corpus.url if corpus else "",
+            },
+        )
+        write_manifest(tmp, manifest)
+        parity = check_parity(model, tmp, manifest, tokenizer, parity_texts)
+        log.info("exported %s in %.1fs; parity %s", out_dir, time.perf_counter() - t0, parity)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest, parity
+
+
+def check_parity(
+    model: nn.Module, bundle_dir: Path, manifest: Manifest, tokenizer: Tokenizer, texts: Sequence[str]
+) -> dict[str, Any]:
+    """Parity of the fp32 graphs with PyTorch; raises if outside tolerance."""
+    providers = resolve_providers("cpu")
+    if manifest.task == "translation":
+        engine = Translator(bundle_dir, manifest, providers, variant="fp32")
+        report = translation_parity(model, engine, tokenizer, texts)
+        ok = report["max_abs_logit_diff"] <= PARITY_ATOL and report["identical_greedy"] == 1.0
+    else:
+        engine = Classifier(bundle_dir, manifest, providers, variant="fp32")
+        report = classifier_parity(model, engine, tokenizer, texts)
+        ok = report["max_abs_prob_diff"] <= PARITY_ATOL and report["same_argmax"] == 1.0
+    if not ok:
+        raise RuntimeError(f"ONNX export of {manifest.name} fails parity with PyTorch: {report}")
+    return report

@@ -1,0 +1,253 @@
+"""The release pipeline: tokenizer -> train -> export -> evaluate the served engine -> choose the
+variant -> model card. One config in, one verified bundle out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from service.bundle import load_manifest, sha256_file, write_manifest
+from service.engines.classifier import Classifier
+from service.engines.runtime import resolve_providers
+from service.engines.translator import Translator
+from training.config import RunConfig
+from training.evaluate import classification_metrics, format_confusion, translation_metrics
+from training.export import export_bundle
+from training.tokenizer import Tokenizer
+from training.train import TOKENIZER_FILE, make_task, model_from_checkpoint, train
+
+log = logging.getLogger(__name__)
+
+VARIANT_TOLERANCE = 0.5  # BLEU or accuracy points a faster variant may lose against fp32
+
+
+def command_line() -> str:
+    return "python -m training " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def evaluate_bundle(
+    bundle_dir: Path, cfg: RunConfig, split: str, variant: str, batch_sentences: int = 32
+) -> dict[str, Any]:
+    """Score the bundle's `variant` on `split` with the service's own engine; also time it."""
+    manifest = load_manifest(bundle_dir)
+    task = make_task(cfg, tokenizer=None)  # type: ignore[arg-type]
+    rows = task.raw(split)
+    providers = resolve_providers("cpu")
+    t0 = time.perf_counter()
+    if cfg.task == "translation":
+        engine = Translator(bundle_dir, manifest, providers, threads=2, variant=variant)
+        sources = [r[0] for r in rows]
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        hyps = [""] * len(sources)
+        for start in range(0, len(order), batch_sentences):
+            chunk = order[start : start + batch_sentences]
+            for i, h in zip(chunk, engine.translate([sources[i] for i in chunk])):
+                hyps[i] = h
+        seconds = time.perf_counter() - t0
+        metrics = translation_metrics(hyps, [r[1] for r in rows], cfg.data.target_lang)
+        metrics["examples"] = [
+            {"source": s, "hypothesis": h, "reference": r[1]} for s, h, r in list(zip(sources, hyps, rows))[:5]
+        ]
+    else:
+        engine = Classifier(bundle_dir, manifest, providers, threads=2, variant=variant)
+        texts = [r[0] for r in rows]
+        preds: list[int] = []
+        for start in range(0, len(texts), 64):
+            preds += engine.predict(texts[start : start + 64]).argmax(1).tolist()
+        seconds = time.perf_counter() - t0
+        metrics = classification_metrics(preds, [r[1] for r in rows], cfg.data.labels)
+    metrics.update(
+        {
+            "split": split,
+            "variant": variant,
+            "sentences": len(rows),
+            "seconds": round(seconds, 2),
+            "sentences_per_s": round(len(rows) / seconds, 1),
+        }
+    )
+    return metrics
+
+
+def choose_variant(valid: dict[str, dict[str, Any]], metric: str) -> str:
+    """The fastest variant whose validation metric is within VARIANT_TOLERANCE of fp32's."""
+    base = valid["fp32"][metric]
+    ok = [v for v, m in valid.items() if m[metric] >= base - VARIANT_TOLERANCE]
+    return max(ok, key=lambda v: valid[v]["sentences_per_s"])
+
+
+def keep_only_variant(bundle_dir: Path, variant: str) -> None:
+    """Delete the other variants' graphs and rewrite the manifest (metrics are kept)."""
+    manifest = load_manifest(bundle_dir)
+    served = {g.file for g in manifest.variants[variant].values()}
+    for graphs in manifest.variants.values():
+        for g in graphs.values():
+            if g.file not in served:
+                (bundle_dir / g.file).unlink(missing_ok=True)
+    files = {n: s for n, s in manifest.files.items() if (bundle_dir / n).exists()}
+    write_manifest(
+        bundle_dir,
+        replace(manifest, variants={variant: manifest.variants[variant]}, default_variant=variant, files=files),
+    )
+
+
+def release(
+    cfg: RunConfig,
+    run_dir: Path,
+    out_dir: Path,
+    force: bool = False,
+    device: str = "auto",
+    keep_all_variants: bool = False,
+) -> dict[str, Any]:
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise FileExistsError(f"{out_dir} exists; pass --force to overwrite it")
+    summary = train(cfg, run_dir, resume=(run_dir / "last.pt").exists(), device=device)
+    metric = "bleu" if cfg.task == "translation" else "accuracy"
+    candidates = [p for p in (run_dir / "best.pt", run_dir / "averaged.pt") if p.exists()]
+    ckpt = run_dir / "best.pt"
+    if (run_dir / "averaged.pt").exists() and summary.get(f"averaged_valid_{metric}", -1) > summary[
+        f"best_valid_{metric}"
+    ]:
+        ckpt = run_dir / "averaged.pt"
+    log.info("release %s from %s (candidates %s)", cfg.name, ckpt.name, [c.name for c in candidates])
+    model = model_from_checkpoint(ckpt)
+    task = make_task(cfg, Tokenizer(run_dir / TOKENIZER_FILE))
+    valid_split = cfg.data.valid_split if cfg.task == "translation" else "valid"
+    parity_texts = [r[0] for r in task.raw(valid_split)[:50]]
+    extra = [p for p in (run_dir / "curves.png",) if p.exists()]
+    manifest, parity = export_bundle(
+        model,
+        cfg,
+        run_dir / TOKENIZER_FILE,
+        out_dir,
+        parity_texts,
+        force=force,
+        extra_files=extra,
+        training_info={"checkpoint": ckpt.name, **summary, "hardware": hardware()},
+    )
+    valid = {v: evaluate_bundle(out_dir, cfg, valid_split, v) for v in manifest.variants}
+    served = choose_variant(valid, metric)
+    tests = list(cfg.data.test_splits) if cfg.task == "translation" else []
+    results = [valid[v] for v in valid]
+    for split in tests:
+        results += [evaluate_bundle(out_dir, cfg, split, v) for v in manifest.variants]
+    cmd = command_line()
+    metrics = []
+    for r in results:
+        names = ("bleu", "chrf", "bleu_lc_tok") if cfg.task == "translation" else ("accuracy", "macro_f1")
+        for name in names:
+            if name in r:
+                sig = r.get(f"{name}_signature") or r.get(f"{name}_method", "")
+                metrics.append(
+                    {
+                        "name": name,
+                        "split": r["split"],
+                        "variant": r["variant"],
+                        "value": r[name],
+                        "signature": sig,
+                        "command": cmd,
+                    }
+                )
+        metrics.append(
+            {
+                "name": "sentences_per_s",
+                "split": r["split"],
+                "variant": r["variant"],
+                "value": r["sentences_per_s"],
+                "command": cmd,
+            }
+        )
+    if not keep_all_variants:
+        keep_only_variant(out_dir, served)
+    manifest = load_manifest(out_dir)
+    manifest = replace(
+        manifest,
+        metrics=metrics,
+        training={
+            **manifest.training,
+            "parity": parity,
+            "served_variant_reason": f"fastest variant within {VARIANT_TOLERANCE} {metric} of fp32 on {valid_split}",
+        },
+    )
+    card = model_card(manifest, results, parity, cfg)
+    (out_dir / "README.md").write_text(card, encoding="utf-8")
+    manifest = replace(manifest, files={**manifest.files, "README.md": sha256_file(out_dir / "README.md")})
+    write_manifest(out_dir, manifest)
+    report = {
+        "bundle": str(out_dir),
+        "served_variant": served,
+        "summary": summary,
+        "parity": parity,
+        "results": [{k: v for k, v in r.items() if k != "examples"} for r in results],
+    }
+    (run_dir / "release.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    return report
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def model_card(manifest, results: list[dict[str, Any]], parity: dict[str, Any], cfg: RunConfig) -> str:
+    m, t = manifest.model, manifest.training
+    lines = [f"# {manifest.name} ({manifest.task}, v{manifest.version})", ""]
+    if manifest.task == "translation":
+        lines.append(f"Translates **{manifest.source_lang} -> {manifest.target_lang}** with greedy decoding.")
+    else:
+        lines.append(f"Classifies text into: {', '.join(manifest.labels)}.")
+    lines += [
+        "",
+        "## Data and license",
+        "",
+        f"- Corpus: `{manifest.data.get('corpus')}` ({manifest.data.get('source') or 'see training config'})",
+        f"- License: {manifest.data.get('license')}",
+        "",
+        "## Architecture",
+        "",
+        f"- Transformer, d_model {m['d_model']}, {m['n_heads']} heads, FFN {m['d_ff']}, "
+        f"{m['n_encoder_layers']} encoder / {m['n_decoder_layers']} decoder layers, "
+        f"{'pre' if m['pre_norm'] else 'post'}-LayerNorm, vocabulary {manifest.vocab_size} "
+        f"(SentencePiece {cfg.tokenizer.model_type}), {m['parameters']:,} parameters.",
+        f"- Served variant: `{manifest.default_variant}` ({t.get('served_variant_reason', '')}).",
+        "",
+        "## Training",
+        "",
+        f"- {t.get('epochs')} epochs, {t.get('steps')} steps, {t.get('train_seconds', 0) / 60:.1f} min "
+        f"on {t.get('hardware')}; checkpoint `{t.get('checkpoint')}`.",
+        f"- PyTorch/onnxruntime parity (fp32): {parity}",
+        "",
+        "## Metrics",
+        "",
+        "| split | variant | metric | value |",
+        "|---|---|---|---|",
+    ]
+    for r in results:
+        for name in ("bleu", "bleu_lc_tok", "chrf", "accuracy", "macro_f1", "sentences_per_s"):
+            if name in r:
+                lines.append(f"| {r['split']} | {r['variant']} | {name} | {r[name]} |")
+    sigs = {r.get("bleu_signature") for r in results if r.get("bleu_signature")}
+    if sigs:
+        lines += ["", "sacreBLEU signatures: " + "; ".join(f"`{s}`" for s in sorted(sigs))]
+    for r in results:
+        if "confusion_matrix" in r:
+            lines += [
+                "",
+                f"Confusion matrix ({r['split']}, {r['variant']}):",
+                "",
+                "```",
+                format_confusion(r["confusion_matrix"], r["labels"]),
+                "```",
+            ]
+            break
+    lines += ["", f"Command: `{command_line()}`", "", "![training curves](curves.png)", ""]
+    return "\n".join(lines)

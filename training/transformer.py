@@ -1,0 +1,391 @@
+"""The Transformer of "Attention Is All You Need" (Vaswani et al., 2017), written out by hand.
+
+One file, one module per concept of the paper. Two models are built from these parts:
+
+* ``Seq2SeqTransformer``: encoder-decoder for translation, with a joint (shared) source/target
+  embedding whose weight is tied to the output projection, and incremental decoding with a
+  key/value cache (self-attention keys/values grow by one position per step; cross-attention
+  keys/values are computed once from the encoder output).
+* ``TransformerClassifier``: the encoder, a pooling step, dropout and a linear layer.
+
+Shapes in comments use B = batch, S = source length, T = target length, D = d_model,
+H = heads, Dh = D // H, L = layers, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+# A layer's self-attention cache, or its precomputed cross-attention keys/values: (k, v),
+# each (B, H, T, Dh).
+KV = tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Everything needed to rebuild a model; saved inside every checkpoint."""
+
+    vocab_size: int
+    d_model: int = 256
+    n_heads: int = 4
+    d_ff: int = 1024
+    n_encoder_layers: int = 3
+    n_decoder_layers: int = 3
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    max_len: int = 256
+    pre_norm: bool = True
+    pad_id: int = PAD_ID
+    bos_id: int = BOS_ID
+    eos_id: int = EOS_ID
+    # Classification only: number of labels (0 for a translation model) and pooling.
+    n_classes: int = 0
+    pooling: str = "mean"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.vocab_size < 4:
+            problems.append(f"vocab_size={self.vocab_size} must be >= 4 (the special tokens)")
+        if self.d_model <= 0 or self.n_heads <= 0 or self.d_model % self.n_heads:
+            problems.append(f"d_model={self.d_model} must be a positive multiple of n_heads={self.n_heads}")
+        if self.d_ff <= 0:
+            problems.append(f"d_ff={self.d_ff} must be positive")
+        if self.n_encoder_layers <= 0 or self.n_decoder_layers < 0:
+            problems.append(
+                f"n_encoder_layers={self.n_encoder_layers} must be >= 1 and "
+                f"n_decoder_layers={self.n_decoder_layers} >= 0"
+            )
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name}={getattr(self, name)} must be in [0, 1)")
+        if self.max_len <= 0:
+            problems.append(f"max_len={self.max_len} must be positive")
+        if self.n_classes < 0 or self.n_classes == 1:
+            problems.append(f"n_classes={self.n_classes} must be 0 (translation) or >= 2")
+        if self.pooling not in ("mean", "cls"):
+            problems.append(f"pooling={self.pooling!r} must be 'mean' or 'cls'")
+        if problems:
+            raise ValueError("invalid TransformerConfig: " + "; ".join(problems))
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TransformerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TransformerConfig keys: {unknown}")
+        return cls(**data)
+
+
+class TokenEmbedding(nn.Module):
+    """Token embedding scaled by sqrt(d_model), as in section 3.4 of the paper."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        nn.init.normal_(self.embedding.weight, mean=0.0, std=cfg.d_model**-0.5)
+        with torch.no_grad():
+            self.embedding.weight[cfg.pad_id].zero_()
+        self.scale = math.sqrt(cfg.d_model)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.embedding(ids) * self.scale  # (B, T, D)
+
+
+class PositionalEncoding(nn.Module):
+    """Fixed sinusoidal encoding: PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(...)."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        position = torch.arange(cfg.max_len, dtype=torch.float32).unsqueeze(1)
+        inv_freq = torch.exp(torch.arange(0, cfg.d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / cfg.d_model))
+        pe = torch.zeros(cfg.max_len, cfg.d_model)
+        pe[:, 0::2] = torch.sin(position * inv_freq)
+        pe[:, 1::2] = torch.cos(position * inv_freq)
+        # Not a parameter and not saved: it is a function of the config alone.
+        self.register_buffer("pe", pe, persistent=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, start: int | Tensor = 0) -> Tensor:
+        # x: (B, T, D). Positions start..start+T-1; `start` may be a traced size in ONNX export.
+        positions = torch.arange(x.shape[1], device=x.device) + start
+        return self.dropout(x + self.pe.index_select(0, positions))
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention over H heads with its own Q/K/V and output projections."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.n_heads, self.d_head = cfg.n_heads, cfg.d_head
+        self.q_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.out_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.attention_dropout)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, T, Dh)
+
+    def project_kv(self, x: Tensor) -> KV:
+        """Keys and values of `x` (B, T, D), each (B, H, T, Dh)."""
+        return self.split_heads(self.k_proj(x)), self.split_heads(self.v_proj(x))
+
+    def forward(self, query: Tensor, kv: KV, mask: Tensor | None) -> Tensor:
+        """query: (B, Tq, D); kv: keys/values (B, H, Tk, Dh); mask: bool, True = may attend,
+        broadcastable to (B, H, Tq, Tk). Every query must be allowed at least one key."""
+        q = self.split_heads(self.q_proj(query))  # (B, H, Tq, Dh)
+        k, v = kv
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)  # (B, H, Tq, Tk)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = self.dropout(torch.softmax(scores, dim=-1))
+        out = (weights @ v).transpose(1, 2)  # (B, Tq, H, Dh)
+        return self.out_proj(out.reshape(query.shape[0], query.shape[1], -1))
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN: Linear(D, d_ff) -> ReLU -> dropout -> Linear(d_ff, D)."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.linear2 = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+
+class SublayerConnection(nn.Module):
+    """Residual connection around a sub-layer, with LayerNorm before or after it.
+
+    Post-LN, ``LN(x + Dropout(f(x)))``, is the paper's order. Pre-LN, ``x + Dropout(f(LN(x)))``
+    plus a final LayerNorm per stack (Xiong et al., 2020), is the default here: it trains
+    stably without a long warmup, which matters when CPU budgets allow only a few epochs.
+    """
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.pre_norm = cfg.pre_norm
+
+    def forward(self, x: Tensor, sublayer) -> Tensor:
+        if self.pre_norm:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention, then the feed-forward network, each in a SublayerConnection."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg)
+        self.ffn = FeedForward(cfg)
+        self.attn_block = SublayerConnection(cfg)
+        self.ffn_block = SublayerConnection(cfg)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = self.attn_block(x, lambda h: self.self_attn(h, self.self_attn.project_kv(h), mask))
+        return self.ffn_block(x, self.ffn)
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention, cross-attention over the encoder output, then the FFN."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg)
+        self.cross_attn = MultiHeadAttention(cfg)
+        self.ffn = FeedForward(cfg)
+        self.self_block = SublayerConnection(cfg)
+        self.cross_block = SublayerConnection(cfg)
+        self.ffn_block = SublayerConnection(cfg)
+
+    def forward(
+        self, x: Tensor, self_mask: Tensor, cross_kv: KV, src_mask: Tensor, past: KV | None
+    ) -> tuple[Tensor, KV]:
+        present: list[KV] = []
+
+        def self_attention(h: Tensor) -> Tensor:
+            k, v = self.self_attn.project_kv(h)
+            if past is not None:
+                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            present.append((k, v))
+            return self.self_attn(h, (k, v), self_mask)
+
+        x = self.self_block(x, self_attention)
+        x = self.cross_block(x, lambda h: self.cross_attn(h, cross_kv, src_mask))
+        return self.ffn_block(x, self.ffn), present[0]
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: TransformerConfig, embed: TokenEmbedding) -> None:
+        super().__init__()
+        self.embed = embed
+        self.pos = PositionalEncoding(cfg)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
+        self.norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
+
+    def forward(self, src_ids: Tensor, src_mask: Tensor) -> Tensor:
+        """src_ids: (B, S); src_mask: (B, S) bool, True = real token. Returns (B, S, D)."""
+        x = self.pos(self.embed(src_ids))
+        attn_mask = src_mask[:, None, None, :]  # (B, 1, 1, S): padding keys are never attended
+        for layer in self.layers:
+            x = layer(x, attn_mask)
+        return self.norm(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: TransformerConfig, embed: TokenEmbedding) -> None:
+        super().__init__()
+        self.embed = embed
+        self.pos = PositionalEncoding(cfg)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
+        self.norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
+
+    def cross_kv(self, memory: Tensor) -> list[KV]:
+        """Cross-attention keys/values of every layer, computed once per source sentence."""
+        return [layer.cross_attn.project_kv(memory) for layer in self.layers]
+
+    def forward(
+        self,
+        tgt_ids: Tensor,
+        cross_kv: list[KV],
+        src_mask: Tensor,
+        past: list[KV] | None = None,
+    ) -> tuple[Tensor, list[KV]]:
+        """tgt_ids: (B, T) new target tokens; past: each layer's cached (k, v) for the earlier
+        positions, or None. Returns hidden states (B, T, D) and each layer's updated cache."""
+        past_len = past[0][0].shape[2] if past else 0
+        x = self.pos(self.embed(tgt_ids), start=past_len)
+        t = tgt_ids.shape[1]
+        # Query i sits at absolute position past_len + i and may see keys 0..past_len + i.
+        query_pos = torch.arange(t, device=tgt_ids.device)[:, None] + past_len
+        key_pos = torch.arange(t + past_len, device=tgt_ids.device)[None, :]
+        self_mask = key_pos <= query_pos  # (T, past_len + T), broadcast over B and H
+        cross_mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
+        present = []
+        for i, layer in enumerate(self.layers):
+            x, kv = layer(x, self_mask, cross_kv[i], cross_mask, past[i] if past else None)
+            present.append(kv)
+        return self.norm(x), present
+
+
+class Seq2SeqTransformer(nn.Module):
+    """Encoder-decoder with one embedding shared by source, target and the output projection."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        if cfg.n_decoder_layers < 1:
+            raise ValueError("Seq2SeqTransformer needs n_decoder_layers >= 1")
+        self.cfg = cfg
+        self.embed = TokenEmbedding(cfg)
+        self.encoder = Encoder(cfg, self.embed)
+        self.decoder = Decoder(cfg, self.embed)
+
+    def encode(self, src_ids: Tensor) -> tuple[Tensor, Tensor]:
+        src_mask = src_ids != self.cfg.pad_id
+        return self.encoder(src_ids, src_mask), src_mask
+
+    def project(self, hidden: Tensor) -> Tensor:
+        """Output projection tied to the embedding: (B, T, D) -> logits (B, T, V)."""
+        return hidden @ self.embed.embedding.weight.t()
+
+    def forward(self, src_ids: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced logits (B, T, V) for target inputs `tgt_in` (starting with <s>)."""
+        memory, src_mask = self.encode(src_ids)
+        hidden, _ = self.decoder(tgt_in, self.decoder.cross_kv(memory), src_mask)
+        return self.project(hidden)
+
+    @torch.no_grad()
+    def greedy_decode(
+        self,
+        src_ids: Tensor,
+        use_cache: bool = True,
+        max_output_ratio: float = 1.5,
+        max_output_extra: int = 10,
+    ) -> list[list[int]]:
+        """Greedy decoding; returns each sentence's target ids without <s> and </s>.
+
+        A row stops at </s> or after ``len(source) * ratio + extra`` tokens (capped by the
+        model's positions), the same rule as the service's engine."""
+        cfg = self.cfg
+        b = src_ids.shape[0]
+        memory, src_mask = self.encode(src_ids)
+        limits = (src_mask.sum(1) * max_output_ratio).long() + max_output_extra
+        limits = limits.clamp(max=cfg.max_len - 1)
+        cross = self.decoder.cross_kv(memory)
+        ys = torch.full((b, 1), cfg.bos_id, dtype=torch.long, device=src_ids.device)
+        done = torch.zeros(b, dtype=torch.bool, device=src_ids.device)
+        past = None
+        for step in range(int(limits.max())):
+            if use_cache:
+                hidden, past = self.decoder(ys[:, -1:], cross, src_mask, past)
+            else:
+                hidden, _ = self.decoder(ys, cross, src_mask)
+            next_ids = self.project(hidden[:, -1]).argmax(-1)
+            next_ids = next_ids.masked_fill(done, cfg.pad_id)
+            ys = torch.cat([ys, next_ids[:, None]], dim=1)
+            done |= (next_ids == cfg.eos_id) | (step + 1 >= limits)
+            if bool(done.all()):
+                break
+        out = []
+        for row, limit in zip(ys[:, 1:].tolist(), limits.tolist()):
+            row = row[:limit]
+            out.append(row[: row.index(cfg.eos_id)] if cfg.eos_id in row else row)
+        return out
+
+
+class TransformerClassifier(nn.Module):
+    """The Transformer encoder, pooled to one vector per text, then dropout and a linear layer.
+
+    Pooling ``mean`` averages the non-padding positions; ``cls`` takes position 0, where the
+    tokenizer puts ``<s>`` as a classification token.
+    """
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        if cfg.n_classes < 2:
+            raise ValueError(f"TransformerClassifier needs n_classes >= 2, got {cfg.n_classes}")
+        self.cfg = cfg
+        self.embed = TokenEmbedding(cfg)
+        self.encoder = Encoder(cfg, self.embed)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.d_model, cfg.n_classes)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """ids: (B, T) -> logits (B, n_classes)."""
+        mask = ids != self.cfg.pad_id
+        hidden = self.encoder(ids, mask)  # (B, T, D)
+        if self.cfg.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return self.head(self.dropout(pooled))
+
+
+def build_model(cfg: TransformerConfig) -> nn.Module:
+    """The model a config describes: a classifier when it has labels, else a translator."""
+    return TransformerClassifier(cfg) if cfg.n_classes else Seq2SeqTransformer(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
