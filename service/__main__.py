@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 import uvicorn
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
     )
     server = uvicorn.Server(config)
+    # uvicorn drains on SIGTERM, then re-raises the signal to whatever handler was installed
+    # before it ran. A no-op handler here turns a graceful SIGTERM shutdown into exit 0, which
+    # is what process supervisors (Kubernetes, docker stop) treat as a clean stop.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     server.run()
     # uvicorn returns after a lifespan startup failure (e.g. no model directory) without raising
     return 0 if server.started else 3

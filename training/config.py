@@ -20,12 +20,13 @@ TASKS = ("translation", "classification")
 class DataConfig:
     dir: str = ""
     corpus: str = ""  # a key of training.data.CORPORA: license text, download source
+    license: str = ""  # overrides the corpus's license text (e.g. for mixed corpora)
     # translation
     source_lang: str = ""
     target_lang: str = ""
     train_split: str = "train"
     valid_split: str = "val"
-    test_splits: tuple[str, ...] = ()
+    test_splits: tuple[str, ...] = ()  # evaluated at release (classification: e.g. valid_short)
     max_tokens_per_sentence: int = 128
     max_length_ratio: float = 3.0
     # classification: TSV files `sentence<TAB>label` with a header
@@ -36,6 +37,7 @@ class DataConfig:
     # ("<dir>/<split>.<lang>.gz" of several corpora); see training.data.load_langid
     langid_sources: tuple[str, ...] = ()
     langid_valid_per_label: int = 1000
+    short_span_fraction: float = 0.0  # add this share of training rows again as 1-3 word spans
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,31 @@ def load_langid(sources: Sequence[str], labels: Sequence[str], split: str) -> li
     return rows
 
 
+def _is_cjk(text: str) -> bool:
+    return any("\u3400" <= ch <= "\u9fff" for ch in text)
+
+
+def short_spans(rows: Sequence[tuple[str, int]], seed: int) -> list[tuple[str, int]]:
+    """One short span per row: 1-3 words, or 1-4 characters of text written without spaces
+    (Chinese). Language identifiers usually fail on such inputs; we train and test on them."""
+    rng = random.Random(seed)
+    out = []
+    for text, label in rows:
+        if _is_cjk(text):
+            chars = [c for c in text if not c.isspace()]
+            n = min(len(chars), rng.randint(1, 4))
+            start = rng.randint(0, len(chars) - n)
+            span = "".join(chars[start : start + n])
+        else:
+            words = text.split()
+            n = min(len(words), rng.randint(1, 3))
+            start = rng.randint(0, len(words) - n)
+            span = " ".join(words[start : start + n])
+        if span:
+            out.append((span, label))
+    return out
+
+
 def token_batches(
     lengths: Sequence[int], max_tokens: int, seed: int, epoch: int, shuffle: bool = True
 ) -> list[list[int]]:

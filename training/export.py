@@ -287,7 +287,7 @@ def export_bundle(
             training={"config": cfg.to_dict(), **(training_info or {})},
             data={
                 "corpus": cfg.data.corpus,
-                "license": corpus.license if corpus else "",
+                "license": cfg.data.license or (corpus.license if corpus else ""),
                 "source": corpus.url if corpus else "",
             },
         )

@@ -135,7 +135,7 @@ def release(
     )
     valid = {v: evaluate_bundle(out_dir, cfg, valid_split, v) for v in manifest.variants}
     served = choose_variant(valid, metric)
-    tests = list(cfg.data.test_splits) if cfg.task == "translation" else []
+    tests = list(cfg.data.test_splits)
     results = [valid[v] for v in valid]
     for split in tests:
         results += [evaluate_bundle(out_dir, cfg, split, v) for v in manifest.variants]

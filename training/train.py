@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from training.config import RunConfig
-from training.data import load_langid, load_parallel, load_tsv, token_batches
+from training.data import load_langid, load_parallel, load_tsv, short_spans, token_batches
 from training.evaluate import (
     classification_metrics,
     classify,
@@ -115,14 +115,21 @@ class ClassificationTask:
         self.cfg, self.tok = cfg, tokenizer
 
     def raw(self, split: str) -> list[tuple[str, int]]:
-        d = self.cfg.data
+        """Rows of a split. ``valid_short`` is the validation split cut to 1-3 word spans."""
+        d, seed = self.cfg.data, self.cfg.train.seed
+        if split == "valid_short":
+            return short_spans(self.raw("valid"), seed)
         if d.langid_sources:
             rows = load_langid(d.langid_sources, d.labels, split)
             if split != "train" and d.langid_valid_per_label:
-                rows = _balanced_sample(rows, d.langid_valid_per_label, seed=self.cfg.train.seed)
-            return rows
-        name = {"train": d.train_file, "valid": d.valid_file}.get(split, split)
-        return load_tsv(Path(d.dir) / name, d.labels)
+                rows = _balanced_sample(rows, d.langid_valid_per_label, seed=seed)
+        else:
+            name = {"train": d.train_file, "valid": d.valid_file}.get(split, split)
+            rows = load_tsv(Path(d.dir) / name, d.labels)
+        if split == "train" and d.short_span_fraction:
+            rng = random.Random(seed)
+            rows = rows + short_spans(rng.sample(rows, int(len(rows) * d.short_span_fraction)), seed)
+        return rows
 
     def encode(self, rows: list[tuple[str, int]], filter_long: bool) -> list[tuple[list, int]]:
         limit = self.cfg.data.max_tokens_per_sentence

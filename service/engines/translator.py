@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from service.bundle import Manifest
 from service.engines.runtime import BundleEngine
@@ -29,10 +30,15 @@ class Translator(BundleEngine):
         variant: str | None = None,
         max_output_ratio: float = 1.5,
         max_output_extra: int = 10,
+        io_binding: bool | None = None,
     ) -> None:
         super().__init__(bundle_dir, manifest, variant)
         self.encoder = self.session("encoder", providers, threads)
         self.decoder = self.session("decoder", providers, threads)
+        # On CUDA the caches stay on the device between steps (IO binding); on the CPU the
+        # plain loop is faster because it can drop finished rows from the work.
+        self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        self.io_binding = self.device == "cuda" if io_binding is None else io_binding
         ids = manifest.special_ids
         self.pad, self.bos, self.eos = ids["pad"], ids["bos"], ids["eos"]
         m = manifest.model
@@ -74,10 +80,19 @@ class Translator(BundleEngine):
         for i, s in enumerate(sources):
             src[i, : len(s)] = s
         src_mask = src != self.pad
-        cross_k, cross_v = self.encoder.run(None, {"src_ids": src})
         limits = np.minimum(self.max_len - 1, (lengths * self.ratio).astype(np.int64) + self.extra)
         steps = int(limits.max())
+        if self.io_binding:
+            out, out_len = self._decode_bound(src, src_mask, limits, steps)
+        else:
+            out, out_len = self._decode(src, src_mask, limits, steps)
+        if self.on_tokens:
+            self.on_tokens(int(out_len.sum()))
+        return [out[i, : out_len[i]].tolist() for i in range(b)]
 
+    def _decode(self, src: np.ndarray, src_mask: np.ndarray, limits: np.ndarray, steps: int):
+        b = src.shape[0]
+        cross_k, cross_v = self.encoder.run(None, {"src_ids": src})
         out = np.full((b, steps), self.pad, dtype=np.int64)
         out_len = np.zeros(b, dtype=np.int64)
         alive = np.arange(b)  # original rows still decoding, in batch order
@@ -109,6 +124,49 @@ class Translator(BundleEngine):
                 past_k, past_v = past_k[:, keep], past_v[:, keep]
                 cross_k, cross_v = cross_k[:, keep], cross_v[:, keep]
             tokens = next_ids[:, None]
-        if self.on_tokens:
-            self.on_tokens(int(out_len.sum()))
-        return [out[i, : out_len[i]].tolist() for i in range(b)]
+        return out, out_len
+
+    def _decode_bound(self, src: np.ndarray, src_mask: np.ndarray, limits: np.ndarray, steps: int):
+        """The same loop with every cache kept as an OrtValue on the session's device; only the
+        token ids go in and the logits come out. Finished rows stay in the batch (slicing a
+        device tensor would need a copy) and their outputs are ignored."""
+        dev = self.device
+        b = src.shape[0]
+        enc = self.encoder.io_binding()
+        enc.bind_cpu_input("src_ids", src)
+        enc.bind_output("cross_k", dev)
+        enc.bind_output("cross_v", dev)
+        self.encoder.run_with_iobinding(enc)
+        cross_k, cross_v = enc.get_outputs()
+        mask = ort.OrtValue.ortvalue_from_numpy(src_mask, dev, 0)
+        empty = np.zeros((self.n_layers, b, self.n_heads, 0, self.d_head), dtype=np.float32)
+        past_k = past_v = ort.OrtValue.ortvalue_from_numpy(empty, dev, 0)
+        out = np.full((b, steps), self.pad, dtype=np.int64)
+        out_len = np.zeros(b, dtype=np.int64)
+        done = np.zeros(b, dtype=bool)
+        tokens = np.full((b, 1), self.bos, dtype=np.int64)
+        for step in range(steps):
+            bind = self.decoder.io_binding()
+            bind.bind_cpu_input("input_ids", tokens)
+            for name, value in (
+                ("src_mask", mask),
+                ("past_k", past_k),
+                ("past_v", past_v),
+                ("cross_k", cross_k),
+                ("cross_v", cross_v),
+            ):
+                bind.bind_ortvalue_input(name, value)
+            bind.bind_output("logits", "cpu")
+            bind.bind_output("present_k", dev)
+            bind.bind_output("present_v", dev)
+            self.decoder.run_with_iobinding(bind)
+            logits, past_k, past_v = bind.get_outputs()
+            next_ids = logits.numpy().argmax(-1)
+            active = ~done & (next_ids != self.eos)
+            out[active, step] = next_ids[active]
+            out_len[active] = step + 1
+            done |= (next_ids == self.eos) | (step + 1 >= limits)
+            if done.all():
+                break
+            tokens = next_ids[:, None]
+        return out, out_len

@@ -114,3 +114,13 @@ def test_cli_help_lists_every_step():
     out = subprocess.run([sys.executable, "-m", "training", "--help"], capture_output=True, text=True, check=True)
     for step in ("download", "tokenizer", "train", "evaluate", "export", "release"):
         assert step in out.stdout
+
+
+def test_io_binding_loop_equals_plain_loop(exported):
+    # The device-resident loop used on CUDA, run here on the CPU provider.
+    _, _, _, out, manifest, _, texts = exported
+    plain = Translator(out, manifest, resolve_providers("cpu"), variant="fp32")
+    bound = Translator(out, manifest, resolve_providers("cpu"), variant="fp32", io_binding=True)
+    assert not plain.io_binding and bound.io_binding
+    sources = plain.encode(texts)
+    assert bound.generate(sources) == plain.generate(sources)

@@ -1,0 +1,42 @@
+"""Every shipped bundle in model/ loads, verifies its checksums and gives its golden output.
+
+Fails if a bundle regresses (a golden output changes) or goes missing (golden.json names it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.bundle import find_bundles, load_manifest
+from service.engines.classifier import Classifier
+from service.engines.runtime import resolve_providers
+from service.engines.translator import Translator
+
+MODEL_DIR = Path(__file__).resolve().parents[2] / "model"
+GOLDEN = json.loads((Path(__file__).parent / "golden.json").read_text(encoding="utf-8"))
+
+pytestmark = pytest.mark.release
+
+
+def test_every_expected_bundle_is_shipped_and_every_shipped_bundle_has_goldens():
+    shipped = {p.name for p in find_bundles(MODEL_DIR)}
+    assert shipped == set(GOLDEN), f"shipped {sorted(shipped)} vs golden.json {sorted(GOLDEN)}"
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_bundle_golden_outputs(name):
+    bundle = MODEL_DIR / name
+    manifest = load_manifest(bundle, verify=True)
+    providers = resolve_providers("cpu")
+    cases = GOLDEN[name]
+    if manifest.task == "translation":
+        engine = Translator(bundle, manifest, providers, threads=1)
+        got = engine.translate([c["input"] for c in cases])
+        assert got == [c["output"] for c in cases]
+    else:
+        engine = Classifier(bundle, manifest, providers, threads=1)
+        probs = engine.predict([c["input"] for c in cases])
+        assert [manifest.labels[int(p.argmax())] for p in probs] == [c["label"] for c in cases]
