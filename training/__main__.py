@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     d = sub.add_parser("download", help="fetch a corpus from its public source, verifying sha256")
-    d.add_argument("--corpus", required=True, help="multi30k or sst2")
+    d.add_argument("--corpus", required=True, help="multi30k, sst2 or zh-en (rebuilt from cmn.txt)")
     d.add_argument("--dest", required=True)
     d.add_argument("--force", action="store_true")
     d.set_defaults(func=cmd_download)

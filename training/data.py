@@ -69,9 +69,11 @@ CORPORA: dict[str, Corpus] = {
         gzip_locally=True,
     ),
     "zh-en": Corpus(
-        url="",
+        url="https://raw.githubusercontent.com/13luoyu/Transformer-machine-translation/"
+        "aa43963320ccfacebd1d3542deae559bbca58d03/",
         license="Tatoeba cmn-eng via ManyThings.org: CC BY 2.0 FR (attribution per line)",
-        files={},
+        # The ManyThings Anki export; the splits are rebuilt from it (see build_tatoeba_zh_en).
+        files={"cmn.txt": "aa264a2447b26ab7c9d413f8321f9e2a779fd134b5118306b6e26a3499b3926e"},
     ),
     "chnsenticorp": Corpus(
         url="",
@@ -101,8 +103,7 @@ def download(corpus: str, dest: Path, force: bool = False) -> list[Path]:
         remote = spec.remote_names.get(name, name)
         log.info("downloading %s%s", spec.url, remote)
         tmp = target.with_suffix(target.suffix + ".part")
-        with urllib.request.urlopen(spec.url + remote, timeout=60) as resp:
-            payload = resp.read()
+        payload = fetch(spec.url + remote)
         actual = hashlib.sha256(payload).hexdigest()
         if actual != expected:
             raise ValueError(f"{spec.url + remote}: sha256 {actual} != expected {expected}")
@@ -111,6 +112,83 @@ def download(corpus: str, dest: Path, force: bool = False) -> list[Path]:
         tmp.write_bytes(payload)
         tmp.replace(target)
         written.append(target)
+    if corpus == "zh-en":
+        written = build_tatoeba_zh_en(dest / "cmn.txt", dest)
+    return written
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=60) as resp:
+        return resp.read()
+
+
+def build_tatoeba_zh_en(source: Path, dest: Path) -> list[Path]:
+    """Rebuild ../shared/data/zh-en from ManyThings' cmn.txt (English<TAB>Chinese<TAB>attribution),
+    following its README: drop empty lines, normalise whitespace, Chinese to simplified (OpenCC
+    t2s, if the `opencc` package is installed: it changes 11 lines), drop duplicate pairs, then
+    split without leakage: pairs sharing an English or a Chinese sentence form one component;
+    components, ordered by sha256 of their smallest English sentence, fill test (2000 pairs) and
+    then valid (1000); the rest is train. Pairs keep their source order within a split."""
+    try:
+        import opencc  # type: ignore[import-not-found]
+
+        t2s = opencc.OpenCC("t2s").convert
+    except ImportError:
+        log.warning("opencc not installed: Chinese is not converted to simplified (11 lines differ)")
+
+        def t2s(text: str) -> str:
+            return text
+
+    def norm(text: str) -> str:
+        return " ".join(text.replace("\u3000", " ").replace("\u00a0", " ").split())
+
+    pairs, seen = [], set()
+    for line in source.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        en, zh, attribution = line.split("\t")
+        pair = (norm(en), t2s(norm(zh)), attribution)
+        if pair[:2] not in seen:
+            seen.add(pair[:2])
+            pairs.append(pair)
+    parent = list(range(len(pairs)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[int, str], int] = {}
+    for i, (en, zh, _) in enumerate(pairs):
+        for key in ((0, en), (1, zh)):
+            if key in first:
+                parent[find(i)] = find(first[key])
+            else:
+                first[key] = i
+    components: dict[int, list[int]] = {}
+    for i in range(len(pairs)):
+        components.setdefault(find(i), []).append(i)
+    ordered = sorted(
+        components.values(), key=lambda c: hashlib.sha256(min(pairs[i][0] for i in c).encode()).hexdigest()
+    )
+    split_of: dict[int, str] = {}
+    for split, size in (("test", 2000), ("valid", 1000)):
+        filled = 0
+        for comp in ordered:
+            if comp[0] in split_of or filled + len(comp) > size:
+                continue
+            for i in comp:
+                split_of[i] = split
+            filled += len(comp)
+    written = []
+    for split in ("train", "valid", "test"):
+        rows = [p for i, p in enumerate(pairs) if split_of.get(i, "train") == split]
+        for col, suffix in ((0, "en"), (1, "zh"), (2, "attribution")):
+            path = dest / f"{split}.{suffix}.gz"
+            with path.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+                gz.write(("\n".join(r[col] for r in rows) + "\n").encode("utf-8"))
+            written.append(path)
     return written
 
 

@@ -296,6 +296,7 @@ def export_bundle(
         log.info("exported %s in %.1fs; parity %s", out_dir, time.perf_counter() - t0, parity)
         if out_dir.exists():
             shutil.rmtree(out_dir)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the service may run as another user
         tmp.rename(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -177,9 +177,13 @@ def release(
             "served_variant_reason": f"fastest variant within {VARIANT_TOLERANCE} {metric} of fp32 on {valid_split}",
         },
     )
+    confusion = next((r for r in results if "confusion_matrix" in r and r["variant"] == served), None)
+    if confusion:
+        plot_confusion(confusion, out_dir / "confusion.png")
     card = model_card(manifest, results, parity, cfg)
     (out_dir / "README.md").write_text(card, encoding="utf-8")
-    manifest = replace(manifest, files={**manifest.files, "README.md": sha256_file(out_dir / "README.md")})
+    added = [p for p in (out_dir / "README.md", out_dir / "confusion.png") if p.exists()]
+    manifest = replace(manifest, files={**manifest.files, **{p.name: sha256_file(p) for p in added}})
     write_manifest(out_dir, manifest)
     report = {
         "bundle": str(out_dir),
@@ -192,10 +196,41 @@ def release(
     return report
 
 
+def plot_confusion(result: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm, labels = result["confusion_matrix"], result["labels"]
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.0 * len(labels) + 1.5))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    ax.set_title(f"{result['split']} ({result['variant']}): accuracy {result['accuracy']}%")
+    top = max(max(row) for row in cm) or 1
+    for i, row in enumerate(cm):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
 def hardware() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    name = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU ({name}), {torch.get_num_threads()} threads"
 
 
 def model_card(manifest, results: list[dict[str, Any]], parity: dict[str, Any], cfg: RunConfig) -> str:
@@ -238,6 +273,22 @@ def model_card(manifest, results: list[dict[str, Any]], parity: dict[str, Any], 
     sigs = {r.get("bleu_signature") for r in results if r.get("bleu_signature")}
     if sigs:
         lines += ["", "sacreBLEU signatures: " + "; ".join(f"`{s}`" for s in sorted(sigs))]
+    labelled = [r for r in results if r.get("per_label_accuracy")]
+    if labelled:
+        labels = list(labelled[0]["per_label_accuracy"])
+        lines += [
+            "",
+            "Accuracy per label (%):",
+            "",
+            "| split | variant | " + " | ".join(labels) + " |",
+            "|---|---|" + "---|" * len(labels),
+        ]
+        for r in labelled:
+            lines.append(
+                f"| {r['split']} | {r['variant']} | "
+                + " | ".join(str(r["per_label_accuracy"][k]) for k in labels)
+                + " |"
+            )
     for r in results:
         if "confusion_matrix" in r:
             lines += [
@@ -250,4 +301,6 @@ def model_card(manifest, results: list[dict[str, Any]], parity: dict[str, Any], 
             ]
             break
     lines += ["", f"Command: `{command_line()}`", "", "![training curves](curves.png)", ""]
+    if manifest.task == "classification":
+        lines += ["![confusion matrix of the served variant](confusion.png)", ""]
     return "\n".join(lines)

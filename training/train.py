@@ -50,6 +50,7 @@ class TranslationTask:
     """Parallel text -> (source ids + </s>, <s> + target ids, target ids + </s>)."""
 
     metric = "bleu"
+    unit = "tokens"  # what the loss counts: target tokens
 
     def __init__(self, cfg: RunConfig, tokenizer: Tokenizer) -> None:
         self.cfg, self.tok = cfg, tokenizer
@@ -110,6 +111,7 @@ class ClassificationTask:
     """Labelled text -> (<s> + ids, label). Data from TSV files, or per-language text (langid)."""
 
     metric = "accuracy"
+    unit = "examples"
 
     def __init__(self, cfg: RunConfig, tokenizer: Tokenizer) -> None:
         self.cfg, self.tok = cfg, tokenizer
@@ -422,7 +424,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
             bar.set_postfix(
                 loss=f"{loss_sum / max(tok_sum, 1):.3f}",
                 lr=f"{lr:.2e}",
-                tok_s=f"{tok_sum * dd.world / max(elapsed, 1e-9):.0f}",
+                **{f"{task.unit[:3]}_s": f"{tok_sum * dd.world / max(elapsed, 1e-9):.0f}"},
                 refresh=False,
             )
             if state["step"] % tc.checkpoint_every == 0:
@@ -449,7 +451,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
                 "valid_loss": round(valid_loss(), 4),
                 "valid_" + task.metric: metrics[task.metric],
                 "lr": lr,
-                "tokens_per_s": round(tok_sum * dd.world / max(epoch_seconds, 1e-9), 1),
+                f"{task.unit}_per_s": round(tok_sum * dd.world / max(epoch_seconds, 1e-9), 1),
                 "epoch_seconds": round(epoch_seconds, 1),
             }
             state["history"].append(row)

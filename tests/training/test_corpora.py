@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tests.conftest import SHARED_DATA
@@ -38,3 +40,41 @@ def test_langid_reads_monolingual_sides():
     spans = short_spans(rows, seed=0)
     assert all(len(t.split()) <= 3 for t, y in spans if y == 0)
     assert all(len(t) <= 4 for t, y in spans if y == 1)
+
+
+def test_zh_en_split_procedure_reproduces_the_shared_files(tmp_path):
+    # Rebuild a cmn.txt from the three shared splits (already clean), run the documented split
+    # procedure on it, and compare every output file byte for byte.
+    from training.data import build_tatoeba_zh_en, read_lines
+
+    src = SHARED_DATA / "zh-en"
+    lines = []
+    for split in ("train", "valid", "test"):
+        cols = [read_lines(src / f"{split}.{c}.gz") for c in ("en", "zh", "attribution")]
+        lines += ["\t".join(row) for row in zip(*cols)]
+    (tmp_path / "cmn.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    written = build_tatoeba_zh_en(tmp_path / "cmn.txt", tmp_path)
+    assert len(written) == 9
+    for path in written:
+        assert sha256_file(path) == sha256_file(src / path.name), path.name
+
+
+def test_download_verifies_checksums_and_leaves_no_bad_file(tmp_path, monkeypatch):
+    import training.data as data
+
+    served = {}
+    for name in CORPORA["multi30k"].files:
+        if (SHARED_DATA / "multi30k" / name).exists():
+            served[CORPORA["multi30k"].url + name] = (SHARED_DATA / "multi30k" / name).read_bytes()
+    spec = CORPORA["multi30k"]
+    present = {n: s for n, s in spec.files.items() if spec.url + n in served}
+    monkeypatch.setitem(data.CORPORA, "multi30k", dataclasses.replace(spec, files=present))
+    monkeypatch.setattr(data, "fetch", lambda url: served[url])
+    written = data.download("multi30k", tmp_path / "ok")
+    assert len(written) == len(served)
+    assert load_parallel(tmp_path / "ok", "val", "de", "en")[0][0]
+
+    monkeypatch.setattr(data, "fetch", lambda url: b"tampered")
+    with pytest.raises(ValueError, match="sha256"):
+        data.download("multi30k", tmp_path / "bad")
+    assert not any((tmp_path / "bad").iterdir())
