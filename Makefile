@@ -30,6 +30,7 @@ run: $(VENV)/.service
 lint: $(VENV)/.dev
 	$(BIN)/ruff check service training tests benchmarks
 	$(BIN)/ruff format --check service training tests benchmarks
+	$(BIN)/mypy service
 
 test: $(VENV)/.dev lint
 	$(BIN)/python -m pytest

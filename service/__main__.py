@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=settings.request_timeout_s,
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 1,
         access_log=False,
     )
     server = uvicorn.Server(config)

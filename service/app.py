@@ -35,8 +35,8 @@ def _load(state: ServiceState) -> None:
         for name, engine in registry.translators().items():
             engine.on_tokens = lambda n, name=name: state.metrics.tokens.labels(name).inc(n)
             runners[name] = engine.translate
-        for name, engine in registry.classifiers().items():
-            runners[name] = engine.predict
+        for name, classifier in registry.classifiers().items():
+            runners[name] = classifier.predict
         s = state.settings
 
         def on_batch(model: str, size: int, seconds: float) -> None:

@@ -111,7 +111,9 @@ class Batcher:
                 if waiting >= self.max_batch_size or remaining <= 0:
                     break
                 self._cv.wait(remaining)
-            taken, kept, size = [], deque(), 0
+            taken: list[_Job] = []
+            kept: deque[_Job] = deque()
+            size = 0
             for job in self._jobs:
                 if job.model == first.model and (not taken or size + len(job.texts) <= self.max_batch_size):
                     taken.append(job)

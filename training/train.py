@@ -50,7 +50,7 @@ class TranslationTask:
     """Parallel text -> (source ids + </s>, <s> + target ids, target ids + </s>)."""
 
     metric = "bleu"
-    unit = "tokens"  # what the loss counts: target tokens
+    unit, rate_label = "tokens", "tok_s"  # what the loss counts: target tokens
 
     def __init__(self, cfg: RunConfig, tokenizer: Tokenizer) -> None:
         self.cfg, self.tok = cfg, tokenizer
@@ -111,7 +111,7 @@ class ClassificationTask:
     """Labelled text -> (<s> + ids, label). Data from TSV files, or per-language text (langid)."""
 
     metric = "accuracy"
-    unit = "examples"
+    unit, rate_label = "examples", "ex_s"
 
     def __init__(self, cfg: RunConfig, tokenizer: Tokenizer) -> None:
         self.cfg, self.tok = cfg, tokenizer
@@ -424,7 +424,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
             bar.set_postfix(
                 loss=f"{loss_sum / max(tok_sum, 1):.3f}",
                 lr=f"{lr:.2e}",
-                **{f"{task.unit[:3]}_s": f"{tok_sum * dd.world / max(elapsed, 1e-9):.0f}"},
+                **{task.rate_label: f"{tok_sum * dd.world / max(elapsed, 1e-9):.0f}"},
                 refresh=False,
             )
             if state["step"] % tc.checkpoint_every == 0:

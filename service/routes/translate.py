@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 
 from service.errors import ServiceError, bad_request
@@ -20,7 +22,9 @@ from service.text import join_segments, split_text
 
 router = APIRouter(tags=["translation"])
 
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 403, 413, 422, 429, 500, 503, 504)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorResponse} for s in (400, 403, 413, 422, 429, 500, 503, 504)
+}
 
 
 def _body(model) -> dict:
