@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def cmd_train(args) -> int:
 
     cfg = _config(args)
     summary = train(cfg, _run_dir(args, cfg), resume=args.resume, device=args.device)
-    print(json.dumps(summary, indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        print(json.dumps(summary, indent=2))
     return 0
 
 

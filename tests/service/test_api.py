@@ -183,3 +183,67 @@ def test_cors_closed_unless_configured(model_dir, client):
     with make_client(model_dir, cors_origins=["https://x.example"]) as c:
         r = c.options("/translate", headers={"origin": "https://x.example", "access-control-request-method": "POST"})
         assert r.headers["access-control-allow-origin"] == "https://x.example"
+
+
+def test_concurrent_requests_are_batched_and_equal_unbatched(model_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"der hund {w} die katze" for w in ("spielt", "läuft", "sieht", "mag", "ist", "hat", "und", "mit")] * 2
+    with make_client(model_dir, max_wait_ms=50) as c:
+        wait_ready(c)
+        alone = [
+            c.post("/translate", json={"q": t, "source": "de", "target": "en"}).json()["translatedText"] for t in texts
+        ]
+        with ThreadPoolExecutor(16) as pool:
+            together = list(
+                pool.map(
+                    lambda t: c.post("/translate", json={"q": t, "source": "de", "target": "en"}).json()[
+                        "translatedText"
+                    ],
+                    texts,
+                )
+            )
+        sizes = c.get("/metrics").text
+    assert together == alone
+    # some model call held more than one request's sentence
+    batch_counts = [
+        line for line in sizes.splitlines() if line.startswith('transerve_batch_size_bucket{le="1.0",model="de-en"}')
+    ]
+    total = [line for line in sizes.splitlines() if line.startswith('transerve_batch_size_count{model="de-en"}')]
+    assert float(batch_counts[0].split()[-1]) < float(total[0].split()[-1])
+
+
+def test_queue_full_answers_503_with_retry_after(model_dir):
+    import threading
+
+    with make_client(model_dir, max_queue=1, max_wait_ms=0) as c:
+        wait_ready(c)
+        state = c.app.state.service
+        gate, entered = threading.Event(), threading.Event()
+        real = state.batcher.runners["de-en"]
+
+        def slow(texts):
+            entered.set()
+            gate.wait(10)
+            return real(texts)
+
+        state.batcher.runners["de-en"] = slow
+        body = {"q": "hallo welt", "source": "de", "target": "en"}
+        first: list = []
+        t = threading.Thread(target=lambda: first.append(c.post("/translate", json=body)))
+        t.start()
+        assert entered.wait(10)  # the first request is inside the model call
+        second: list = []
+        t2 = threading.Thread(target=lambda: second.append(c.post("/translate", json=body)))
+        t2.start()  # fills the queue (max_queue=1)
+        for _ in range(200):
+            if state.batcher.queued:
+                break
+            threading.Event().wait(0.01)
+        r = c.post("/translate", json=body)
+        gate.set()
+        t.join(10)
+        t2.join(10)
+    assert r.status_code == 503
+    assert r.json() == {"error": "server busy, retry later"} and r.headers["retry-after"] == "1"
+    assert first[0].status_code == 200 and second[0].status_code == 200  # accepted work is not lost

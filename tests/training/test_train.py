@@ -128,3 +128,50 @@ def test_config_overrides_and_validation(tmp_path: Path):
     with pytest.raises(ValueError) as e:
         load_config(path)
     assert "task='summarize'" in str(e.value) and "model.vocab_size is derived" in str(e.value)
+
+
+def test_torchrun_distributed_training_without_code_changes(parallel_dir, tmp_path):
+    """Two CPU processes (gloo) under torchrun: each takes half the batches; rank 0 saves."""
+    import subprocess
+    import sys
+
+    from training.data import token_batches as batches_of
+    from training.train import TranslationTask, prepare_tokenizer
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'name = "ddp"\ntask = "translation"\n[data]\ndir = "{parallel_dir}"\nsource_lang = "de"\n'
+        'target_lang = "en"\n[tokenizer]\nvocab_size = 60\n[model]\nd_model = 32\nn_heads = 2\nd_ff = 64\n'
+        "n_encoder_layers = 1\nn_decoder_layers = 1\nmax_len = 64\n"
+        '[train]\nmax_tokens = 256\nepochs = 2\namp = "off"\nthreads = 1\n'
+    )
+    run = tmp_path / "run"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "training",
+            "train",
+            "--config",
+            str(config),
+            "--run-dir",
+            str(run),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    from training.config import load_config
+
+    cfg = load_config(config)
+    task = TranslationTask(cfg, prepare_tokenizer(cfg, run))
+    lengths = [task.length(e) for e in task.encode(task.raw("train"), filter_long=True)]
+    per_rank = [len(batches_of(lengths, 256, cfg.train.seed, e)) // 2 for e in range(2)]
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["state"]["step"] == sum(per_rank)
+    assert r.stdout.count('"steps"') == 1  # one report, from rank 0
