@@ -118,6 +118,25 @@ def cmd_release(args) -> int:
     return 0
 
 
+def cmd_models_table(args) -> int:
+    """The README's model table, from the shipped manifests (so the README stays true)."""
+    from service.bundle import find_bundles, load_manifest
+
+    print("| bundle | task | data | variant | split | metric | value |")
+    print("|---|---|---|---|---|---|---|")
+    wanted = {"bleu", "bleu_lc_tok", "chrf", "accuracy"}
+    for bundle in find_bundles(Path(args.model_dir)):
+        m = load_manifest(bundle, verify=False)
+        task = f"{m.source_lang}->{m.target_lang}" if m.task == "translation" else m.task
+        for row in m.metrics:
+            if row["name"] in wanted and row["variant"] == m.default_variant:
+                print(
+                    f"| {m.name} | {task} | {m.data.get('corpus')} | {row['variant']} | {row['split']} "
+                    f"| {row['name']} | {row['value']} |"
+                )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training",
@@ -179,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--keep-all-variants", action="store_true", help="keep fp32 and int8 graphs")
     r.set_defaults(func=cmd_release)
+
+    mt = sub.add_parser("models-table", help="print the README's model table from model/*/manifest.json")
+    mt.add_argument("--model-dir", default="model")
+    mt.set_defaults(func=cmd_models_table)
     return p
 
 

@@ -12,7 +12,9 @@ import logging
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -386,6 +388,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
 
     max_steps = tc.max_steps or math.inf
     stop = state["bad_epochs"] >= tc.patience > 0 or state["step"] >= max_steps
+    interrupted = _Interrupt()
     while not stop and state["epoch"] < tc.epochs:
         epoch = state["epoch"]
         batches = token_batches(lengths, tc.max_tokens, tc.seed, epoch)
@@ -430,10 +433,15 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
             if state["step"] % tc.checkpoint_every == 0:
                 state["train_seconds"] = seconds_before + elapsed
                 checkpoint(last_path)
-            if state["step"] >= max_steps:
+            if state["step"] >= max_steps or interrupted.requested:
                 break
         bar.close()
         epoch_seconds = time.perf_counter() - t0
+        if interrupted.requested:
+            state["train_seconds"] = seconds_before + epoch_seconds
+            checkpoint(last_path)
+            log.warning("interrupted at step %d: saved %s; continue with --resume", state["step"], last_path)
+            break
         state["train_seconds"] = seconds_before + epoch_seconds
         finished_epoch = state["batch_in_epoch"] >= per_rank
         if finished_epoch:
@@ -475,6 +483,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
             dist.broadcast(decision, 0)
         stop = bool(decision[0])
 
+    interrupted.restore()
     summary: dict[str, Any] = {
         "best_valid_" + task.metric: state["best"],
         "steps": state["step"],
@@ -492,6 +501,26 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
     if dd.world > 1:
         dist.destroy_process_group()
     return summary
+
+
+class _Interrupt:
+    """SIGTERM/SIGINT ask the loop to stop after the current step and save last.pt, so that
+    `--resume` continues exactly. A second signal acts as usual."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, sig: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(sig, self._previous.get(sig, signal.SIG_DFL))
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def write_log(run_dir: Path, history: list[dict], metric: str) -> None:

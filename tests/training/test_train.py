@@ -175,3 +175,35 @@ def test_torchrun_distributed_training_without_code_changes(parallel_dir, tmp_pa
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["state"]["step"] == sum(per_rank)
     assert r.stdout.count('"steps"') == 1  # one report, from rank 0
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(parallel_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'name = "sig"\ntask = "translation"\n[data]\ndir = "{parallel_dir}"\nsource_lang = "de"\n'
+        'target_lang = "en"\n[tokenizer]\nvocab_size = 60\n[model]\nd_model = 32\nn_heads = 2\nd_ff = 64\n'
+        "n_encoder_layers = 1\nn_decoder_layers = 1\nmax_len = 64\n"
+        '[train]\nmax_tokens = 64\nepochs = 50\ncheckpoint_every = 100000\namp = "off"\nthreads = 1\n'
+    )
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "training", "train", "--config", str(config), "--run-dir", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "log.csv").exists() and time.monotonic() < deadline:  # one epoch done
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "interrupted at step" in err
+    step = load_checkpoint(run / "last.pt")["state"]["step"]
+    assert step > 0
+    r = subprocess.run(
+        [*cmd, "--resume", "--set", "train.max_steps=" + str(step + 3)], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert load_checkpoint(run / "last.pt")["state"]["step"] == step + 3
