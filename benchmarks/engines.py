@@ -1,0 +1,282 @@
+"""Offline engine benchmark: the same weights decoded greedily by every engine, in one run.
+
+    python benchmarks/engines.py --config training/configs/multi30k-de-en.toml \
+        --checkpoint runs/de-en/best.pt --tokenizer runs/de-en/spm.model \
+        --split test_2016_flickr --threads 2 --batch 1 32 --repeats 3 --out benchmarks/results/engines.json
+
+Engines: PyTorch eager greedy without cache (`torch-nocache`), PyTorch with the KV cache
+(`torch-cache`), our onnxruntime engine fp32 and int8 (`ort-fp32`, `ort-int8`: the service's
+Translator over a bundle exported from the checkpoint), CTranslate2 fp32 and int8 (`ct2-fp32`,
+`ct2-int8`: converted by benchmarks/ct2_convert.py). Every (engine, batch) run is a fresh
+subprocess, so its peak RSS is its own. Sentences are sorted by length and cut into batches of
+`batch` sentences for every engine alike. Reported: sentences/s, target tokens/s, peak RSS,
+BLEU (cased sacreBLEU and lowercased tokenized), and agreement with ort-fp32 (identical
+greedy outputs). Ratios to the best CTranslate2 engine are printed in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ENGINES = ["torch-nocache", "torch-cache", "ort-fp32", "ort-int8", "ct2-fp32", "ct2-int8"]
+
+
+def _batches(n: int, lengths: list[int], size: int) -> list[list[int]]:
+    order = sorted(range(n), key=lambda i: lengths[i])
+    return [order[i : i + size] for i in range(0, n, size)]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). Unlike ru_maxrss, it starts afresh at exec,
+    so a worker does not inherit the parent's high-water mark."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One engine, one batch size: decode the split `repeats` times; print JSON."""
+    threads = args.threads
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    sources = json.loads(Path(args.sources).read_text())
+    engine = args.worker
+    if engine.startswith("torch"):
+        import torch
+
+        from training.evaluate import encode_source, pad_batch
+        from training.tokenizer import Tokenizer
+        from training.train import model_from_checkpoint
+
+        torch.set_num_threads(threads)
+        model = model_from_checkpoint(Path(args.checkpoint))
+        tok = Tokenizer(Path(args.tokenizer))
+        encoded = [encode_source(tok, s, model.cfg.max_len) for s in sources]
+        use_cache = engine == "torch-cache"
+
+        def run(batch: list[int]) -> list[list[int]]:
+            return model.greedy_decode(pad_batch([encoded[i] for i in batch], 0), use_cache=use_cache)
+
+        decode = tok.decode
+        lengths = [len(e) for e in encoded]
+    elif engine.startswith("ort"):
+        from service.bundle import load_manifest
+        from service.engines.runtime import resolve_providers
+        from service.engines.translator import Translator
+
+        bundle = Path(args.bundle)
+        tr = Translator(
+            bundle, load_manifest(bundle), resolve_providers("cpu"), threads=threads, variant=engine.split("-")[1]
+        )
+        encoded = tr.encode(sources)
+
+        def run(batch: list[int]) -> list[list[int]]:
+            return tr.generate([encoded[i] for i in batch])
+
+        def decode(ids: list[int]) -> str:
+            return tr.sp.decode(ids)
+
+        lengths = [len(e) for e in encoded]
+    else:
+        import ctranslate2
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(args.tokenizer))
+        model_dir = str(args.ct2_int8 if engine == "ct2-int8" else args.ct2_fp32)
+        tr = ctranslate2.Translator(
+            model_dir,
+            device="cpu",
+            intra_threads=threads,
+            inter_threads=1,
+            compute_type="int8" if engine == "ct2-int8" else "float32",
+        )
+        pieces = [sp.encode(s, out_type=str) for s in sources]
+        lengths = [len(p) + 1 for p in pieces]
+
+        def run(batch: list[int]) -> list[list[int]]:
+            limit = max(int(lengths[i] * 1.5) + 10 for i in batch)
+            res = tr.translate_batch(
+                [pieces[i] for i in batch], beam_size=1, max_decoding_length=limit, max_batch_size=len(batch)
+            )
+            return [[sp.piece_to_id(t) for t in r.hypotheses[0]] for r in res]
+
+        def decode(ids: list[int]) -> str:
+            return sp.decode(ids)
+
+    size = args.batch[0]
+    batches = _batches(len(sources), lengths, size)
+    run(batches[0][:2])  # warm-up: sessions, allocators, caches
+    times, outputs = [], [None] * len(sources)
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for batch in batches:
+            for i, ids in zip(batch, run(batch)):
+                outputs[i] = ids
+        times.append(time.perf_counter() - t0)
+    tokens = sum(len(o) + 1 for o in outputs)  # + </s>
+    print(
+        json.dumps(
+            {
+                "engine": engine,
+                "batch": size,
+                "seconds": times,
+                "tokens": tokens,
+                "hypotheses": [decode(o) for o in outputs],
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="training/configs/multi30k-de-en.toml")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--tokenizer", type=Path, required=True)
+    p.add_argument("--split", default="test_2016_flickr")
+    p.add_argument("--limit", type=int, default=0, help="first N sentences only (0 = all)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/engines.json"))
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--sources", help=argparse.SUPPRESS)
+    p.add_argument("--bundle", help=argparse.SUPPRESS)
+    p.add_argument("--ct2-fp32", help=argparse.SUPPRESS)
+    p.add_argument("--ct2-int8", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    from training.config import load_config
+    from training.evaluate import translation_metrics
+    from training.train import TranslationTask
+
+    cfg = load_config(args.config)
+    rows = TranslationTask(cfg, tokenizer=None).raw(args.split)  # type: ignore[arg-type]
+    rows = rows[: args.limit] if args.limit else rows
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    # One frozen copy of the weights for every engine (a training run may rewrite the original).
+    shutil.copyfile(args.checkpoint, work / "model.pt")
+    args.checkpoint = work / "model.pt"
+    (work / "sources.json").write_text(json.dumps([r[0] for r in rows]))
+    extra = [
+        "--sources",
+        str(work / "sources.json"),
+        "--checkpoint",
+        str(args.checkpoint),
+        "--tokenizer",
+        str(args.tokenizer),
+    ]
+    if any(e.startswith("ort") for e in args.engines):
+        from training.export import export_bundle
+        from training.train import model_from_checkpoint
+
+        model = model_from_checkpoint(args.checkpoint)
+        export_bundle(model, cfg, args.tokenizer, work / "bundle", [r[0] for r in rows[:20]])
+        extra += ["--bundle", str(work / "bundle")]
+    if any(e.startswith("ct2") for e in args.engines):
+        from benchmarks.ct2_convert import convert
+
+        convert(args.checkpoint, args.tokenizer, work / "ct2-fp32")
+        convert(args.checkpoint, args.tokenizer, work / "ct2-int8", quantization="int8")
+        extra += ["--ct2-fp32", str(work / "ct2-fp32"), "--ct2-int8", str(work / "ct2-int8")]
+
+    results, signature = [], ""
+    for batch in args.batch:
+        for engine in args.engines:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                engine,
+                "--batch",
+                str(batch),
+                "--threads",
+                str(args.threads),
+                "--repeats",
+                str(args.repeats),
+                *extra,
+            ]
+            out = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            )
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            median = statistics.median(r["seconds"])
+            m = translation_metrics(r["hypotheses"], [x[1] for x in rows], cfg.data.target_lang)
+            signature = m["bleu_signature"]
+            r.update(
+                median_s=median,
+                sentences_per_s=len(rows) / median,
+                tokens_per_s=r["tokens"] / median,
+                bleu=m["bleu"],
+                bleu_lc_tok=m["bleu_lc_tok"],
+            )
+            results.append(r)
+            print(
+                f"{engine:14s} batch {batch:3d}: {r['sentences_per_s']:8.1f} sent/s {r['tokens_per_s']:9.1f} tok/s "
+                f"rss {r['peak_rss_mb']:6.0f} MB  BLEU {m['bleu']:.2f} (lc-tok {m['bleu_lc_tok']:.2f})",
+                flush=True,
+            )
+
+    for batch in args.batch:
+        group = {r["engine"]: r for r in results if r["batch"] == batch}
+        ref = group.get("ort-fp32")
+        ct2 = [group[e] for e in ("ct2-fp32", "ct2-int8") if e in group]
+        best_ct2 = max(ct2, key=lambda r: r["tokens_per_s"]) if ct2 else None
+        for r in group.values():
+            if ref:
+                r["identical_to_ort_fp32"] = sum(a == b for a, b in zip(r["hypotheses"], ref["hypotheses"])) / len(rows)
+            if best_ct2:
+                r["ratio_to_best_ct2"] = r["tokens_per_s"] / best_ct2["tokens_per_s"]
+            if "torch-nocache" in group:
+                r["ratio_to_torch_nocache"] = r["tokens_per_s"] / group["torch-nocache"]["tokens_per_s"]
+    print(
+        "\n| engine | batch | sentences/s | tokens/s | peak RSS MB | BLEU | BLEU lc-tok | identical to ort-fp32 "
+        "| x best CT2 | x torch no-cache |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['engine']} | {r['batch']} | {r['sentences_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
+            f"{r['peak_rss_mb']:.0f} | {r['bleu']:.2f} | {r['bleu_lc_tok']:.2f} | "
+            f"{100 * r.get('identical_to_ort_fp32', float('nan')):.1f}% | "
+            f"{r.get('ratio_to_best_ct2', float('nan')):.2f} | "
+            f"{r.get('ratio_to_torch_nocache', float('nan')):.2f} |"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        r.pop("hypotheses")
+    args.out.write_text(
+        json.dumps(
+            {
+                "command": " ".join(sys.argv),
+                "split": args.split,
+                "sentences": len(rows),
+                "threads": args.threads,
+                "bleu_signature": signature,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
