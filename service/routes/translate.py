@@ -63,6 +63,7 @@ async def detect_languages(state: ServiceState, texts: list[str]) -> list[list[D
 @router.post(
     "/translate",
     response_model=TranslateResponse,
+    response_model_exclude_none=True,  # no "detectedLanguage": null, as LibreTranslate
     responses=ERRORS,
     openapi_extra=_body(TranslateRequest),
     summary="Translate text (LibreTranslate-compatible)",
