@@ -63,3 +63,27 @@ def test_service_imports_without_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+def test_ready_is_503_while_models_load_then_200(model_dir, monkeypatch):
+    import threading
+
+    import service.app as app_module
+
+    gate = threading.Event()
+    real = app_module.load_registry
+
+    def slow_load(settings):
+        gate.wait(30)
+        return real(settings)
+
+    monkeypatch.setattr(app_module, "load_registry", slow_load)
+    with make_client(model_dir) as c:
+        assert c.get("/health").json() == {"status": "ok"}  # alive while loading
+        loading = c.get("/ready")
+        assert loading.status_code == 503 and loading.json() == {"status": "loading"}
+        r = c.post("/translate", json={"q": "hallo", "source": "de", "target": "en"})
+        assert r.status_code == 503 and r.json() == {"error": "models are still loading"}
+        gate.set()
+        assert wait_ready(c)["status"] == "ready"
+        assert c.post("/translate", json={"q": "hallo", "source": "de", "target": "en"}).status_code == 200
