@@ -86,6 +86,17 @@ def make_tsv(root: Path, n_train: int = 300, n_valid: int = 40, seed: int = 0) -
     return root
 
 
+def write_tiny_toml(path: Path, data_dir: Path, name: str, train: str) -> Path:
+    """A tiny translation config as a TOML file, for tests that run the CLI."""
+    path.write_text(
+        f'name = "{name}"\ntask = "translation"\n[data]\ndir = "{data_dir}"\nsource_lang = "de"\n'
+        'target_lang = "en"\n[tokenizer]\nvocab_size = 60\n[model]\nd_model = 32\nn_heads = 2\nd_ff = 64\n'
+        "n_encoder_layers = 1\nn_decoder_layers = 1\nmax_len = 64\n"
+        f'[train]\namp = "off"\nthreads = 1\n{train}'
+    )
+    return path
+
+
 TINY_MODEL = {
     "d_model": 32,
     "n_heads": 2,

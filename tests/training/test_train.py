@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import classification_config, translation_config
+from tests.conftest import classification_config, translation_config, write_tiny_toml
 from training.data import token_batches
 from training.evaluate import translate
 from training.tokenizer import Tokenizer
@@ -138,13 +138,7 @@ def test_torchrun_distributed_training_without_code_changes(parallel_dir, tmp_pa
     from training.data import token_batches as batches_of
     from training.train import TranslationTask, prepare_tokenizer
 
-    config = tmp_path / "c.toml"
-    config.write_text(
-        f'name = "ddp"\ntask = "translation"\n[data]\ndir = "{parallel_dir}"\nsource_lang = "de"\n'
-        'target_lang = "en"\n[tokenizer]\nvocab_size = 60\n[model]\nd_model = 32\nn_heads = 2\nd_ff = 64\n'
-        "n_encoder_layers = 1\nn_decoder_layers = 1\nmax_len = 64\n"
-        '[train]\nmax_tokens = 256\nepochs = 2\namp = "off"\nthreads = 1\n'
-    )
+    config = write_tiny_toml(tmp_path / "c.toml", parallel_dir, "ddp", "max_tokens = 256\nepochs = 2\n")
     run = tmp_path / "run"
     r = subprocess.run(
         [
@@ -183,12 +177,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(parallel_dir, tmp_path)
     import sys
     import time
 
-    config = tmp_path / "c.toml"
-    config.write_text(
-        f'name = "sig"\ntask = "translation"\n[data]\ndir = "{parallel_dir}"\nsource_lang = "de"\n'
-        'target_lang = "en"\n[tokenizer]\nvocab_size = 60\n[model]\nd_model = 32\nn_heads = 2\nd_ff = 64\n'
-        "n_encoder_layers = 1\nn_decoder_layers = 1\nmax_len = 64\n"
-        '[train]\nmax_tokens = 64\nepochs = 50\ncheckpoint_every = 100000\namp = "off"\nthreads = 1\n'
+    config = write_tiny_toml(
+        tmp_path / "c.toml", parallel_dir, "sig", "max_tokens = 64\nepochs = 50\ncheckpoint_every = 100000\n"
     )
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "training", "train", "--config", str(config), "--run-dir", str(run)]
