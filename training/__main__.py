@@ -88,14 +88,14 @@ def cmd_evaluate(args) -> int:
 def cmd_export(args) -> int:
     from training.export import export_bundle
     from training.tokenizer import Tokenizer
-    from training.train import TOKENIZER_FILE, make_task, model_from_checkpoint
+    from training.train import TOKENIZER_FILE, make_task, model_from_checkpoint, split_names
 
     cfg = _config(args)
     run_dir = _run_dir(args, cfg)
     ckpt = Path(args.checkpoint) if args.checkpoint else run_dir / "best.pt"
     model = model_from_checkpoint(ckpt)
     task = make_task(cfg, Tokenizer(run_dir / TOKENIZER_FILE))
-    split = cfg.data.valid_split if cfg.task == "translation" else "valid"
+    split = split_names(cfg)[1]
     texts = [r[0] for r in task.raw(split)[:50]]
     extra = [p for p in (run_dir / "curves.png",) if p.exists()]
     out = Path(args.out) if args.out else Path("model") / cfg.name

@@ -23,7 +23,7 @@ from training.config import RunConfig
 from training.evaluate import classification_metrics, format_confusion, translation_metrics
 from training.export import export_bundle
 from training.tokenizer import Tokenizer
-from training.train import TOKENIZER_FILE, make_task, model_from_checkpoint, train
+from training.train import TOKENIZER_FILE, make_task, model_from_checkpoint, split_names, train
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +111,12 @@ def release(
         raise FileExistsError(f"{out_dir} exists; pass --force to overwrite it")
     summary = train(cfg, run_dir, resume=(run_dir / "last.pt").exists(), device=device)
     metric = "bleu" if cfg.task == "translation" else "accuracy"
-    candidates = [p for p in (run_dir / "best.pt", run_dir / "averaged.pt") if p.exists()]
-    ckpt = run_dir / "best.pt"
-    if (run_dir / "averaged.pt").exists() and summary.get(f"averaged_valid_{metric}", -1) > summary[
-        f"best_valid_{metric}"
-    ]:
-        ckpt = run_dir / "averaged.pt"
-    log.info("release %s from %s (candidates %s)", cfg.name, ckpt.name, [c.name for c in candidates])
+    best, averaged = summary[f"best_valid_{metric}"], summary.get(f"averaged_valid_{metric}")
+    ckpt = run_dir / ("averaged.pt" if averaged is not None and averaged > best else "best.pt")
+    log.info("release %s from %s (valid %s: best %s, averaged %s)", cfg.name, ckpt.name, metric, best, averaged)
     model = model_from_checkpoint(ckpt)
     task = make_task(cfg, Tokenizer(run_dir / TOKENIZER_FILE))
-    valid_split = cfg.data.valid_split if cfg.task == "translation" else "valid"
+    valid_split = split_names(cfg)[1]
     parity_texts = [r[0] for r in task.raw(valid_split)[:50]]
     extra = [p for p in (run_dir / "curves.png",) if p.exists()]
     manifest, parity = export_bundle(

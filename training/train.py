@@ -174,6 +174,13 @@ def make_task(cfg: RunConfig, tokenizer: Tokenizer):
     return TranslationTask(cfg, tokenizer) if cfg.task == "translation" else ClassificationTask(cfg, tokenizer)
 
 
+def split_names(cfg: RunConfig) -> tuple[str, str]:
+    """(train, validation) split names: from the config for translation, fixed for TSVs."""
+    if cfg.task == "translation":
+        return cfg.data.train_split, cfg.data.valid_split
+    return "train", "valid"
+
+
 def tokenizer_texts(cfg: RunConfig) -> list[str]:
     """The training texts the tokenizer is learned from (train split only, both sides)."""
     if cfg.task == "translation":
@@ -308,8 +315,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
         dist.barrier()
     tokenizer = Tokenizer(run_dir / TOKENIZER_FILE)
     task = make_task(cfg, tokenizer)
-    train_split = cfg.data.train_split if cfg.task == "translation" else "train"
-    valid_split = cfg.data.valid_split if cfg.task == "translation" else "valid"
+    train_split, valid_split = split_names(cfg)
     train_data = task.encode(task.raw(train_split), filter_long=True)
     valid_raw = task.raw(valid_split)
     valid_data = task.encode(valid_raw, filter_long=False)

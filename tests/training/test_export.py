@@ -124,3 +124,19 @@ def test_io_binding_loop_equals_plain_loop(exported):
     assert not plain.io_binding and bound.io_binding
     sources = plain.encode(texts)
     assert bound.generate(sources) == plain.generate(sources)
+
+
+def test_release_pipeline_writes_a_served_bundle_with_metrics_and_card(parallel_dir, tmp_path):
+    from training.release import release
+
+    cfg = translation_config(parallel_dir, epochs=2, average_last=2)
+    report = release(cfg, tmp_path / "run", tmp_path / "bundle")
+    manifest = load_manifest(tmp_path / "bundle")  # checksums of everything, card included
+    assert set(manifest.variants) == {report["served_variant"]} == {manifest.default_variant}
+    splits = {(m["split"], m["name"]) for m in manifest.metrics}
+    assert {("val", "bleu"), ("test", "bleu"), ("test", "chrf"), ("test", "bleu_lc_tok")} <= splits
+    card = (tmp_path / "bundle" / "README.md").read_text()
+    assert "## Metrics" in card and "![training curves](curves.png)" in card
+    assert (tmp_path / "bundle" / "curves.png").exists()
+    with pytest.raises(FileExistsError):
+        release(cfg, tmp_path / "run", tmp_path / "bundle")
