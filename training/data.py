@@ -12,7 +12,7 @@ import hashlib
 import logging
 import random
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,8 @@ class Corpus:
     files: dict[str, str]  # local file name -> sha256 of the file as served
     remote_names: dict[str, str] = field(default_factory=dict)  # local name -> remote name
     gzip_locally: bool = False  # the remote file is plain text: gzip it (mtime 0) after checking
+    # Turns the verified downloads in a folder into the files the job reads; None = used as is.
+    build: Callable[[Path], list[Path]] | None = None
 
 
 _M30K = "https://raw.githubusercontent.com/multi30k/dataset/a3d2e0d26b56f3846f66a952536ffed4e401d05a/data/task1/raw/"
@@ -74,6 +76,7 @@ CORPORA: dict[str, Corpus] = {
         license="Tatoeba cmn-eng via ManyThings.org: CC BY 2.0 FR (attribution per line)",
         # The ManyThings Anki export; the splits are rebuilt from it (see build_tatoeba_zh_en).
         files={"cmn.txt": "aa264a2447b26ab7c9d413f8321f9e2a779fd134b5118306b6e26a3499b3926e"},
+        build=lambda dest: build_tatoeba_zh_en(dest / "cmn.txt", dest),
     ),
     "chnsenticorp": Corpus(
         url="",
@@ -112,9 +115,7 @@ def download(corpus: str, dest: Path, force: bool = False) -> list[Path]:
         tmp.write_bytes(payload)
         tmp.replace(target)
         written.append(target)
-    if corpus == "zh-en":
-        written = build_tatoeba_zh_en(dest / "cmn.txt", dest)
-    return written
+    return spec.build(dest) if spec.build else written
 
 
 def fetch(url: str) -> bytes:

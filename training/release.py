@@ -23,7 +23,7 @@ from training.config import RunConfig
 from training.evaluate import classification_metrics, format_confusion, translation_metrics
 from training.export import export_bundle
 from training.tokenizer import Tokenizer
-from training.train import TOKENIZER_FILE, make_task, model_from_checkpoint, split_names, train
+from training.train import TOKENIZER_FILE, cpuinfo, make_task, model_from_checkpoint, split_names, train
 
 log = logging.getLogger(__name__)
 
@@ -218,14 +218,8 @@ def plot_confusion(result: dict[str, Any], out: Path) -> None:
 def hardware() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    name = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo().splitlines() if line.startswith("model name")]
+    name = names[0] if names else platform.machine()
     return f"CPU ({name}), {torch.get_num_threads()} threads"
 
 
