@@ -110,6 +110,8 @@ def release(
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise FileExistsError(f"{out_dir} exists; pass --force to overwrite it")
     summary = train(cfg, run_dir, resume=(run_dir / "last.pt").exists(), device=device)
+    if summary.get("interrupted"):
+        raise InterruptedError(f"training of {cfg.name} was interrupted; run the same command again to resume")
     metric = "bleu" if cfg.task == "translation" else "accuracy"
     best, averaged = summary[f"best_valid_{metric}"], summary.get(f"averaged_valid_{metric}")
     ckpt = run_dir / ("averaged.pt" if averaged is not None and averaged > best else "best.pt")

@@ -494,6 +494,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
             dist.broadcast(decision, 0)
         stop = bool(decision[0])
 
+    was_interrupted = interrupted.requested
     interrupted.restore()
     summary: dict[str, Any] = {
         "best_valid_" + task.metric: state["best"],
@@ -502,7 +503,10 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
         "train_seconds": round(state["train_seconds"], 1),
         "parameters": count_parameters(model),
     }
-    if dd.main and tc.average_last:
+    if was_interrupted:
+        # Leave at once (a SIGTERM comes with a grace period); averaging belongs to a finished run.
+        summary["interrupted"] = True
+    elif dd.main and tc.average_last:
         epochs = sorted(run_dir.glob("epoch*.pt"), key=lambda p: int(p.stem[5:]))[-tc.average_last :]
         if len(epochs) >= 2:
             avg = average_checkpoints(epochs, run_dir / "averaged.pt")

@@ -178,18 +178,19 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(parallel_dir, tmp_path)
     import time
 
     config = write_tiny_toml(
-        tmp_path / "c.toml", parallel_dir, "sig", "max_tokens = 64\nepochs = 50\ncheckpoint_every = 100000\n"
+        tmp_path / "c.toml", parallel_dir, "sig", "max_tokens = 64\nepochs = 50\ncheckpoint_every = 100000\naverage_last = 2\n"
     )
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "training", "train", "--config", str(config), "--run-dir", str(run)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (run / "log.csv").exists() and time.monotonic() < deadline:  # one epoch done
+    while not (run / "epoch2.pt").exists() and time.monotonic() < deadline:  # two epochs done: averaging possible
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     assert "interrupted at step" in err
+    assert '"interrupted": true' in out and "average of" not in err  # no averaging on the way out
     step = load_checkpoint(run / "last.pt")["state"]["step"]
     assert step > 0
     r = subprocess.run(
