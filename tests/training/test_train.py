@@ -178,7 +178,10 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(parallel_dir, tmp_path)
     import time
 
     config = write_tiny_toml(
-        tmp_path / "c.toml", parallel_dir, "sig", "max_tokens = 64\nepochs = 50\ncheckpoint_every = 100000\naverage_last = 2\n"
+        tmp_path / "c.toml",
+        parallel_dir,
+        "sig",
+        "max_tokens = 64\nepochs = 50\ncheckpoint_every = 100000\naverage_last = 2\n",
     )
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "training", "train", "--config", str(config), "--run-dir", str(run)]
