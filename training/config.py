@@ -57,6 +57,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip_norm: float = 1.0
     label_smoothing: float = 0.1
+    subword_alpha: float = 0.0  # > 0: subword regularisation, a sampled segmentation per epoch
     epochs: int = 20
     max_steps: int = 0  # 0 = no limit
     checkpoint_every: int = 500  # steps

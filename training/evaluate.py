@@ -101,9 +101,9 @@ def classify(
     return probs
 
 
-def encode_classifier_input(tokenizer: Tokenizer, text: str, max_len: int) -> list[int]:
+def encode_classifier_input(tokenizer: Tokenizer, text: str, max_len: int, sample_alpha: float = 0.0) -> list[int]:
     """<s> (the classification position for `cls` pooling) + pieces, cut to max_len."""
-    return [tokenizer.sp.bos_id()] + tokenizer.encode(text)[: max_len - 1]
+    return [tokenizer.sp.bos_id()] + tokenizer.encode(text, sample_alpha)[: max_len - 1]
 
 
 def classification_metrics(preds: Sequence[int], golds: Sequence[int], labels: Sequence[str]) -> dict:

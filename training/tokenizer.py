@@ -72,11 +72,22 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, sample_alpha: float = 0.0) -> list[int]:
+        """Pieces of `text`; with `sample_alpha` > 0, one segmentation sampled from the unigram
+        lattice (subword regularisation, Kudo 2018; smaller alpha = more varied pieces)."""
+        if sample_alpha > 0:
+            return self.sp.encode(text, enable_sampling=True, alpha=sample_alpha, nbest_size=-1)
         return self.sp.encode(text)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    def encode_batch(self, texts: list[str], sample_alpha: float = 0.0) -> list[list[int]]:
+        if sample_alpha > 0:  # one at a time: SentencePiece's batch encode samples in threads
+            return [self.encode(t, sample_alpha) for t in texts]
         return self.sp.encode(texts)
+
+    @staticmethod
+    def seed_sampling(seed: int) -> None:
+        """Make the sampled segmentations that follow reproducible."""
+        spm.set_random_generator_seed(seed)
 
     def decode(self, ids: list[int]) -> str:
         return self.sp.decode(ids)

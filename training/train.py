@@ -62,10 +62,12 @@ class TranslationTask:
         d = self.cfg.data
         return load_parallel(self.data_dir, split, d.source_lang, d.target_lang)
 
-    def encode(self, pairs: list[tuple[str, str]], filter_long: bool) -> list[tuple[list, list]]:
+    def encode(
+        self, pairs: list[tuple[str, str]], filter_long: bool, sample_alpha: float = 0.0
+    ) -> list[tuple[list, list]]:
         d = self.cfg.data
-        srcs = self.tok.encode_batch([p[0] for p in pairs])
-        tgts = self.tok.encode_batch([p[1] for p in pairs])
+        srcs = self.tok.encode_batch([p[0] for p in pairs], sample_alpha)
+        tgts = self.tok.encode_batch([p[1] for p in pairs], sample_alpha)
         eos, limit = self.tok.sp.eos_id(), d.max_tokens_per_sentence
         out = []
         for s, t in zip(srcs, tgts):
@@ -135,9 +137,11 @@ class ClassificationTask:
             rows = rows + short_spans(rng.sample(rows, int(len(rows) * d.short_span_fraction)), seed)
         return rows
 
-    def encode(self, rows: list[tuple[str, int]], filter_long: bool) -> list[tuple[list, int]]:
+    def encode(
+        self, rows: list[tuple[str, int]], filter_long: bool, sample_alpha: float = 0.0
+    ) -> list[tuple[list, int]]:
         limit = self.cfg.data.max_tokens_per_sentence
-        return [(encode_classifier_input(self.tok, t, limit), y) for t, y in rows if t]
+        return [(encode_classifier_input(self.tok, t, limit, sample_alpha), y) for t, y in rows if t]
 
     @staticmethod
     def length(example: tuple[list, int]) -> int:
@@ -321,7 +325,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
     tokenizer = Tokenizer(run_dir / TOKENIZER_FILE)
     task = make_task(cfg, tokenizer)
     train_split, valid_split = split_names(cfg)
-    train_data = task.encode(task.raw(train_split), filter_long=True)
+    train_raw = task.raw(train_split)
+    train_data = task.encode(train_raw, filter_long=True)
     valid_raw = task.raw(valid_split)
     valid_data = task.encode(valid_raw, filter_long=False)
     lengths = [task.length(e) for e in train_data]
@@ -402,6 +407,10 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
     interrupted = _Interrupt()
     while not stop and state["epoch"] < tc.epochs:
         epoch = state["epoch"]
+        if tc.subword_alpha > 0:  # a fresh sampled segmentation each epoch, the same on resume
+            Tokenizer.seed_sampling(tc.seed * 100_003 + epoch)
+            train_data = task.encode(train_raw, filter_long=True, sample_alpha=tc.subword_alpha)
+            lengths = [task.length(e) for e in train_data]
         batches = token_batches(lengths, tc.max_tokens, tc.seed, epoch)
         per_rank = len(batches) // dd.world
         batches = batches[dd.rank * per_rank : (dd.rank + 1) * per_rank]

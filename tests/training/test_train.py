@@ -28,9 +28,12 @@ def test_translation_learns_toy_task_and_decodes_it_exactly(parallel_dir, tmp_pa
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
-def test_resume_continues_exactly(parallel_dir, tmp_path):
+@pytest.mark.parametrize("subword_alpha", [0.0, 0.3])
+def test_resume_continues_exactly(parallel_dir, tmp_path, subword_alpha):
     # Straight through: 2 epochs. Interrupted: stop at step 15 (mid-epoch), then resume.
-    cfg = translation_config(parallel_dir, epochs=2, checkpoint_every=5, max_tokens=256)
+    # With subword sampling, the resumed epoch must sample the same segmentations.
+    extra = {"subword_alpha": subword_alpha}
+    cfg = translation_config(parallel_dir, epochs=2, checkpoint_every=5, max_tokens=256, **extra)
     straight = tmp_path / "straight"
     train(cfg, straight, device="cpu")
     steps = load_checkpoint(straight / "last.pt")["state"]["step"]
@@ -38,7 +41,7 @@ def test_resume_continues_exactly(parallel_dir, tmp_path):
 
     interrupted = tmp_path / "interrupted"
     train(
-        translation_config(parallel_dir, epochs=2, checkpoint_every=5, max_tokens=256, max_steps=15),
+        translation_config(parallel_dir, epochs=2, checkpoint_every=5, max_tokens=256, max_steps=15, **extra),
         interrupted,
         device="cpu",
     )
@@ -51,6 +54,18 @@ def test_resume_continues_exactly(parallel_dir, tmp_path):
     assert a["state"]["step"] == b["state"]["step"] == steps
     for key, value in a["model"].items():
         torch.testing.assert_close(value, b["model"][key], rtol=0, atol=0, msg=key)
+
+
+def test_subword_sampling_varies_pieces_but_not_text(parallel_dir, tmp_path):
+    train(translation_config(parallel_dir, max_steps=1), tmp_path, device="cpu")
+    tok = Tokenizer(tmp_path / "spm.model")
+    text = "der hund läuft und die katze spielt"
+    Tokenizer.seed_sampling(7)
+    first = [tok.encode(text, sample_alpha=0.1) for _ in range(20)]
+    Tokenizer.seed_sampling(7)
+    assert [tok.encode(text, sample_alpha=0.1) for _ in range(20)] == first  # reproducible
+    assert len({tuple(ids) for ids in first}) > 1  # and varied
+    assert all(tok.decode(ids) == text for ids in first)
 
 
 def test_checkpoint_holds_config_and_rebuilds_model(parallel_dir, tmp_path):
