@@ -123,7 +123,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
         )
-    app.add_middleware(BodyLimitAndMetrics, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(
+        BodyLimitAndMetrics,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=metrics,
+        log_requests=settings.access_log,
+    )
     return app
 
 

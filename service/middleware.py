@@ -1,16 +1,22 @@
-"""ASGI middleware: request body size limit (before any parsing) and request metrics."""
+"""ASGI middleware: request body size limit (before any parsing), request metrics and one
+access-log line per request (method, path, status, milliseconds, client address: never a
+header, a query string or a body, so API keys cannot reach the log)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 from service.metrics import Metrics
 
+access_log = logging.getLogger("service.access")
+
 
 class BodyLimitAndMetrics:
-    def __init__(self, app, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(self, app, max_body_bytes: int, metrics: Metrics, log_requests: bool = True) -> None:
         self.app, self.max_body_bytes, self.metrics = app, max_body_bytes, metrics
+        self.log_requests = log_requests
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -44,8 +50,12 @@ class BodyLimitAndMetrics:
                 await self.app(scope, limited_receive, send_wrapper)
             except _BodyTooLarge:
                 await _reject(send_wrapper, self.max_body_bytes)
+        seconds = time.perf_counter() - start
         self.metrics.requests.labels(endpoint, str(status["code"])).inc()
-        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        self.metrics.latency.labels(endpoint).observe(seconds)
+        if self.log_requests and endpoint not in ("/health", "/ready", "/metrics"):  # not the probes
+            client = scope.get("client") or ("-", 0)
+            access_log.info("%s %s %d %.1fms %s", scope["method"], endpoint, status["code"], seconds * 1000, client[0])
 
 
 _KNOWN = {"/translate", "/detect", "/classify", "/languages", "/models", "/health", "/ready", "/metrics", "/"}

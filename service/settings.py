@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535, description="0 = any free port")
     log_level: str = "info"
+    access_log: bool = Field(True, description="one log line per request (method, path, status, ms, client)")
 
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod

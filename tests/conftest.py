@@ -26,14 +26,25 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+CHROMIUM = Path(os.environ.get("TRANSERVE_CHROMIUM", "/usr/bin/chromium"))
+
+
 def pytest_collection_modifyitems(config, items):
-    if SHARED_DATA.is_dir():
+    _skip_outside_ci(items, "corpus", SHARED_DATA.is_dir(), f"needs the real corpora in {SHARED_DATA}")
+    _skip_outside_ci(
+        items, "browser", CHROMIUM.exists(), f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium)"
+    )
+
+
+def _skip_outside_ci(items, marker: str, available: bool, reason: str) -> None:
+    """Tests with `marker` skip when what they need is missing, except in CI, which must run them."""
+    if available or not any(marker in item.keywords for item in items):
         return
     if os.environ.get("CI"):
-        raise pytest.UsageError(f"CI must run the corpus tests, but {SHARED_DATA} is missing")
-    skip = pytest.mark.skip(reason=f"needs the real corpora in {SHARED_DATA} (run in CI)")
+        raise pytest.UsageError(f"CI must run the {marker} tests, but: {reason}")
+    skip = pytest.mark.skip(reason=f"{reason} (run in CI)")
     for item in items:
-        if "corpus" in item.keywords:
+        if marker in item.keywords:
             item.add_marker(skip)
 
 

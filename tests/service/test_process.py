@@ -3,72 +3,63 @@
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.server import running_server
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(model_dir):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--model-dir",
-            str(model_dir),
-            "--threads",
-            "1",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise AssertionError("server did not become ready")
-
+    with running_server(model_dir) as server:
         results: list[httpx.Response] = []
         body = {"q": [f"der hund spielt mit der katze {i}." * 3 for i in range(40)], "source": "de", "target": "en"}
         threads = [
-            threading.Thread(target=lambda: results.append(httpx.post(f"{base}/translate", json=body, timeout=60)))
+            threading.Thread(
+                target=lambda: results.append(httpx.post(f"{server.base}/translate", json=body, timeout=60))
+            )
             for _ in range(4)
         ]
         for t in threads:
             t.start()
         time.sleep(0.3)  # the requests are in flight
-        proc.send_signal(signal.SIGTERM)
+        server.proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(60)
-        assert proc.wait(60) == 0
+        assert server.proc.wait(60) == 0
         assert [r.status_code for r in results] == [200] * 4
         assert all(len(r.json()["translatedText"]) == 40 for r in results)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        output, _ = proc.communicate(timeout=30)
-    assert "Traceback" not in output, output
-    assert "Finished server process" in output
+    assert "Traceback" not in server.output, server.output
+    assert "Finished server process" in server.output
+
+
+def test_logs_never_contain_the_api_key(model_dir):
+    key = "sk-test-7f3a9c1e5b2d4680"
+    env = {"TRANSERVE_API_KEYS": key}
+    with running_server(model_dir, env=env) as server:
+        ok = httpx.post(
+            f"{server.base}/translate",
+            json={"q": "der hund", "source": "de", "target": "en"},
+            headers={"X-API-Key": key},
+        )
+        assert ok.status_code == 200
+        bearer = httpx.post(f"{server.base}/detect", json={"q": "der hund"}, headers={"Authorization": f"Bearer {key}"})
+        assert bearer.status_code == 200
+        in_body = httpx.post(
+            f"{server.base}/translate", json={"q": "x", "source": "de", "target": "en", "api_key": key}
+        )
+        assert in_body.status_code == 200
+        wrong = httpx.post(
+            f"{server.base}/translate",
+            json={"q": "der hund", "source": "de", "target": "en"},
+            headers={"X-API-Key": key + "-wrong"},
+        )
+        assert wrong.status_code == 403
+        assert key not in wrong.text
+        metrics = httpx.get(f"{server.base}/metrics").text
+        assert key not in metrics
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(30)
+    assert "POST /translate 200" in server.output and "POST /translate 403" in server.output  # requests are logged
+    assert key not in server.output
