@@ -36,7 +36,7 @@ test: $(VENV)/.dev lint
 	$(BIN)/python -m pytest
 
 docker-smoke:
-	../shared/tools/docker-smoke --path /ready --then 'curl -fs -X POST 127.0.0.1:8000/translate -H "content-type: application/json" -d "{\"q\":\"Ein Hund läuft im Park.\",\"source\":\"de\",\"target\":\"en\"}"' .
+	../shared/tools/docker-smoke --path /ready --then deploy/container-checks.sh .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

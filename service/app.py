@@ -43,7 +43,9 @@ def _load(state: ServiceState) -> None:
             state.metrics.batch_size.labels(model).observe(size)
             state.metrics.batch_seconds.labels(model).observe(seconds)
 
-        state.batcher = Batcher(runners, s.max_batch_size, s.max_wait_ms, s.max_queue, on_batch=on_batch)
+        state.batcher = Batcher(
+            runners, s.max_batch_size, s.max_wait_ms, s.max_queue, on_batch=on_batch, merge=s.batching
+        )
         state.registry = registry
         state.ready_seconds = round(time.monotonic() - state.started, 3)
         log.info(

@@ -6,6 +6,9 @@ until ``max_batch_size`` texts are there), sorts the texts by length to avoid pa
 model in chunks of at most ``max_batch_size`` and hands every job its own results. One worker
 keeps one model call at a time on the cores, which on a small CPU is the fastest schedule.
 
+With ``merge=False`` (dynamic batching off, for comparison) each request runs alone, in
+chunks of at most ``max_batch_size`` of its own texts.
+
 The queue is bounded in texts: when it is full, ``submit`` raises ``QueueFull`` at once (the
 route answers 503 with Retry-After) instead of letting memory grow. An exception inside one
 model call fails only the jobs of that call.
@@ -53,6 +56,7 @@ class Batcher:
         max_queue: int = 2048,
         length: Callable[[str], int] = len,
         on_batch: Callable[[str, int, float], None] | None = None,
+        merge: bool = True,
     ) -> None:
         self.runners = runners
         self.max_batch_size = max_batch_size
@@ -60,6 +64,7 @@ class Batcher:
         self.max_queue = max_queue
         self.length = length
         self.on_batch = on_batch
+        self.merge = merge
         self._jobs: deque[_Job] = deque()
         self._queued = 0  # texts waiting
         self._cv = threading.Condition()
@@ -104,6 +109,10 @@ class Batcher:
                     return None
                 self._cv.wait()
             first = self._jobs[0]
+            if not self.merge:
+                self._jobs.popleft()
+                self._queued -= len(first.texts)
+                return [first]
             deadline = first.enqueued + self.max_wait
             while not self._stopping:
                 waiting = sum(len(j.texts) for j in self._jobs if j.model == first.model)

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     max_chars: int = Field(5000, ge=1, description="max characters per request (all items together)")
     max_items: int = Field(64, ge=1, description="max texts in one request")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="request bodies larger than this get 413")
+    batching: bool = Field(True, description="merge concurrent requests into shared model calls")
     max_batch_size: int = Field(32, ge=1, description="max sentences per model call")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
     max_queue: int = Field(2048, ge=1, description="max sentences waiting; beyond it requests get 503")

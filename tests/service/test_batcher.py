@@ -36,6 +36,25 @@ def test_concurrent_requests_are_merged_and_results_routed_back():
     assert sum(calls) == 12
 
 
+def test_merge_off_runs_each_request_alone():
+    calls: list[list[str]] = []
+
+    def model(texts):
+        calls.append(list(texts))
+        time.sleep(0.01)
+        return [t.upper() for t in texts]
+
+    b = Batcher({"m": model}, max_batch_size=16, max_wait_ms=50, merge=False)
+
+    async def main():
+        return await asyncio.gather(*[b.submit("m", [f"text {i}", f"more {i}"]) for i in range(6)])
+
+    results = run(main())
+    b.stop()
+    assert results == [[f"TEXT {i}", f"MORE {i}"] for i in range(6)]
+    assert sorted(sorted(c) for c in calls) == [[f"more {i}", f"text {i}"] for i in range(6)]  # one call each
+
+
 def test_batches_never_exceed_max_batch_size():
     sizes: list[int] = []
     b = Batcher({"m": lambda ts: sizes.append(len(ts)) or list(ts)}, max_batch_size=4, max_wait_ms=20)
