@@ -5,7 +5,7 @@ A bundle is a folder::
     model/<name>/
       manifest.json     # this module's Manifest, below
       spm.model         # SentencePiece tokenizer (special ids in the manifest)
-      encoder.onnx ...  # the ONNX graphs of each variant (fp32, int8)
+      encoder.onnx ...  # the ONNX graphs of each variant (fp32, int8, int8-blockwise)
       README.md         # model card; curves.png
 
 ``manifest.json`` states the task, languages or labels, the ONNX I/O contract of each graph,

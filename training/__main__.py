@@ -175,15 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", required=True, help="e.g. test_2016_flickr, val, valid")
     e.add_argument("--checkpoint", help="default <run-dir>/best.pt")
     e.add_argument("--bundle", help="evaluate an exported bundle with the service's engine instead")
-    e.add_argument("--variant", help="bundle variant (fp32, int8)")
+    e.add_argument("--variant", help="bundle variant (fp32, int8, int8-blockwise)")
     e.add_argument("--output", help="write the hypotheses here")
     e.set_defaults(func=cmd_evaluate)
 
-    x = with_config(sub.add_parser("export", help="write an ONNX bundle (fp32 + int8) with parity checks"))
+    x = with_config(sub.add_parser("export", help="write an ONNX bundle (fp32 + int8 variants) with parity checks"))
     x.add_argument("--checkpoint", help="default <run-dir>/best.pt")
     x.add_argument("--out", help="bundle folder (default model/<name>)")
     x.add_argument("--force", action="store_true", help="overwrite an existing bundle")
-    x.add_argument("--no-int8", action="store_true", help="skip the int8 variant")
+    x.add_argument("--no-int8", action="store_true", help="skip the int8 variants")
     x.set_defaults(func=cmd_export)
 
     r = with_config(
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="bundle folder (default model/<name>)")
     r.add_argument("--force", action="store_true", help="overwrite an existing bundle")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    r.add_argument("--keep-all-variants", action="store_true", help="keep fp32 and int8 graphs")
+    r.add_argument("--keep-all-variants", action="store_true", help="keep every variant's graphs")
     r.set_defaults(func=cmd_release)
 
     mt = sub.add_parser("models-table", help="print the README's model table from model/*/manifest.json")

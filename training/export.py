@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization import QuantType, matmul_nbits_quantizer, quant_utils, quantize_dynamic
 from torch import Tensor, nn
 
 from service.bundle import GraphSpec, Manifest, TensorSpec, sha256_file, write_manifest
@@ -161,14 +161,39 @@ def export_classifier_graph(model: TransformerClassifier, out: Path) -> dict[str
     return {"classifier": graph}
 
 
-def quantize_graphs(graphs: dict[str, GraphSpec], out: Path) -> dict[str, GraphSpec]:
-    """Dynamic int8 quantization (int8 weights, activations quantized at run time)."""
+QUANTIZED_VARIANTS = ("int8", "int8-blockwise")
+
+
+def quantize_graphs(graphs: dict[str, GraphSpec], out: Path, variant: str = "int8") -> dict[str, GraphSpec]:
+    """int8 variants of the fp32 graphs, both made by onnxruntime's own quantizers:
+
+    * ``int8``: dynamic quantization (MatMulInteger). int8 weights; activations quantized at
+      run time with ONE scale per tensor, i.e. per whole batch: a sentence's result depends on
+      the other sentences in its batch.
+    * ``int8-blockwise``: MatMulNBits, 8-bit weights in blocks of 32 along K with their own
+      scales, activations quantized per row and block (accuracy_level 4): each sentence's
+      result is the same whatever its batch-mates, and closer to fp32.
+    """
+    if variant not in QUANTIZED_VARIANTS:
+        raise ValueError(f"variant {variant!r} must be one of {QUANTIZED_VARIANTS}")
     result = {}
     for role, g in graphs.items():
-        target = out / g.file.replace(".onnx", ".int8.onnx")
-        quantize_dynamic(
-            str(out / g.file), str(target), weight_type=QuantType.QInt8, per_channel=False, reduce_range=False
-        )
+        target = out / g.file.replace(".onnx", f".{variant}.onnx")
+        if variant == "int8":
+            quantize_dynamic(
+                str(out / g.file), str(target), weight_type=QuantType.QInt8, per_channel=False, reduce_range=False
+            )
+        else:
+            config = matmul_nbits_quantizer.DefaultWeightOnlyQuantConfig(
+                block_size=32,
+                is_symmetric=True,
+                accuracy_level=4,  # int8 compute: activations quantized per row and block
+                bits=8,
+                quant_format=quant_utils.QuantFormat.QOperator,
+            )
+            quantizer = matmul_nbits_quantizer.MatMulNBitsQuantizer(onnx.load(str(out / g.file)), algo_config=config)
+            quantizer.process()
+            quantizer.model.save_model_to_file(str(target), False)
         result[role] = GraphSpec(file=target.name, inputs=g.inputs, outputs=g.outputs)
     return result
 
@@ -264,7 +289,8 @@ def export_bundle(
             graphs = export_classifier_graph(model, tmp)
         variants = {"fp32": graphs}
         if int8:
-            variants["int8"] = quantize_graphs(graphs, tmp)
+            for variant in QUANTIZED_VARIANTS:
+                variants[variant] = quantize_graphs(graphs, tmp, variant)
         shutil.copyfile(tokenizer_path, tmp / "spm.model")
         for f in extra_files:
             shutil.copyfile(f, tmp / f.name)

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from service.bundle import load_manifest, sha256_file, write_manifest
@@ -28,6 +29,7 @@ from training.train import TOKENIZER_FILE, cpuinfo, make_task, model_from_checkp
 log = logging.getLogger(__name__)
 
 VARIANT_TOLERANCE = 0.5  # BLEU or accuracy points a faster variant may lose against fp32
+INVARIANCE_SENTENCES = 64  # sentences run alone and in their batch to test batch invariance
 
 
 def command_line() -> str:
@@ -35,9 +37,11 @@ def command_line() -> str:
 
 
 def evaluate_bundle(
-    bundle_dir: Path, cfg: RunConfig, split: str, variant: str, batch_sentences: int = 32
+    bundle_dir: Path, cfg: RunConfig, split: str, variant: str, batch_sentences: int = 32, invariance: bool = False
 ) -> dict[str, Any]:
-    """Score the bundle's `variant` on `split` with the service's own engine; also time it."""
+    """Score the bundle's `variant` on `split` with the service's own engine; also time it.
+    With `invariance`, also run the first INVARIANCE_SENTENCES examples one at a time and report
+    the share whose result equals the batched one (`batch_invariant`, 1.0 = all)."""
     manifest = load_manifest(bundle_dir)
     task = make_task(cfg, tokenizer=None)  # type: ignore[arg-type]
     rows = task.raw(split)
@@ -57,14 +61,20 @@ def evaluate_bundle(
         metrics["examples"] = [
             {"source": s, "hypothesis": h, "reference": r[1]} for s, h, r in list(zip(sources, hyps, rows))[:5]
         ]
+        if invariance:
+            alone = [engine.translate([s])[0] for s in sources[:INVARIANCE_SENTENCES]]
+            same = sum(a == h for a, h in zip(alone, hyps))
+            metrics["batch_invariant"] = round(same / len(alone), 4)
     else:
         engine = Classifier(bundle_dir, manifest, providers, threads=2, variant=variant)
         texts = [r[0] for r in rows]
-        preds: list[int] = []
-        for start in range(0, len(texts), 64):
-            preds += engine.predict(texts[start : start + 64]).argmax(1).tolist()
+        probs = np.concatenate([engine.predict(texts[start : start + 64]) for start in range(0, len(texts), 64)])
         seconds = time.perf_counter() - t0
-        metrics = classification_metrics(preds, [r[1] for r in rows], cfg.data.labels)
+        metrics = classification_metrics(probs.argmax(1).tolist(), [r[1] for r in rows], cfg.data.labels)
+        if invariance:
+            alone = np.concatenate([engine.predict([t]) for t in texts[:INVARIANCE_SENTENCES]])
+            same = np.abs(alone - probs[: len(alone)]).max(axis=1) <= 1e-5
+            metrics["batch_invariant"] = round(float(same.mean()), 4)
     metrics.update(
         {
             "split": split,
@@ -78,9 +88,16 @@ def evaluate_bundle(
 
 
 def choose_variant(valid: dict[str, dict[str, Any]], metric: str) -> str:
-    """The fastest variant whose validation metric is within VARIANT_TOLERANCE of fp32's."""
+    """The fastest batch-invariant variant whose validation metric is within VARIANT_TOLERANCE
+    of fp32's. Batch invariance is required because a service batches concurrent requests:
+    a variant whose answer to one client depends on other clients' texts is not reproducible
+    (and lets one client's input reach another's output)."""
     base = valid["fp32"][metric]
-    ok = [v for v, m in valid.items() if m[metric] >= base - VARIANT_TOLERANCE]
+    ok = [
+        v
+        for v, m in valid.items()
+        if v == "fp32" or (m[metric] >= base - VARIANT_TOLERANCE and m.get("batch_invariant", 0.0) == 1.0)
+    ]
     return max(ok, key=lambda v: valid[v]["sentences_per_s"])
 
 
@@ -131,7 +148,7 @@ def release(
         extra_files=extra,
         training_info={"checkpoint": ckpt.name, **summary, "hardware": hardware()},
     )
-    valid = {v: evaluate_bundle(out_dir, cfg, valid_split, v) for v in manifest.variants}
+    valid = {v: evaluate_bundle(out_dir, cfg, valid_split, v, invariance=True) for v in manifest.variants}
     served = choose_variant(valid, metric)
     tests = list(cfg.data.test_splits)
     results = [valid[v] for v in valid]
@@ -172,7 +189,10 @@ def release(
         training={
             **manifest.training,
             "parity": parity,
-            "served_variant_reason": f"fastest variant within {VARIANT_TOLERANCE} {metric} of fp32 on {valid_split}",
+            "served_variant_reason": (
+                f"fastest batch-invariant variant within {VARIANT_TOLERANCE} {metric} of fp32 on {valid_split}"
+            ),
+            "batch_invariant": {v: valid[v].get("batch_invariant") for v in valid},
         },
     )
     confusion = next((r for r in results if "confusion_matrix" in r and r["variant"] == served), None)
@@ -259,7 +279,7 @@ def model_card(manifest, results: list[dict[str, Any]], parity: dict[str, Any], 
         "|---|---|---|---|",
     ]
     for r in results:
-        for name in ("bleu", "bleu_lc_tok", "chrf", "accuracy", "macro_f1", "sentences_per_s"):
+        for name in ("bleu", "bleu_lc_tok", "chrf", "accuracy", "macro_f1", "sentences_per_s", "batch_invariant"):
             if name in r:
                 lines.append(f"| {r['split']} | {r['variant']} | {name} | {r[name]} |")
     sigs = {r.get("bleu_signature") for r in results if r.get("bleu_signature")}

@@ -40,13 +40,15 @@ def test_bundle_has_graphs_tokenizer_and_checksummed_manifest(exported):
         "decoder.onnx",
         "encoder.int8.onnx",
         "decoder.int8.onnx",
+        "encoder.int8-blockwise.onnx",
+        "decoder.int8-blockwise.onnx",
         "spm.model",
         "manifest.json",
     } <= names
     loaded = load_manifest(out)
     assert loaded.source_lang == "de" and loaded.target_lang == "en"
     assert loaded.special_ids == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
-    assert set(loaded.variants) == {"fp32", "int8"}
+    assert set(loaded.variants) == {"fp32", "int8", "int8-blockwise"}
     dec = loaded.graph("fp32", "decoder")
     assert [t.name for t in dec.inputs] == ["input_ids", "src_mask", "past_k", "past_v", "cross_k", "cross_v"]
     assert [t.name for t in dec.outputs] == ["logits", "present_k", "present_v"]
@@ -73,16 +75,34 @@ def test_onnx_engine_batched_output_equals_pytorch_greedy(exported):
     assert engine.generate(sources) == expected  # batched, with rows finishing at different steps
 
 
-def test_int8_variant_runs_and_is_close(exported):
+@pytest.mark.parametrize("variant", ["int8", "int8-blockwise"])
+def test_int8_variants_run_and_are_close(exported, variant):
     _, _, _, out, manifest, _, _ = exported
     fp32 = Translator(out, manifest, resolve_providers("cpu"), variant="fp32")
-    int8 = Translator(out, manifest, resolve_providers("cpu"), variant="int8")
+    int8 = Translator(out, manifest, resolve_providers("cpu"), variant=variant)
     src = np.array([[5, 6, 7, 3]], dtype=np.int64)
     k32, _ = fp32.encoder.run(None, {"src_ids": src})
     k8, _ = int8.encoder.run(None, {"src_ids": src})
     assert k8.shape == k32.shape
     assert np.abs(k8 - k32).max() < 0.25 * np.abs(k32).max()
-    assert (out / "decoder.int8.onnx").stat().st_size < (out / "decoder.onnx").stat().st_size
+    assert (out / f"decoder.{variant}.onnx").stat().st_size < (out / "decoder.onnx").stat().st_size
+
+
+def test_only_blockwise_int8_is_batch_invariant(exported):
+    # A row's encoder output alone vs beside a row of much larger activations (a long, different
+    # sentence): per-tensor dynamic int8 shares one activation scale across the batch, blockwise
+    # int8 quantizes each row on its own, fp32 does not quantize.
+    _, _, _, out, manifest, _, _ = exported
+    row = [5, 6, 7, 3, 0, 0, 0, 0, 0, 0, 0, 0]
+    other = [9, 14, 21, 30, 11, 8, 17, 25, 40, 12, 13, 3]
+    diffs = {}
+    for variant in ("fp32", "int8", "int8-blockwise"):
+        engine = Translator(out, manifest, resolve_providers("cpu"), variant=variant)
+        alone, _ = engine.encoder.run(None, {"src_ids": np.array([row[:4]], dtype=np.int64)})
+        both, _ = engine.encoder.run(None, {"src_ids": np.array([row, other], dtype=np.int64)})
+        diffs[variant] = float(np.abs(alone[:, 0] - both[:, 0, :, :4]).max())
+    assert diffs["fp32"] < 1e-5 and diffs["int8-blockwise"] < 1e-5, diffs
+    assert diffs["int8"] > 1e-3, diffs
 
 
 def test_export_refuses_to_overwrite_without_force(exported):
@@ -126,6 +146,19 @@ def test_io_binding_loop_equals_plain_loop(exported):
     assert bound.generate(sources) == plain.generate(sources)
 
 
+def test_variant_choice_requires_batch_invariance():
+    from training.release import choose_variant
+
+    valid = {
+        "fp32": {"bleu": 40.0, "sentences_per_s": 100, "batch_invariant": 1.0},
+        "int8": {"bleu": 40.1, "sentences_per_s": 150, "batch_invariant": 0.95},
+        "int8-blockwise": {"bleu": 39.6, "sentences_per_s": 120, "batch_invariant": 1.0},
+    }
+    assert choose_variant(valid, "bleu") == "int8-blockwise"
+    valid["int8-blockwise"]["bleu"] = 39.4  # more than 0.5 below fp32
+    assert choose_variant(valid, "bleu") == "fp32"
+
+
 def test_release_pipeline_writes_a_served_bundle_with_metrics_and_card(parallel_dir, tmp_path):
     from training.release import release
 
@@ -133,6 +166,10 @@ def test_release_pipeline_writes_a_served_bundle_with_metrics_and_card(parallel_
     report = release(cfg, tmp_path / "run", tmp_path / "bundle")
     manifest = load_manifest(tmp_path / "bundle")  # checksums of everything, card included
     assert set(manifest.variants) == {report["served_variant"]} == {manifest.default_variant}
+    valid = {r["variant"]: r for r in report["results"] if r["split"] == "val"}
+    assert set(valid) == {"fp32", "int8", "int8-blockwise"}
+    assert valid[report["served_variant"]].get("batch_invariant", 1.0) == 1.0  # never a batch-dependent one
+    assert manifest.training["batch_invariant"].keys() == valid.keys()
     splits = {(m["split"], m["name"]) for m in manifest.metrics}
     assert {("val", "bleu"), ("test", "bleu"), ("test", "chrf"), ("test", "bleu_lc_tok")} <= splits
     card = (tmp_path / "bundle" / "README.md").read_text()
