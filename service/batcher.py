@@ -152,7 +152,8 @@ class Batcher:
             try:
                 outputs = self.runners[model]([it[2] for it in live])
             except Exception as exc:
-                log.exception("model %s failed on a batch of %d texts", model, len(live))
+                # the traceback is logged with each request's id by the route that waits for it
+                log.error("model %s failed on a batch of %d texts: %r", model, len(live), exc)
                 for it in live:
                     failed[id(it[0])] = exc
                 continue

@@ -247,3 +247,29 @@ def test_queue_full_answers_503_with_retry_after(model_dir):
     assert r.status_code == 503
     assert r.json() == {"error": "server busy, retry later"} and r.headers["retry-after"] == "1"
     assert first[0].status_code == 200 and second[0].status_code == 200  # accepted work is not lost
+
+
+def test_model_failure_fails_only_its_batch_with_500_and_request_id(model_dir, caplog):
+    import logging
+
+    with make_client(model_dir, max_wait_ms=0) as c:
+        wait_ready(c)
+        state = c.app.state.service
+        real = state.batcher.runners["de-en"]
+
+        def faulty(texts):
+            if any("explode" in t for t in texts):
+                raise RuntimeError("simulated engine failure")
+            return real(texts)
+
+        state.batcher.runners["de-en"] = faulty
+        with caplog.at_level(logging.ERROR):
+            bad = c.post("/translate", json={"q": "der hund explode", "source": "de", "target": "en"})
+        assert bad.status_code == 500
+        body = bad.json()
+        assert body["error"] == "internal error" and len(body["request_id"]) == 12
+        assert "simulated engine failure" not in bad.text  # no internals in the answer
+        record = next(r for r in caplog.records if body["request_id"] in r.getMessage())
+        assert record.exc_info and "simulated engine failure" in str(record.exc_info[1])  # traceback, with the id
+        good = c.post("/translate", json={"q": "der hund", "source": "de", "target": "en"})
+        assert good.status_code == 200 and "translatedText" in good.json()

@@ -1,0 +1,333 @@
+"""HTTP load on the real service: a `python -m service` process on loopback, driven by an
+asyncio httpx client in this (second) process. Three modes:
+
+    # throughput and latency at several concurrencies, dynamic batching on and off
+    python benchmarks/load.py sweep --concurrency 1 8 32 64 --seconds 15 --out benchmarks/results/http.json
+
+    # a burst of 4x the sustainable load: 503 + Retry-After for the excess, every accepted
+    # request answered, no growth, throughput back at once afterwards
+    python benchmarks/load.py overload --factor 4 --seconds 10 --out benchmarks/results/overload.json
+
+    # minutes at ~80% of capacity: errors and resident memory over time
+    python benchmarks/load.py soak --minutes 10 --fraction 0.8 --out benchmarks/results/soak.json
+
+Requests are de->en sentences of test_2016_flickr (`--data`), either one sentence per request
+(`single`) or 16 per request (`batch16`). Closed loop for `sweep` (each of `c` clients sends
+its next request when the last one is answered); open loop (requests at a fixed rate, whatever
+the answers do) for `overload` and `soak`. Every run is bounded in time and in requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- the server -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m service` in its own process, with TRANSERVE_* overrides."""
+
+    def __init__(self, model_dir: Path, threads: int, **settings: object) -> None:
+        self.port = free_port()
+        env = {**os.environ, **{f"TRANSERVE_{k.upper()}": str(v) for k, v in settings.items()}}
+        env["TRANSERVE_ACCESS_LOG"] = "false"
+        cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--model-dir", str(model_dir), "--threads", str(threads), "--log-level", "warning"]
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.ready_s = self._wait_ready()
+
+    def _wait_ready(self) -> float:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                if httpx.get(self.base + "/ready", timeout=1).status_code == 200:
+                    return time.monotonic() - self.started
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("server not ready after 120 s")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
+
+
+# -- the load -------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)  # seconds, answered (200) requests only
+    statuses: dict[str, int] = field(default_factory=dict)
+    sentences: int = 0
+    retry_after_missing: int = 0
+    wrong_answers: int = 0
+
+    def add(self, status: str, latency: float, sentences: int) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if status == "200":
+            self.latencies.append(latency)
+            self.sentences += sentences
+
+    def summary(self, seconds: float) -> dict:
+        lat = sorted(self.latencies)
+
+        def pct(p: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1000, 1) if lat else None
+
+        errors = sum(n for s, n in self.statuses.items() if s not in ("200", "503", "429"))
+        return {
+            "seconds": round(seconds, 2),
+            "requests": sum(self.statuses.values()),
+            "answered": len(lat),
+            "statuses": dict(sorted(self.statuses.items())),
+            "errors": errors,
+            "requests_per_s": round(len(lat) / seconds, 1),
+            "sentences_per_s": round(self.sentences / seconds, 1),
+            "p50_ms": pct(50),
+            "p95_ms": pct(95),
+            "p99_ms": pct(99),
+            "mean_ms": round(statistics.fmean(lat) * 1000, 1) if lat else None,
+            "retry_after_missing": self.retry_after_missing,
+            "wrong_answers": self.wrong_answers,
+        }
+
+
+def load_sentences(path: Path) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+class Load:
+    def __init__(self, base: str, sentences: list[str], per_request: int, seed: int = 1) -> None:
+        self.base, self.sentences, self.per_request = base, sentences, per_request
+        self.rng = random.Random(seed)
+        limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+        self.client = httpx.AsyncClient(base_url=base, limits=limits, timeout=httpx.Timeout(120.0))
+
+    def body(self) -> dict:
+        picked = [self.rng.choice(self.sentences) for _ in range(self.per_request)]
+        return {"q": picked[0] if self.per_request == 1 else picked, "source": "de", "target": "en"}
+
+    async def one(self, tally: Tally) -> None:
+        body = self.body()
+        t0 = time.perf_counter()
+        try:
+            r = await self.client.post("/translate", json=body)
+        except httpx.HTTPError as e:
+            tally.add(type(e).__name__, time.perf_counter() - t0, 0)
+            return
+        latency = time.perf_counter() - t0
+        status = str(r.status_code)
+        if r.status_code == 200:
+            out = r.json().get("translatedText")
+            if self.per_request == 1:
+                ok = isinstance(out, str) and bool(out)
+            else:
+                ok = isinstance(out, list) and len(out) == self.per_request and all(out)
+            if not ok:
+                tally.wrong_answers += 1
+        elif r.status_code in (503, 429) and "retry-after" not in r.headers:
+            tally.retry_after_missing += 1
+        tally.add(status, latency, self.per_request)
+
+    async def closed_loop(self, concurrency: int, seconds: float, max_requests: int) -> dict:
+        tally, sent = Tally(), 0
+        deadline = time.perf_counter() + seconds
+
+        async def client() -> None:
+            nonlocal sent
+            while time.perf_counter() < deadline and sent < max_requests:
+                sent += 1
+                await self.one(tally)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*[client() for _ in range(concurrency)])
+        return {"concurrency": concurrency, **tally.summary(time.perf_counter() - t0)}
+
+    async def open_loop(self, rate: float, seconds: float, tally: Tally | None = None) -> dict:
+        """`rate` requests per second for `seconds`, each sent on time whatever the others do."""
+        tally = tally or Tally()
+        tasks, t0 = [], time.perf_counter()
+        n = int(rate * seconds)
+        for i in range(n):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(self.one(tally)))
+        await asyncio.gather(*tasks)
+        return {"rate": rate, **tally.summary(time.perf_counter() - t0)}
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+# -- modes ----------------------------------------------------------------------------------
+
+
+async def warm_up(base: str, sentences: list[str]) -> None:
+    load = Load(base, sentences, 16)
+    await load.closed_loop(4, 3.0, 10_000)
+    await load.close()
+
+
+async def sweep(args: argparse.Namespace, sentences: list[str]) -> dict:
+    runs = []
+    for batching in args.batching:
+        server = Server(args.model_dir, args.threads, batching=batching == "on")
+        try:
+            await warm_up(server.base, sentences)
+            for kind, per_request in (("single", 1), ("batch16", 16)):
+                for c in args.concurrency:
+                    load = Load(server.base, sentences, per_request)
+                    row = await load.closed_loop(c, args.seconds, args.max_requests)
+                    await load.close()
+                    row.update(batching=batching, kind=kind, rss_mb=round(server.rss_mb(), 1))
+                    print(json.dumps(row), flush=True)
+                    runs.append(row)
+        finally:
+            server.stop()
+    return {"mode": "sweep", "runs": runs}
+
+
+async def capacity(base: str, sentences: list[str], seconds: float) -> float:
+    """Sustainable single-sentence requests/s: closed loop at concurrency 32."""
+    load = Load(base, sentences, 1)
+    row = await load.closed_loop(32, seconds, 1_000_000)
+    await load.close()
+    return row["requests_per_s"]
+
+
+async def overload(args: argparse.Namespace, sentences: list[str]) -> dict:
+    server = Server(args.model_dir, args.threads, max_queue=args.max_queue)
+    result: dict = {"mode": "overload"}
+    try:
+        await warm_up(server.base, sentences)
+        cap = await capacity(server.base, sentences, args.seconds)
+        rss_before = server.rss_mb()
+        load = Load(server.base, sentences, 1)
+        burst = await load.open_loop(args.factor * cap, args.seconds)
+        rss_after_burst = server.rss_mb()
+        # recovery: the same closed loop as the capacity measurement, right after the burst
+        after = await load.closed_loop(32, args.seconds, 1_000_000)
+        await load.close()
+        result |= {
+            "capacity_requests_per_s": cap,
+            "burst_factor": args.factor,
+            "max_queue": args.max_queue,
+            "burst": burst,
+            "after": after,
+            "recovery_ratio": round(after["requests_per_s"] / cap, 3),
+            "rss_mb": {"before": round(rss_before, 1), "after_burst": round(rss_after_burst, 1)},
+            "alive": server.proc.poll() is None,
+        }
+    finally:
+        result["exit_code"] = server.stop()
+    return result
+
+
+async def soak(args: argparse.Namespace, sentences: list[str]) -> dict:
+    server = Server(args.model_dir, args.threads)
+    try:
+        await warm_up(server.base, sentences)
+        cap = await capacity(server.base, sentences, 10)
+        rate = args.fraction * cap
+        load = Load(server.base, sentences, 1)
+        tally, samples = Tally(), []
+        t0 = time.monotonic()
+        total = args.minutes * 60
+        while (elapsed := time.monotonic() - t0) < total:
+            window = await load.open_loop(rate, min(args.sample_seconds, total - elapsed), Tally())
+            for k, v in window["statuses"].items():
+                tally.statuses[k] = tally.statuses.get(k, 0) + v
+            samples.append(
+                {
+                    "t_s": round(time.monotonic() - t0, 1),
+                    "rss_mb": round(server.rss_mb(), 1),
+                    "requests_per_s": window["requests_per_s"],
+                    "p99_ms": window["p99_ms"],
+                    "errors": window["errors"] + window["statuses"].get("503", 0),
+                }
+            )
+            print(json.dumps(samples[-1]), flush=True)
+        await load.close()
+        warm = [s["rss_mb"] for s in samples[len(samples) // 5 :]] or [samples[-1]["rss_mb"]]
+        result = {
+            "mode": "soak",
+            "capacity_requests_per_s": cap,
+            "rate": round(rate, 1),
+            "minutes": args.minutes,
+            "statuses": tally.statuses,
+            "rss_after_warmup_mb": warm[0],
+            "rss_end_mb": samples[-1]["rss_mb"],
+            "rss_max_mb": max(s["rss_mb"] for s in samples),
+            "samples": samples,
+        }
+    finally:
+        server.stop()
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=["sweep", "overload", "soak"])
+    p.add_argument("--model-dir", type=Path, default=ROOT / "model")
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/multi30k/test_2016_flickr.de.gz")
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime threads in the server")
+    p.add_argument("--seconds", type=float, default=15, help="per sweep point / burst length")
+    p.add_argument("--max-requests", type=int, default=20_000, help="per sweep point")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    p.add_argument("--batching", nargs="+", default=["on", "off"], choices=["on", "off"])
+    p.add_argument("--factor", type=float, default=4.0, help="overload: burst rate / capacity")
+    p.add_argument("--max-queue", type=int, default=256, help="overload: the server's queue bound (sentences)")
+    p.add_argument("--minutes", type=float, default=10, help="soak length")
+    p.add_argument("--fraction", type=float, default=0.8, help="soak rate / capacity")
+    p.add_argument("--sample-seconds", type=float, default=30, help="soak: one sample per this many seconds")
+    p.add_argument("--out", type=Path, help="write the JSON result here")
+    args = p.parse_args()
+    sentences = load_sentences(args.data)
+    result = asyncio.run({"sweep": sweep, "overload": overload, "soak": soak}[args.mode](args, sentences))
+    result["command"] = "python benchmarks/load.py " + " ".join(sys.argv[1:])
+    result["machine"] = f"{os.cpu_count()} CPUs"
+    print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
