@@ -18,7 +18,9 @@ class Settings(BaseSettings):
     model_dir: Path = Field(Path("model"), description="folder of model bundles (one per sub-folder)")
     provider: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="onnxruntime execution provider")
     threads: int = Field(0, ge=0, description="intra-op threads per onnxruntime session (0 = all cores)")
-    variant: str = Field("", description="bundle variant to load (fp32, int8, int8-blockwise); empty = the bundle's default")
+    variant: str = Field(
+        "", description="bundle variant to load (fp32, int8, int8-blockwise); empty = the bundle's default"
+    )
     langid_model: str = Field("langid", description="classification bundle used for /detect and source=auto")
 
     max_chars: int = Field(5000, ge=1, description="max characters per request (all items together)")

@@ -83,7 +83,7 @@ async def run_batched(state: ServiceState, model: str, texts: Sequence[str]) -> 
         raise busy() from None
     except TimeoutError:
         raise ServiceError(504, "request timed out") from None
-    except Exception as exc:  # noqa: BLE001 - the model failed on this request's batch
+    except Exception as exc:  # the model failed on this request's batch
         request_id = uuid.uuid4().hex[:12]
         log.error("model %s failed for request_id=%s", model, request_id, exc_info=exc)
         raise ServiceError(500, "internal error", request_id=request_id) from None
