@@ -233,7 +233,7 @@ async def capacity(base: str, sentences: list[str], seconds: float) -> float:
 
 
 async def overload(args: argparse.Namespace, sentences: list[str]) -> dict:
-    server = Server(args.model_dir, args.threads, max_queue=args.max_queue)
+    server = Server(args.model_dir, args.threads, max_queue=args.max_queue, max_inflight_requests=args.max_inflight)
     result: dict = {"mode": "overload"}
     try:
         await warm_up(server.base, sentences)
@@ -249,6 +249,7 @@ async def overload(args: argparse.Namespace, sentences: list[str]) -> dict:
             "capacity_requests_per_s": cap,
             "burst_factor": args.factor,
             "max_queue": args.max_queue,
+            "max_inflight_requests": args.max_inflight,
             "burst": burst,
             "after": after,
             "recovery_ratio": round(after["requests_per_s"] / cap, 3),
@@ -314,6 +315,7 @@ def main() -> None:
     p.add_argument("--batching", nargs="+", default=["on", "off"], choices=["on", "off"])
     p.add_argument("--factor", type=float, default=4.0, help="overload: burst rate / capacity")
     p.add_argument("--max-queue", type=int, default=256, help="overload: the server's queue bound (sentences)")
+    p.add_argument("--max-inflight", type=int, default=64, help="overload: the server's in-flight request cap")
     p.add_argument("--minutes", type=float, default=10, help="soak length")
     p.add_argument("--fraction", type=float, default=0.8, help="soak rate / capacity")
     p.add_argument("--sample-seconds", type=float, default=30, help="soak: one sample per this many seconds")

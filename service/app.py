@@ -130,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         metrics=metrics,
         log_requests=settings.access_log,
+        max_inflight=settings.max_inflight_requests,
     )
     return app
 

@@ -1,12 +1,17 @@
-"""ASGI middleware: request body size limit (before any parsing), request metrics and one
-access-log line per request (method, path, status, milliseconds, client address: never a
-header, a query string or a body, so API keys cannot reach the log)."""
+"""ASGI middleware, in front of everything:
+
+* a cap on model requests in flight: beyond it, 503 + Retry-After before anything is read;
+* the request body size limit, enforced before any parsing (413);
+* request metrics, and one access-log line per request (method, path, status, milliseconds,
+  client address: never a header, a query string or a body, so API keys cannot reach the log).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Sequence
 
 from service.metrics import Metrics
 
@@ -14,9 +19,13 @@ access_log = logging.getLogger("service.access")
 
 
 class BodyLimitAndMetrics:
-    def __init__(self, app, max_body_bytes: int, metrics: Metrics, log_requests: bool = True) -> None:
+    def __init__(
+        self, app, max_body_bytes: int, metrics: Metrics, log_requests: bool = True, max_inflight: int = 0
+    ) -> None:
         self.app, self.max_body_bytes, self.metrics = app, max_body_bytes, metrics
         self.log_requests = log_requests
+        self.max_inflight = max_inflight  # 0 = no cap
+        self.inflight = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -32,7 +41,11 @@ class BodyLimitAndMetrics:
 
         declared = dict(scope.get("headers") or []).get(b"content-length")
         too_big = declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes
-        if too_big:
+        capped = self.max_inflight and endpoint in _CAPPED
+        if capped and self.inflight >= self.max_inflight:
+            self.metrics.rejected.labels("inflight").inc()
+            await _reply(send_wrapper, 503, {"error": "server busy, retry later"}, [(b"retry-after", b"1")])
+        elif too_big:
             await _reject(send_wrapper, self.max_body_bytes)
         else:
             received = 0
@@ -46,10 +59,13 @@ class BodyLimitAndMetrics:
                         raise _BodyTooLarge()
                 return message
 
+            self.inflight += bool(capped)
             try:
                 await self.app(scope, limited_receive, send_wrapper)
             except _BodyTooLarge:
                 await _reject(send_wrapper, self.max_body_bytes)
+            finally:
+                self.inflight -= bool(capped)
         seconds = time.perf_counter() - start
         self.metrics.requests.labels(endpoint, str(status["code"])).inc()
         self.metrics.latency.labels(endpoint).observe(seconds)
@@ -59,6 +75,7 @@ class BodyLimitAndMetrics:
 
 
 _KNOWN = {"/translate", "/detect", "/classify", "/languages", "/models", "/health", "/ready", "/metrics", "/"}
+_CAPPED = {"/translate", "/detect", "/classify"}  # the model endpoints; probes always answer
 
 
 class _BodyTooLarge(Exception):
@@ -66,12 +83,20 @@ class _BodyTooLarge(Exception):
 
 
 async def _reject(send, limit: int) -> None:
-    body = json.dumps({"error": f"request body larger than {limit} bytes"}).encode()
+    await _reply(send, 413, {"error": f"request body larger than {limit} bytes"})
+
+
+async def _reply(send, status: int, payload: dict, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps(payload).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})

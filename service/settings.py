@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, description="max sentences per model call")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
     max_queue: int = Field(2048, ge=1, description="max sentences waiting; beyond it requests get 503")
+    max_inflight_requests: int = Field(
+        512, ge=0, description="model requests being handled at once; beyond it 503 at once (0 = no cap)"
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="a request still waiting after this gets 504")
 
     cors_origins: Annotated[list[str], NoDecode] = Field(

@@ -172,7 +172,8 @@ def quantize_graphs(graphs: dict[str, GraphSpec], out: Path, variant: str = "int
       the other sentences in its batch.
     * ``int8-blockwise``: MatMulNBits, 8-bit weights in blocks of 32 along K with their own
       scales, activations quantized per row and block (accuracy_level 4): each sentence's
-      result is the same whatever its batch-mates, and closer to fp32.
+      result is the same whatever its batch-mates, and closer to fp32. Embedding tables are
+      int8 with a fixed scale (weight-only), so the graphs are as small as ``int8``'s.
     """
     if variant not in QUANTIZED_VARIANTS:
         raise ValueError(f"variant {variant!r} must be one of {QUANTIZED_VARIANTS}")
@@ -194,6 +195,16 @@ def quantize_graphs(graphs: dict[str, GraphSpec], out: Path, variant: str = "int
             quantizer = matmul_nbits_quantizer.MatMulNBitsQuantizer(onnx.load(str(out / g.file)), algo_config=config)
             quantizer.process()
             quantizer.model.save_model_to_file(str(target), False)
+            # The embedding table (Gather) as int8 too, weight-only (one fixed scale, then
+            # DequantizeLinear on the gathered rows): 4x smaller, still batch-invariant.
+            quantize_dynamic(
+                str(target),
+                str(target),
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["Gather"],
+                per_channel=False,
+                reduce_range=False,
+            )
         result[role] = GraphSpec(file=target.name, inputs=g.inputs, outputs=g.outputs)
     return result
 

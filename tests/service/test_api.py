@@ -273,3 +273,35 @@ def test_model_failure_fails_only_its_batch_with_500_and_request_id(model_dir, c
         assert record.exc_info and "simulated engine failure" in str(record.exc_info[1])  # traceback, with the id
         good = c.post("/translate", json={"q": "der hund", "source": "de", "target": "en"})
         assert good.status_code == 200 and "translatedText" in good.json()
+
+
+def test_requests_beyond_the_inflight_cap_get_503_at_once(model_dir):
+    import threading
+
+    with make_client(model_dir, max_inflight_requests=1, max_wait_ms=0) as c:
+        wait_ready(c)
+        state = c.app.state.service
+        gate, entered = threading.Event(), threading.Event()
+        real = state.batcher.runners["de-en"]
+
+        def slow(texts):
+            entered.set()
+            gate.wait(10)
+            return real(texts)
+
+        state.batcher.runners["de-en"] = slow
+        body = {"q": "hallo welt", "source": "de", "target": "en"}
+        first: list = []
+        t = threading.Thread(target=lambda: first.append(c.post("/translate", json=body)))
+        t.start()
+        assert entered.wait(10)  # one request in flight, inside the model
+        second = c.post("/translate", json=body)
+        assert second.status_code == 503
+        assert second.headers["retry-after"] == "1"
+        assert second.json() == {"error": "server busy, retry later"}
+        assert c.get("/ready").status_code == 200  # probes are never capped
+        gate.set()
+        t.join(10)
+        assert first[0].status_code == 200  # the accepted request got its answer
+        assert c.post("/translate", json=body).status_code == 200
+        assert 'transerve_rejected_total{reason="inflight"} 1.0' in c.get("/metrics").text
