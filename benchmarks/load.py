@@ -303,6 +303,41 @@ async def soak(args: argparse.Namespace, sentences: list[str]) -> dict:
     return result
 
 
+def plot_sweep(result: dict, out: Path) -> None:
+    """Two panels: sentences/s vs concurrency, and p50/p95/p99 latency vs concurrency, one line
+    per (request kind, batching)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    series: dict[tuple[str, str], list[dict]] = {}
+    for row in result["runs"]:
+        series.setdefault((row["kind"], row["batching"]), []).append(row)
+    for i, ((kind, batching), rows) in enumerate(sorted(series.items())):
+        rows.sort(key=lambda r: r["concurrency"])
+        cs = [r["concurrency"] for r in rows]
+        style, color = ("-" if batching == "on" else "--"), f"C{i}"
+        label = f"{kind}, batching {batching}"
+        ax1.plot(cs, [r["sentences_per_s"] for r in rows], style, color=color, marker="o", label=label)
+        for pct, marker in (("p50_ms", "o"), ("p95_ms", "^"), ("p99_ms", "s")):
+            ax2.plot(cs, [r[pct] for r in rows], style, color=color, marker=marker, label=f"{label} {pct[:3]}")
+    for ax in (ax1, ax2):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.grid(alpha=0.3)
+    ax1.set_ylabel("sentences/s (answered)")
+    ax1.set_title("throughput")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("latency, ms")
+    ax2.set_title("latency percentiles")
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", choices=["sweep", "overload", "soak"])
@@ -329,6 +364,8 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
+        if args.mode == "sweep":
+            plot_sweep(result, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
