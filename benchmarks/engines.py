@@ -5,12 +5,13 @@
         --split test_2016_flickr --threads 2 --batch 1 32 --repeats 3 --out benchmarks/results/engines.json
 
 Engines: PyTorch eager greedy without cache (`torch-nocache`), PyTorch with the KV cache
-(`torch-cache`), our onnxruntime engine fp32 and int8 (`ort-fp32`, `ort-int8`: the service's
-Translator over a bundle exported from the checkpoint), CTranslate2 fp32 and int8 (`ct2-fp32`,
-`ct2-int8`: converted by benchmarks/ct2_convert.py). Every (engine, batch) run is a fresh
-subprocess, so its peak RSS is its own. Sentences are sorted by length and cut into batches of
-`batch` sentences for every engine alike. Reported: sentences/s, target tokens/s, peak RSS,
-BLEU (cased sacreBLEU and lowercased tokenized), and agreement with ort-fp32 (identical
+(`torch-cache`), our onnxruntime engine fp32, int8 and int8-blockwise (`ort-fp32`,
+`ort-int8`, `ort-int8-blockwise`: the service's Translator over a bundle exported from the
+checkpoint), CTranslate2 fp32 and int8 (`ct2-fp32`, `ct2-int8`: converted by
+benchmarks/ct2_convert.py). Every (engine, batch) run is a fresh subprocess, so its peak RSS
+is its own. Sentences are sorted by length and cut into batches of `batch` sentences for every
+engine alike. Reported: sentences/s, target tokens/s, peak RSS, BLEU (cased sacreBLEU and
+lowercased tokenized), and agreement with ort-fp32 (identical
 greedy outputs). Ratios to the best CTranslate2 engine are printed in the same run.
 """
 
@@ -28,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ENGINES = ["torch-nocache", "torch-cache", "ort-fp32", "ort-int8", "ct2-fp32", "ct2-int8"]
+ENGINES = ["torch-nocache", "torch-cache", "ort-fp32", "ort-int8", "ort-int8-blockwise", "ct2-fp32", "ct2-int8"]
 
 
 def _batches(n: int, lengths: list[int], size: int) -> list[list[int]]:
@@ -76,7 +77,7 @@ def worker(args: argparse.Namespace) -> None:
 
         bundle = Path(args.bundle)
         tr = Translator(
-            bundle, load_manifest(bundle), resolve_providers("cpu"), threads=threads, variant=engine.split("-")[1]
+            bundle, load_manifest(bundle), resolve_providers("cpu"), threads=threads, variant=engine.split("-", 1)[1]
         )
         encoded = tr.encode(sources)
 
