@@ -24,7 +24,15 @@ from training.config import RunConfig
 from training.evaluate import classification_metrics, format_confusion, translation_metrics
 from training.export import export_bundle
 from training.tokenizer import Tokenizer
-from training.train import TOKENIZER_FILE, cpuinfo, make_task, model_from_checkpoint, split_names, train
+from training.train import (
+    TOKENIZER_FILE,
+    cpuinfo,
+    load_checkpoint,
+    make_task,
+    model_from_checkpoint,
+    split_names,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +154,7 @@ def release(
         parity_texts,
         force=force,
         extra_files=extra,
-        training_info={"checkpoint": ckpt.name, **summary, "hardware": hardware()},
+        training_info={"checkpoint": ckpt.name, **summary, "hardware": hardware(trained_threads(ckpt))},
     )
     valid = {v: evaluate_bundle(out_dir, cfg, valid_split, v, invariance=True) for v in manifest.variants}
     served = choose_variant(valid, metric)
@@ -237,12 +245,19 @@ def plot_confusion(result: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
-def hardware() -> str:
+def trained_threads(ckpt: Path) -> int:
+    return int(load_checkpoint(ckpt)["run_config"]["train"].get("threads", 0))
+
+
+def hardware(threads: int = 0) -> str:
+    """Where the run trained: the GPU, or the CPU and the threads training used (the run's own
+    `train.threads` setting, as stored in its checkpoint, else torch's default)."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     names = [line.split(":", 1)[1].strip() for line in cpuinfo().splitlines() if line.startswith("model name")]
     name = names[0] if names else platform.machine()
-    return f"CPU ({name}), {torch.get_num_threads()} threads"
+    n = threads or torch.get_num_threads()
+    return f"CPU ({name}), {n} thread{'s' if n > 1 else ''}"
 
 
 def model_card(manifest, results: list[dict[str, Any]], parity: dict[str, Any], cfg: RunConfig) -> str:
