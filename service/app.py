@@ -18,7 +18,7 @@ from service.batcher import Batcher
 from service.bundle import find_bundles
 from service.errors import ServiceError
 from service.metrics import Metrics
-from service.middleware import BodyLimitAndMetrics
+from service.middleware import BodyLimitAndMetrics, InFlight
 from service.registry import ModelDirError, load_registry
 from service.security import RateLimiter
 from service.settings import Settings, get_settings
@@ -44,7 +44,13 @@ def _load(state: ServiceState) -> None:
             state.metrics.batch_seconds.labels(model).observe(seconds)
 
         state.batcher = Batcher(
-            runners, s.max_batch_size, s.max_wait_ms, s.max_queue, on_batch=on_batch, merge=s.batching
+            runners,
+            s.max_batch_size,
+            s.max_wait_ms,
+            s.max_queue,
+            on_batch=on_batch,
+            merge=s.batching,
+            in_flight=state.inflight,
         )
         state.registry = registry
         state.ready_seconds = round(time.monotonic() - state.started, 3)
@@ -63,10 +69,11 @@ def _load(state: ServiceState) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
+    inflight = InFlight()  # shared by the middleware (counts) and the batcher (reads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state = ServiceState(settings=settings, metrics=metrics)
+        state = ServiceState(settings=settings, metrics=metrics, inflight=inflight)
         if settings.rate_limit_per_minute:
             state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
         app.state.service = state
@@ -131,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
         log_requests=settings.access_log,
         max_inflight=settings.max_inflight_requests,
+        inflight=inflight,
     )
     return app
 

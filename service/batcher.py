@@ -6,6 +6,10 @@ until ``max_batch_size`` texts are there), sorts the texts by length to avoid pa
 model in chunks of at most ``max_batch_size`` and hands every job its own results. One worker
 keeps one model call at a time on the cores, which on a small CPU is the fastest schedule.
 
+The wait is skipped when nothing else can join: `in_flight` (the number of model requests the
+server is handling, from the middleware) tells whether any request is on its way that has not
+reached the queue yet; when none is, the batch runs at once, so a lone request pays no wait.
+
 With ``merge=False`` (dynamic batching off, for comparison) each request runs alone, in
 chunks of at most ``max_batch_size`` of its own texts.
 
@@ -57,6 +61,7 @@ class Batcher:
         length: Callable[[str], int] = len,
         on_batch: Callable[[str, int, float], None] | None = None,
         merge: bool = True,
+        in_flight: Callable[[], int] | None = None,
     ) -> None:
         self.runners = runners
         self.max_batch_size = max_batch_size
@@ -65,6 +70,7 @@ class Batcher:
         self.length = length
         self.on_batch = on_batch
         self.merge = merge
+        self.in_flight = in_flight
         self._jobs: deque[_Job] = deque()
         self._queued = 0  # texts waiting
         self._cv = threading.Condition()
@@ -119,6 +125,8 @@ class Batcher:
                 remaining = deadline - time.monotonic()
                 if waiting >= self.max_batch_size or remaining <= 0:
                     break
+                if self.in_flight is not None and self.in_flight() <= len(self._jobs):
+                    break  # every request in flight is already queued: nobody else is coming
                 self._cv.wait(remaining)
             taken: list[_Job] = []
             kept: deque[_Job] = deque()

@@ -18,14 +18,30 @@ from service.metrics import Metrics
 access_log = logging.getLogger("service.access")
 
 
+class InFlight:
+    """How many model requests the server is handling now (read by the batcher's thread)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> int:
+        return self.count
+
+
 class BodyLimitAndMetrics:
     def __init__(
-        self, app, max_body_bytes: int, metrics: Metrics, log_requests: bool = True, max_inflight: int = 0
+        self,
+        app,
+        max_body_bytes: int,
+        metrics: Metrics,
+        log_requests: bool = True,
+        max_inflight: int = 0,
+        inflight: InFlight | None = None,
     ) -> None:
         self.app, self.max_body_bytes, self.metrics = app, max_body_bytes, metrics
         self.log_requests = log_requests
         self.max_inflight = max_inflight  # 0 = no cap
-        self.inflight = 0
+        self.inflight = inflight or InFlight()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -41,8 +57,8 @@ class BodyLimitAndMetrics:
 
         declared = dict(scope.get("headers") or []).get(b"content-length")
         too_big = declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes
-        capped = self.max_inflight and endpoint in _CAPPED
-        if capped and self.inflight >= self.max_inflight:
+        model_request = endpoint in _MODEL_ENDPOINTS
+        if model_request and self.max_inflight and self.inflight.count >= self.max_inflight:
             self.metrics.rejected.labels("inflight").inc()
             await _reply(send_wrapper, 503, {"error": "server busy, retry later"}, [(b"retry-after", b"1")])
         elif too_big:
@@ -59,13 +75,13 @@ class BodyLimitAndMetrics:
                         raise _BodyTooLarge()
                 return message
 
-            self.inflight += bool(capped)
+            self.inflight.count += model_request
             try:
                 await self.app(scope, limited_receive, send_wrapper)
             except _BodyTooLarge:
                 await _reject(send_wrapper, self.max_body_bytes)
             finally:
-                self.inflight -= bool(capped)
+                self.inflight.count -= model_request
         seconds = time.perf_counter() - start
         self.metrics.requests.labels(endpoint, str(status["code"])).inc()
         self.metrics.latency.labels(endpoint).observe(seconds)
@@ -75,7 +91,7 @@ class BodyLimitAndMetrics:
 
 
 _KNOWN = {"/translate", "/detect", "/classify", "/languages", "/models", "/health", "/ready", "/metrics", "/"}
-_CAPPED = {"/translate", "/detect", "/classify"}  # the model endpoints; probes always answer
+_MODEL_ENDPOINTS = {"/translate", "/detect", "/classify"}  # capped and counted; probes always answer
 
 
 class _BodyTooLarge(Exception):

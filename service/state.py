@@ -8,6 +8,7 @@ from typing import Any
 
 from service.batcher import Batcher
 from service.metrics import Metrics
+from service.middleware import InFlight
 from service.registry import Registry
 from service.security import RateLimiter
 from service.settings import Settings
@@ -22,6 +23,7 @@ class ServiceState:
     registry: Registry | None = None
     batcher: Batcher | None = None
     rate_limiter: RateLimiter | None = None
+    inflight: InFlight = field(default_factory=InFlight)
     loading: bool = True
     started: float = field(default_factory=time.monotonic)
     ready_seconds: float | None = None

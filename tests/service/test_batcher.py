@@ -55,6 +55,20 @@ def test_merge_off_runs_each_request_alone():
     assert sorted(sorted(c) for c in calls) == [[f"more {i}", f"text {i}"] for i in range(6)]  # one call each
 
 
+@pytest.mark.parametrize("others_on_their_way", [False, True])
+def test_a_lone_request_does_not_wait_for_batch_mates(others_on_their_way):
+    # in_flight counts the requests the server handles; if all of them are queued, waiting
+    # max_wait_ms could only add latency. If another is still on its way, the batch waits.
+    b = Batcher(
+        {"m": lambda texts: list(texts)}, max_batch_size=16, max_wait_ms=400, in_flight=lambda: 1 + others_on_their_way
+    )
+    t0 = time.perf_counter()
+    assert run(b.submit("m", ["x"])) == ["x"]
+    waited = time.perf_counter() - t0
+    b.stop()
+    assert (waited >= 0.35) if others_on_their_way else (waited < 0.2), waited
+
+
 def test_batches_never_exceed_max_batch_size():
     sizes: list[int] = []
     b = Batcher({"m": lambda ts: sizes.append(len(ts)) or list(ts)}, max_batch_size=4, max_wait_ms=20)
