@@ -153,10 +153,19 @@ class RawHTTP:
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode()
         async with self.slots:
-            reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+            reused = bool(self.idle)
+            reader, writer = self.idle.pop() if reused else await asyncio.open_connection(self.host, self.port)
             try:
                 writer.write(head + body)
-                status = int((await reader.readline()).split()[1])
+                status_line = await reader.readline()
+                if not status_line and reused:
+                    # the server closed this idle keep-alive connection (its keep-alive timeout):
+                    # as any HTTP client does, send the request again on a fresh connection
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
+                    writer.write(head + body)
+                    status_line = await reader.readline()
+                status = int(status_line.split()[1])
                 headers = {}
                 while (line := await reader.readline()) not in (b"\r\n", b""):
                     name, _, value = line.decode("latin-1").partition(":")

@@ -7,8 +7,10 @@ model in chunks of at most ``max_batch_size`` and hands every job its own result
 keeps one model call at a time on the cores, which on a small CPU is the fastest schedule.
 
 The wait is skipped when nothing else can join: `in_flight` (the number of model requests the
-server is handling, from the middleware) tells whether any request is on its way that has not
-reached the queue yet; when none is, the batch runs at once, so a lone request pays no wait.
+server is handling, from the middleware) is compared with the callers waiting on the batcher
+(queued, being computed, or holding a result not yet picked up); when every request in flight
+is one of them, nobody else is on the way and the batch runs at once, so a lone request, or a
+set of clients that all wait for their answers, pays no wait.
 
 With ``merge=False`` (dynamic batching off, for comparison) each request runs alone, in
 chunks of at most ``max_batch_size`` of its own texts.
@@ -73,6 +75,7 @@ class Batcher:
         self.in_flight = in_flight
         self._jobs: deque[_Job] = deque()
         self._queued = 0  # texts waiting
+        self._callers = 0  # submit() calls not yet returned
         self._cv = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name="batcher", daemon=True)
@@ -95,8 +98,13 @@ class Batcher:
                 raise QueueFull()
             self._jobs.append(job)
             self._queued += len(job.texts)
+            self._callers += 1
             self._cv.notify()
-        return await job.future
+        try:
+            return await job.future
+        finally:
+            with self._cv:
+                self._callers -= 1
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish every job already accepted, then end the worker."""
@@ -125,8 +133,8 @@ class Batcher:
                 remaining = deadline - time.monotonic()
                 if waiting >= self.max_batch_size or remaining <= 0:
                     break
-                if self.in_flight is not None and self.in_flight() <= len(self._jobs):
-                    break  # every request in flight is already queued: nobody else is coming
+                if self.in_flight is not None and self.in_flight() <= self._callers:
+                    break  # every request in flight is already waiting here: nobody else is coming
                 self._cv.wait(remaining)
             taken: list[_Job] = []
             kept: deque[_Job] = deque()
