@@ -185,6 +185,8 @@ def quantize_graphs(graphs: dict[str, GraphSpec], out: Path, variant: str = "int
                 str(out / g.file), str(target), weight_type=QuantType.QInt8, per_channel=False, reduce_range=False
             )
         else:
+            # it logs one INFO line per node it leaves alone (hundreds per graph)
+            logging.getLogger(matmul_nbits_quantizer.__name__).setLevel(logging.WARNING)
             config = matmul_nbits_quantizer.DefaultWeightOnlyQuantConfig(
                 block_size=32,
                 is_symmetric=True,
