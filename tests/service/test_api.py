@@ -2,9 +2,40 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 
 from tests.service.conftest import make_client, wait_ready
+
+
+@contextmanager
+def held_model(state, model: str = "de-en") -> Iterator[threading.Event]:
+    """Make `model`'s calls block inside the model until the block ends; yields an event set
+    once a call is inside."""
+    gate, entered = threading.Event(), threading.Event()
+    real = state.batcher.runners[model]
+
+    def held(texts):
+        entered.set()
+        gate.wait(10)
+        return real(texts)
+
+    state.batcher.runners[model] = held
+    try:
+        yield entered
+    finally:
+        gate.set()
+
+
+def post_in_background(client, body: dict) -> tuple[threading.Thread, list]:
+    """POST /translate from another thread; the response lands in the returned list."""
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(client.post("/translate", json=body)))
+    thread.start()
+    return thread, result
 
 
 def test_health_ready_and_models(client):
@@ -214,34 +245,19 @@ def test_concurrent_requests_are_batched_and_equal_unbatched(model_dir):
 
 
 def test_queue_full_answers_503_with_retry_after(model_dir):
-    import threading
-
     with make_client(model_dir, max_queue=1, max_wait_ms=0) as c:
         wait_ready(c)
         state = c.app.state.service
-        gate, entered = threading.Event(), threading.Event()
-        real = state.batcher.runners["de-en"]
-
-        def slow(texts):
-            entered.set()
-            gate.wait(10)
-            return real(texts)
-
-        state.batcher.runners["de-en"] = slow
         body = {"q": "hallo welt", "source": "de", "target": "en"}
-        first: list = []
-        t = threading.Thread(target=lambda: first.append(c.post("/translate", json=body)))
-        t.start()
-        assert entered.wait(10)  # the first request is inside the model call
-        second: list = []
-        t2 = threading.Thread(target=lambda: second.append(c.post("/translate", json=body)))
-        t2.start()  # fills the queue (max_queue=1)
-        for _ in range(200):
-            if state.batcher.queued:
-                break
-            threading.Event().wait(0.01)
-        r = c.post("/translate", json=body)
-        gate.set()
+        with held_model(state) as entered:
+            t, first = post_in_background(c, body)
+            assert entered.wait(10)  # the first request is inside the model call
+            t2, second = post_in_background(c, body)  # fills the queue (max_queue=1)
+            for _ in range(200):
+                if state.batcher.queued:
+                    break
+                threading.Event().wait(0.01)
+            r = c.post("/translate", json=body)
         t.join(10)
         t2.join(10)
     assert r.status_code == 503
@@ -276,31 +292,18 @@ def test_model_failure_fails_only_its_batch_with_500_and_request_id(model_dir, c
 
 
 def test_requests_beyond_the_inflight_cap_get_503_at_once(model_dir):
-    import threading
-
     with make_client(model_dir, max_inflight_requests=1, max_wait_ms=0) as c:
         wait_ready(c)
         state = c.app.state.service
-        gate, entered = threading.Event(), threading.Event()
-        real = state.batcher.runners["de-en"]
-
-        def slow(texts):
-            entered.set()
-            gate.wait(10)
-            return real(texts)
-
-        state.batcher.runners["de-en"] = slow
         body = {"q": "hallo welt", "source": "de", "target": "en"}
-        first: list = []
-        t = threading.Thread(target=lambda: first.append(c.post("/translate", json=body)))
-        t.start()
-        assert entered.wait(10)  # one request in flight, inside the model
-        second = c.post("/translate", json=body)
-        assert second.status_code == 503
-        assert second.headers["retry-after"] == "1"
-        assert second.json() == {"error": "server busy, retry later"}
-        assert c.get("/ready").status_code == 200  # probes are never capped
-        gate.set()
+        with held_model(state) as entered:
+            t, first = post_in_background(c, body)
+            assert entered.wait(10)  # one request in flight, inside the model
+            second = c.post("/translate", json=body)
+            assert second.status_code == 503
+            assert second.headers["retry-after"] == "1"
+            assert second.json() == {"error": "server busy, retry later"}
+            assert c.get("/ready").status_code == 200  # probes are never capped
         t.join(10)
         assert first[0].status_code == 200  # the accepted request got its answer
         assert c.post("/translate", json=body).status_code == 200
