@@ -181,9 +181,7 @@ def quantize_graphs(graphs: dict[str, GraphSpec], out: Path, variant: str = "int
     for role, g in graphs.items():
         target = out / g.file.replace(".onnx", f".{variant}.onnx")
         if variant == "int8":
-            quantize_dynamic(
-                str(out / g.file), str(target), weight_type=QuantType.QInt8, per_channel=False, reduce_range=False
-            )
+            _dynamic_int8(out / g.file, target)
         else:
             # it logs one INFO line per node it leaves alone (hundreds per graph)
             logging.getLogger(matmul_nbits_quantizer.__name__).setLevel(logging.WARNING)
@@ -199,16 +197,21 @@ def quantize_graphs(graphs: dict[str, GraphSpec], out: Path, variant: str = "int
             quantizer.model.save_model_to_file(str(target), False)
             # The embedding table (Gather) as int8 too, weight-only (one fixed scale, then
             # DequantizeLinear on the gathered rows): 4x smaller, still batch-invariant.
-            quantize_dynamic(
-                str(target),
-                str(target),
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=["Gather"],
-                per_channel=False,
-                reduce_range=False,
-            )
+            _dynamic_int8(target, target, op_types=["Gather"])
         result[role] = GraphSpec(file=target.name, inputs=g.inputs, outputs=g.outputs)
     return result
+
+
+def _dynamic_int8(source: Path, target: Path, op_types: list[str] | None = None) -> None:
+    """onnxruntime's dynamic quantization, int8 weights per tensor; `op_types` limits it."""
+    quantize_dynamic(
+        str(source),
+        str(target),
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=op_types,
+        per_channel=False,
+        reduce_range=False,
+    )
 
 
 # ----------------------------------------------------------------------------- parity
