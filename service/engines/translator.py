@@ -1,11 +1,13 @@
 """Greedy autoregressive translation in numpy around an encoder and a KV-cache decoder graph.
 
-Encoder graph:  src_ids (B, S) int64 -> cross_k, cross_v (L, B, H, S, Dh)
-Decoder graph:  input_ids (B, 1) int64, src_mask (B, S) bool, past_k, past_v (L, B, H, T, Dh),
-                cross_k, cross_v -> logits (B, V), present_k, present_v (L, B, H, T+1, Dh)
+Encoder graph:  src_ids (B, S) int64 -> cross_k.{i}, cross_v.{i} (B, H, S, Dh) for each layer i
+Decoder graph:  input_ids (B, 1) int64, src_mask (B, S) bool, past_k.{i}, past_v.{i}
+                (B, H, T, Dh), cross_k.{i}, cross_v.{i} -> logits (B, V), present_k.{i},
+                present_v.{i} (B, H, T+1, Dh)
 
-Each row stops at </s> or at a limit derived from its source length; finished rows leave the
-batch (their cache slices are dropped), so late steps only pay for sentences still running.
+Every decoder input is batch-first, so the decoding state is one dict of arrays. Each row stops
+at </s> or at a limit derived from its source length; finished rows leave the batch (their
+slices are dropped), so late steps only pay for sentences still running.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class Translator(BundleEngine):
         self.n_layers, self.n_heads = m["n_decoder_layers"], m["n_heads"]
         self.d_head = m["d_model"] // m["n_heads"]
         self.ratio, self.extra = max_output_ratio, max_output_extra
+        self.encoder_outputs = [o.name for o in self.encoder.get_outputs()]
+        # present_k.{i} becomes the next step's past_k.{i}
+        self.present_names = [o.name.replace("present_", "past_") for o in self.decoder.get_outputs()[1:]]
         self.on_tokens: Callable[[int], None] | None = None  # told how many tokens each call made
 
     # -- text level -------------------------------------------------------------------------
@@ -90,28 +95,34 @@ class Translator(BundleEngine):
             self.on_tokens(int(out_len.sum()))
         return [out[i, : out_len[i]].tolist() for i in range(b)]
 
+    def start(self, src: np.ndarray) -> dict[str, np.ndarray]:
+        """The decoder's inputs before the first step: the encoder's keys/values, the source
+        mask and empty caches; `step` keeps it up to date."""
+        cross = self.encoder.run(None, {"src_ids": src})
+        state = dict(zip(self.encoder_outputs, cross))
+        state["src_mask"] = src != self.pad
+        empty = np.zeros((src.shape[0], self.n_heads, 0, self.d_head), dtype=np.float32)
+        for i in range(self.n_layers):
+            state[f"past_k.{i}"] = state[f"past_v.{i}"] = empty
+        return state
+
+    def step(self, state: dict[str, np.ndarray], tokens: np.ndarray) -> np.ndarray:
+        """One decoding step for `tokens` (B, 1): returns the logits (B, V) and moves the
+        caches in `state` on by one position."""
+        logits, *present = self.decoder.run(None, {"input_ids": tokens, **state})
+        for name, value in zip(self.present_names, present):
+            state[name] = value
+        return logits
+
     def _decode(self, src: np.ndarray, src_mask: np.ndarray, limits: np.ndarray, steps: int):
         b = src.shape[0]
-        cross_k, cross_v = self.encoder.run(None, {"src_ids": src})
+        state = self.start(src)
         out = np.full((b, steps), self.pad, dtype=np.int64)
         out_len = np.zeros(b, dtype=np.int64)
         alive = np.arange(b)  # original rows still decoding, in batch order
         tokens = np.full((b, 1), self.bos, dtype=np.int64)
-        empty = np.zeros((self.n_layers, b, self.n_heads, 0, self.d_head), dtype=np.float32)
-        past_k, past_v = empty, empty
         for step in range(steps):
-            logits, past_k, past_v = self.decoder.run(
-                None,
-                {
-                    "input_ids": tokens,
-                    "src_mask": src_mask,
-                    "past_k": past_k,
-                    "past_v": past_v,
-                    "cross_k": cross_k,
-                    "cross_v": cross_v,
-                },
-            )
-            next_ids = logits.argmax(-1)
+            next_ids = self.step(state, tokens).argmax(-1)
             ended = next_ids == self.eos
             out[alive[~ended], step] = next_ids[~ended]
             out_len[alive[~ended]] = step + 1
@@ -120,9 +131,7 @@ class Translator(BundleEngine):
                 if not keep.any():
                     break
                 alive, next_ids = alive[keep], next_ids[keep]
-                src_mask = src_mask[keep]
-                past_k, past_v = past_k[:, keep], past_v[:, keep]
-                cross_k, cross_v = cross_k[:, keep], cross_v[:, keep]
+                state = {name: value[keep] for name, value in state.items()}
             tokens = next_ids[:, None]
         return out, out_len
 
@@ -134,13 +143,15 @@ class Translator(BundleEngine):
         b = src.shape[0]
         enc = self.encoder.io_binding()
         enc.bind_cpu_input("src_ids", src)
-        enc.bind_output("cross_k", dev)
-        enc.bind_output("cross_v", dev)
+        for name in self.encoder_outputs:
+            enc.bind_output(name, dev)
         self.encoder.run_with_iobinding(enc)
-        cross_k, cross_v = enc.get_outputs()
-        mask = ort.OrtValue.ortvalue_from_numpy(src_mask, dev, 0)
-        empty = np.zeros((self.n_layers, b, self.n_heads, 0, self.d_head), dtype=np.float32)
-        past_k = past_v = ort.OrtValue.ortvalue_from_numpy(empty, dev, 0)
+        state = dict(zip(self.encoder_outputs, enc.get_outputs()))
+        state["src_mask"] = ort.OrtValue.ortvalue_from_numpy(src_mask, dev, 0)
+        empty = np.zeros((b, self.n_heads, 0, self.d_head), dtype=np.float32)
+        for i in range(self.n_layers):
+            for t in "kv":
+                state[f"past_{t}.{i}"] = ort.OrtValue.ortvalue_from_numpy(empty, dev, 0)
         out = np.full((b, steps), self.pad, dtype=np.int64)
         out_len = np.zeros(b, dtype=np.int64)
         done = np.zeros(b, dtype=bool)
@@ -148,19 +159,15 @@ class Translator(BundleEngine):
         for step in range(steps):
             bind = self.decoder.io_binding()
             bind.bind_cpu_input("input_ids", tokens)
-            for name, value in (
-                ("src_mask", mask),
-                ("past_k", past_k),
-                ("past_v", past_v),
-                ("cross_k", cross_k),
-                ("cross_v", cross_v),
-            ):
+            for name, value in state.items():
                 bind.bind_ortvalue_input(name, value)
             bind.bind_output("logits", "cpu")
-            bind.bind_output("present_k", dev)
-            bind.bind_output("present_v", dev)
+            for output in self.decoder.get_outputs()[1:]:
+                bind.bind_output(output.name, dev)
             self.decoder.run_with_iobinding(bind)
-            logits, past_k, past_v = bind.get_outputs()
+            logits, *present = bind.get_outputs()
+            for name, value in zip(self.present_names, present):
+                state[name] = value
             next_ids = logits.numpy().argmax(-1)
             active = ~done & (next_ids != self.eos)
             out[active, step] = next_ids[active]
