@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-TASKS = ("translation", "classification")
+TASKS = ("translation", "classification", "pretrain")  # pretrain: masked LM on a classifier's texts
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,12 @@ class TrainConfig:
     seed: int = 1
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16), bf16, fp16, off
+    # Classification: first pretrain the encoder as a masked language model on the training
+    # texts (labels unused) for this many epochs, in <run_dir>/pretrain; 0 = off.
+    pretrain_epochs: int = 0
+    pretrain_lr: float = 0.0  # peak learning rate of that phase; 0 = train.lr
+    pretrain_mask: float = 0.15  # share of tokens masked (80% masked, 10% random, 10% kept)
+    pretrain_dropout: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,7 @@ class RunConfig:
             problems.append(f"task={self.task!r} must be one of {TASKS}")
         if self.task == "translation" and not (self.data.source_lang and self.data.target_lang):
             problems.append("translation needs data.source_lang and data.target_lang")
-        if self.task == "classification" and len(self.data.labels) < 2:
+        if self.task in ("classification", "pretrain") and len(self.data.labels) < 2:
             problems.append(f"classification needs >= 2 data.labels, got {list(self.data.labels)}")
         for bad in ("vocab_size", "n_classes"):
             if bad in self.model:

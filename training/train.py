@@ -12,12 +12,13 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,68 @@ class ClassificationTask:
         return classification_metrics(probs.argmax(1).tolist(), [r[1] for r in raw], self.cfg.data.labels)
 
 
+class MaskedLMTask(ClassificationTask):
+    """Masked-language-model pretraining of a classifier's encoder on its training texts, labels
+    unused (BERT's recipe; pretraining on the task's own data already helps a from-scratch
+    model: Krishna et al. 2022, "Downstream datasets make surprisingly good pretraining
+    corpora"). `pretrain_mask` of the tokens are chosen; of those 80% become the mask token,
+    10% a random token, 10% stay; the encoder predicts them through the tied embedding.
+    </s> serves as the mask token: a classifier input never contains it."""
+
+    metric = "mlm_accuracy"
+    unit, rate_label = "tokens", "tok_s"
+
+    def collate(self, examples: list, device: torch.device, generator: torch.Generator | None = None) -> dict:
+        sp = self.tok.sp
+        ids = pad_batch([e[0] for e in examples], sp.pad_id())
+        chance = torch.full(ids.shape, self.cfg.train.pretrain_mask)
+        chance[(ids == sp.pad_id()) | (ids == sp.bos_id())] = 0.0
+        chosen = torch.bernoulli(chance, generator=generator).bool()
+        roll = torch.rand(ids.shape, generator=generator)
+        inputs = ids.masked_fill(chosen & (roll < 0.8), sp.eos_id())
+        swap = chosen & (roll >= 0.8) & (roll < 0.9)
+        inputs[swap] = torch.randint(4, self.tok.vocab_size, (int(swap.sum()),), generator=generator)
+        return {"ids": inputs.to(device), "targets": ids.masked_fill(~chosen, -100).to(device)}
+
+    @staticmethod
+    def _logits(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        where = batch["targets"] != -100
+        return model(batch["ids"], lm_positions=where), batch["targets"][where]
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor], smoothing: float) -> tuple[Tensor, int]:
+        logits, targets = self._logits(model, batch)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=smoothing, reduction="sum")
+        return loss, targets.numel()
+
+    def validate(self, model: nn.Module, raw: list, device: torch.device) -> dict[str, Any]:
+        """Accuracy on masked tokens of the validation texts, the same masks every epoch."""
+        data = self.encode(raw, filter_long=False)
+        generator = torch.Generator().manual_seed(self.cfg.train.seed)
+        model.eval()
+        correct = total = 0
+        with torch.no_grad():
+            for b in token_batches([len(e[0]) for e in data], 16000, 0, 0, shuffle=False):
+                logits, targets = self._logits(model, self.collate([data[i] for i in b], device, generator))
+                correct += int((logits.argmax(-1) == targets).sum())
+                total += targets.numel()
+        return {self.metric: round(100.0 * correct / max(total, 1), 2)}
+
+
+def pretrain_config(cfg: RunConfig) -> RunConfig:
+    """The masked-LM phase of a classification config: same data, tokenizer and model shape."""
+    tc = cfg.train
+    train_cfg = replace(
+        tc,
+        epochs=tc.pretrain_epochs,
+        lr=tc.pretrain_lr or tc.lr,
+        pretrain_epochs=0,
+        patience=0,
+        average_last=0,
+        label_smoothing=0.0,
+    )
+    return replace(cfg, task="pretrain", model={**cfg.model, "dropout": tc.pretrain_dropout}, train=train_cfg)
+
+
 def _balanced_sample(rows: list, per_label: int, seed: int) -> list:
     rng = random.Random(seed)
     by_label: dict[int, list] = {}
@@ -175,7 +238,8 @@ def _balanced_sample(rows: list, per_label: int, seed: int) -> list:
 
 
 def make_task(cfg: RunConfig, tokenizer: Tokenizer):
-    return TranslationTask(cfg, tokenizer) if cfg.task == "translation" else ClassificationTask(cfg, tokenizer)
+    tasks = {"translation": TranslationTask, "classification": ClassificationTask, "pretrain": MaskedLMTask}
+    return tasks[cfg.task](cfg, tokenizer)
 
 
 def split_names(cfg: RunConfig) -> tuple[str, str]:
@@ -208,7 +272,7 @@ def prepare_tokenizer(cfg: RunConfig, run_dir: Path, force: bool = False) -> Tok
 
 
 def model_config(cfg: RunConfig, tokenizer: Tokenizer) -> TransformerConfig:
-    n_classes = len(cfg.data.labels) if cfg.task == "classification" else 0
+    n_classes = len(cfg.data.labels) if cfg.task != "translation" else 0
     extra = {"n_decoder_layers": 0} if n_classes else {}
     return TransformerConfig.from_dict(
         {**extra, **cfg.model, "vocab_size": tokenizer.vocab_size, "n_classes": n_classes}
@@ -264,8 +328,8 @@ def setup_distributed(device: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
-    backend = "nccl" if device == "cuda" else "gloo"
-    dist.init_process_group(backend)
+    if not dist.is_initialized():  # already is in a classifier's pretraining phase
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
     d = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     if device == "cuda":
         torch.cuda.set_device(d.local_rank)
@@ -322,6 +386,16 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
         prepare_tokenizer(cfg, run_dir)
     if dd.world > 1:
         dist.barrier()
+    pretrained: dict[str, Any] | None = None
+    if cfg.task == "classification" and tc.pretrain_epochs > 0 and not (resume and last_path.exists()):
+        # Phase 1 (resumable on its own): masked LM in run_dir/pretrain with this tokenizer.
+        pre_dir = run_dir / "pretrain"
+        if dd.main:
+            pre_dir.mkdir(exist_ok=True)
+            shutil.copyfile(run_dir / TOKENIZER_FILE, pre_dir / TOKENIZER_FILE)
+        pretrained = train(pretrain_config(cfg), pre_dir, resume=(pre_dir / "last.pt").exists(), device=device)
+        if pretrained.get("interrupted"):
+            return {**pretrained, "phase": "pretrain"}
     tokenizer = Tokenizer(run_dir / TOKENIZER_FILE)
     task = make_task(cfg, tokenizer)
     train_split, valid_split = split_names(cfg)
@@ -334,6 +408,10 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
     mcfg = model_config(cfg, tokenizer)
     torch.manual_seed(tc.seed)
     model = build_model(mcfg).to(dev)
+    if pretrained is not None:
+        model.load_state_dict(load_checkpoint(run_dir / "pretrain" / "last.pt", dev)["model"])
+        if dd.main:
+            log.info("initialised from the masked-LM pretraining in %s", run_dir / "pretrain")
     optimizer = torch.optim.Adam(
         model.parameters(), lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps, weight_decay=tc.weight_decay
     )
@@ -512,6 +590,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
         "train_seconds": round(state["train_seconds"], 1),
         "parameters": count_parameters(model),
     }
+    if pretrained is not None:
+        summary["pretrain"] = pretrained
     if was_interrupted:
         # Leave at once (a SIGTERM comes with a grace period); averaging belongs to a finished run.
         summary["interrupted"] = True
@@ -522,7 +602,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
             metrics = task.validate(model_from_checkpoint(avg, dev), valid_raw, dev)
             summary["averaged_valid_" + task.metric] = metrics[task.metric]
             log.info("average of %d checkpoints: valid %s %.2f", len(epochs), task.metric, metrics[task.metric])
-    if dd.world > 1:
+    if dd.world > 1 and cfg.task != "pretrain":  # a pretraining phase hands the group on
         dist.destroy_process_group()
     return summary
 

@@ -370,10 +370,14 @@ class TransformerClassifier(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.d_model, cfg.n_classes)
 
-    def forward(self, ids: Tensor) -> Tensor:
-        """ids: (B, T) -> logits (B, n_classes)."""
+    def forward(self, ids: Tensor, lm_positions: Tensor | None = None) -> Tensor:
+        """ids: (B, T) -> logits (B, n_classes). With `lm_positions` ((B, T) bool), the masked-LM
+        pretraining objective instead: vocabulary logits (N, V) at those N positions, through
+        the embedding matrix (tied, as in the translation model's output projection)."""
         mask = ids != self.cfg.pad_id
         hidden = self.encoder(ids, mask)  # (B, T, D)
+        if lm_positions is not None:
+            return hidden[lm_positions] @ self.embed.embedding.weight.t()
         if self.cfg.pooling == "cls":
             pooled = hidden[:, 0]
         else:

@@ -10,9 +10,17 @@ import torch
 
 from tests.conftest import classification_config, translation_config, write_tiny_toml
 from training.data import token_batches
-from training.evaluate import translate
+from training.evaluate import pad_batch, translate
 from training.tokenizer import Tokenizer
-from training.train import inverse_sqrt_lr, load_checkpoint, model_from_checkpoint, train
+from training.train import (
+    MaskedLMTask,
+    inverse_sqrt_lr,
+    load_checkpoint,
+    model_from_checkpoint,
+    prepare_tokenizer,
+    pretrain_config,
+    train,
+)
 
 
 def test_translation_learns_toy_task_and_decodes_it_exactly(parallel_dir, tmp_path):
@@ -216,3 +224,41 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(parallel_dir, tmp_path)
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert load_checkpoint(run / "last.pt")["state"]["step"] == step + 3
+
+
+def test_masked_lm_masks_only_real_tokens_in_bert_proportions(tsv_dir, tmp_path):
+    cfg = pretrain_config(classification_config(tsv_dir, pretrain_epochs=1, pretrain_mask=0.3))
+    tok = prepare_tokenizer(cfg, tmp_path)
+    task = MaskedLMTask(cfg, tok)
+    examples = task.encode(task.raw("train"), filter_long=True) * 20
+    batch = task.collate(examples, torch.device("cpu"), torch.Generator().manual_seed(0))
+    original = pad_batch([e[0] for e in examples], tok.sp.pad_id())
+    chosen = batch["targets"] != -100
+    real = (original != tok.sp.pad_id()) & (original != tok.sp.bos_id())
+    assert not (chosen & ~real).any(), "padding or <s> chosen for prediction"
+    assert torch.equal(batch["targets"][chosen], original[chosen])
+    assert abs(chosen.sum() / real.sum() - 0.3) < 0.02
+    masked = batch["ids"][chosen] == tok.sp.eos_id()
+    kept = batch["ids"][chosen] == original[chosen]
+    assert abs(masked.float().mean() - 0.8) < 0.03
+    assert 0.07 < (kept & ~masked).float().mean() < 0.17  # 10% kept, plus random picks of the same id
+    assert torch.equal(batch["ids"][~chosen], original[~chosen])
+
+
+def test_pretraining_phase_learns_and_initialises_the_classifier(tsv_dir, tmp_path):
+    # Pretrain 8 epochs, then a classification phase with lr 0: its weights stay exactly the
+    # pretrained ones, so any difference would mean the phase did not start from them.
+    cfg = classification_config(tsv_dir, epochs=1, lr=0.0, pretrain_epochs=8, pretrain_lr=3e-3)
+    summary = train(cfg, tmp_path, device="cpu")
+    with (tmp_path / "pretrain" / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8
+    # Random words are hard to guess, but their distribution is learnt: the loss must fall.
+    assert float(rows[-1]["valid_loss"]) < float(rows[0]["valid_loss"]) - 0.5, rows
+    assert summary["pretrain"]["epochs"] == 8
+    pre = load_checkpoint(tmp_path / "pretrain" / "last.pt")["model"]
+    fine = load_checkpoint(tmp_path / "last.pt")["model"]
+    assert pre.keys() == fine.keys()
+    for key in pre:
+        torch.testing.assert_close(fine[key], pre[key], rtol=0, atol=0)
+    assert load_checkpoint(tmp_path / "pretrain" / "last.pt")["model_config"]["dropout"] == 0.1
