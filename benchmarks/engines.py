@@ -5,8 +5,8 @@
         --split test_2016_flickr --threads 2 --batch 1 32 --repeats 3 --out benchmarks/results/engines.json
 
 Engines: PyTorch eager greedy without cache (`torch-nocache`), PyTorch with the KV cache
-(`torch-cache`), our onnxruntime engine fp32, int8 and int8-blockwise (`ort-fp32`,
-`ort-int8`, `ort-int8-blockwise`: the service's Translator over a bundle exported from the
+(`torch-cache`), our onnxruntime engine fp32, int8, int8-blockwise and int8-static (`ort-fp32`,
+`ort-int8`, `ort-int8-blockwise`, `ort-int8-static`: the service's Translator over a bundle exported from the
 checkpoint), CTranslate2 fp32 and int8 (`ct2-fp32`, `ct2-int8`: converted by
 benchmarks/ct2_convert.py). Every (engine, batch) run is a fresh subprocess, so its peak RSS
 is its own. Sentences are sorted by length and cut into batches of `batch` sentences for every
@@ -29,7 +29,16 @@ import tempfile
 import time
 from pathlib import Path
 
-ENGINES = ["torch-nocache", "torch-cache", "ort-fp32", "ort-int8", "ort-int8-blockwise", "ct2-fp32", "ct2-int8"]
+ENGINES = [
+    "torch-nocache",
+    "torch-cache",
+    "ort-fp32",
+    "ort-int8",
+    "ort-int8-blockwise",
+    "ort-int8-static",
+    "ct2-fp32",
+    "ct2-int8",
+]
 
 
 def _batches(n: int, lengths: list[int], size: int) -> list[list[int]]:
@@ -183,10 +192,12 @@ def main() -> None:
     ]
     if any(e.startswith("ort") for e in args.engines):
         from training.export import export_bundle
+        from training.release import calibration_texts
         from training.train import model_from_checkpoint
 
         model = model_from_checkpoint(args.checkpoint)
-        export_bundle(model, cfg, args.tokenizer, work / "bundle", [r[0] for r in rows[:20]])
+        texts = [r[0] for r in rows[:20]]
+        export_bundle(model, cfg, args.tokenizer, work / "bundle", texts, calibration_texts=calibration_texts(cfg))
         extra += ["--bundle", str(work / "bundle")]
     if any(e.startswith("ct2") for e in args.engines):
         from benchmarks.ct2_convert import convert

@@ -33,15 +33,27 @@ class _Builder:
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
+        # Every tensor's element type, written into the graph: ONNX shape inference stops at the
+        # contrib attention op, and onnxruntime's quantizers need the types beyond it.
+        self.types: dict[str, int] = {}
         self._n = 0
 
     def const(self, name: str, array: np.ndarray) -> str:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], n_out: int = 1, out: list[str] | None = None, **attrs) -> list[str]:
+    def op(
+        self,
+        op_type: str,
+        inputs: list[str],
+        n_out: int = 1,
+        out: list[str] | None = None,
+        dtype: int = TensorProto.FLOAT,
+        **attrs,
+    ) -> list[str]:
         self._n += 1
         outputs = out or [f"{op_type.lower()}_{self._n}_{k}" for k in range(n_out)]
+        self.types.update(dict.fromkeys(outputs, dtype))
         domain = MS_DOMAIN if op_type == "MultiHeadAttention" else ""
         self.nodes.append(
             helper.make_node(op_type, inputs, outputs, name=f"{op_type}_{self._n}", domain=domain, **attrs)
@@ -81,13 +93,13 @@ def build_decoder_step(model: Seq2SeqTransformer) -> onnx.ModelProto:
     # Hidden states are 2-D (B, D) between attentions: one position per step, and 2-D
     # MatMul + Add fuse into one Gemm-like kernel where 3-D ones do not.
     axis1 = g.const("axis1", np.array([1], np.int64))
-    (ids,) = g.op("Squeeze", ["input_ids", axis1])  # (B,)
+    (ids,) = g.op("Squeeze", ["input_ids", axis1], dtype=TensorProto.INT64)  # (B,)
     (x,) = g.op("Gather", [g.const("embedding", emb), ids])  # (B, D)
     (x,) = g.op("Mul", [x, g.const("embed_scale", np.array(math.sqrt(d), np.float32))])
-    (past_len,) = g.op("Shape", ["past_k.0"], start=2, end=3)  # (1,) int64
+    (past_len,) = g.op("Shape", ["past_k.0"], start=2, end=3, dtype=TensorProto.INT64)  # (1,)
     (pos,) = g.op("Gather", [g.const("positional_encoding", pe.astype(np.float32)), past_len])  # (1, D)
     (x,) = g.op("Add", [x, pos])
-    (key_mask,) = g.op("Cast", ["src_mask"], to=TensorProto.INT32)  # 1 = a real source token
+    (key_mask,) = g.op("Cast", ["src_mask"], to=TensorProto.INT32, dtype=TensorProto.INT32)  # 1 = a real source token
 
     def sublayer(x: str, prefix: str, f) -> str:
         norm = (w[f"{prefix}.norm.weight"], w[f"{prefix}.norm.bias"], prefix + ".norm")
@@ -147,7 +159,9 @@ def build_decoder_step(model: Seq2SeqTransformer) -> onnx.ModelProto:
         outputs += [_kv_spec(f"present_{t}.{i}", n, h, "present_len") for t in "kv"]
     for i in range(cfg.n_decoder_layers):
         inputs += [_kv_spec(f"cross_{t}.{i}", n, h, "src_len") for t in "kv"]
-    graph = helper.make_graph(g.nodes, "decoder_step", inputs, outputs, initializer=g.inits)
+    declared = {v.name for v in inputs + outputs}
+    value_info = [helper.make_tensor_value_info(n, t, None) for n, t in g.types.items() if n not in declared]
+    graph = helper.make_graph(g.nodes, "decoder_step", inputs, outputs, initializer=g.inits, value_info=value_info)
     model_proto = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],

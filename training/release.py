@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import random
 import shlex
 import sys
 import time
@@ -37,7 +38,16 @@ from training.train import (
 log = logging.getLogger(__name__)
 
 VARIANT_TOLERANCE = 0.5  # BLEU or accuracy points a faster variant may lose against fp32
+CALIBRATION_TEXTS = 512  # training sentences that calibrate the int8-static variant
 INVARIANCE_SENTENCES = 64  # sentences run alone and in their batch to test batch invariance
+
+
+def calibration_texts(cfg: RunConfig) -> list[str]:
+    """The training sentences whose activations calibrate the int8-static variant (a seeded
+    sample): training text, because the variants are then judged on the validation split."""
+    rows = make_task(cfg, tokenizer=None).raw(split_names(cfg)[0])  # type: ignore[arg-type]
+    picked = random.Random(cfg.train.seed).sample(rows, min(CALIBRATION_TEXTS, len(rows)))
+    return [r[0] for r in picked]
 
 
 def command_line() -> str:
@@ -155,6 +165,7 @@ def release(
         force=force,
         extra_files=extra,
         training_info={"checkpoint": ckpt.name, **summary, "hardware": hardware(trained_threads(ckpt))},
+        calibration_texts=calibration_texts(cfg),
     )
     valid = {v: evaluate_bundle(out_dir, cfg, valid_split, v, invariance=True) for v in manifest.variants}
     served = choose_variant(valid, metric)

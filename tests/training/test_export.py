@@ -42,13 +42,15 @@ def test_bundle_has_graphs_tokenizer_and_checksummed_manifest(exported):
         "decoder.int8.onnx",
         "encoder.int8-blockwise.onnx",
         "decoder.int8-blockwise.onnx",
+        "encoder.int8-static.onnx",
+        "decoder.int8-static.onnx",
         "spm.model",
         "manifest.json",
     } <= names
     loaded = load_manifest(out)
     assert loaded.source_lang == "de" and loaded.target_lang == "en"
     assert loaded.special_ids == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
-    assert set(loaded.variants) == {"fp32", "int8", "int8-blockwise"}
+    assert set(loaded.variants) == {"fp32", "int8", "int8-blockwise", "int8-static"}
     dec = loaded.graph("fp32", "decoder")
     layers = range(manifest.model["n_decoder_layers"])
     past = [f"past_{t}.{i}" for i in layers for t in "kv"]
@@ -84,7 +86,7 @@ def test_onnx_engine_batched_output_equals_pytorch_greedy(exported):
     assert engine.generate(sources) == expected  # batched, with rows finishing at different steps
 
 
-@pytest.mark.parametrize("variant", ["int8", "int8-blockwise"])
+@pytest.mark.parametrize("variant", ["int8", "int8-blockwise", "int8-static"])
 def test_int8_variants_run_and_are_close(exported, variant):
     _, _, _, out, manifest, _, _ = exported
     fp32 = Translator(out, manifest, resolve_providers("cpu"), variant="fp32")
@@ -97,20 +99,21 @@ def test_int8_variants_run_and_are_close(exported, variant):
     assert (out / f"decoder.{variant}.onnx").stat().st_size < (out / "decoder.onnx").stat().st_size
 
 
-def test_only_blockwise_int8_is_batch_invariant(exported):
+def test_only_dynamic_int8_depends_on_the_batch(exported):
     # A row's encoder output alone vs beside a row of much larger activations (a long, different
     # sentence): per-tensor dynamic int8 shares one activation scale across the batch, blockwise
-    # int8 quantizes each row on its own, fp32 does not quantize.
+    # int8 quantizes each row on its own, static int8 uses fixed calibrated scales, fp32 does
+    # not quantize.
     _, _, _, out, manifest, _, _ = exported
     row = [5, 6, 7, 3, 0, 0, 0, 0, 0, 0, 0, 0]
     other = [9, 14, 21, 30, 11, 8, 17, 25, 40, 12, 13, 3]
     diffs = {}
-    for variant in ("fp32", "int8", "int8-blockwise"):
+    for variant in ("fp32", "int8", "int8-blockwise", "int8-static"):
         engine = Translator(out, manifest, resolve_providers("cpu"), variant=variant)
         alone = engine.encoder.run(None, {"src_ids": np.array([row[:4]], dtype=np.int64)})[0]
         both = engine.encoder.run(None, {"src_ids": np.array([row, other], dtype=np.int64)})[0]
         diffs[variant] = float(np.abs(alone[0] - both[0, :, :4]).max())
-    assert diffs["fp32"] < 1e-5 and diffs["int8-blockwise"] < 1e-5, diffs
+    assert diffs["fp32"] < 1e-5 and diffs["int8-blockwise"] < 1e-5 and diffs["int8-static"] < 1e-5, diffs
     assert diffs["int8"] > 1e-3, diffs
 
 
@@ -176,7 +179,7 @@ def test_release_pipeline_writes_a_served_bundle_with_metrics_and_card(parallel_
     manifest = load_manifest(tmp_path / "bundle")  # checksums of everything, card included
     assert set(manifest.variants) == {report["served_variant"]} == {manifest.default_variant}
     valid = {r["variant"]: r for r in report["results"] if r["split"] == "val"}
-    assert set(valid) == {"fp32", "int8", "int8-blockwise"}
+    assert set(valid) == {"fp32", "int8", "int8-blockwise", "int8-static"}
     assert valid[report["served_variant"]].get("batch_invariant", 1.0) == 1.0  # never a batch-dependent one
     assert manifest.training["batch_invariant"].keys() == valid.keys()
     splits = {(m["split"], m["name"]) for m in manifest.metrics}
