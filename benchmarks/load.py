@@ -82,9 +82,22 @@ class Server:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def cpu_seconds(self) -> float:
+        """The server process's user + system CPU time so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(60)
+
+
+def host_cpu() -> tuple[float, float]:
+    """(all CPU time, stolen CPU time) of this machine so far, in seconds, from /proc/stat.
+    Steal is time the hypervisor gave our virtual CPUs to someone else."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return sum(values[:8]) / tick, (values[7] if len(values) > 7 else 0) / tick
 
 
 # -- the load -------------------------------------------------------------------------------
@@ -156,11 +169,18 @@ class RawHTTP:
             reused = bool(self.idle)
             reader, writer = self.idle.pop() if reused else await asyncio.open_connection(self.host, self.port)
             try:
-                writer.write(head + body)
-                status_line = await reader.readline()
+                try:
+                    writer.write(head + body)
+                    status_line = await reader.readline()
+                except ConnectionError:
+                    if not reused:
+                        raise
+                    status_line = b""  # reset before any answer: the same race as below
                 if not status_line and reused:
-                    # the server closed this idle keep-alive connection (its keep-alive timeout):
-                    # as any HTTP client does, send the request again on a fresh connection
+                    # The server closed this idle keep-alive connection (its keep-alive timeout)
+                    # as we reused it: a FIN gives an empty read, a request arriving just after
+                    # the close gives a reset. No byte of an answer came, so, as HTTP clients do
+                    # (and /translate is a pure function), send it again on a fresh connection.
                     writer.close()
                     reader, writer = await asyncio.open_connection(self.host, self.port)
                     writer.write(head + body)
@@ -327,7 +347,12 @@ async def soak(args: argparse.Namespace, sentences: list[str]) -> dict:
         t0 = time.monotonic()
         total = args.minutes * 60
         while (elapsed := time.monotonic() - t0) < total:
+            # Where the CPU went in this window: the server, this load generator, or (steal)
+            # other tenants of the host; a slow window with high steal is the host, not us.
+            w0, cpu0, (all0, steal0), me0 = time.monotonic(), server.cpu_seconds(), host_cpu(), time.process_time()
             window = await load.open_loop(rate, min(args.sample_seconds, total - elapsed), Tally())
+            wall = time.monotonic() - w0
+            all1, steal1 = host_cpu()
             for k, v in window["statuses"].items():
                 tally.statuses[k] = tally.statuses.get(k, 0) + v
             samples.append(
@@ -335,8 +360,12 @@ async def soak(args: argparse.Namespace, sentences: list[str]) -> dict:
                     "t_s": round(time.monotonic() - t0, 1),
                     "rss_mb": round(server.rss_mb(), 1),
                     "requests_per_s": window["requests_per_s"],
+                    "p50_ms": window["p50_ms"],
                     "p99_ms": window["p99_ms"],
                     "errors": window["errors"] + window["statuses"].get("503", 0),
+                    "server_cpu_pct": round(100 * (server.cpu_seconds() - cpu0) / wall, 1),
+                    "loadgen_cpu_pct": round(100 * (time.process_time() - me0) / wall, 1),
+                    "host_steal_pct": round(100 * (steal1 - steal0) / max(all1 - all0, 1e-9), 1),
                 }
             )
             print(json.dumps(samples[-1]), flush=True)

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     provider: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="onnxruntime execution provider")
     threads: int = Field(0, ge=0, description="intra-op threads per onnxruntime session (0 = all cores)")
     variant: str = Field(
-        "", description="bundle variant to load (fp32, int8, int8-blockwise); empty = the bundle's default"
+        "", description="bundle variant to load (fp32, int8, int8-blockwise, int8-static); empty = the bundle's default"
     )
     langid_model: str = Field("langid", description="classification bundle used for /detect and source=auto")
 
