@@ -44,12 +44,13 @@ class Translator(BundleEngine):
         ids = manifest.special_ids
         self.pad, self.bos, self.eos = ids["pad"], ids["bos"], ids["eos"]
         m = manifest.model
-        self.n_layers, self.n_heads = m["n_decoder_layers"], m["n_heads"]
+        self.n_heads = m["n_heads"]
         self.d_head = m["d_model"] // m["n_heads"]
         self.ratio, self.extra = max_output_ratio, max_output_extra
         self.encoder_outputs = [o.name for o in self.encoder.get_outputs()]
-        # present_k.{i} becomes the next step's past_k.{i}
-        self.present_names = [o.name.replace("present_", "past_") for o in self.decoder.get_outputs()[1:]]
+        self.present_outputs = [o.name for o in self.decoder.get_outputs()[1:]]
+        # present_k.{i} becomes the next step's past_k.{i}: the cache entries of the state
+        self.cache_names = [name.replace("present_", "past_") for name in self.present_outputs]
         self.on_tokens: Callable[[int], None] | None = None  # told how many tokens each call made
 
     # -- text level -------------------------------------------------------------------------
@@ -84,13 +85,10 @@ class Translator(BundleEngine):
         src = np.full((b, lengths.max()), self.pad, dtype=np.int64)
         for i, s in enumerate(sources):
             src[i, : len(s)] = s
-        src_mask = src != self.pad
         limits = np.minimum(self.max_len - 1, (lengths * self.ratio).astype(np.int64) + self.extra)
         steps = int(limits.max())
-        if self.io_binding:
-            out, out_len = self._decode_bound(src, src_mask, limits, steps)
-        else:
-            out, out_len = self._decode(src, src_mask, limits, steps)
+        decode = self._decode_bound if self.io_binding else self._decode
+        out, out_len = decode(src, limits, steps)
         if self.on_tokens:
             self.on_tokens(int(out_len.sum()))
         return [out[i, : out_len[i]].tolist() for i in range(b)]
@@ -102,19 +100,17 @@ class Translator(BundleEngine):
         state = dict(zip(self.encoder_outputs, cross))
         state["src_mask"] = src != self.pad
         empty = np.zeros((src.shape[0], self.n_heads, 0, self.d_head), dtype=np.float32)
-        for i in range(self.n_layers):
-            state[f"past_k.{i}"] = state[f"past_v.{i}"] = empty
+        state.update(dict.fromkeys(self.cache_names, empty))
         return state
 
     def step(self, state: dict[str, np.ndarray], tokens: np.ndarray) -> np.ndarray:
         """One decoding step for `tokens` (B, 1): returns the logits (B, V) and moves the
         caches in `state` on by one position."""
         logits, *present = self.decoder.run(None, {"input_ids": tokens, **state})
-        for name, value in zip(self.present_names, present):
-            state[name] = value
+        state.update(zip(self.cache_names, present))
         return logits
 
-    def _decode(self, src: np.ndarray, src_mask: np.ndarray, limits: np.ndarray, steps: int):
+    def _decode(self, src: np.ndarray, limits: np.ndarray, steps: int):
         b = src.shape[0]
         state = self.start(src)
         out = np.full((b, steps), self.pad, dtype=np.int64)
@@ -135,7 +131,7 @@ class Translator(BundleEngine):
             tokens = next_ids[:, None]
         return out, out_len
 
-    def _decode_bound(self, src: np.ndarray, src_mask: np.ndarray, limits: np.ndarray, steps: int):
+    def _decode_bound(self, src: np.ndarray, limits: np.ndarray, steps: int):
         """The same loop with every cache kept as an OrtValue on the session's device; only the
         token ids go in and the logits come out. Finished rows stay in the batch (slicing a
         device tensor would need a copy) and their outputs are ignored."""
@@ -147,11 +143,10 @@ class Translator(BundleEngine):
             enc.bind_output(name, dev)
         self.encoder.run_with_iobinding(enc)
         state = dict(zip(self.encoder_outputs, enc.get_outputs()))
-        state["src_mask"] = ort.OrtValue.ortvalue_from_numpy(src_mask, dev, 0)
+        state["src_mask"] = ort.OrtValue.ortvalue_from_numpy(src != self.pad, dev, 0)
         empty = np.zeros((b, self.n_heads, 0, self.d_head), dtype=np.float32)
-        for i in range(self.n_layers):
-            for t in "kv":
-                state[f"past_{t}.{i}"] = ort.OrtValue.ortvalue_from_numpy(empty, dev, 0)
+        for name in self.cache_names:
+            state[name] = ort.OrtValue.ortvalue_from_numpy(empty, dev, 0)
         out = np.full((b, steps), self.pad, dtype=np.int64)
         out_len = np.zeros(b, dtype=np.int64)
         done = np.zeros(b, dtype=bool)
@@ -162,12 +157,11 @@ class Translator(BundleEngine):
             for name, value in state.items():
                 bind.bind_ortvalue_input(name, value)
             bind.bind_output("logits", "cpu")
-            for output in self.decoder.get_outputs()[1:]:
-                bind.bind_output(output.name, dev)
+            for name in self.present_outputs:
+                bind.bind_output(name, dev)
             self.decoder.run_with_iobinding(bind)
             logits, *present = bind.get_outputs()
-            for name, value in zip(self.present_names, present):
-                state[name] = value
+            state.update(zip(self.cache_names, present))
             next_ids = logits.numpy().argmax(-1)
             active = ~done & (next_ids != self.eos)
             out[active, step] = next_ids[active]
