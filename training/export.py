@@ -225,7 +225,7 @@ def quantize_graphs(
         elif variant == "int8-static":
             if not calibration or not calibration.get(role):
                 raise ValueError("int8-static needs calibration inputs for every graph")
-            with _quiet_root_logger():
+            with _quiet():
                 quantize_static(
                     str(out / g.file),
                     str(target),
@@ -240,8 +240,6 @@ def quantize_graphs(
                 )
             _dynamic_int8(target, target, op_types=["Gather"])  # the embedding table, weight-only
         else:
-            # it logs one INFO line per node it leaves alone (hundreds per graph)
-            logging.getLogger(matmul_nbits_quantizer.__name__).setLevel(logging.WARNING)
             config = matmul_nbits_quantizer.DefaultWeightOnlyQuantConfig(
                 block_size=32,
                 is_symmetric=True,
@@ -250,7 +248,8 @@ def quantize_graphs(
                 quant_format=quant_utils.QuantFormat.QOperator,
             )
             quantizer = matmul_nbits_quantizer.MatMulNBitsQuantizer(onnx.load(str(out / g.file)), algo_config=config)
-            quantizer.process()
+            with _quiet(matmul_nbits_quantizer.__name__):  # a line per node it leaves alone
+                quantizer.process()
             quantizer.model.save_model_to_file(str(target), False)
             # The embedding table (Gather) as int8 too, weight-only (one fixed scale, then
             # DequantizeLinear on the gathered rows): 4x smaller, still batch-invariant.
@@ -261,33 +260,30 @@ def quantize_graphs(
 
 def _dynamic_int8(source: Path, target: Path, op_types: list[str] | None = None) -> None:
     """onnxruntime's dynamic quantization, int8 weights per tensor; `op_types` limits it."""
-    with _quiet_root_logger():
-        _quantize_dynamic(source, target, op_types)
+    with _quiet():
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=op_types,
+            per_channel=False,
+            reduce_range=False,
+            # shape inference cannot see through the contrib attention op: every tensor is float
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
 
 
 @contextmanager
-def _quiet_root_logger():
-    """onnxruntime's quantizers log a line per tensor on the root logger."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))  # and warns to pre-process, which we need not
+def _quiet(logger_name: str | None = None):
+    """onnxruntime's quantizers log a line per tensor or node (on the root logger, or their
+    module's) and warn to pre-process, which we need not: errors only, while they run."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
     try:
         yield
     finally:
-        root.setLevel(level)
-
-
-def _quantize_dynamic(source: Path, target: Path, op_types: list[str] | None) -> None:
-    quantize_dynamic(
-        str(source),
-        str(target),
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=op_types,
-        per_channel=False,
-        reduce_range=False,
-        # shape inference cannot see through the contrib attention op: every tensor is float
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+        logger.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- parity
