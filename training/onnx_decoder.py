@@ -60,11 +60,13 @@ class _Builder:
         )
         return outputs
 
-    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str) -> str:
-        """x @ weight.T (+ bias): weight as torch stores it, (out, in)."""
-        (y,) = self.op("MatMul", [x, self.const(f"{name}.weight_t", weight.T)])
+    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str, out: str | None = None) -> str:
+        """x @ weight.T (+ bias): weight as torch stores it, (out, in); `out` names the result."""
+        named = [out] if out else None
+        product = self.const(f"{name}.weight_t", weight.T)
+        (y,) = self.op("MatMul", [x, product], out=named if bias is None else None)
         if bias is not None:
-            (y,) = self.op("Add", [y, self.const(f"{name}.bias", bias)])
+            (y,) = self.op("Add", [y, self.const(f"{name}.bias", bias)], out=named)
         return y
 
     def layer_norm(self, x: str, weight: np.ndarray, bias: np.ndarray, name: str) -> str:
@@ -146,8 +148,7 @@ def build_decoder_step(model: Seq2SeqTransformer) -> onnx.ModelProto:
 
     if cfg.pre_norm:
         x = g.layer_norm(x, w["decoder.norm.weight"], w["decoder.norm.bias"], "decoder.norm")
-    g.linear(x, emb, None, "output_projection")  # tied to the embedding
-    g.nodes[-1].output[0] = "logits"
+    g.linear(x, emb, None, "output_projection", out="logits")  # tied to the embedding
 
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", 1]),
@@ -160,7 +161,7 @@ def build_decoder_step(model: Seq2SeqTransformer) -> onnx.ModelProto:
     for i in range(cfg.n_decoder_layers):
         inputs += [_kv_spec(f"cross_{t}.{i}", n, h, "src_len") for t in "kv"]
     declared = {v.name for v in inputs + outputs}
-    value_info = [helper.make_tensor_value_info(n, t, None) for n, t in g.types.items() if n not in declared]
+    value_info = [helper.make_tensor_value_info(name, t, None) for name, t in g.types.items() if name not in declared]
     graph = helper.make_graph(g.nodes, "decoder_step", inputs, outputs, initializer=g.inits, value_info=value_info)
     model_proto = helper.make_model(
         graph,

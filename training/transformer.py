@@ -104,6 +104,10 @@ class TokenEmbedding(nn.Module):
     def forward(self, ids: Tensor) -> Tensor:
         return self.embedding(ids) * self.scale  # (B, T, D)
 
+    def unembed(self, hidden: Tensor) -> Tensor:
+        """Vocabulary logits through the same matrix (weight tying): (..., D) -> (..., V)."""
+        return hidden @ self.embedding.weight.t()
+
 
 class PositionalEncoding(nn.Module):
     """Fixed sinusoidal encoding: PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(...)."""
@@ -306,7 +310,7 @@ class Seq2SeqTransformer(nn.Module):
 
     def project(self, hidden: Tensor) -> Tensor:
         """Output projection tied to the embedding: (B, T, D) -> logits (B, T, V)."""
-        return hidden @ self.embed.embedding.weight.t()
+        return self.embed.unembed(hidden)
 
     def forward(self, src_ids: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits (B, T, V) for target inputs `tgt_in` (starting with <s>)."""
@@ -377,7 +381,7 @@ class TransformerClassifier(nn.Module):
         mask = ids != self.cfg.pad_id
         hidden = self.encoder(ids, mask)  # (B, T, D)
         if lm_positions is not None:
-            return hidden[lm_positions] @ self.embed.embedding.weight.t()
+            return self.embed.unembed(hidden[lm_positions])
         if self.cfg.pooling == "cls":
             pooled = hidden[:, 0]
         else:
