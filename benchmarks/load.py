@@ -337,7 +337,7 @@ async def overload(args: argparse.Namespace, sentences: list[str]) -> dict:
 
 
 async def soak(args: argparse.Namespace, sentences: list[str]) -> dict:
-    server = Server(args.model_dir, args.threads)
+    server = Server(args.model_dir, args.threads, memory_arena=args.memory_arena == "on")
     try:
         await warm_up(server.base, sentences)
         cap = await capacity(server.base, sentences, 10)
@@ -376,6 +376,7 @@ async def soak(args: argparse.Namespace, sentences: list[str]) -> dict:
             "capacity_requests_per_s": cap,
             "rate": round(rate, 1),
             "minutes": args.minutes,
+            "memory_arena": args.memory_arena,
             "statuses": tally.statuses,
             "rss_after_warmup_mb": warm[0],
             "rss_end_mb": samples[-1]["rss_mb"],
@@ -437,6 +438,9 @@ def main() -> None:
     p.add_argument("--max-inflight", type=int, default=64, help="overload: the server's in-flight request cap")
     p.add_argument("--minutes", type=float, default=10, help="soak length")
     p.add_argument("--fraction", type=float, default=0.8, help="soak rate / capacity")
+    p.add_argument(
+        "--memory-arena", choices=["on", "off"], default="on", help="soak: the server's onnxruntime CPU memory arena"
+    )
     p.add_argument("--sample-seconds", type=float, default=30, help="soak: one sample per this many seconds")
     p.add_argument("--out", type=Path, help="write the JSON result here")
     args = p.parse_args()

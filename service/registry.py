@@ -95,6 +95,7 @@ def load_registry(settings: Settings) -> Registry:
 
 def _engine(bundle_dir: Path, manifest: Manifest, providers: list[str], settings: Settings):
     variant = settings.variant if settings.variant in manifest.variants else None
+    arena = settings.memory_arena
     if manifest.task == "translation":
-        return Translator(bundle_dir, manifest, providers, settings.threads, variant)
-    return Classifier(bundle_dir, manifest, providers, settings.threads, variant)
+        return Translator(bundle_dir, manifest, providers, settings.threads, variant, memory_arena=arena)
+    return Classifier(bundle_dir, manifest, providers, settings.threads, variant, memory_arena=arena)

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     variant: str = Field(
         "", description="bundle variant to load (fp32, int8, int8-blockwise, int8-static); empty = the bundle's default"
     )
+    memory_arena: bool = Field(
+        True, description="onnxruntime CPU memory arena (keeps buffers for reuse; grows to the largest batch seen)"
+    )
     langid_model: str = Field("langid", description="classification bundle used for /detect and source=auto")
 
     max_chars: int = Field(5000, ge=1, description="max characters per request (all items together)")

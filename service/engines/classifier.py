@@ -22,8 +22,9 @@ class Classifier(BundleEngine):
         providers: list[str],
         threads: int = 0,
         variant: str | None = None,
+        memory_arena: bool = True,
     ) -> None:
-        super().__init__(bundle_dir, manifest, variant)
+        super().__init__(bundle_dir, manifest, variant, memory_arena)
         self.graph = self.session("classifier", providers, threads)
         self.pad, self.bos = manifest.special_ids["pad"], manifest.special_ids["bos"]
         self.labels = list(manifest.labels)

@@ -27,8 +27,11 @@ def resolve_providers(choice: str) -> list[str]:
     return [PROVIDERS[choice]] + ([PROVIDERS["cpu"]] if choice != "cpu" else [])
 
 
-def create_session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
+def create_session(path: Path, providers: list[str], threads: int, memory_arena: bool = True) -> ort.InferenceSession:
     opts = ort.SessionOptions()
+    # The CPU arena keeps every buffer it ever allocated and grows to the largest batch seen;
+    # without it buffers go back to the allocator after each run (see docs/reliability.md).
+    opts.enable_cpu_mem_arena = memory_arena
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.inter_op_num_threads = 1
@@ -45,8 +48,9 @@ def create_session(path: Path, providers: list[str], threads: int) -> ort.Infere
 class BundleEngine:
     """What every engine shares: the chosen variant, its graphs' sessions, the tokenizer."""
 
-    def __init__(self, bundle_dir: Path, manifest: Manifest, variant: str | None) -> None:
+    def __init__(self, bundle_dir: Path, manifest: Manifest, variant: str | None, memory_arena: bool = True) -> None:
         self.bundle_dir, self.manifest = bundle_dir, manifest
+        self.memory_arena = memory_arena
         self.variant = variant or manifest.default_variant
         if self.variant not in manifest.variants:
             raise ValueError(f"variant {self.variant!r} not in bundle {manifest.name} ({sorted(manifest.variants)})")
@@ -55,6 +59,8 @@ class BundleEngine:
         self.provider = ""
 
     def session(self, role: str, providers: list[str], threads: int) -> ort.InferenceSession:
-        session = create_session(self.bundle_dir / self.manifest.graph(self.variant, role).file, providers, threads)
+        session = create_session(
+            self.bundle_dir / self.manifest.graph(self.variant, role).file, providers, threads, self.memory_arena
+        )
         self.provider = session.get_providers()[0]
         return session

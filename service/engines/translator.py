@@ -33,8 +33,9 @@ class Translator(BundleEngine):
         max_output_ratio: float = 1.5,
         max_output_extra: int = 10,
         io_binding: bool | None = None,
+        memory_arena: bool = True,
     ) -> None:
-        super().__init__(bundle_dir, manifest, variant)
+        super().__init__(bundle_dir, manifest, variant, memory_arena)
         self.encoder = self.session("encoder", providers, threads)
         self.decoder = self.session("decoder", providers, threads)
         # On CUDA the caches stay on the device between steps (IO binding); on the CPU the

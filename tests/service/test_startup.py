@@ -87,3 +87,17 @@ def test_ready_is_503_while_models_load_then_200(model_dir, monkeypatch):
         gate.set()
         assert wait_ready(c)["status"] == "ready"
         assert c.post("/translate", json={"q": "hallo", "source": "de", "target": "en"}).status_code == 200
+
+
+@pytest.mark.parametrize("arena", [True, False])
+def test_memory_arena_setting_reaches_every_session(model_dir, arena):
+    with make_client(model_dir, memory_arena=arena) as c:
+        wait_ready(c)
+        registry = c.app.state.service.registry
+        sessions = [
+            s for m in registry.models.values() for s in vars(m.engine).values() if hasattr(s, "get_session_options")
+        ]
+        assert len(sessions) >= 3
+        assert {s.get_session_options().enable_cpu_mem_arena for s in sessions} == {arena}
+        r = c.post("/translate", json={"q": "ein hund", "source": "de", "target": "en"})
+        assert r.status_code == 200, r.text
