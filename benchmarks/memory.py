@@ -1,13 +1,16 @@
 """Resident memory of the translation engine under a long random workload, with onnxruntime's
 CPU memory arena on and off: does memory settle, and what does the arena cost or save?
 
-    python benchmarks/memory.py --bundle model/de-en --batches 4000 --threads 2 \
+    python benchmarks/memory.py --bundle model/de-en --batches 3000 --threads 2 \
         --out benchmarks/results/memory.json
+    python benchmarks/memory.py --bundle model/de-en --batches 3000 --threads 2 --warm-max \
+        --out benchmarks/results/memory-warm-max.json
 
 Each mode runs in its own subprocess (resident memory is per process) over the same seeded
 workload: batches of 1 to 32 sentences drawn at random from the Multi30k training split (so
 lengths and batch shapes vary as they do behind the service's dynamic batcher), once with the
-arena (`TRANSERVE_MEMORY_ARENA=true`, the default) and once without. Resident memory is
+arena (`TRANSERVE_MEMORY_ARENA=true`) and once without (the default).  With `--warm-max` the
+largest batch the service can form is decoded first (the worst case for every buffer). Resident memory is
 sampled every `--every` batches. Reported per mode: sentences/s, RSS after the first tenth of
 the batches (warm-up) and at the end, the largest step, and the batch at which the last new
 high-water mark was set.
@@ -23,6 +26,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 
 def rss_mb() -> float:
@@ -54,6 +59,20 @@ def worker(args: argparse.Namespace) -> None:
         memory_arena=args.arena == "on",
     )
     batches = workload(Path(args.data), args.batches, args.seed)
+    warm_max_mb = None
+    if args.warm_max:
+        # The largest batch the service can form: max_batch_size (32) sources of max_len
+        # tokens, decoded for max_len - 1 steps whatever the model predicts (fed random
+        # tokens), so every buffer reaches its largest shape.
+        rng = np.random.default_rng(args.seed)
+        src = rng.integers(4, engine.manifest.vocab_size, (32, engine.max_len))
+        src[:, -1] = engine.eos
+        state = engine.start(src)
+        tokens = np.full((32, 1), engine.bos, dtype=np.int64)
+        for _ in range(engine.max_len - 1):
+            engine.step(state, tokens)
+            tokens = rng.integers(4, engine.manifest.vocab_size, (32, 1))
+        warm_max_mb = round(rss_mb(), 1)
     samples = [{"batch": 0, "rss_mb": round(rss_mb(), 1)}]
     sentences, t0 = 0, time.perf_counter()
     for i, batch in enumerate(batches, 1):
@@ -72,6 +91,7 @@ def worker(args: argparse.Namespace) -> None:
                 "sentences_per_s": round(sentences / seconds, 1),
                 "sentences": sentences,
                 "rss_loaded_mb": samples[0]["rss_mb"],
+                "rss_after_largest_batch_mb": warm_max_mb,
                 "rss_after_warmup_mb": warm["rss_mb"],
                 "rss_end_mb": samples[-1]["rss_mb"],
                 "growth_after_warmup_mb": round(samples[-1]["rss_mb"] - warm["rss_mb"], 1),
@@ -91,6 +111,9 @@ def main() -> None:
     p.add_argument("--every", type=int, default=50, help="sample resident memory every N batches")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--warm-max", action="store_true", help="first decode the largest batch (32 x max_len tokens, max_len steps)"
+    )
     p.add_argument("--arena", choices=["on", "off"], help="(worker) run one mode and print JSON")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
@@ -103,9 +126,11 @@ def main() -> None:
         cmd = [c for i, c in enumerate(cmd) if not (c == "--out" or (i and cmd[i - 1] == "--out"))]
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
         results.append(r)
+        largest = r["rss_after_largest_batch_mb"]
         print(
             f"arena {mode:3s}: {r['sentences_per_s']:7.1f} sent/s  RSS loaded {r['rss_loaded_mb']:.1f}  "
-            f"after warm-up {r['rss_after_warmup_mb']:.1f}  end {r['rss_end_mb']:.1f} MB  "
+            + (f"after the largest batch {largest:.1f}  " if largest else "")
+            + f"after warm-up {r['rss_after_warmup_mb']:.1f}  end {r['rss_end_mb']:.1f} MB  "
             f"(growth after warm-up {r['growth_after_warmup_mb']:+.1f}, largest step {r['largest_step_mb']:.1f}, "
             f"last new peak at batch {r['last_new_peak_at_batch']})",
             flush=True,

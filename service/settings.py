@@ -22,7 +22,8 @@ class Settings(BaseSettings):
         "", description="bundle variant to load (fp32, int8, int8-blockwise, int8-static); empty = the bundle's default"
     )
     memory_arena: bool = Field(
-        True, description="onnxruntime CPU memory arena (keeps buffers for reuse; grows to the largest batch seen)"
+        False,
+        description="onnxruntime CPU memory arena; off keeps resident memory flat under load at the same speed",
     )
     langid_model: str = Field("langid", description="classification bundle used for /detect and source=auto")
 

@@ -22,7 +22,7 @@ class Classifier(BundleEngine):
         providers: list[str],
         threads: int = 0,
         variant: str | None = None,
-        memory_arena: bool = True,
+        memory_arena: bool = False,
     ) -> None:
         super().__init__(bundle_dir, manifest, variant, memory_arena)
         self.graph = self.session("classifier", providers, threads)

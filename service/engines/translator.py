@@ -33,7 +33,7 @@ class Translator(BundleEngine):
         max_output_ratio: float = 1.5,
         max_output_extra: int = 10,
         io_binding: bool | None = None,
-        memory_arena: bool = True,
+        memory_arena: bool = False,
     ) -> None:
         super().__init__(bundle_dir, manifest, variant, memory_arena)
         self.encoder = self.session("encoder", providers, threads)
