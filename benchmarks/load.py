@@ -337,7 +337,8 @@ async def overload(args: argparse.Namespace, sentences: list[str]) -> dict:
 
 
 async def soak(args: argparse.Namespace, sentences: list[str]) -> dict:
-    server = Server(args.model_dir, args.threads, memory_arena=args.memory_arena == "on")
+    arena = {} if args.memory_arena is None else {"memory_arena": args.memory_arena == "on"}
+    server = Server(args.model_dir, args.threads, **arena)
     try:
         await warm_up(server.base, sentences)
         cap = await capacity(server.base, sentences, 10)
@@ -376,7 +377,7 @@ async def soak(args: argparse.Namespace, sentences: list[str]) -> dict:
             "capacity_requests_per_s": cap,
             "rate": round(rate, 1),
             "minutes": args.minutes,
-            "memory_arena": args.memory_arena,
+            "memory_arena": args.memory_arena or "service default",
             "statuses": tally.statuses,
             "rss_after_warmup_mb": warm[0],
             "rss_end_mb": samples[-1]["rss_mb"],
@@ -439,7 +440,9 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=10, help="soak length")
     p.add_argument("--fraction", type=float, default=0.8, help="soak rate / capacity")
     p.add_argument(
-        "--memory-arena", choices=["on", "off"], default="on", help="soak: the server's onnxruntime CPU memory arena"
+        "--memory-arena",
+        choices=["on", "off"],
+        help="soak: the server's onnxruntime CPU memory arena (default: the service's own default)",
     )
     p.add_argument("--sample-seconds", type=float, default=30, help="soak: one sample per this many seconds")
     p.add_argument("--out", type=Path, help="write the JSON result here")

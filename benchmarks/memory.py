@@ -9,9 +9,9 @@ CPU memory arena on and off: does memory settle, and what does the arena cost or
 Each mode runs in its own subprocess (resident memory is per process) over the same seeded
 workload: batches of 1 to 32 sentences drawn at random from the Multi30k training split (so
 lengths and batch shapes vary as they do behind the service's dynamic batcher), once with the
-arena (`TRANSERVE_MEMORY_ARENA=true`) and once without (the default).  With `--warm-max` the
-largest batch the service can form is decoded first (the worst case for every buffer). Resident memory is
-sampled every `--every` batches. Reported per mode: sentences/s, RSS after the first tenth of
+arena (`TRANSERVE_MEMORY_ARENA=true`) and once without (the default). With `--warm-max` the
+largest batch the service can form is decoded first (the worst case for every buffer).
+Resident memory is sampled every `--every` batches. Reported per mode: sentences/s, RSS after the first tenth of
 the batches (warm-up) and at the end, the largest step, and the batch at which the last new
 high-water mark was set.
 """

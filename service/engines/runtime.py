@@ -31,7 +31,7 @@ def create_session(path: Path, providers: list[str], threads: int, memory_arena:
     opts = ort.SessionOptions()
     # The CPU arena keeps every chunk it ever allocated and grows in steps with new batch
     # shapes; without it buffers go back to the allocator after each run, at the same speed
-    # (docs/reliability.md: +13.3 MB in a 40-minute soak with it, +2.0 MB in 30 without).
+    # (docs/reliability.md: +13.3 MB in a 40-minute soak with it, +1.2 MB in 30 minutes without).
     opts.enable_cpu_mem_arena = memory_arena
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
