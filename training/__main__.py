@@ -54,7 +54,7 @@ def cmd_evaluate(args) -> int:
     if args.bundle:
         from training.release import evaluate_bundle
 
-        result = evaluate_bundle(Path(args.bundle), cfg, args.split, args.variant or "fp32")
+        result = evaluate_bundle(Path(args.bundle), cfg, args.split, args.variant)
     else:
         import torch
 
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", required=True, help="e.g. test_2016_flickr, val, valid")
     e.add_argument("--checkpoint", help="default <run-dir>/best.pt")
     e.add_argument("--bundle", help="evaluate an exported bundle with the service's engine instead")
-    e.add_argument("--variant", help="bundle variant (fp32, int8, int8-blockwise)")
+    e.add_argument("--variant", help="bundle variant (fp32, int8-static, ...; default: the one it serves)")
     e.add_argument("--output", help="write the hypotheses here")
     e.set_defaults(func=cmd_evaluate)
 

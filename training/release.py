@@ -55,12 +55,19 @@ def command_line() -> str:
 
 
 def evaluate_bundle(
-    bundle_dir: Path, cfg: RunConfig, split: str, variant: str, batch_sentences: int = 32, invariance: bool = False
+    bundle_dir: Path,
+    cfg: RunConfig,
+    split: str,
+    variant: str | None = None,
+    batch_sentences: int = 32,
+    invariance: bool = False,
 ) -> dict[str, Any]:
-    """Score the bundle's `variant` on `split` with the service's own engine; also time it.
-    With `invariance`, also run the first INVARIANCE_SENTENCES examples one at a time and report
-    the share whose result equals the batched one (`batch_invariant`, 1.0 = all)."""
+    """Score the bundle's `variant` (default: the one it serves) on `split` with the service's own
+    engine; also time it. With `invariance`, also run the first INVARIANCE_SENTENCES examples one
+    at a time and report the share whose result equals the batched one (`batch_invariant`, 1.0 =
+    all)."""
     manifest = load_manifest(bundle_dir)
+    variant = variant or manifest.default_variant
     task = make_task(cfg, tokenizer=None)  # type: ignore[arg-type]
     rows = task.raw(split)
     providers = resolve_providers("cpu")

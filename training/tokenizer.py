@@ -23,8 +23,8 @@ def train_tokenizer(
     seed_sentences: int = 2_000_000,
 ) -> Path:
     """Train a SentencePiece model on `texts` and write it to `out_path` (a .model file)."""
-    if model_type not in ("unigram", "bpe"):
-        raise ValueError(f"model_type={model_type!r} must be 'unigram' or 'bpe'")
+    if model_type not in ("unigram", "bpe", "word"):
+        raise ValueError(f"model_type={model_type!r} must be 'unigram', 'bpe' or 'word'")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(

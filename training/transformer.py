@@ -69,8 +69,8 @@ class TransformerConfig:
             problems.append(f"max_len={self.max_len} must be positive")
         if self.n_classes < 0 or self.n_classes == 1:
             problems.append(f"n_classes={self.n_classes} must be 0 (translation) or >= 2")
-        if self.pooling not in ("mean", "cls"):
-            problems.append(f"pooling={self.pooling!r} must be 'mean' or 'cls'")
+        if self.pooling not in ("mean", "cls", "max"):
+            problems.append(f"pooling={self.pooling!r} must be 'mean', 'cls' or 'max'")
         if problems:
             raise ValueError("invalid TransformerConfig: " + "; ".join(problems))
 
@@ -360,8 +360,9 @@ class Seq2SeqTransformer(nn.Module):
 class TransformerClassifier(nn.Module):
     """The Transformer encoder, pooled to one vector per text, then dropout and a linear layer.
 
-    Pooling ``mean`` averages the non-padding positions; ``cls`` takes position 0, where the
-    tokenizer puts ``<s>`` as a classification token.
+    Pooling ``mean`` averages the non-padding positions; ``max`` takes each feature's maximum
+    over them (max-over-time, as in Kim 2014's CNN classifier); ``cls`` takes position 0, where
+    the tokenizer puts ``<s>`` as a classification token.
     """
 
     def __init__(self, cfg: TransformerConfig) -> None:
@@ -384,6 +385,8 @@ class TransformerClassifier(nn.Module):
             return self.embed.unembed(hidden[lm_positions])
         if self.cfg.pooling == "cls":
             pooled = hidden[:, 0]
+        elif self.cfg.pooling == "max":
+            pooled = hidden.masked_fill(~mask.unsqueeze(-1), torch.finfo(hidden.dtype).min).amax(1)
         else:
             m = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)

@@ -189,3 +189,38 @@ def test_release_pipeline_writes_a_served_bundle_with_metrics_and_card(parallel_
     assert (tmp_path / "bundle" / "curves.png").exists()
     with pytest.raises(FileExistsError):
         release(cfg, tmp_path / "run", tmp_path / "bundle")
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_classifier_export_parity_dynamic_shapes_and_manifest(tsv_dir, tmp_path, pooling):
+    # Random weights, so the probabilities are far from 0/1 and a parity slip would show.
+    from service.engines.classifier import Classifier
+    from tests.conftest import classification_config
+    from training.evaluate import encode_classifier_input, pad_batch
+
+    cfg = classification_config(tsv_dir)
+    cfg.model["pooling"] = pooling
+    tok = prepare_tokenizer(cfg, tmp_path / "run")
+    torch.manual_seed(5)
+    model = build_model(model_config(cfg, tok)).eval()
+    assert model.cfg.pooling == pooling
+    texts = [r[0] for r in make_task(cfg, tok).raw("valid")[:12]]
+    manifest, parity = export_bundle(model, cfg, tmp_path / "run" / "spm.model", tmp_path / "sentiment", texts)
+    assert manifest.task == "classification" and manifest.labels == ["negative", "positive"]
+    assert parity["max_abs_prob_diff"] <= 1e-3 and parity["same_argmax"] == 1.0
+    engine = Classifier(tmp_path / "sentiment", manifest, resolve_providers("cpu"), variant="fp32")
+    # Dynamic batch and length: one text alone, then all 12 of different lengths padded together.
+    encoded = [encode_classifier_input(tok, t, model.cfg.max_len) for t in texts]
+    assert len({len(e) for e in encoded}) > 1
+    with torch.no_grad():
+        ref = torch.softmax(model(pad_batch(encoded, model.cfg.pad_id)), -1).numpy()
+    batched = engine.predict(texts)
+    alone = np.concatenate([engine.predict([t]) for t in texts])
+    assert batched.shape == (12, 2)
+    np.testing.assert_allclose(batched, ref, atol=1e-4)
+    np.testing.assert_allclose(alone, batched, atol=1e-5)
+    assert (batched.argmax(1) == ref.argmax(1)).all()
+    assert {"int8", "int8-static"} <= set(manifest.variants)
+    for variant in sorted(set(manifest.variants) - {"fp32"}):
+        probs = Classifier(tmp_path / "sentiment", manifest, resolve_providers("cpu"), variant=variant).predict(texts)
+        assert np.abs(probs - ref).max() < 0.1, variant

@@ -79,9 +79,10 @@ def test_output_projection_is_tied_to_embedding(model):
     assert model.decoder.embed is model.encoder.embed
 
 
-def test_classifier_padding_invariance():
+@pytest.mark.parametrize("pooling", ["mean", "max", "cls"])
+def test_classifier_padding_invariance(pooling):
     torch.manual_seed(0)
-    clf = TransformerClassifier(TransformerConfig(**TINY, n_classes=3)).eval()
+    clf = TransformerClassifier(TransformerConfig(**TINY, n_classes=3, pooling=pooling)).eval()
     ids = torch.randint(4, 100, (1, 5))
     padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], dim=1)
     assert clf(ids).shape == (1, 3)
@@ -95,9 +96,9 @@ def test_build_model_picks_the_task():
 
 def test_config_validation_reports_every_problem():
     with pytest.raises(ValueError) as e:
-        TransformerConfig(vocab_size=2, d_model=30, n_heads=4, dropout=1.5, pooling="max")
+        TransformerConfig(vocab_size=2, d_model=30, n_heads=4, dropout=1.5, pooling="sum")
     msg = str(e.value)
-    for part in ("vocab_size=2", "d_model=30", "dropout=1.5", "pooling='max'"):
+    for part in ("vocab_size=2", "d_model=30", "dropout=1.5", "pooling='sum'"):
         assert part in msg
 
 
