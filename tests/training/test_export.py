@@ -58,11 +58,20 @@ def test_bundle_has_graphs_tokenizer_and_checksummed_manifest(exported):
     assert [t.name for t in dec.inputs] == ["input_ids", "src_mask", *past, *cross]
     assert [t.name for t in dec.outputs] == ["logits", *[p.replace("past", "present") for p in past]]
     assert [t.name for t in loaded.graph("fp32", "encoder").outputs] == cross
-    # the decoder step uses onnxruntime's fused attention, one node per attention
+    # both graphs use onnxruntime's fused attention, one node per attention
     import onnx
 
     ops = [node.op_type for node in onnx.load(str(out / dec.file)).graph.node]
     assert ops.count("MultiHeadAttention") == 2 * len(layers)
+    enc_ops = [node.op_type for node in onnx.load(str(out / "encoder.onnx")).graph.node]
+    assert enc_ops.count("MultiHeadAttention") == manifest.model["n_encoder_layers"]
+    # the encoder's padding: a sentence's keys/values do not depend on its batch-mates' lengths
+    fp32 = Translator(out, manifest, resolve_providers("cpu"), variant="fp32")
+    short, long_ = [5, 6, 7, 3], [9, 14, 21, 30, 11, 8, 17, 25, 40, 12, 13, 3]
+    alone = fp32.encoder.run(None, {"src_ids": np.array([short], np.int64)})
+    padded = fp32.encoder.run(None, {"src_ids": np.array([short + [0] * 8, long_], np.int64)})
+    for a, p in zip(alone, padded):
+        np.testing.assert_allclose(a[0], p[0, :, :4], atol=1e-5)
     assert set(loaded.files) == names - {"manifest.json"}
 
 
@@ -70,6 +79,19 @@ def test_export_parity_with_pytorch(exported):
     _, _, _, _, _, parity, _ = exported
     assert parity["max_abs_logit_diff"] <= 1e-3
     assert parity["identical_greedy"] == 1.0
+
+
+def test_post_norm_model_exports_with_parity(parallel_dir, tmp_path):
+    # The graphs are written node by node, so each LayerNorm order needs its own check.
+    cfg = translation_config(parallel_dir)
+    cfg.model["pre_norm"] = False
+    tok = prepare_tokenizer(cfg, tmp_path / "run")
+    torch.manual_seed(1)
+    model = build_model(model_config(cfg, tok)).eval()
+    assert not model.cfg.pre_norm
+    texts = [r[0] for r in make_task(cfg, tok).raw("val")[:8]]
+    _, parity = export_bundle(model, cfg, tmp_path / "run" / "spm.model", tmp_path / "de-en", texts)
+    assert parity["max_abs_logit_diff"] <= 1e-3 and parity["identical_greedy"] == 1.0
 
 
 def test_onnx_engine_batched_output_equals_pytorch_greedy(exported):
