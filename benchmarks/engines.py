@@ -46,6 +46,23 @@ def _batches(n: int, lengths: list[int], size: int) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, n, size)]
 
 
+def workload(batches: list[list[int]], src_lengths: list[int], outputs: list) -> dict[str, dict[str, int]]:
+    """The matrix shapes this run asked of the hardware, for the limit (benchmarks/roofline.py):
+    how many encoder calls had R rows of S positions (padded to the batch's longest source), and
+    how many decoder steps had M rows (a row stays until it has produced its </s>: finished rows
+    are dropped, as our engine does). Keys are strings for JSON: "R,S" and "M"."""
+    enc: dict[str, int] = {}
+    dec: dict[str, int] = {}
+    for batch in batches:
+        key = f"{len(batch)},{max(src_lengths[i] for i in batch)}"
+        enc[key] = enc.get(key, 0) + 1
+        steps = [len(outputs[i]) + 1 for i in batch]  # + the step that produced </s>
+        for t in range(max(steps)):
+            m = str(sum(n > t for n in steps))
+            dec[m] = dec.get(m, 0) + 1
+    return {"encoder_calls": enc, "decoder_steps": dec}
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM). Unlike ru_maxrss, it starts afresh at exec,
     so a worker does not inherit the parent's high-water mark."""
@@ -142,6 +159,7 @@ def worker(args: argparse.Namespace) -> None:
                 "seconds": times,
                 "tokens": tokens,
                 "hypotheses": [decode(o) for o in outputs],
+                "workload": workload(batches, lengths, outputs),
                 "peak_rss_mb": peak_rss_mb(),
             }
         )

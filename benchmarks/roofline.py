@@ -18,6 +18,17 @@ The matmul rate is measured with onnxruntime itself (one MatMul graph per shape,
 thread settings as the service), at the shapes one decoding step of `batch` rows uses
 (M = batch) and the encoder uses (M = batch * S). The token limit is 1 / sum(flops_i / rate_i):
 a perfect engine that spent all its time in these matmuls at the measured rates.
+
+That limit assumes every decoding step has `batch` rows. A real batch shrinks as its sentences
+end (a perfect engine does not compute rows that have finished either), and a matmul of fewer
+rows runs at a lower rate. With ``--workload`` an engines.py result gives the shapes of an
+actual run: how many decoder steps had M rows, how many encoder calls R rows of S positions.
+The workload limit is then the time these exact matmuls take at the rates measured for each M
+(every M from 1 to the batch size is measured), and the engine's own tokens/s in that result
+is compared with it:
+
+    python benchmarks/roofline.py --bundle model/de-en --workload benchmarks/results/engines.json \
+        --engine ort-fp32 --batch 32 --out benchmarks/results/roofline-workload.json
 """
 
 from __future__ import annotations
@@ -69,6 +80,65 @@ def matmul_rate(m: int, k: int, n: int, threads: int, seconds: float = 0.6) -> f
     return statistics.median(rates)
 
 
+def decoder_shapes(cfg: dict, vocab: int, m: int) -> list[tuple[str, int, int, int, float]]:
+    """(name, M, K, N, count) of one decoding step of m rows."""
+    d, ff, ld = cfg["d_model"], cfg["d_ff"], cfg["n_decoder_layers"]
+    return [
+        ("dec d->d (q,k,v,o self; q,o cross)", m, d, d, 6 * ld),
+        ("dec ffn d->d_ff", m, d, ff, ld),
+        ("dec ffn d_ff->d", m, ff, d, ld),
+        ("dec output d->V", m, d, vocab, 1),
+    ]
+
+
+def encoder_shapes(cfg: dict, m: int) -> list[tuple[str, int, int, int, float]]:
+    """(name, M, K, N, count) of one encoder call over m = rows x positions."""
+    d, ff, le, ld = cfg["d_model"], cfg["d_ff"], cfg["n_encoder_layers"], cfg["n_decoder_layers"]
+    return [
+        ("enc d->d (q,k,v,o; cross k,v)", m, d, d, 4 * le + 2 * ld),
+        ("enc ffn d->d_ff", m, d, ff, le),
+        ("enc ffn d_ff->d", m, ff, d, le),
+    ]
+
+
+def workload_limit(cfg: dict, vocab: int, result: dict, threads: int) -> dict:
+    """The seconds the matmuls of one engines.py run take at this machine's measured rates."""
+    work = result["workload"]
+    rates: dict[tuple[int, int, int], float] = {}
+
+    def seconds(shapes: list[tuple[str, int, int, int, float]]) -> float:
+        total = 0.0
+        for _, m, k, n, count in shapes:
+            if (m, k, n) not in rates:
+                rates[m, k, n] = matmul_rate(m, k, n, threads, seconds=0.3)
+            total += count * 2 * m * k * n / (rates[m, k, n] * 1e9)
+        return total
+
+    dec = {int(m): c for m, c in work["decoder_steps"].items()}
+    enc = {tuple(int(x) for x in key.split(",")): c for key, c in work["encoder_calls"].items()}
+    dec_s = sum(c * seconds(decoder_shapes(cfg, vocab, m)) for m, c in sorted(dec.items()))
+    enc_s = sum(c * seconds(encoder_shapes(cfg, r * s)) for (r, s), c in sorted(enc.items()))
+    flops = sum(c * 2 * m * k * n * cnt for mm, c in dec.items() for _, m, k, n, cnt in decoder_shapes(cfg, vocab, mm))
+    flops += sum(c * 2 * m * k * n * cnt for (r, s), c in enc.items() for _, m, k, n, cnt in encoder_shapes(cfg, r * s))
+    limit_s = dec_s + enc_s
+    tokens = result["tokens"]
+    return {
+        "engine": result["engine"],
+        "batch": result["batch"],
+        "tokens": tokens,
+        "decoder_steps": sum(dec.values()),
+        "mean_rows_per_step": round(sum(m * c for m, c in dec.items()) / sum(dec.values()), 2),
+        "encoder_calls": sum(enc.values()),
+        "matmul_gflop": round(flops / 1e9, 2),
+        "limit_seconds": {"decoder": round(dec_s, 4), "encoder": round(enc_s, 4), "total": round(limit_s, 4)},
+        "effective_gflop_s": round(flops / limit_s / 1e9, 1),
+        "limit_tokens_per_s": round(tokens / limit_s),
+        "measured_tokens_per_s": round(result["tokens_per_s"]),
+        "share_of_limit": round(result["tokens_per_s"] * limit_s / tokens, 3),
+        "rates_gflop_s": {f"{m}x{k}x{n}": round(r, 1) for (m, k, n), r in sorted(rates.items())},
+    }
+
+
 def token_flops(cfg: dict, vocab: int, src_len: float, tgt_len: float) -> dict[str, float]:
     d, ff, le, ld = cfg["d_model"], cfg["d_ff"], cfg["n_encoder_layers"], cfg["n_decoder_layers"]
     t_mean = (tgt_len + 1) / 2  # mean self-attention length over the generated tokens
@@ -86,25 +156,21 @@ def main() -> None:
     p.add_argument("--tgt-len", type=float, default=14.8, help="mean generated tokens incl. </s>")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--measured-tokens-per-s", type=float, nargs="*", default=[], help="engine results to compare")
+    p.add_argument("--workload", type=Path, help="an engines.py result: the limit for its run's shapes")
+    p.add_argument("--engine", default="ort-fp32", help="with --workload: whose run")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
 
     manifest = json.loads((args.bundle / "manifest.json").read_text())
     cfg, vocab = manifest["model"], manifest["vocab_size"]
-    d, ff, b = cfg["d_model"], cfg["d_ff"], args.batch
+    b = args.batch
     flops = token_flops(cfg, vocab, args.src_len, args.tgt_len)
 
     # (name, M, K, N, matmuls of this shape per generated token of one row, amortised)
     enc_share = args.src_len / args.tgt_len
-    ld, le = cfg["n_decoder_layers"], cfg["n_encoder_layers"]
-    shapes = [
-        ("dec d->d (q,k,v,o self; q,o cross)", b, d, d, 6 * ld),
-        ("dec ffn d->d_ff", b, d, ff, ld),
-        ("dec ffn d_ff->d", b, ff, d, ld),
-        ("dec output d->V", b, d, vocab, 1),
-        ("enc d->d (q,k,v,o; cross k,v)", int(b * args.src_len), d, d, (4 * le + 2 * ld) * enc_share),
-        ("enc ffn d->d_ff", int(b * args.src_len), d, ff, le * enc_share),
-        ("enc ffn d_ff->d", int(b * args.src_len), ff, d, le * enc_share),
+    enc_rows = int(b * args.src_len)
+    shapes = decoder_shapes(cfg, vocab, b) + [
+        (name, m, k, n, count * enc_share) for name, m, k, n, count in encoder_shapes(cfg, enc_rows)
     ]
     rows, seconds_per_token = [], 0.0
     for name, m, k, n, count in shapes:
@@ -129,6 +195,17 @@ def main() -> None:
         "measured": [{"tokens_per_s": t, "share_of_limit": round(t / limit, 3)} for t in args.measured_tokens_per_s],
         "command": "python benchmarks/roofline.py " + " ".join(sys.argv[1:]),
     }
+    if args.workload:
+        runs = json.loads(args.workload.read_text())["results"]
+        run = next(r for r in runs if r["engine"] == args.engine and r["batch"] == b and "workload" in r)
+        result["workload"] = workload_limit(cfg, vocab, run, args.threads)
+        w = result["workload"]
+        print(
+            f"workload of {args.engine} batch {b}: {w['decoder_steps']} steps of {w['mean_rows_per_step']} rows on "
+            f"average; limit {w['limit_tokens_per_s']} tokens/s, measured {w['measured_tokens_per_s']} "
+            f"({100 * w['share_of_limit']:.0f}%)",
+            file=sys.stderr,
+        )
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

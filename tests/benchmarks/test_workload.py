@@ -1,0 +1,18 @@
+"""The shapes engines.py records for the limit in roofline.py (pure bookkeeping, no timing)."""
+
+from __future__ import annotations
+
+from benchmarks.engines import workload
+
+
+def test_workload_counts_rows_per_decoder_step_and_encoder_shapes():
+    # Two batches: sentences 0 and 1 (sources of 4 and 6 pieces, 2 and 0 output tokens),
+    # and sentence 2 alone (source 3, output 1 token). A row runs len(output) + 1 steps.
+    batches = [[0, 1], [2]]
+    src_lengths = [4, 6, 3]
+    outputs = [[7, 8], [], [9]]
+    w = workload(batches, src_lengths, outputs)
+    assert w["encoder_calls"] == {"2,6": 1, "1,3": 1}
+    # batch 1: steps 0 (2 rows), 1 (1 row: sentence 1 ended at step 0), 2 (1 row); batch 2: 2 steps of 1 row
+    assert w["decoder_steps"] == {"2": 1, "1": 4}
+    assert sum(int(m) * n for m, n in w["decoder_steps"].items()) == sum(len(o) + 1 for o in outputs)
