@@ -98,9 +98,11 @@ def worker(args: argparse.Namespace) -> None:
         lengths = [len(e) for e in encoded]
     elif engine.startswith("ort"):
         from service.bundle import load_manifest
-        from service.engines.runtime import resolve_providers
+        from service.engines.runtime import resolve_providers, share_thread_pool
         from service.engines.translator import Translator
 
+        if args.thread_pool == "shared":  # as the service does by default
+            share_thread_pool(threads)
         bundle = Path(args.bundle)
         tr = Translator(
             bundle, load_manifest(bundle), resolve_providers("cpu"), threads=threads, variant=engine.split("-", 1)[1]
@@ -177,6 +179,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
+    p.add_argument(
+        "--thread-pool",
+        choices=["shared", "per-session"],
+        default="shared",
+        help="our engines: one onnxruntime thread pool for the encoder and decoder (the service's default) or one each",
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/engines.json"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--sources", help=argparse.SUPPRESS)
@@ -238,6 +246,8 @@ def main() -> None:
                 str(args.threads),
                 "--repeats",
                 str(args.repeats),
+                "--thread-pool",
+                args.thread_pool,
                 *extra,
             ]
             out = subprocess.run(
@@ -297,6 +307,7 @@ def main() -> None:
         json.dumps(
             {
                 "command": " ".join(sys.argv),
+                "thread_pool": args.thread_pool,
                 "split": args.split,
                 "sentences": len(rows),
                 "threads": args.threads,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from service.bundle import BundleError, Manifest, find_bundles, load_manifest
 from service.engines.classifier import Classifier
-from service.engines.runtime import resolve_providers
+from service.engines.runtime import resolve_providers, share_thread_pool
 from service.engines.translator import Translator
 from service.settings import Settings
 
@@ -56,6 +56,8 @@ def load_registry(settings: Settings) -> Registry:
     if not bundles:
         raise ModelDirError(f"model directory {model_dir} holds no bundle (no */manifest.json)")
     providers = resolve_providers(settings.provider)
+    if settings.thread_pool == "shared":
+        share_thread_pool(settings.threads)
     registry = Registry()
     for bundle_dir in bundles:
         name = bundle_dir.name

@@ -17,9 +17,14 @@ class Settings(BaseSettings):
 
     model_dir: Path = Field(Path("model"), description="folder of model bundles (one per sub-folder)")
     provider: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="onnxruntime execution provider")
-    threads: int = Field(0, ge=0, description="intra-op threads per onnxruntime session (0 = all cores)")
+    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads, shared or per session (0 = all cores)")
     variant: str = Field(
         "", description="bundle variant to load (fp32, int8, int8-blockwise, int8-static); empty = the bundle's default"
+    )
+    thread_pool: str = Field(
+        "shared",
+        pattern="^(shared|per-session)$",
+        description="one onnxruntime thread pool for every session (spinning) or one per session (sleeping)",
     )
     memory_arena: bool = Field(
         False,

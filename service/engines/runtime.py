@@ -14,6 +14,12 @@ log = logging.getLogger(__name__)
 
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
+# Threads of the one intra-op pool every session of this process shares, once set up (None:
+# each session has its own pool). A process-wide, one-time choice in onnxruntime: it has to be
+# made before the first session exists, and then every session must use that pool.
+_shared_pool_threads: int | None = None
+_sessions_created = 0
+
 
 def resolve_providers(choice: str) -> list[str]:
     """`auto` takes CUDA when this onnxruntime build has it, else the CPU; `cuda` insists."""
@@ -27,7 +33,33 @@ def resolve_providers(choice: str) -> list[str]:
     return [PROVIDERS[choice]] + ([PROVIDERS["cpu"]] if choice != "cpu" else [])
 
 
+def share_thread_pool(threads: int) -> None:
+    """From now on, every session this process creates runs on one shared intra-op pool of
+    `threads` threads (0 = one per core): onnxruntime's global thread pool. A translation is an
+    encoder run then ~20 decoder runs, each of ~60 small nodes; with a pool per session the
+    encoder's and decoder's pools (and every other model's) fight over the cores unless their
+    threads sleep between nodes, and waking them costs more than the nodes at these sizes. One
+    shared pool can keep its threads spinning: on this 2-core machine the served engine made
+    1.3x the tokens/s at batch 32 and 1.5x at batch 1, and an unloaded single-sentence request
+    took 6.0 instead of 8.9 ms (BENCHMARKS.md, session 5). Call it before the first session; a
+    second call with the same size is a no-op."""
+    global _shared_pool_threads
+    if _shared_pool_threads is not None:
+        if threads != _shared_pool_threads:
+            log.warning("thread pool already shared with %d threads; ignoring %d", _shared_pool_threads, threads)
+        return
+    if _sessions_created:
+        raise RuntimeError("share_thread_pool must run before this process creates its first onnxruntime session")
+    from onnxruntime.capi.onnxruntime_pybind11_state import set_global_thread_pool_sizes
+
+    set_global_thread_pool_sizes(threads, 1)
+    _shared_pool_threads = threads
+
+
 def create_session(path: Path, providers: list[str], threads: int, memory_arena: bool = False) -> ort.InferenceSession:
+    """A session on the shared pool when share_thread_pool() ran, else on its own pool of
+    `threads` threads (0 = one per core) that sleep between nodes."""
+    global _sessions_created
     opts = ort.SessionOptions()
     # The CPU arena keeps every chunk it ever allocated and grows in steps with new batch
     # shapes; without it buffers go back to the allocator after each run, at the same speed
@@ -35,14 +67,19 @@ def create_session(path: Path, providers: list[str], threads: int, memory_arena:
     opts.enable_cpu_mem_arena = memory_arena
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.inter_op_num_threads = 1
-    if threads:
-        opts.intra_op_num_threads = threads
-    # Spinning threads burn the cores other sessions (and the event loop) need; on a small
-    # machine turning it off roughly doubled decoding throughput (ARCHITECTURE.md).
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if _shared_pool_threads is not None:
+        opts.use_per_session_threads = False
+    else:
+        opts.inter_op_num_threads = 1
+        if threads:
+            opts.intra_op_num_threads = threads
+        # Each session's own spinning threads burn the cores the other sessions (and the event
+        # loop) need; on a small machine turning it off roughly doubled decoding throughput
+        # (ARCHITECTURE.md).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    _sessions_created += 1
     return session
 
 

@@ -22,7 +22,9 @@ def wait_ready(client: TestClient, timeout: float = 30.0) -> dict:
 
 
 def make_client(model_dir: Path, **overrides) -> TestClient:
-    settings = Settings(model_dir=model_dir, threads=1, **overrides)
+    # In-process apps keep a pool per session: the shared pool is a one-time, process-wide choice
+    # that the training tests in this process (whose quantizers make their own sessions) cannot share.
+    settings = Settings(model_dir=model_dir, threads=1, **{"thread_pool": "per-session", **overrides})
     return TestClient(create_app(settings))
 
 

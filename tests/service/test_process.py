@@ -63,3 +63,22 @@ def test_logs_never_contain_the_api_key(model_dir):
         server.proc.wait(30)
     assert "POST /translate 200" in server.output and "POST /translate 403" in server.output  # requests are logged
     assert key not in server.output
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
+def test_thread_pool_setting_shares_one_pool_across_sessions(model_dir):
+    # Six sessions (two translators, two classifiers) with 2 threads each: per session, every
+    # session owns a worker thread; shared, one worker serves them all. Same translations.
+    counts, answers = {}, {}
+    for pool in ("per-session", "shared"):
+        with running_server(model_dir, "--threads", "2", env={"TRANSERVE_THREAD_POOL": pool}) as server:
+            r = httpx.post(f"{server.base}/translate", json={"q": "der hund", "source": "de", "target": "en"})
+            assert r.status_code == 200, r.text
+            answers[pool] = r.json()["translatedText"]
+            counts[pool] = _threads(server.proc.pid)
+    assert answers["shared"] == answers["per-session"]
+    assert counts["per-session"] - counts["shared"] >= 4, counts

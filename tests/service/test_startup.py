@@ -101,3 +101,17 @@ def test_memory_arena_setting_reaches_every_session(model_dir, arena):
         assert {s.get_session_options().enable_cpu_mem_arena for s in sessions} == {arena}
         r = c.post("/translate", json={"q": "ein hund", "source": "de", "target": "en"})
         assert r.status_code == 200, r.text
+
+
+def test_sharing_the_thread_pool_after_a_session_exists_is_refused(model_dir):
+    # onnxruntime would silently ignore a late global pool and run the "shared" sessions on no
+    # pool at all (one thread); refuse instead. (A process-wide choice: only checked here.)
+    from service.bundle import load_manifest
+    from service.engines import runtime
+
+    manifest = load_manifest(model_dir / "sentiment")
+    graph = model_dir / "sentiment" / manifest.graph("fp32", "classifier").file
+    runtime.create_session(graph, ["CPUExecutionProvider"], 1)
+    with pytest.raises(RuntimeError, match="before this process creates its first onnxruntime session"):
+        runtime.share_thread_pool(2)
+    assert runtime._shared_pool_threads is None
