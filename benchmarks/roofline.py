@@ -106,20 +106,25 @@ def workload_limit(cfg: dict, vocab: int, result: dict, threads: int) -> dict:
     work = result["workload"]
     rates: dict[tuple[int, int, int], float] = {}
 
-    def seconds(shapes: list[tuple[str, int, int, int, float]]) -> float:
-        total = 0.0
+    def cost(shapes: list[tuple[str, int, int, int, float]]) -> tuple[float, float]:
+        """Seconds and FLOPs of one call with these matmuls."""
+        secs = flops = 0.0
         for _, m, k, n, count in shapes:
             if (m, k, n) not in rates:
                 rates[m, k, n] = matmul_rate(m, k, n, threads, seconds=0.3)
-            total += count * 2 * m * k * n / (rates[m, k, n] * 1e9)
-        return total
+            secs += count * 2 * m * k * n / (rates[m, k, n] * 1e9)
+            flops += count * 2 * m * k * n
+        return secs, flops
 
     dec = {int(m): c for m, c in work["decoder_steps"].items()}
     enc = {tuple(int(x) for x in key.split(",")): c for key, c in work["encoder_calls"].items()}
-    dec_s = sum(c * seconds(decoder_shapes(cfg, vocab, m)) for m, c in sorted(dec.items()))
-    enc_s = sum(c * seconds(encoder_shapes(cfg, r * s)) for (r, s), c in sorted(enc.items()))
-    flops = sum(c * 2 * m * k * n * cnt for mm, c in dec.items() for _, m, k, n, cnt in decoder_shapes(cfg, vocab, mm))
-    flops += sum(c * 2 * m * k * n * cnt for (r, s), c in enc.items() for _, m, k, n, cnt in encoder_shapes(cfg, r * s))
+    dec_s = enc_s = flops = 0.0
+    for m, c in sorted(dec.items()):
+        secs, f = cost(decoder_shapes(cfg, vocab, m))
+        dec_s, flops = dec_s + c * secs, flops + c * f
+    for (r, s_len), c in sorted(enc.items()):
+        secs, f = cost(encoder_shapes(cfg, r * s_len))
+        enc_s, flops = enc_s + c * secs, flops + c * f
     limit_s = dec_s + enc_s
     tokens = result["tokens"]
     return {

@@ -125,6 +125,25 @@ class _Residual:
         return self._norm(self.x, final_norm) if self.pre_norm else self.x
 
 
+def _weights(model: Seq2SeqTransformer) -> dict[str, np.ndarray]:
+    return {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def _self_attention_inputs(
+    g: _Builder, w: dict[str, np.ndarray], a: str, hid: str, d: int, seq_axis: str | None = None
+) -> list[str]:
+    """Self-attention `a`'s Q, K and V projections as one matmul, split apart, and their packed
+    bias (which MultiHeadAttention adds itself): [q, k, v, bias]. `seq_axis` first inserts the
+    sequence axis the attention op wants (a decoder step's hidden state is 2-D)."""
+    qkv_w = np.concatenate([w[f"{a}.{t}_proj.weight"] for t in "qkv"])  # (3D, D)
+    qkv_b = np.concatenate([w[f"{a}.{t}_proj.bias"] for t in "qkv"])
+    qkv = g.linear(hid, qkv_w, None, f"{a}.qkv")
+    if seq_axis is not None:
+        (qkv,) = g.op("Unsqueeze", [qkv, seq_axis])
+    q, k, v = g.op("Split", [qkv, g.const(f"{a}.split", np.array([d, d, d], np.int64))], n_out=3, axis=-1)
+    return [q, k, v, g.const(f"{a}.qkv_bias", qkv_b)]
+
+
 def _ffn(g: _Builder, w: dict[str, np.ndarray], hid: str, f: str) -> str:
     up = g.linear(hid, w[f"{f}.linear1.weight"], w[f"{f}.linear1.bias"], f"{f}.linear1")
     (up,) = g.op("Relu", [up])
@@ -134,7 +153,7 @@ def _ffn(g: _Builder, w: dict[str, np.ndarray], hid: str, f: str) -> str:
 def build_encoder(model: Seq2SeqTransformer) -> onnx.ModelProto:
     """The encoder (eval mode) and every decoder layer's cross-attention keys and values."""
     cfg = model.cfg
-    w = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    w = _weights(model)
     pe = model.encoder.pos.pe.detach().cpu().numpy().astype(np.float32)
     g = _Builder()
     n, h, d, ld = cfg.n_heads, cfg.d_head, cfg.d_model, cfg.n_decoder_layers
@@ -155,11 +174,7 @@ def build_encoder(model: Seq2SeqTransformer) -> onnx.ModelProto:
         p = f"encoder.layers.{i}"
 
         def self_attention(hid: str, a: str = f"{p}.self_attn") -> str:
-            qkv_w = np.concatenate([w[f"{a}.{t}_proj.weight"] for t in "qkv"])  # (3D, D)
-            qkv_b = np.concatenate([w[f"{a}.{t}_proj.bias"] for t in "qkv"])
-            qkv = g.linear(hid, qkv_w, None, f"{a}.qkv")  # (B, S, 3D)
-            q, k, v = g.op("Split", [qkv, g.const(f"{a}.split", np.array([d, d, d], np.int64))], n_out=3, axis=-1)
-            bias = g.const(f"{a}.qkv_bias", qkv_b)
+            q, k, v, bias = _self_attention_inputs(g, w, a, hid, d)
             (ctx,) = g.op("MultiHeadAttention", [q, k, v, bias, key_mask], num_heads=n)
             return g.linear(ctx, w[f"{a}.out_proj.weight"], w[f"{a}.out_proj.bias"], f"{a}.out")
 
@@ -188,7 +203,7 @@ def build_encoder(model: Seq2SeqTransformer) -> onnx.ModelProto:
 def build_decoder_step(model: Seq2SeqTransformer) -> onnx.ModelProto:
     """One greedy decoding step of `model` (eval mode: no dropout) as an ONNX model."""
     cfg = model.cfg
-    w = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    w = _weights(model)
     pe = model.decoder.pos.pe.detach().cpu().numpy()
     g = _Builder()
     n, h, d = cfg.n_heads, cfg.d_head, cfg.d_model
@@ -213,14 +228,10 @@ def build_decoder_step(model: Seq2SeqTransformer) -> onnx.ModelProto:
 
         def self_attention(hid: str, p: str = p, i: int = i) -> str:
             a = f"{p}.self_attn"
-            qkv_w = np.concatenate([w[f"{a}.{t}_proj.weight"] for t in "qkv"])  # (3D, D)
-            qkv_b = np.concatenate([w[f"{a}.{t}_proj.bias"] for t in "qkv"])
-            qkv = g.linear(hid, qkv_w, None, f"{a}.qkv")
-            (qkv,) = g.op("Unsqueeze", [qkv, axis1])  # (B, 1, 3D): attention wants a sequence axis
-            q, k, v = g.op("Split", [qkv, g.const(f"{a}.split", np.array([d, d, d], np.int64))], n_out=3, axis=-1)
+            q, k, v, bias = _self_attention_inputs(g, w, a, hid, d, seq_axis=axis1)  # (B, 1, D) each
             (ctx, _, _) = g.op(
                 "MultiHeadAttention",
-                [q, k, v, g.const(f"{a}.qkv_bias", qkv_b), "", "", f"past_k.{i}", f"past_v.{i}"],
+                [q, k, v, bias, "", "", f"past_k.{i}", f"past_v.{i}"],
                 out=[f"{a}.context", f"present_k.{i}", f"present_v.{i}"],
                 num_heads=n,
             )
