@@ -67,6 +67,10 @@ class Manifest:
     files: dict[str, str]  # file name -> sha256
     source_lang: str = ""
     target_lang: str = ""
+    # A multilingual translation bundle lists its directions ("de-en", ...) instead of one
+    # source/target; with target_tags its sources start with the target's tag (tag_source).
+    directions: list[str] = field(default_factory=list)
+    target_tags: bool = False
     labels: list[str] = field(default_factory=list)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)
@@ -76,10 +80,38 @@ class Manifest:
     def graph(self, variant: str, role: str) -> GraphSpec:
         return self.variants[variant][role]
 
+    def pairs(self) -> list[tuple[str, str]]:
+        """The (source, target) language pairs a translation bundle serves."""
+        if self.directions:
+            return [split_direction(d) for d in self.directions]
+        return [(self.source_lang, self.target_lang)] if self.task == "translation" else []
+
+    def model_input(self, text: str, target: str) -> str:
+        """The text the model is given to translate `text` into `target`."""
+        return tag_source(text, target) if self.target_tags else text
+
     def to_json(self) -> str:
         from dataclasses import asdict
 
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+
+def target_tag(lang: str) -> str:
+    """The source prefix asking a multilingual model for target language `lang` (Johnson et
+    al. 2017): one SentencePiece piece, a user-defined symbol of the bundle's tokenizer. The
+    training job tags its sources with the same function."""
+    return f"<2{lang}>"
+
+
+def tag_source(text: str, target: str) -> str:
+    return f"{target_tag(target)} {text}"
+
+
+def split_direction(direction: str) -> tuple[str, str]:
+    src, sep, tgt = direction.partition("-")
+    if not (sep and src and tgt) or "-" in tgt:
+        raise ValueError(f"direction {direction!r} must look like 'de-en'")
+    return src, tgt
 
 
 REQUIRED_GRAPHS = {"translation": ("encoder", "decoder"), "classification": ("classifier",)}
@@ -109,8 +141,16 @@ def parse_manifest(raw: dict[str, Any], where: str = MANIFEST) -> Manifest:
     task = raw["task"]
     if task not in TASKS:
         problems.append(f"task {task!r} is not one of {TASKS}")
-    if task == "translation" and not (raw.get("source_lang") and raw.get("target_lang")):
-        problems.append("translation needs source_lang and target_lang")
+    directions = raw.get("directions") or []
+    if task == "translation" and not directions and not (raw.get("source_lang") and raw.get("target_lang")):
+        problems.append("translation needs source_lang and target_lang, or directions")
+    for d in directions:
+        try:
+            split_direction(d)
+        except ValueError as e:
+            problems.append(str(e))
+    if len({d.partition("-")[2] for d in directions}) > 1 and not raw.get("target_tags"):
+        problems.append("directions with several target languages need target_tags")
     if task == "classification" and len(raw.get("labels") or []) < 2:
         problems.append("classification needs >= 2 labels")
     for key in ("pad", "unk", "bos", "eos"):

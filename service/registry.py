@@ -14,6 +14,8 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+PIVOT = "en"  # the language pairs without a direct model are translated through
+
 
 class ModelDirError(Exception):
     """The model directory is missing or holds no bundle: the service cannot start."""
@@ -43,6 +45,20 @@ class Registry:
 
     def translators(self) -> dict[str, Translator]:
         return {n: m.engine for n, m in self.models.items() if isinstance(m.engine, Translator)}
+
+    def route(self, source: str, target: str) -> list[tuple[str, str, str]] | None:
+        """The translation steps (model, source, target) from `source` to `target`: the direct
+        model, else through English (zh->de = zh->en, en->de); None if neither exists."""
+        if (source, target) in self.pairs:
+            return [(self.pairs[(source, target)], source, target)]
+        if PIVOT not in (source, target) and (source, PIVOT) in self.pairs and (PIVOT, target) in self.pairs:
+            return [(self.pairs[(source, PIVOT)], source, PIVOT), (self.pairs[(PIVOT, target)], PIVOT, target)]
+        return None
+
+    def targets(self) -> dict[str, set[str]]:
+        """Every language a source can reach, directly or through English."""
+        langs = {lang for pair in self.pairs for lang in pair}
+        return {s: {t for t in langs if t != s and self.route(s, t)} for s in langs}
 
     def classifiers(self) -> dict[str, Classifier]:
         return {n: m.engine for n, m in self.models.items() if isinstance(m.engine, Classifier)}
@@ -78,9 +94,7 @@ def load_registry(settings: Settings) -> Registry:
                 loaded.engine.variant,
                 loaded.engine.provider,
             )
-            m = loaded.manifest
-            if m.task == "translation":
-                pair = (m.source_lang, m.target_lang)
+            for pair in loaded.manifest.pairs():
                 if pair in registry.pairs:
                     log.warning(
                         "%s and %s both translate %s->%s; using %s",

@@ -112,9 +112,31 @@ def cmd_release(args) -> int:
     cfg = _config(args)
     out = Path(args.out) if args.out else Path("model") / cfg.name
     report = release(
-        cfg, _run_dir(args, cfg), out, force=args.force, device=args.device, keep_all_variants=args.keep_all_variants
+        cfg,
+        _run_dir(args, cfg),
+        out,
+        force=args.force,
+        device=args.device,
+        keep_all_variants=args.keep_all_variants,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
     )
     print(json.dumps(report, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_average(args) -> int:
+    """Average the last N snapshots (step<N>.pt) or epoch checkpoints of a run into one."""
+    from training.train import average_checkpoints
+
+    cfg = _config(args)
+    run_dir = _run_dir(args, cfg)
+    found = sorted(run_dir.glob(f"{args.kind}*.pt"), key=lambda p: int(p.stem[len(args.kind) :]))
+    if len(found) < 2:
+        raise FileNotFoundError(f"{run_dir} holds {len(found)} {args.kind}<N>.pt checkpoints; averaging needs 2")
+    picked = found[-args.last :]
+    out = Path(args.out) if args.out else run_dir / "averaged.pt"
+    average_checkpoints(picked, out)
+    print(json.dumps({"averaged": [p.name for p in picked], "out": str(out)}))
     return 0
 
 
@@ -197,7 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="overwrite an existing bundle")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--keep-all-variants", action="store_true", help="keep every variant's graphs")
+    r.add_argument("--checkpoint", help="release this checkpoint as it is, without training")
     r.set_defaults(func=cmd_release)
+
+    a = with_config(sub.add_parser("average", help="average a run's last N snapshots into one checkpoint"))
+    a.add_argument("--last", type=int, default=5)
+    a.add_argument("--kind", default="step", choices=["step", "epoch"], help="step<N>.pt snapshots or epoch<N>.pt")
+    a.add_argument("--out", help="default <run-dir>/averaged.pt")
+    a.set_defaults(func=cmd_average)
 
     mt = sub.add_parser("models-table", help="print the README's model table from model/*/manifest.json")
     mt.add_argument("--model-dir", default="model")

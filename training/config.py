@@ -28,11 +28,21 @@ class DataConfig:
     valid_split: str = "val"
     test_splits: tuple[str, ...] = ()  # evaluated at release (classification: e.g. valid_short)
     max_tokens_per_sentence: int = 128
+    # Multilingual translation: parallel sets, one per line "<a>-<b> <dir> <split> [repeat=N]
+    # [limit=N]" (files <dir>/<split>.<a|b>[.gz]); each is used in every listed direction
+    # between a and b. With target_tags, the source starts with the tag <2xx> of its target.
+    directions: tuple[str, ...] = ()
+    train_sets: tuple[str, ...] = ()
+    valid_sets: tuple[str, ...] = ()
+    target_tags: bool = False
+    # Named evaluation sets for release (data.test_splits names them): "NAME a-b DIR SPLIT [limit=N]"
+    eval_sets: tuple[str, ...] = ()
     max_length_ratio: float = 3.0
     # classification: TSV files `sentence<TAB>label` with a header
     train_file: str = "train.tsv.gz"
     valid_file: str = "dev.tsv.gz"
     labels: tuple[str, ...] = ()
+    label_aliases: tuple[str, ...] = ()  # "file_label=label": names in the data for a label
     # language identification: each label's text comes from monolingual files
     # ("<dir>/<split>.<lang>.gz" of several corpora); see training.data.load_langid
     langid_sources: tuple[str, ...] = ()
@@ -61,6 +71,7 @@ class TrainConfig:
     epochs: int = 20
     max_steps: int = 0  # 0 = no limit
     checkpoint_every: int = 500  # steps
+    snapshot_every: int = 0  # steps; > 0: also keep step<N>.pt (no optimizer) for averaging
     patience: int = 5  # epochs without improvement of the validation metric; 0 = never stop
     average_last: int = 0  # average the last N epoch checkpoints at the end; 0 = off
     valid_bleu_sentences: int = 0  # 0 = the whole validation split
@@ -89,8 +100,13 @@ class RunConfig:
         problems = []
         if self.task not in TASKS:
             problems.append(f"task={self.task!r} must be one of {TASKS}")
-        if self.task == "translation" and not (self.data.source_lang and self.data.target_lang):
-            problems.append("translation needs data.source_lang and data.target_lang")
+        multilingual = bool(self.data.directions)
+        if self.task == "translation" and not multilingual and not (self.data.source_lang and self.data.target_lang):
+            problems.append("translation needs data.source_lang and data.target_lang (or data.directions)")
+        if multilingual and not (self.data.train_sets and self.data.valid_sets):
+            problems.append("data.directions needs data.train_sets and data.valid_sets")
+        if len(set(d.split("-")[1] for d in self.data.directions if "-" in d)) > 1 and not self.data.target_tags:
+            problems.append("several target languages need data.target_tags = true")
         if self.task in ("classification", "pretrain") and len(self.data.labels) < 2:
             problems.append(f"classification needs >= 2 data.labels, got {list(self.data.labels)}")
         for bad in ("vocab_size", "n_classes"):

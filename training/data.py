@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.bundle import sha256_file
+from service.bundle import sha256_file, tag_source
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +224,63 @@ def load_parallel(data_dir: Path, split: str, src: str, tgt: str) -> list[tuple[
     return list(zip(sources, targets))
 
 
-def load_tsv(path: Path, labels: Sequence[str]) -> list[tuple[str, int]]:
+@dataclass(frozen=True)
+class ParallelSet:
+    """One line of data.train_sets / data.valid_sets: ``a-b DIR SPLIT [repeat=N] [limit=N]``."""
+
+    langs: tuple[str, str]
+    dir: Path
+    split: str
+    repeat: int = 1
+    limit: int = 0
+
+    @classmethod
+    def parse(cls, spec: str) -> ParallelSet:
+        fields = spec.split()
+        if len(fields) < 3 or fields[0].count("-") != 1:
+            raise ValueError(f"parallel set {spec!r} must look like 'de-en DIR SPLIT [repeat=N] [limit=N]'")
+        a, b = fields[0].split("-")
+        options: dict[str, int] = {}
+        for opt in fields[3:]:
+            key, _, value = opt.partition("=")
+            if key not in ("repeat", "limit") or not value.isdigit():
+                raise ValueError(f"parallel set {spec!r}: unknown option {opt!r} (repeat=N, limit=N)")
+            options[key] = int(value)
+        return cls((a, b), Path(fields[1]), fields[2], **options)
+
+
+def load_directions(sets: Sequence[str], directions: Sequence[str], tags: bool) -> list[tuple[str, str, str]]:
+    """(source, target, direction) rows of every set in every listed direction between its two
+    languages; the source carries its target's tag when `tags`. A set matching no direction
+    is an error (a typo would silently drop data)."""
+    wanted = [tuple(d.split("-")) for d in directions]
+    rows: list[tuple[str, str, str]] = []
+    for spec in sets:
+        ps = ParallelSet.parse(spec)
+        used = [(s, t) for s, t in wanted if {s, t} == set(ps.langs)]
+        if not used:
+            raise ValueError(f"parallel set {spec!r} matches none of the directions {list(directions)}")
+        pairs = load_parallel(ps.dir, ps.split, *ps.langs)
+        pairs = [p for p in pairs if p[0] and p[1]]
+        if ps.limit:
+            pairs = pairs[: ps.limit]
+        for s, t in used:
+            oriented = pairs if (s, t) == ps.langs else [(b, a) for a, b in pairs]
+            for src, tgt in oriented * ps.repeat:
+                rows.append((tag_source(src, t) if tags else src, tgt, f"{s}-{t}"))
+    return rows
+
+
+def load_tsv(path: Path, labels: Sequence[str], aliases: Sequence[str] = ()) -> list[tuple[str, int]]:
     """Rows of a `sentence<TAB>label` TSV with a header. Labels may be written as their index
-    (0, 1, ...) or their name from `labels`."""
+    (0, 1, ...), their name from `labels`, or a name that `aliases` (``file_label=label``) maps
+    to one (e.g. Tatoeba's ``deu=de``)."""
     index = {name: i for i, name in enumerate(labels)} | {str(i): i for i in range(len(labels))}
+    for alias in aliases:
+        raw, _, name = alias.partition("=")
+        if name not in labels:
+            raise ValueError(f"label alias {alias!r}: {name!r} is not in labels")
+        index[raw] = labels.index(name)
     rows = []
     with open_text(path) as f:
         header = f.readline().rstrip("\n").split("\t")

@@ -370,6 +370,8 @@ def export_bundle(
             files={},
             source_lang=cfg.data.source_lang,
             target_lang=cfg.data.target_lang,
+            directions=list(cfg.data.directions),
+            target_tags=cfg.data.target_tags,
             labels=list(cfg.data.labels),
             training={"config": cfg.to_dict(), **(training_info or {})},
             data={

@@ -10,6 +10,7 @@ import random
 import shlex
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,12 @@ def evaluate_bundle(
             for i, h in zip(chunk, engine.translate([sources[i] for i in chunk])):
                 hyps[i] = h
         seconds = time.perf_counter() - t0
-        metrics = translation_metrics(hyps, [r[1] for r in rows], cfg.data.target_lang)
+        if cfg.data.directions:  # multilingual: each direction's metrics, selected on their mean
+            per = task.by_direction(split, hyps, [r[1] for r in rows])
+            metrics = {"bleu": round(sum(m["bleu"] for m in per.values()) / len(per), 2), "per_direction": per}
+            metrics["direction_sentences"] = dict(Counter(task.row_directions[split]))
+        else:
+            metrics = translation_metrics(hyps, [r[1] for r in rows], cfg.data.target_lang)
         metrics["examples"] = [
             {"source": s, "hypothesis": h, "reference": r[1]} for s, h, r in list(zip(sources, hyps, rows))[:5]
         ]
@@ -148,16 +154,25 @@ def release(
     force: bool = False,
     device: str = "auto",
     keep_all_variants: bool = False,
+    checkpoint: Path | None = None,
 ) -> dict[str, Any]:
+    """Train (or resume) `cfg` in `run_dir`, then export, evaluate and document the bundle in
+    `out_dir`. With `checkpoint`, release that checkpoint as it is, without training (e.g. an
+    average of snapshots: `python -m training average`)."""
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise FileExistsError(f"{out_dir} exists; pass --force to overwrite it")
-    summary = train(cfg, run_dir, resume=(run_dir / "last.pt").exists(), device=device)
-    if summary.get("interrupted"):
-        raise InterruptedError(f"training of {cfg.name} was interrupted; run the same command again to resume")
     metric = "bleu" if cfg.task == "translation" else "accuracy"
-    best, averaged = summary[f"best_valid_{metric}"], summary.get(f"averaged_valid_{metric}")
-    ckpt = run_dir / ("averaged.pt" if averaged is not None and averaged > best else "best.pt")
-    log.info("release %s from %s (valid %s: best %s, averaged %s)", cfg.name, ckpt.name, metric, best, averaged)
+    if checkpoint is None:
+        summary = train(cfg, run_dir, resume=(run_dir / "last.pt").exists(), device=device)
+        if summary.get("interrupted"):
+            raise InterruptedError(f"training of {cfg.name} was interrupted; run the same command again to resume")
+        best, averaged = summary[f"best_valid_{metric}"], summary.get(f"averaged_valid_{metric}")
+        ckpt = run_dir / ("averaged.pt" if averaged is not None and averaged > best else "best.pt")
+        log.info("release %s from %s (valid %s: best %s, averaged %s)", cfg.name, ckpt.name, metric, best, averaged)
+    else:
+        ckpt = checkpoint
+        summary = checkpoint_summary(ckpt, run_dir / "last.pt")
+        log.info("release %s from the given checkpoint %s, without training", cfg.name, ckpt)
     model = model_from_checkpoint(ckpt)
     task = make_task(cfg, Tokenizer(run_dir / TOKENIZER_FILE))
     valid_split = split_names(cfg)[1]
@@ -178,25 +193,23 @@ def release(
     served = choose_variant(valid, metric)
     tests = list(cfg.data.test_splits)
     results = [valid[v] for v in valid]
+    # Every variant on every split; a multilingual model's many sets: fp32 and the served one.
+    scored = [v for v in manifest.variants if not cfg.data.directions or v in ("fp32", served)]
     for split in tests:
-        results += [evaluate_bundle(out_dir, cfg, split, v) for v in manifest.variants]
+        results += [evaluate_bundle(out_dir, cfg, split, v) for v in scored]
     cmd = command_line()
     metrics = []
     for r in results:
         names = ("bleu", "chrf", "bleu_lc_tok") if cfg.task == "translation" else ("accuracy", "macro_f1")
-        for name in names:
-            if name in r:
-                sig = r.get(f"{name}_signature") or r.get(f"{name}_method", "")
-                metrics.append(
-                    {
-                        "name": name,
-                        "split": r["split"],
-                        "variant": r["variant"],
-                        "value": r[name],
-                        "signature": sig,
-                        "command": cmd,
-                    }
-                )
+        scopes = [(d, m) for d, m in r["per_direction"].items()] if "per_direction" in r else [("", r)]
+        for direction, scores in scopes:
+            for name in names:
+                if name in scores:
+                    sig = scores.get(f"{name}_signature") or scores.get(f"{name}_method", "")
+                    row = {"name": name, "split": r["split"], "variant": r["variant"], "value": scores[name]}
+                    metrics.append(
+                        {**row, **({"direction": direction} if direction else {}), "signature": sig, "command": cmd}
+                    )
         metrics.append(
             {
                 "name": "sentences_per_s",
@@ -263,6 +276,21 @@ def plot_confusion(result: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def checkpoint_summary(ckpt: Path, last: Path) -> dict[str, Any]:
+    """What a release from a given checkpoint says of its training: the run's state in `last`
+    (steps, epochs, time, validation history), and the checkpoint's own averaging."""
+    state = load_checkpoint(last)["state"] if last.exists() else {}
+    own = load_checkpoint(ckpt)
+    history = state.get("history", [])
+    return {
+        "steps": state.get("step"),
+        "epochs": state.get("epoch"),
+        "train_seconds": round(state.get("train_seconds", 0.0), 1),
+        "valid_history": history,
+        "averaged_from": own.get("averaged_from", []),
+    }
+
+
 def trained_threads(ckpt: Path) -> int:
     return int(load_checkpoint(ckpt)["run_config"]["train"].get("threads", 0))
 
@@ -281,7 +309,12 @@ def hardware(threads: int = 0) -> str:
 def model_card(manifest, results: list[dict[str, Any]], parity: dict[str, Any], cfg: RunConfig) -> str:
     m, t = manifest.model, manifest.training
     lines = [f"# {manifest.name} ({manifest.task}, v{manifest.version})", ""]
-    if manifest.task == "translation":
+    if manifest.task == "translation" and manifest.directions:
+        lines.append(
+            f"Translates **{', '.join(manifest.directions)}** with greedy decoding: one multilingual model, "
+            "the target language chosen by a tag `<2xx>` before the source."
+        )
+    elif manifest.task == "translation":
         lines.append(f"Translates **{manifest.source_lang} -> {manifest.target_lang}** with greedy decoding.")
     else:
         lines.append(f"Classifies text into: {', '.join(manifest.labels)}.")
@@ -314,8 +347,25 @@ def model_card(manifest, results: list[dict[str, Any]], parity: dict[str, Any], 
     for r in results:
         for name in ("bleu", "bleu_lc_tok", "chrf", "accuracy", "macro_f1", "sentences_per_s", "batch_invariant"):
             if name in r:
-                lines.append(f"| {r['split']} | {r['variant']} | {name} | {r[name]} |")
+                label = "bleu (mean of directions)" if name == "bleu" and "per_direction" in r else name
+                lines.append(f"| {r['split']} | {r['variant']} | {label} | {r[name]} |")
+    directed = [r for r in results if "per_direction" in r]
+    if directed:
+        lines += [
+            "",
+            "Per direction (sacreBLEU cased detokenized / chrF):",
+            "",
+            "| split | variant | direction | sentences | BLEU | chrF |",
+            "|---|---|---|---|---|---|",
+        ]
+        counts = {r["split"]: r.get("direction_sentences", {}) for r in directed}
+        for r in directed:
+            for d, m in r["per_direction"].items():
+                n = counts[r["split"]].get(d, "")
+                lines.append(f"| {r['split']} | {r['variant']} | {d} | {n} | {m['bleu']} | {m['chrf']} |")
     sigs = {r.get("bleu_signature") for r in results if r.get("bleu_signature")}
+    sigs |= {m.get("bleu_signature") for r in directed for m in r["per_direction"].values()}
+    sigs.discard(None)
     if sigs:
         lines += ["", "sacreBLEU signatures: " + "; ".join(f"`{s}`" for s in sorted(sigs))]
     labelled = [r for r in results if r.get("per_label_accuracy")]

@@ -28,8 +28,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from service.bundle import target_tag
 from training.config import RunConfig
-from training.data import load_langid, load_parallel, load_tsv, short_spans, token_batches
+from training.data import (
+    load_directions,
+    load_langid,
+    load_parallel,
+    load_tsv,
+    short_spans,
+    token_batches,
+)
 from training.evaluate import (
     classification_metrics,
     classify,
@@ -58,9 +66,14 @@ class TranslationTask:
     def __init__(self, cfg: RunConfig, tokenizer: Tokenizer) -> None:
         self.cfg, self.tok = cfg, tokenizer
         self.data_dir = Path(cfg.data.dir)
+        self.row_directions: dict[str, list[str]] = {}  # multilingual: each raw row's direction
 
     def raw(self, split: str) -> list[tuple[str, str]]:
         d = self.cfg.data
+        if d.directions:  # multilingual: the sets of the config, every direction, tagged
+            rows = load_directions(self.sets(split), d.directions, d.target_tags)
+            self.row_directions[split] = [r[2] for r in rows]
+            return [(r[0], r[1]) for r in rows]
         return load_parallel(self.data_dir, split, d.source_lang, d.target_lang)
 
     def encode(
@@ -82,6 +95,27 @@ class TranslationTask:
                 continue
             out.append((s[: limit - 1] + [eos], t[: limit - 1]))
         return out
+
+    def sets(self, split: str) -> tuple[str, ...]:
+        """A multilingual config's parallel sets for `split`: train, valid, or a named eval set."""
+        d = self.cfg.data
+        if split == d.train_split:
+            return d.train_sets
+        if split == d.valid_split:
+            return d.valid_sets
+        named = tuple(line.split(None, 1)[1] for line in d.eval_sets if line.split(None, 1)[0] == split)
+        if not named:
+            known = sorted({line.split(None, 1)[0] for line in d.eval_sets})
+            raise ValueError(f"no set named {split!r}: splits are {d.train_split}, {d.valid_split}, {known}")
+        return named
+
+    def by_direction(self, split: str, hyps: list[str], refs: list[str]) -> dict[str, dict[str, Any]]:
+        """Metrics of each direction of a multilingual split (rows as `raw(split)` gave them)."""
+        per: dict[str, tuple[list[str], list[str]]] = {}
+        for hyp, ref, direction in zip(hyps, refs, self.row_directions[split]):
+            per.setdefault(direction, ([], []))[0].append(hyp)
+            per[direction][1].append(ref)
+        return {k: translation_metrics(h, r, k.split("-")[1]) for k, (h, r) in sorted(per.items())}
 
     @staticmethod
     def length(example: tuple[list, list]) -> int:
@@ -109,7 +143,13 @@ class TranslationTask:
     def validate(self, model: nn.Module, raw: list, device: torch.device) -> dict[str, Any]:
         limit = self.cfg.train.valid_bleu_sentences or len(raw)
         hyps = translate(model, self.tok, [p[0] for p in raw[:limit]], device=device)
-        return translation_metrics(hyps, [p[1] for p in raw[:limit]], self.cfg.data.target_lang)
+        if not self.cfg.data.directions:
+            return translation_metrics(hyps, [p[1] for p in raw[:limit]], self.cfg.data.target_lang)
+        # Multilingual: BLEU per direction; the model is selected on their mean.
+        per = self.by_direction(self.cfg.data.valid_split, hyps, [p[1] for p in raw[:limit]])
+        scores = {k: m["bleu"] for k, m in per.items()}
+        log.info("valid BLEU per direction: %s", scores)
+        return {"bleu": round(sum(scores.values()) / len(scores), 2), "per_direction": scores}
 
 
 class ClassificationTask:
@@ -132,7 +172,7 @@ class ClassificationTask:
                 rows = _balanced_sample(rows, d.langid_valid_per_label, seed=seed)
         else:
             name = {"train": d.train_file, "valid": d.valid_file}.get(split, split)
-            rows = load_tsv(Path(d.dir) / name, d.labels)
+            rows = load_tsv(Path(d.dir) / name, d.labels, d.label_aliases)
         if split == "train" and d.short_span_fraction:
             rng = random.Random(seed)
             rows = rows + short_spans(rng.sample(rows, int(len(rows) * d.short_span_fraction)), seed)
@@ -251,6 +291,11 @@ def split_names(cfg: RunConfig) -> tuple[str, str]:
 
 def tokenizer_texts(cfg: RunConfig) -> list[str]:
     """The training texts the tokenizer is learned from (train split only, both sides)."""
+    if cfg.task == "translation" and cfg.data.directions:
+        d = cfg.data
+        once = [" ".join(f for f in spec.split() if not f.startswith("repeat=")) for spec in d.train_sets]
+        rows = load_directions(once, d.directions, tags=False)
+        return list(dict.fromkeys(t for r in rows for t in r[:2]))  # each text once
     if cfg.task == "translation":
         d = cfg.data
         pairs = load_parallel(Path(d.dir), d.train_split, d.source_lang, d.target_lang)
@@ -263,7 +308,15 @@ def prepare_tokenizer(cfg: RunConfig, run_dir: Path, force: bool = False) -> Tok
     path = run_dir / TOKENIZER_FILE
     if force or not path.exists():
         t = cfg.tokenizer
-        train_tokenizer(tokenizer_texts(cfg), path, t.vocab_size, t.model_type, t.character_coverage)
+        tags = [target_tag(d.split("-")[1]) for d in cfg.data.directions] if cfg.data.target_tags else []
+        train_tokenizer(
+            tokenizer_texts(cfg),
+            path,
+            t.vocab_size,
+            t.model_type,
+            t.character_coverage,
+            user_defined_symbols=list(dict.fromkeys(tags)),
+        )
         log.info("trained tokenizer %s (%d pieces)", path, Tokenizer(path).vocab_size)
     return Tokenizer(path)
 
@@ -531,6 +584,12 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
             if state["step"] % tc.checkpoint_every == 0:
                 state["train_seconds"] = seconds_before + elapsed
                 checkpoint(last_path)
+            if tc.snapshot_every and state["step"] % tc.snapshot_every == 0 and dd.main:
+                # weights only, for averaging the last few (average_checkpoints)
+                _save(
+                    {"model_config": mcfg.to_dict(), "run_config": cfg.to_dict(), "model": model.state_dict()},
+                    run_dir / f"step{state['step']}.pt",
+                )
             if state["step"] >= max_steps or interrupted.requested:
                 break
         bar.close()

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from service.errors import ServiceError, bad_request
-from service.languages import name
+from service.languages import name, translation_code
 from service.routes.common import check_limits, guard, parse_body, ready_state, run_batched
 from service.schemas import (
     DetectedLanguage,
@@ -46,17 +46,26 @@ def _supported(state: ServiceState) -> str:
 
 
 async def detect_languages(state: ServiceState, texts: list[str]) -> list[list[DetectedLanguage]]:
-    """Each text's languages, most likely first, confidence 0-100."""
+    """Each text's languages among those the service translates from, most likely first,
+    confidence 0-100. The language-identification model knows many more (`/classify` with
+    model=langid gives them all); its labels for scripts of one language (zh-Hans, zh-Hant)
+    count for that language."""
     langid = state.settings.langid_model
     registry = state.registry
     if registry is None or langid not in registry.classifiers():
         raise ServiceError(501, "language detection is not available (no langid model loaded)")
     labels = registry.classifiers()[langid].labels
+    sources = {s for s, _ in registry.pairs}
     probs = await run_batched(state, langid, texts)
     out = []
     for p in probs:
-        order = sorted(range(len(labels)), key=lambda k: -p[k])
-        out.append([DetectedLanguage(language=labels[k], confidence=round(float(p[k]) * 100, 2)) for k in order])
+        scores: dict[str, float] = {}
+        for k, label in enumerate(labels):
+            code = translation_code(label)
+            if code in sources:
+                scores[code] = scores.get(code, 0.0) + float(p[k])
+        order = sorted(scores, key=lambda c: -scores[c])
+        out.append([DetectedLanguage(language=c, confidence=round(min(scores[c], 1.0) * 100, 2)) for c in order])
     return out
 
 
@@ -77,8 +86,8 @@ async def translate(request: Request) -> TranslateResponse:
     source, target = body.source.lower(), body.target.lower()
     registry = state.registry
     assert registry is not None
-    known_targets = {t for _, t in registry.pairs} | {s for s, _ in registry.pairs}
-    if target not in known_targets:
+    reachable = registry.targets()
+    if not any(target in t for t in reachable.values()):
         raise bad_request(f"unsupported target language {target!r}; supported pairs: {_supported(state)}")
     detected: list[DetectedLanguage] | None = None
     if source == "auto":
@@ -86,22 +95,26 @@ async def translate(request: Request) -> TranslateResponse:
         sources = [d.language for d in detected]
     else:
         sources = [source] * len(texts)
-    for src in set(sources):
-        if src != target and (src, target) not in registry.pairs:
+    routes = {src: registry.route(src, target) for src in set(sources) if src != target}
+    for src, route in routes.items():
+        if route is None:
             raise bad_request(f"unsupported language pair {src}->{target}; supported pairs: {_supported(state)}")
 
-    # Split every text into sentences; translate all pieces of one pair as one submission.
+    # Split every text into sentences; translate all pieces of one source language as one
+    # submission per step (two steps through English where there is no direct model).
     results = list(texts)
-    for src in set(sources):
-        if src == target:
-            continue
-        model = registry.pairs[(src, target)]
-        engine = registry.translators()[model]
-        limit = engine.max_len - 2
+    for src, route in routes.items():
+        assert route is not None
         idx = [i for i, s in enumerate(sources) if s == src]
+        engine = registry.translators()[route[0][0]]
+        limit = engine.max_len - 3  # room for </s> and a target tag
         segmented = [split_text(texts[i], limit, engine.n_tokens) for i in idx]
         pieces = [seg.text for segs in segmented for seg in segs if seg.text]
-        translated = iter(await run_batched(state, model, pieces))
+        for model, _, tgt in route:
+            manifest = registry.models[model].manifest
+            assert manifest is not None
+            pieces = await run_batched(state, model, [manifest.model_input(p, tgt) for p in pieces])
+        translated = iter(pieces)
         for i, segs in zip(idx, segmented):
             outs = [next(translated) if seg.text else "" for seg in segs]
             results[i] = join_segments(segs, outs, target)
@@ -127,10 +140,8 @@ async def detect(request: Request) -> list[DetectedLanguage]:
 
 @router.get("/languages", response_model=list[Language], summary="Languages and their targets")
 async def languages(request: Request) -> list[Language]:
+    """Every source language with every target it reaches, directly or through English."""
     state = ready_state(request)
     assert state.registry is not None
-    targets: dict[str, set[str]] = {}
-    for src, tgt in state.registry.pairs:
-        targets.setdefault(src, set()).add(tgt)
-        targets.setdefault(tgt, set())
+    targets = state.registry.targets()
     return [Language(code=c, name=name(c), targets=sorted(t)) for c, t in sorted(targets.items())]

@@ -1,0 +1,61 @@
+"""A multilingual bundle behind the API: its directions become pairs, its sources get the
+target tag, and pairs without a model go through English in one request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.bundle import load_manifest
+from service.engines.runtime import resolve_providers
+from service.engines.translator import Translator
+from service.registry import Registry
+from tests.service.conftest import make_client, wait_ready
+from tests.training.test_multilingual import make_multilingual, multilingual_config
+
+
+@pytest.fixture(scope="module")
+def multi_dir(tmp_path_factory) -> Path:
+    import torch
+
+    from training.export import export_bundle
+    from training.train import TOKENIZER_FILE, make_task, model_config, prepare_tokenizer
+    from training.transformer import build_model
+
+    root = tmp_path_factory.mktemp("multi")
+    cfg = multilingual_config(make_multilingual(root / "data"))
+    tok = prepare_tokenizer(cfg, root / "run")
+    torch.manual_seed(7)
+    model = build_model(model_config(cfg, tok)).eval()
+    texts = [r[0] for r in make_task(cfg, tok).raw("valid")[:5]]
+    export_bundle(model, cfg, root / "run" / TOKENIZER_FILE, root / "models" / "multi", texts, int8=False)
+    return root / "models"
+
+
+def test_route_direct_pivot_or_none():
+    reg = Registry(pairs={("de", "en"): "m", ("en", "de"): "m", ("fr", "en"): "m", ("zh", "en"): "z"})
+    assert reg.route("de", "en") == [("m", "de", "en")]
+    assert reg.route("fr", "de") == [("m", "fr", "en"), ("m", "en", "de")]
+    assert reg.route("zh", "de") == [("z", "zh", "en"), ("m", "en", "de")]
+    assert reg.route("de", "fr") is None  # no en->fr model
+    assert reg.targets() == {"de": {"en"}, "en": {"de"}, "fr": {"en", "de"}, "zh": {"en", "de"}}
+
+
+def test_languages_pairs_and_pivot_translation(multi_dir):
+    with make_client(multi_dir) as client:
+        wait_ready(client)
+        langs = {x["code"]: x["targets"] for x in client.get("/languages").json()}
+        assert langs == {"de": ["en"], "en": ["de"], "fr": ["de", "en"]}
+        bundle = multi_dir / "multi"
+        engine = Translator(bundle, load_manifest(bundle), resolve_providers("cpu"), threads=1)
+        text = "chat chien rouge"
+        via_en = engine.translate(["<2en> " + text])[0]
+        expected = engine.translate(["<2de> " + via_en])[0] if via_en.strip() else ""
+        r = client.post("/translate", json={"q": text, "source": "fr", "target": "de"})
+        assert r.status_code == 200, r.text
+        assert r.json()["translatedText"] == expected
+        direct = client.post("/translate", json={"q": text, "source": "fr", "target": "en"}).json()
+        assert direct["translatedText"] == via_en
+        r = client.post("/translate", json={"q": "hund", "source": "de", "target": "fr"})
+        assert r.status_code == 400 and "unsupported target language 'fr'" in r.json()["error"]
