@@ -11,9 +11,9 @@ import statistics
 import time
 from pathlib import Path
 
-from service.bundle import load_manifest
-from service.engines.runtime import resolve_providers
-from service.engines.translator import Translator
+from service.runtime.bundle import load_manifest
+from service.runtime.sessions import resolve_providers
+from service.runtime.translator import Translator
 
 b = Path("model/de-en")
 m = load_manifest(b)

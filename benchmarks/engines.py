@@ -97,9 +97,9 @@ def worker(args: argparse.Namespace) -> None:
         decode = tok.decode
         lengths = [len(e) for e in encoded]
     elif engine.startswith("ort"):
-        from service.bundle import load_manifest
-        from service.engines.runtime import resolve_providers, share_thread_pool
-        from service.engines.translator import Translator
+        from service.runtime.bundle import load_manifest
+        from service.runtime.sessions import resolve_providers, share_thread_pool
+        from service.runtime.translator import Translator
 
         if args.thread_pool == "shared":  # as the service does by default
             share_thread_pool(threads)

@@ -46,9 +46,9 @@ def workload(path: Path, n_batches: int, seed: int) -> list[list[str]]:
 
 def worker(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from service.bundle import load_manifest
-    from service.engines.runtime import resolve_providers
-    from service.engines.translator import Translator
+    from service.runtime.bundle import load_manifest
+    from service.runtime.sessions import resolve_providers
+    from service.runtime.translator import Translator
 
     bundle = Path(args.bundle)
     engine = Translator(

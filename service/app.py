@@ -15,11 +15,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from service.batcher import Batcher
-from service.bundle import find_bundles
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.middleware import BodyLimitAndMetrics, InFlight
 from service.registry import ModelDirError, load_registry
+from service.runtime.bundle import find_bundles
 from service.security import RateLimiter
 from service.settings import Settings, get_settings
 from service.state import ServiceState

@@ -6,10 +6,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.bundle import BundleError, Manifest, find_bundles, load_manifest
-from service.engines.classifier import Classifier
-from service.engines.runtime import resolve_providers, share_thread_pool
-from service.engines.translator import Translator
+from service.runtime.bundle import BundleError, Manifest, find_bundles, load_manifest
+from service.runtime.classifier import Classifier
+from service.runtime.sessions import resolve_providers, share_thread_pool
+from service.runtime.translator import Translator
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,14 @@ def load_registry(settings: Settings) -> Registry:
 
 def _engine(bundle_dir: Path, manifest: Manifest, providers: list[str], settings: Settings):
     variant = settings.variant if settings.variant in manifest.variants else None
+    if settings.variant and variant is None:
+        log.warning(
+            "bundle %s has no variant %r (it has %s): serving its default %r",
+            manifest.name,
+            settings.variant,
+            sorted(manifest.variants),
+            manifest.default_variant,
+        )
     arena = settings.memory_arena
     if manifest.task == "translation":
         return Translator(bundle_dir, manifest, providers, settings.threads, variant, memory_arena=arena)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -16,14 +16,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRANSERVE_", extra="ignore")
 
     model_dir: Path = Field(Path("model"), description="folder of model bundles (one per sub-folder)")
-    provider: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="onnxruntime execution provider")
+    provider: Literal["auto", "cpu", "cuda"] = Field("auto", description="onnxruntime execution provider")
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads, shared or per session (0 = all cores)")
-    variant: str = Field(
-        "", description="bundle variant to load (fp32, int8, int8-blockwise, int8-static); empty = the bundle's default"
+    variant: Literal["", "fp32", "int8", "int8-blockwise", "int8-static"] = Field(
+        "",
+        description="bundle variant to load where a bundle has it (a bundle without it serves its default, with "
+        "a warning); empty = each bundle's default",
     )
-    thread_pool: str = Field(
+    thread_pool: Literal["shared", "per-session"] = Field(
         "shared",
-        pattern="^(shared|per-session)$",
         description="one onnxruntime thread pool for every session (spinning) or one per session (sleeping)",
     )
     memory_arena: bool = Field(
@@ -54,7 +55,7 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535, description="0 = any free port")
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     access_log: bool = Field(True, description="one log line per request (method, path, status, ms, client)")
 
     @field_validator("cors_origins", "api_keys", mode="before")

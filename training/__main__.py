@@ -142,7 +142,7 @@ def cmd_average(args) -> int:
 
 def cmd_models_table(args) -> int:
     """The README's model table, from the shipped manifests (so the README stays true)."""
-    from service.bundle import find_bundles, load_manifest
+    from service.runtime.bundle import find_bundles, load_manifest
 
     print("| bundle | task | data | variant | split | metric | value |")
     print("|---|---|---|---|---|---|---|")

@@ -13,7 +13,34 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-TASKS = ("translation", "classification", "pretrain")  # pretrain: masked LM on a classifier's texts
+TASKS = ("translation", "classification", "pretrain")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+# What a resumed run may change: how long and how often, not what it learns from or how.
+RESUMABLE_CHANGES = {
+    "train.epochs",
+    "train.max_steps",
+    "train.patience",
+    "train.checkpoint_every",
+    "train.snapshot_every",
+    "train.threads",
+    "train.valid_bleu_sentences",
+    "data.test_splits",
+    "data.eval_sets",
+    "source",
+}
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (RunConfig.to_dict())."""
+    keys = sorted(set(saved) | set(current))
+    out = []
+    for k in keys:
+        a, b = saved.get(k), current.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out  # pretrain: masked LM on a classifier's texts
 
 
 @dataclass(frozen=True)
@@ -109,6 +136,8 @@ class RunConfig:
             problems.append("several target languages need data.target_tags = true")
         if self.task in ("classification", "pretrain") and len(self.data.labels) < 2:
             problems.append(f"classification needs >= 2 data.labels, got {list(self.data.labels)}")
+        if self.train.amp not in AMP_MODES:
+            problems.append(f"train.amp={self.train.amp!r} must be one of {AMP_MODES}")
         for bad in ("vocab_size", "n_classes"):
             if bad in self.model:
                 problems.append(f"model.{bad} is derived, do not set it")

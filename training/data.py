@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.bundle import sha256_file, tag_source
+from service.runtime.bundle import sha256_file, tag_source
 
 log = logging.getLogger(__name__)
 

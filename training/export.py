@@ -1,6 +1,6 @@
 """ONNX export: graphs, onnx.checker, PyTorch parity, int8 quantization, bundle writing.
 
-The bundle is written through ``service.bundle`` (the one module that knows the format) and
+The bundle is written through ``service.runtime.bundle`` (the one module that knows the format) and
 checked with the service's own engines, so what is verified here is exactly what is served.
 """
 
@@ -32,10 +32,11 @@ from onnxruntime.quantization import (
 )
 from torch import Tensor, nn
 
-from service.bundle import GraphSpec, Manifest, TensorSpec, sha256_file, write_manifest
-from service.engines.classifier import Classifier
-from service.engines.runtime import resolve_providers
-from service.engines.translator import Translator
+from service.runtime import graph_io
+from service.runtime.bundle import GraphSpec, Manifest, TensorSpec, sha256_file, write_manifest
+from service.runtime.classifier import Classifier
+from service.runtime.sessions import resolve_providers
+from service.runtime.translator import Translator
 from training.config import RunConfig
 from training.data import CORPORA
 from training.evaluate import encode_classifier_input, encode_source, pad_batch
@@ -58,14 +59,6 @@ class ClassifierGraph(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         return torch.softmax(self.model(ids), dim=-1)
-
-
-def _kv_spec(name: str, length: str) -> TensorSpec:
-    return TensorSpec(name, "float32", ["batch", "heads", length, "head_dim"])
-
-
-def _per_layer(prefix: str, n_layers: int, length: str) -> list[TensorSpec]:
-    return [_kv_spec(f"{prefix}_{t}.{i}", length) for i in range(n_layers) for t in "kv"]
 
 
 def _export(
@@ -102,26 +95,12 @@ def export_translation_graphs(model: Seq2SeqTransformer, out: Path) -> dict[str,
     ``torch.onnx.export`` traces, the encoder 4% (12% at batch 1). Every layer's keys and values
     are separate inputs and outputs."""
     model.eval()
-    n = model.cfg.n_decoder_layers
     enc_path = out / "encoder.onnx"
     onnx.save(build_encoder(model), str(enc_path))
-    enc = GraphSpec(
-        file=enc_path.name,
-        inputs=[TensorSpec("src_ids", "int64", ["batch", "src_len"])],
-        outputs=_per_layer("cross", n, "src_len"),
-    )
+    enc = graph_io.graph_spec("encoder", model.cfg.to_dict(), enc_path.name)
     dec_path = out / "decoder.onnx"
     onnx.save(build_decoder_step(model), str(dec_path))
-    dec = GraphSpec(
-        file=dec_path.name,
-        inputs=[
-            TensorSpec("input_ids", "int64", ["batch", 1]),
-            TensorSpec("src_mask", "bool", ["batch", "src_len"]),
-            *_per_layer("past", n, "past_len"),
-            *_per_layer("cross", n, "src_len"),
-        ],
-        outputs=[TensorSpec("logits", "float32", ["batch", "vocab"]), *_per_layer("present", n, "present_len")],
-    )
+    dec = graph_io.graph_spec("decoder", model.cfg.to_dict(), dec_path.name)
     return {"encoder": enc, "decoder": dec}
 
 
@@ -132,8 +111,7 @@ def export_classifier_graph(model: TransformerClassifier, out: Path) -> dict[str
         ClassifierGraph(model),
         (ids,),
         out / "classifier.onnx",
-        [TensorSpec("ids", "int64", ["batch", "length"])],
-        [TensorSpec("probabilities", "float32", ["batch", "labels"])],
+        *graph_io.classifier_io(),
     )
     return {"classifier": graph}
 

@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from service.runtime.graph_io import INPUT_IDS, LOGITS, SRC_IDS, SRC_MASK, cross, past, present
 from training.transformer import Seq2SeqTransformer
 
 OPSET = 17
@@ -158,13 +159,13 @@ def build_encoder(model: Seq2SeqTransformer) -> onnx.ModelProto:
     g = _Builder()
     n, h, d, ld = cfg.n_heads, cfg.d_head, cfg.d_model, cfg.n_decoder_layers
 
-    (is_pad,) = g.op("Equal", ["src_ids", g.const("pad_id", np.array(cfg.pad_id, np.int64))], dtype=TensorProto.BOOL)
+    (is_pad,) = g.op("Equal", [SRC_IDS, g.const("pad_id", np.array(cfg.pad_id, np.int64))], dtype=TensorProto.BOOL)
     (real,) = g.op("Not", [is_pad], dtype=TensorProto.BOOL)
     (key_mask,) = g.op("Cast", [real], to=TensorProto.INT32, dtype=TensorProto.INT32)  # (B, S), 1 = real token
     # Embedding * sqrt(D) + the positional encodings of positions 0..S-1.
-    (x,) = g.op("Gather", [g.const("embedding", w["embed.embedding.weight"]), "src_ids"])  # (B, S, D)
+    (x,) = g.op("Gather", [g.const("embedding", w["embed.embedding.weight"]), SRC_IDS])  # (B, S, D)
     (x,) = g.op("Mul", [x, g.const("embed_scale", np.array(math.sqrt(d), np.float32))])
-    (src_len,) = g.op("Shape", ["src_ids"], start=1, end=2, dtype=TensorProto.INT64)
+    (src_len,) = g.op("Shape", [SRC_IDS], start=1, end=2, dtype=TensorProto.INT64)
     zero = g.const("zero", np.array([0], np.int64))
     (pos,) = g.op("Slice", [g.const("positional_encoding", pe), zero, src_len, zero])  # (S, D)
     (x,) = g.op("Add", [x, pos])
@@ -189,13 +190,13 @@ def build_encoder(model: Seq2SeqTransformer) -> onnx.ModelProto:
     kv = g.linear(x, kv_w, kv_b, "cross_kv")
     (kv,) = g.op("Reshape", [kv, g.const("cross_kv.shape", np.array([0, 0, 2 * ld, n, h], np.int64))])
     (kv,) = g.op("Transpose", [kv], perm=[2, 0, 3, 1, 4])
-    names = [f"cross_{t}.{i}" for i in range(ld) for t in "kv"]
+    names = [cross(t, i) for i in range(ld) for t in "kv"]
     parts = g.op("Split", [kv, g.const("cross_kv.split", np.ones(2 * ld, np.int64))], n_out=2 * ld, axis=0)
     axis0 = g.const("axis0", np.array([0], np.int64))
     for part, name in zip(parts, names):
         g.op("Squeeze", [part, axis0], out=[name])
 
-    inputs = [helper.make_tensor_value_info("src_ids", TensorProto.INT64, ["batch", "src_len"])]
+    inputs = [helper.make_tensor_value_info(SRC_IDS, TensorProto.INT64, ["batch", "src_len"])]
     outputs = [_kv_spec(name, n, h, "src_len") for name in names]
     return _model(g, "encoder", inputs, outputs)
 
@@ -213,13 +214,13 @@ def build_decoder_step(model: Seq2SeqTransformer) -> onnx.ModelProto:
     # Hidden states are 2-D (B, D) between attentions: one position per step, and 2-D
     # MatMul + Add fuse into one Gemm-like kernel where 3-D ones do not.
     axis1 = g.const("axis1", np.array([1], np.int64))
-    (ids,) = g.op("Squeeze", ["input_ids", axis1], dtype=TensorProto.INT64)  # (B,)
+    (ids,) = g.op("Squeeze", [INPUT_IDS, axis1], dtype=TensorProto.INT64)  # (B,)
     (x,) = g.op("Gather", [g.const("embedding", emb), ids])  # (B, D)
     (x,) = g.op("Mul", [x, g.const("embed_scale", np.array(math.sqrt(d), np.float32))])
-    (past_len,) = g.op("Shape", ["past_k.0"], start=2, end=3, dtype=TensorProto.INT64)  # (1,)
+    (past_len,) = g.op("Shape", [past("k", 0)], start=2, end=3, dtype=TensorProto.INT64)  # (1,)
     (pos,) = g.op("Gather", [g.const("positional_encoding", pe.astype(np.float32)), past_len])  # (1, D)
     (x,) = g.op("Add", [x, pos])
-    (key_mask,) = g.op("Cast", ["src_mask"], to=TensorProto.INT32, dtype=TensorProto.INT32)  # 1 = a real source token
+    (key_mask,) = g.op("Cast", [SRC_MASK], to=TensorProto.INT32, dtype=TensorProto.INT32)  # 1 = a real source token
 
     stream = _Residual(g, w, cfg.pre_norm, x)
 
@@ -231,8 +232,8 @@ def build_decoder_step(model: Seq2SeqTransformer) -> onnx.ModelProto:
             q, k, v, bias = _self_attention_inputs(g, w, a, hid, d, seq_axis=axis1)  # (B, 1, D) each
             (ctx, _, _) = g.op(
                 "MultiHeadAttention",
-                [q, k, v, bias, "", "", f"past_k.{i}", f"past_v.{i}"],
-                out=[f"{a}.context", f"present_k.{i}", f"present_v.{i}"],
+                [q, k, v, bias, "", "", past("k", i), past("v", i)],
+                out=[f"{a}.context", present("k", i), present("v", i)],
                 num_heads=n,
             )
             (ctx,) = g.op("Squeeze", [ctx, axis1])
@@ -242,7 +243,7 @@ def build_decoder_step(model: Seq2SeqTransformer) -> onnx.ModelProto:
             a = f"{p}.cross_attn"
             q = g.linear(hid, w[f"{a}.q_proj.weight"], w[f"{a}.q_proj.bias"], f"{a}.q")
             (q,) = g.op("Unsqueeze", [q, axis1])
-            (ctx,) = g.op("MultiHeadAttention", [q, f"cross_k.{i}", f"cross_v.{i}", "", key_mask], num_heads=n)
+            (ctx,) = g.op("MultiHeadAttention", [q, cross("k", i), cross("v", i), "", key_mask], num_heads=n)
             (ctx,) = g.op("Squeeze", [ctx, axis1])
             return g.linear(ctx, w[f"{a}.out_proj.weight"], w[f"{a}.out_proj.bias"], f"{a}.out")
 
@@ -254,16 +255,16 @@ def build_decoder_step(model: Seq2SeqTransformer) -> onnx.ModelProto:
         stream.sublayer(f"{p}.ffn_block", ffn)
 
     x = stream.output("decoder.norm")
-    g.linear(x, emb, None, "output_projection", out="logits")  # tied to the embedding
+    g.linear(x, emb, None, "output_projection", out=LOGITS)  # tied to the embedding
 
     inputs = [
-        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", 1]),
-        helper.make_tensor_value_info("src_mask", TensorProto.BOOL, ["batch", "src_len"]),
+        helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", 1]),
+        helper.make_tensor_value_info(SRC_MASK, TensorProto.BOOL, ["batch", "src_len"]),
     ]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", cfg.vocab_size])]
+    outputs = [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", cfg.vocab_size])]
     for i in range(cfg.n_decoder_layers):
-        inputs += [_kv_spec(f"past_{t}.{i}", n, h, "past_len") for t in "kv"]
-        outputs += [_kv_spec(f"present_{t}.{i}", n, h, "present_len") for t in "kv"]
+        inputs += [_kv_spec(past(t, i), n, h, "past_len") for t in "kv"]
+        outputs += [_kv_spec(present(t, i), n, h, "present_len") for t in "kv"]
     for i in range(cfg.n_decoder_layers):
-        inputs += [_kv_spec(f"cross_{t}.{i}", n, h, "src_len") for t in "kv"]
+        inputs += [_kv_spec(cross(t, i), n, h, "src_len") for t in "kv"]
     return _model(g, "decoder_step", inputs, outputs)

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.bundle import load_manifest, sha256_file, write_manifest
-from service.engines.classifier import Classifier
-from service.engines.runtime import resolve_providers
-from service.engines.translator import Translator
+from service.runtime.bundle import load_manifest, sha256_file, write_manifest
+from service.runtime.classifier import Classifier
+from service.runtime.sessions import resolve_providers
+from service.runtime.translator import Translator
 from training.config import RunConfig
 from training.evaluate import classification_metrics, format_confusion, translation_metrics
 from training.export import export_bundle

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from service.bundle import target_tag
-from training.config import RunConfig
+from service.runtime.bundle import target_tag
+from training.config import RESUMABLE_CHANGES, RunConfig, config_changes
 from training.data import (
     load_directions,
     load_langid,
@@ -479,6 +479,12 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
     }
     if resume and last_path.exists():
         ckpt = load_checkpoint(last_path, dev)
+        changed = [k for k in config_changes(ckpt.get("run_config", {}), cfg.to_dict()) if k not in RESUMABLE_CHANGES]
+        if changed:
+            raise ValueError(
+                f"cannot resume {last_path}: the config differs from the run's in {changed}; "
+                "use a new --run-dir (only how long and how often may change on resume)"
+            )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state.update(ckpt["state"])

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from service.bundle import find_bundles, load_manifest
-from service.engines.classifier import Classifier
-from service.engines.runtime import resolve_providers
-from service.engines.translator import Translator
+from service.runtime.bundle import find_bundles, load_manifest
+from service.runtime.classifier import Classifier
+from service.runtime.sessions import resolve_providers
+from service.runtime.translator import Translator
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "model"
 GOLDEN = json.loads((Path(__file__).parent / "golden.json").read_text(encoding="utf-8"))

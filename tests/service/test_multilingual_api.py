@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from service.bundle import load_manifest
-from service.engines.runtime import resolve_providers
-from service.engines.translator import Translator
 from service.registry import Registry
+from service.runtime.bundle import load_manifest
+from service.runtime.sessions import resolve_providers
+from service.runtime.translator import Translator
 from tests.service.conftest import make_client, wait_ready
 from tests.training.test_multilingual import make_multilingual, multilingual_config
 

@@ -55,7 +55,7 @@ def test_corrupt_and_truncated_bundles_are_refused_others_serve(model_dir, tmp_p
 def test_service_imports_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now raises ImportError
-        "import service.app, service.__main__, service.registry, service.engines.translator\n"
+        "import service.app, service.__main__, service.registry, service.runtime.translator\n"
         "from service.app import create_app\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
         "print('ok')\n"
@@ -106,8 +106,8 @@ def test_memory_arena_setting_reaches_every_session(model_dir, arena):
 def test_sharing_the_thread_pool_after_a_session_exists_is_refused(model_dir):
     # onnxruntime would silently ignore a late global pool and run the "shared" sessions on no
     # pool at all (one thread); refuse instead. (A process-wide choice: only checked here.)
-    from service.bundle import load_manifest
-    from service.engines import runtime
+    from service.runtime import sessions as runtime
+    from service.runtime.bundle import load_manifest
 
     manifest = load_manifest(model_dir / "sentiment")
     graph = model_dir / "sentiment" / manifest.graph("fp32", "classifier").file
@@ -115,3 +115,25 @@ def test_sharing_the_thread_pool_after_a_session_exists_is_refused(model_dir):
     with pytest.raises(RuntimeError, match="before this process creates its first onnxruntime session"):
         runtime.share_thread_pool(2)
     assert runtime._shared_pool_threads is None
+
+
+def test_unknown_variant_setting_is_refused_and_an_absent_one_is_said(model_dir, caplog):
+    from dataclasses import replace
+
+    from pydantic import ValidationError
+
+    from service.registry import _engine
+    from service.runtime.bundle import load_manifest
+    from service.runtime.sessions import resolve_providers
+    from service.settings import Settings
+
+    with pytest.raises(ValidationError, match="variant"):
+        Settings(variant="int4")
+    manifest = load_manifest(model_dir / "sentiment")
+    only_fp32 = replace(manifest, variants={"fp32": manifest.variants["fp32"]}, default_variant="fp32")
+    settings = Settings(variant="int8-static", threads=1, thread_pool="per-session")
+    with caplog.at_level("WARNING"):
+        engine = _engine(model_dir / "sentiment", only_fp32, resolve_providers("cpu"), settings)
+    assert engine.variant == "fp32"
+    assert any("has no variant 'int8-static'" in r.getMessage() and "fp32" in r.getMessage() for r in caplog.records)
+    assert _engine(model_dir / "sentiment", manifest, resolve_providers("cpu"), settings).variant == "int8-static"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from service.bundle import BundleError, load_manifest
-from service.engines.runtime import resolve_providers
-from service.engines.translator import Translator
+from service.runtime.bundle import BundleError, load_manifest
+from service.runtime.sessions import resolve_providers
+from service.runtime.translator import Translator
 from tests.conftest import translation_config
 from training.export import export_bundle
 from training.train import make_task, model_config, prepare_tokenizer
@@ -216,7 +216,7 @@ def test_release_pipeline_writes_a_served_bundle_with_metrics_and_card(parallel_
 @pytest.mark.parametrize("pooling", ["mean", "max"])
 def test_classifier_export_parity_dynamic_shapes_and_manifest(tsv_dir, tmp_path, pooling):
     # Random weights, so the probabilities are far from 0/1 and a parity slip would show.
-    from service.engines.classifier import Classifier
+    from service.runtime.classifier import Classifier
     from tests.conftest import classification_config
     from training.evaluate import encode_classifier_input, pad_batch
 

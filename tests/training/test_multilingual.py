@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.bundle import load_manifest, tag_source, target_tag
+from service.runtime.bundle import load_manifest, tag_source, target_tag
 from tests.conftest import TINY_MODEL, WORDS_DE, WORDS_EN, write_lines
 
 WORDS_FR = "bonjour monde maison chat chien un une le la les homme femme enfant joue court rouge bleu".split()

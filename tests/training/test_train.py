@@ -153,6 +153,19 @@ def test_config_overrides_and_validation(tmp_path: Path):
     assert "task='summarize'" in str(e.value) and "model.vocab_size is derived" in str(e.value)
 
 
+def test_bad_amp_value_is_refused():
+    with pytest.raises(ValueError, match=r"train.amp='bf61' must be one of \('auto', 'bf16', 'fp16', 'off'\)"):
+        translation_config(Path("."), amp="bf61")
+
+
+def test_resume_with_a_changed_config_is_refused(parallel_dir, tmp_path):
+    train(translation_config(parallel_dir, max_steps=3), tmp_path / "run", device="cpu")
+    with pytest.raises(ValueError, match=r"config differs from the run's in \['train.lr'\]"):
+        train(translation_config(parallel_dir, max_steps=6, lr=1e-4), tmp_path / "run", resume=True, device="cpu")
+    train(translation_config(parallel_dir, max_steps=6), tmp_path / "run", resume=True, device="cpu")  # longer: fine
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["state"]["step"] == 6
+
+
 def test_torchrun_distributed_training_without_code_changes(parallel_dir, tmp_path):
     """Two CPU processes (gloo) under torchrun: each takes half the batches; rank 0 saves."""
     import subprocess

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.bundle import Manifest
-from service.engines.runtime import BundleEngine
+from service.runtime import graph_io
+from service.runtime.bundle import Manifest
+from service.runtime.sessions import BundleEngine
 
 
 class Translator(BundleEngine):
@@ -48,10 +49,12 @@ class Translator(BundleEngine):
         self.n_heads = m["n_heads"]
         self.d_head = m["d_model"] // m["n_heads"]
         self.ratio, self.extra = max_output_ratio, max_output_extra
-        self.encoder_outputs = [o.name for o in self.encoder.get_outputs()]
-        self.present_outputs = [o.name for o in self.decoder.get_outputs()[1:]]
+        # Names from the graph contract (the sessions were checked against it at load).
+        layers = range(m["n_decoder_layers"])
+        self.encoder_outputs = [graph_io.cross(t, i) for i in layers for t in "kv"]
+        self.present_outputs = [graph_io.present(t, i) for i in layers for t in "kv"]
         # present_k.{i} becomes the next step's past_k.{i}: the cache entries of the state
-        self.cache_names = [name.replace("present_", "past_") for name in self.present_outputs]
+        self.cache_names = [graph_io.past(t, i) for i in layers for t in "kv"]
         self.on_tokens: Callable[[int], None] | None = None  # told how many tokens each call made
 
     # -- text level -------------------------------------------------------------------------
@@ -97,9 +100,9 @@ class Translator(BundleEngine):
     def start(self, src: np.ndarray) -> dict[str, np.ndarray]:
         """The decoder's inputs before the first step: the encoder's keys/values, the source
         mask and empty caches; `step` keeps it up to date."""
-        cross = self.encoder.run(None, {"src_ids": src})
+        cross = self.encoder.run(self.encoder_outputs, {graph_io.SRC_IDS: src})
         state = dict(zip(self.encoder_outputs, cross))
-        state["src_mask"] = src != self.pad
+        state[graph_io.SRC_MASK] = src != self.pad
         empty = np.zeros((src.shape[0], self.n_heads, 0, self.d_head), dtype=np.float32)
         state.update(dict.fromkeys(self.cache_names, empty))
         return state
@@ -107,7 +110,9 @@ class Translator(BundleEngine):
     def step(self, state: dict[str, np.ndarray], tokens: np.ndarray) -> np.ndarray:
         """One decoding step for `tokens` (B, 1): returns the logits (B, V) and moves the
         caches in `state` on by one position."""
-        logits, *present = self.decoder.run(None, {"input_ids": tokens, **state})
+        logits, *present = self.decoder.run(
+            [graph_io.LOGITS, *self.present_outputs], {graph_io.INPUT_IDS: tokens, **state}
+        )
         state.update(zip(self.cache_names, present))
         return logits
 
@@ -139,12 +144,12 @@ class Translator(BundleEngine):
         dev = self.device
         b = src.shape[0]
         enc = self.encoder.io_binding()
-        enc.bind_cpu_input("src_ids", src)
+        enc.bind_cpu_input(graph_io.SRC_IDS, src)
         for name in self.encoder_outputs:
             enc.bind_output(name, dev)
         self.encoder.run_with_iobinding(enc)
         state = dict(zip(self.encoder_outputs, enc.get_outputs()))
-        state["src_mask"] = ort.OrtValue.ortvalue_from_numpy(src != self.pad, dev, 0)
+        state[graph_io.SRC_MASK] = ort.OrtValue.ortvalue_from_numpy(src != self.pad, dev, 0)
         empty = np.zeros((b, self.n_heads, 0, self.d_head), dtype=np.float32)
         for name in self.cache_names:
             state[name] = ort.OrtValue.ortvalue_from_numpy(empty, dev, 0)
@@ -154,10 +159,10 @@ class Translator(BundleEngine):
         tokens = np.full((b, 1), self.bos, dtype=np.int64)
         for step in range(steps):
             bind = self.decoder.io_binding()
-            bind.bind_cpu_input("input_ids", tokens)
+            bind.bind_cpu_input(graph_io.INPUT_IDS, tokens)
             for name, value in state.items():
                 bind.bind_ortvalue_input(name, value)
-            bind.bind_output("logits", "cpu")
+            bind.bind_output(graph_io.LOGITS, "cpu")
             for name in self.present_outputs:
                 bind.bind_output(name, dev)
             self.decoder.run_with_iobinding(bind)

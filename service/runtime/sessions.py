@@ -8,7 +8,8 @@ from pathlib import Path
 import onnxruntime as ort
 import sentencepiece as spm
 
-from service.bundle import Manifest
+from service.runtime.bundle import Manifest
+from service.runtime.graph_io import check_session
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,7 @@ def share_thread_pool(threads: int) -> None:
         return
     if _sessions_created:
         raise RuntimeError("share_thread_pool must run before this process creates its first onnxruntime session")
-    from onnxruntime.capi.onnxruntime_pybind11_state import set_global_thread_pool_sizes
-
-    set_global_thread_pool_sizes(threads, 1)
+    ort.set_global_thread_pool_sizes(threads, 1)
     _shared_pool_threads = threads
 
 
@@ -97,8 +96,9 @@ class BundleEngine:
         self.provider = ""
 
     def session(self, role: str, providers: list[str], threads: int) -> ort.InferenceSession:
-        session = create_session(
-            self.bundle_dir / self.manifest.graph(self.variant, role).file, providers, threads, self.memory_arena
-        )
+        """The session of graph `role`, checked against the graph contract (graph_io)."""
+        spec = self.manifest.graph(self.variant, role)
+        session = create_session(self.bundle_dir / spec.file, providers, threads, self.memory_arena)
+        check_session(session, spec, role, self.manifest.model, f"{self.bundle_dir}/{spec.file}")
         self.provider = session.get_providers()[0]
         return session

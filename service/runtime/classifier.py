@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from service.bundle import Manifest
-from service.engines.runtime import BundleEngine
+from service.runtime import graph_io
+from service.runtime.bundle import Manifest
+from service.runtime.sessions import BundleEngine
 
 
 class Classifier(BundleEngine):
@@ -42,5 +43,5 @@ class Classifier(BundleEngine):
         ids = np.full((len(encoded), max(len(e) for e in encoded)), self.pad, dtype=np.int64)
         for i, e in enumerate(encoded):
             ids[i, : len(e)] = e
-        (probs,) = self.graph.run(None, {"ids": ids})
+        (probs,) = self.graph.run([graph_io.PROBABILITIES], {graph_io.CLASSIFIER_IDS: ids})
         return probs

@@ -1,1 +1,0 @@
-"""Inference engines over onnxruntime: greedy translation and classification."""

@@ -1,0 +1,112 @@
+"""The one definition of every graph's inputs and outputs (names, order, dtypes, axes).
+
+The training job's graph builders name their tensors with these functions and write these specs
+into the manifest; the engines read tensors by these names; and `check_session` compares each
+onnxruntime session with the spec at load, so a renamed, reordered or retyped tensor refuses
+the bundle with a message naming it instead of decoding garbage.
+
+Encoder:      src_ids (B, S) int64 -> cross_k.{i}, cross_v.{i} (B, N, S, H) for each decoder layer i
+Decoder step: input_ids (B, 1) int64, src_mask (B, S) bool, past_k.{i}, past_v.{i} (B, N, P, H),
+              cross_k.{i}, cross_v.{i} -> logits (B, V), present_k.{i}, present_v.{i} (B, N, P+1, H)
+Classifier:   ids (B, T) int64 -> probabilities (B, labels) float32
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.runtime.bundle import BundleError, GraphSpec, TensorSpec
+
+SRC_IDS, INPUT_IDS, SRC_MASK, LOGITS = "src_ids", "input_ids", "src_mask", "logits"
+CLASSIFIER_IDS, PROBABILITIES = "ids", "probabilities"
+
+
+def cross(kind: str, layer: int) -> str:
+    return f"cross_{kind}.{layer}"
+
+
+def past(kind: str, layer: int) -> str:
+    return f"past_{kind}.{layer}"
+
+
+def present(kind: str, layer: int) -> str:
+    return f"present_{kind}.{layer}"
+
+
+def _kv(name: str, length: str) -> TensorSpec:
+    return TensorSpec(name, "float32", ["batch", "heads", length, "head_dim"])
+
+
+def encoder_io(n_layers: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    outputs = [_kv(cross(t, i), "src_len") for i in range(n_layers) for t in "kv"]
+    return [TensorSpec(SRC_IDS, "int64", ["batch", "src_len"])], outputs
+
+
+def decoder_io(n_layers: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    inputs = [
+        TensorSpec(INPUT_IDS, "int64", ["batch", 1]),
+        TensorSpec(SRC_MASK, "bool", ["batch", "src_len"]),
+        *[_kv(past(t, i), "past_len") for i in range(n_layers) for t in "kv"],
+        *[_kv(cross(t, i), "src_len") for i in range(n_layers) for t in "kv"],
+    ]
+    outputs = [
+        TensorSpec(LOGITS, "float32", ["batch", "vocab"]),
+        *[_kv(present(t, i), "present_len") for i in range(n_layers) for t in "kv"],
+    ]
+    return inputs, outputs
+
+
+def classifier_io() -> tuple[list[TensorSpec], list[TensorSpec]]:
+    return [TensorSpec(CLASSIFIER_IDS, "int64", ["batch", "length"])], [
+        TensorSpec(PROBABILITIES, "float32", ["batch", "labels"])
+    ]
+
+
+def expected(role: str, model: dict[str, Any]) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The contract of graph `role` of a model with config `model` (the manifest's)."""
+    if role == "encoder":
+        return encoder_io(model["n_decoder_layers"])
+    if role == "decoder":
+        return decoder_io(model["n_decoder_layers"])
+    if role == "classifier":
+        return classifier_io()
+    raise BundleError(f"unknown graph role {role!r}")
+
+
+def graph_spec(role: str, model: dict[str, Any], file: str) -> GraphSpec:
+    inputs, outputs = expected(role, model)
+    return GraphSpec(file=file, inputs=inputs, outputs=outputs)
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool)": "bool"}
+
+
+def check_session(session: Any, spec: GraphSpec, role: str, model: dict[str, Any], where: str) -> None:
+    """Refuse a graph whose manifest spec differs from the contract, or whose onnxruntime session
+    differs from its spec: names and order, element types, ranks."""
+    want_in, want_out = expected(role, model)
+    problems = []
+    for side, declared, want in (("input", spec.inputs, want_in), ("output", spec.outputs, want_out)):
+        for k in range(max(len(declared), len(want))):
+            d = declared[k].name if k < len(declared) else None
+            w = want[k].name if k < len(want) else None
+            if d != w:
+                problems.append(f"manifest {side} {k} of {role} is {d!r}, the contract says {w!r}")
+                break
+    for side, actual, declared in (
+        ("input", session.get_inputs(), spec.inputs),
+        ("output", session.get_outputs(), spec.outputs),
+    ):
+        if len(actual) != len(declared):
+            problems.append(f"{role} graph has {len(actual)} {side}s, the manifest declares {len(declared)}")
+        for k, (a, d) in enumerate(zip(actual, declared)):
+            if a.name != d.name:
+                problems.append(f"{role} graph {side} {k} is {a.name!r}, the manifest declares {d.name!r}")
+                continue
+            dtype = _ORT_TYPES.get(a.type, a.type)
+            if dtype != d.dtype:
+                problems.append(f"{role} graph {side} {a.name!r} is {dtype}, the manifest declares {d.dtype}")
+            if a.shape is not None and len(a.shape) != len(d.shape):
+                problems.append(f"{role} graph {side} {a.name!r} has rank {len(a.shape)}, the manifest {len(d.shape)}")
+    if problems:
+        raise BundleError(f"{where}: graph contract violated: " + "; ".join(problems))
