@@ -9,14 +9,15 @@ import sacrebleu
 import torch
 from sacremoses import MosesTokenizer
 
+from service.runtime.preprocess import classifier_ids, source_ids
 from training.data import token_batches
 from training.tokenizer import Tokenizer
 from training.transformer import Seq2SeqTransformer, TransformerClassifier
 
 
 def encode_source(tokenizer: Tokenizer, text: str, max_len: int) -> list[int]:
-    """Source ids as the models see them: pieces then </s>, cut to max_len."""
-    return (tokenizer.encode(text)[: max_len - 1]) + [tokenizer.sp.eos_id()]
+    """Source ids as the models see them (the runtime's rule)."""
+    return source_ids(tokenizer.encode(text), max_len)
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
@@ -102,8 +103,8 @@ def classify(
 
 
 def encode_classifier_input(tokenizer: Tokenizer, text: str, max_len: int, sample_alpha: float = 0.0) -> list[int]:
-    """<s> (the classification position for `cls` pooling) + pieces, cut to max_len."""
-    return [tokenizer.sp.bos_id()] + tokenizer.encode(text, sample_alpha)[: max_len - 1]
+    """<s> (the classification position for `cls` pooling) + pieces (the runtime's rule)."""
+    return classifier_ids(tokenizer.encode(text, sample_alpha), max_len)
 
 
 def classification_metrics(preds: Sequence[int], golds: Sequence[int], labels: Sequence[str]) -> dict:

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from service.runtime import graph_io
 from service.runtime.bundle import GraphSpec, Manifest, TensorSpec, sha256_file, write_manifest
 from service.runtime.classifier import Classifier
+from service.runtime.preprocess import DECODING
 from service.runtime.sessions import resolve_providers
 from service.runtime.translator import Translator
 from training.config import RunConfig
@@ -350,6 +351,7 @@ def export_bundle(
             target_lang=cfg.data.target_lang,
             directions=list(cfg.data.directions),
             target_tags=cfg.data.target_tags,
+            decoding=dict(DECODING) if cfg.task == "translation" else {},
             labels=list(cfg.data.labels),
             training={"config": cfg.to_dict(), **(training_info or {})},
             data={

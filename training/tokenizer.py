@@ -8,9 +8,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from training.transformer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-
-SPECIAL_IDS = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
+from service.runtime.preprocess import BOS_ID, EOS_ID, PAD_ID, SPECIAL_IDS, UNK_ID
 
 
 def train_tokenizer(

@@ -21,7 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+from service.runtime.preprocess import (
+    BOS_ID,
+    EOS_ID,
+    MAX_OUTPUT_EXTRA,
+    MAX_OUTPUT_RATIO,
+    PAD_ID,
+    output_limits,
+)
 
 # A layer's self-attention cache, or its precomputed cross-attention keys/values: (k, v),
 # each (B, H, T, Dh).
@@ -323,8 +330,8 @@ class Seq2SeqTransformer(nn.Module):
         self,
         src_ids: Tensor,
         use_cache: bool = True,
-        max_output_ratio: float = 1.5,
-        max_output_extra: int = 10,
+        max_output_ratio: float = MAX_OUTPUT_RATIO,
+        max_output_extra: int = MAX_OUTPUT_EXTRA,
     ) -> list[list[int]]:
         """Greedy decoding; returns each sentence's target ids without <s> and </s>.
 
@@ -333,8 +340,9 @@ class Seq2SeqTransformer(nn.Module):
         cfg = self.cfg
         b = src_ids.shape[0]
         memory, src_mask = self.encode(src_ids)
-        limits = (src_mask.sum(1) * max_output_ratio).long() + max_output_extra
-        limits = limits.clamp(max=cfg.max_len - 1)
+        lengths = src_mask.sum(1).cpu().numpy()
+        limits = torch.as_tensor(output_limits(lengths, cfg.max_len, max_output_ratio, max_output_extra))
+        limits = limits.to(src_ids.device)
         cross = self.decoder.cross_kv(memory)
         ys = torch.full((b, 1), cfg.bos_id, dtype=torch.long, device=src_ids.device)
         done = torch.zeros(b, dtype=torch.bool, device=src_ids.device)

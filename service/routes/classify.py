@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends
 
+from service.deps import Call, admitted
 from service.errors import bad_request
-from service.routes.common import check_limits, guard, parse_body, ready_state, run_batched
-from service.routes.translate import ERRORS, _body
+from service.routes.common import ERRORS, body_doc
+from service.scheduling import run_batched
 from service.schemas import ClassifyRequest, ClassifyResponse, Prediction
 
 router = APIRouter(tags=["classification"])
@@ -16,15 +17,12 @@ router = APIRouter(tags=["classification"])
     "/classify",
     response_model=ClassifyResponse,
     responses=ERRORS,
-    openapi_extra=_body(ClassifyRequest),
+    openapi_extra=body_doc(ClassifyRequest),
     summary="Classify text (sentiment, language, ...)",
 )
-async def classify(request: Request) -> ClassifyResponse:
-    state = ready_state(request)
-    body = await parse_body(request, ClassifyRequest)
-    guard(request, state, body.api_key)
+async def classify(call: Call[ClassifyRequest] = Depends(admitted(ClassifyRequest, "text"))) -> ClassifyResponse:
+    body, state = call.body, call.state
     texts = [body.text] if isinstance(body.text, str) else list(body.text)
-    check_limits(texts, state)
     classifiers = state.registry.classifiers() if state.registry else {}
     if body.model not in classifiers:
         raise bad_request(

@@ -71,6 +71,7 @@ class Manifest:
     # source/target; with target_tags its sources start with the target's tag (tag_source).
     directions: list[str] = field(default_factory=list)
     target_tags: bool = False
+    decoding: dict[str, Any] = field(default_factory=dict)  # output-length rule (preprocess.DECODING)
     labels: list[str] = field(default_factory=list)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)

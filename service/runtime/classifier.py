@@ -12,6 +12,7 @@ import numpy as np
 
 from service.runtime import graph_io
 from service.runtime.bundle import Manifest
+from service.runtime.preprocess import classifier_ids
 from service.runtime.sessions import BundleEngine
 
 
@@ -32,7 +33,7 @@ class Classifier(BundleEngine):
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """<s> (the classification position) + pieces, cut to the model's length."""
-        return [[self.bos] + ids[: self.max_len - 1] for ids in self.sp.encode(list(texts))]
+        return [classifier_ids(ids, self.max_len, self.bos) for ids in self.sp.encode(list(texts))]
 
     def n_tokens(self, text: str) -> int:
         return len(self.sp.encode(text)) + 1

@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from service.runtime import graph_io
 from service.runtime.bundle import Manifest
+from service.runtime.preprocess import DECODING, output_limits, source_ids
 from service.runtime.sessions import BundleEngine
 
 
@@ -31,8 +32,8 @@ class Translator(BundleEngine):
         providers: list[str],
         threads: int = 0,
         variant: str | None = None,
-        max_output_ratio: float = 1.5,
-        max_output_extra: int = 10,
+        max_output_ratio: float | None = None,
+        max_output_extra: int | None = None,
         io_binding: bool | None = None,
         memory_arena: bool = False,
     ) -> None:
@@ -48,7 +49,10 @@ class Translator(BundleEngine):
         m = manifest.model
         self.n_heads = m["n_heads"]
         self.d_head = m["d_model"] // m["n_heads"]
-        self.ratio, self.extra = max_output_ratio, max_output_extra
+        # The output-length rule: the manifest's parameters (older bundles: the defaults).
+        rule = {**DECODING, **manifest.decoding}
+        self.ratio = rule["max_output_ratio"] if max_output_ratio is None else max_output_ratio
+        self.extra = rule["max_output_extra"] if max_output_extra is None else max_output_extra
         # Names from the graph contract (the sessions were checked against it at load).
         layers = range(m["n_decoder_layers"])
         self.encoder_outputs = [graph_io.cross(t, i) for i in layers for t in "kv"]
@@ -61,7 +65,7 @@ class Translator(BundleEngine):
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Source ids: pieces + </s>, cut to the model's length."""
-        return [ids[: self.max_len - 1] + [self.eos] for ids in self.sp.encode(list(texts))]
+        return [source_ids(ids, self.max_len, self.eos) for ids in self.sp.encode(list(texts))]
 
     def n_tokens(self, text: str) -> int:
         return len(self.sp.encode(text)) + 1
@@ -89,7 +93,7 @@ class Translator(BundleEngine):
         src = np.full((b, lengths.max()), self.pad, dtype=np.int64)
         for i, s in enumerate(sources):
             src[i, : len(s)] = s
-        limits = np.minimum(self.max_len - 1, (lengths * self.ratio).astype(np.int64) + self.extra)
+        limits = output_limits(lengths, self.max_len, self.ratio, self.extra)
         steps = int(limits.max())
         decode = self._decode_bound if self.io_binding else self._decode
         out, out_len = decode(src, limits, steps)
