@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,17 @@ WORDS_DE = "hallo welt haus katze hund ein eine der die das mann frau kind spiel
 WORDS_EN = "hello world house cat dog a an the the the man woman child plays runs red blue".split()
 
 
+# Tiny bundles committed for the runtime and service tests (no torch needed to load them);
+# rebuilt by `python -m tests.build_tiny_bundles`.
+TINY_BUNDLES = Path(__file__).resolve().parent / "data" / "tiny-bundles"
+
+
 def pytest_configure(config):
     # Tiny models run fastest on one thread, and tests must not fight a background job for cores.
-    import torch
-
+    try:
+        import torch
+    except ImportError:  # the service's own install: runtime and service tests only
+        return
     torch.set_num_threads(1)
 
 
@@ -210,24 +218,17 @@ def _export_random(cfg, run_dir: Path, out: Path, seed: int, train_first: bool =
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory, parallel_dir, tsv_dir) -> Path:
-    """A model directory with tiny bundles: de-en, en-de, sentiment and a langid (de/en)."""
-    from training.config import config_from_dict
+def model_dir(tmp_path_factory) -> Path:
+    """A model directory with tiny bundles: de-en, en-de, sentiment and a langid (de/en), copied
+    from the committed ones so that a test may change its copy."""
+    root = tmp_path_factory.mktemp("models") / "models"
+    shutil.copytree(TINY_BUNDLES / "models", root)
+    return root
 
-    root = tmp_path_factory.mktemp("models")
-    runs = tmp_path_factory.mktemp("runs")
-    _export_random(translation_config(parallel_dir), runs / "de-en", root / "de-en", 1)
-    _export_random(translation_config(parallel_dir, "en-de", "en", "de"), runs / "en-de", root / "en-de", 2)
-    _export_random(classification_config(tsv_dir, epochs=15), runs / "sentiment", root / "sentiment", 3, True)
-    langid = config_from_dict(
-        {
-            "name": "langid",
-            "task": "classification",
-            "data": {"labels": ["de", "en"], "langid_sources": [f"de={parallel_dir}", f"en={parallel_dir}"]},
-            "tokenizer": {"vocab_size": 60},
-            "model": {**TINY_MODEL, "n_decoder_layers": 0},
-            "train": {"amp": "off", "epochs": 2, "max_tokens": 512, "lr": 3e-3, "warmup_steps": 20, "patience": 0},
-        }
-    )
-    _export_random(langid, runs / "langid", root / "langid", 4, True)
+
+@pytest.fixture(scope="session")
+def multilingual_dir(tmp_path_factory) -> Path:
+    """A model directory with one tiny multilingual bundle (de-en, en-de, fr-en, random weights)."""
+    root = tmp_path_factory.mktemp("multilingual") / "models"
+    shutil.copytree(TINY_BUNDLES / "multilingual", root)
     return root

@@ -3,34 +3,11 @@ target tag, and pairs without a model go through English in one request."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from service.registry import Registry
 from service.runtime.bundle import load_manifest
 from service.runtime.sessions import resolve_providers
 from service.runtime.translator import Translator
 from tests.service.conftest import make_client, wait_ready
-from tests.training.test_multilingual import make_multilingual, multilingual_config
-
-
-@pytest.fixture(scope="module")
-def multi_dir(tmp_path_factory) -> Path:
-    import torch
-
-    from training.export import export_bundle
-    from training.train import TOKENIZER_FILE, make_task, model_config, prepare_tokenizer
-    from training.transformer import build_model
-
-    root = tmp_path_factory.mktemp("multi")
-    cfg = multilingual_config(make_multilingual(root / "data"))
-    tok = prepare_tokenizer(cfg, root / "run")
-    torch.manual_seed(7)
-    model = build_model(model_config(cfg, tok)).eval()
-    texts = [r[0] for r in make_task(cfg, tok).raw("valid")[:5]]
-    export_bundle(model, cfg, root / "run" / TOKENIZER_FILE, root / "models" / "multi", texts, int8=False)
-    return root / "models"
 
 
 def test_route_direct_pivot_or_none():
@@ -42,12 +19,12 @@ def test_route_direct_pivot_or_none():
     assert reg.targets() == {"de": {"en"}, "en": {"de"}, "fr": {"en", "de"}, "zh": {"en", "de"}}
 
 
-def test_languages_pairs_and_pivot_translation(multi_dir):
-    with make_client(multi_dir) as client:
+def test_languages_pairs_and_pivot_translation(multilingual_dir):
+    with make_client(multilingual_dir) as client:
         wait_ready(client)
         langs = {x["code"]: x["targets"] for x in client.get("/languages").json()}
         assert langs == {"de": ["en"], "en": ["de"], "fr": ["de", "en"]}
-        bundle = multi_dir / "multi"
+        bundle = multilingual_dir / "multi"
         engine = Translator(bundle, load_manifest(bundle), resolve_providers("cpu"), threads=1)
         text = "chat chien rouge"
         via_en = engine.translate(["<2en> " + text])[0]
