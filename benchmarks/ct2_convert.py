@@ -29,7 +29,7 @@ def convert(checkpoint: Path, tokenizer: Path, out: Path, quantization: str | No
     import ctranslate2
     from ctranslate2.specs import transformer_spec
 
-    from training.train import load_checkpoint
+    from training.checkpoint import load_checkpoint
     from training.transformer import PositionalEncoding, TransformerConfig
 
     ckpt = load_checkpoint(checkpoint)

@@ -81,9 +81,9 @@ def worker(args: argparse.Namespace) -> None:
     if engine.startswith("torch"):
         import torch
 
+        from training.checkpoint import model_from_checkpoint
         from training.evaluate import encode_source, pad_batch
         from training.tokenizer import Tokenizer
-        from training.train import model_from_checkpoint
 
         torch.set_num_threads(threads)
         model = model_from_checkpoint(Path(args.checkpoint))
@@ -198,7 +198,7 @@ def main() -> None:
 
     from training.config import load_config
     from training.evaluate import translation_metrics
-    from training.train import TranslationTask
+    from training.tasks import TranslationTask
 
     cfg = load_config(args.config)
     rows = TranslationTask(cfg, tokenizer=None).raw(args.split)  # type: ignore[arg-type]
@@ -217,9 +217,9 @@ def main() -> None:
         str(args.tokenizer),
     ]
     if any(e.startswith("ort") for e in args.engines):
+        from training.checkpoint import model_from_checkpoint
         from training.export import export_bundle
         from training.release import calibration_texts
-        from training.train import model_from_checkpoint
 
         model = model_from_checkpoint(args.checkpoint)
         texts = [r[0] for r in rows[:20]]

@@ -27,9 +27,10 @@ def build(out: Path = TINY_BUNDLES) -> Path:
     import torch
 
     from tests.training.test_multilingual import make_multilingual, multilingual_config
+    from training.checkpoint import model_config
     from training.config import config_from_dict
     from training.export import export_bundle
-    from training.train import TOKENIZER_FILE, make_task, model_config, prepare_tokenizer
+    from training.tasks import TOKENIZER_FILE, make_task, prepare_tokenizer
     from training.transformer import build_model
 
     torch.set_num_threads(1)

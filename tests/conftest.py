@@ -200,8 +200,10 @@ def _export_random(cfg, run_dir: Path, out: Path, seed: int, train_first: bool =
     """Tokenizer + a tiny model -> bundle. Random weights unless `train_first` (a few seconds)."""
     import torch
 
+    from training.checkpoint import model_config, model_from_checkpoint
     from training.export import export_bundle
-    from training.train import TOKENIZER_FILE, make_task, model_config, model_from_checkpoint, prepare_tokenizer, train
+    from training.tasks import TOKENIZER_FILE, make_task, prepare_tokenizer
+    from training.train import train
     from training.transformer import build_model
 
     tok = prepare_tokenizer(cfg, run_dir)

@@ -31,7 +31,7 @@ def cmd_download(args) -> int:
 
 
 def cmd_tokenizer(args) -> int:
-    from training.train import prepare_tokenizer
+    from training.tasks import prepare_tokenizer
 
     cfg = _config(args)
     tok = prepare_tokenizer(cfg, _run_dir(args, cfg), force=args.force)
@@ -58,9 +58,10 @@ def cmd_evaluate(args) -> int:
     else:
         import torch
 
+        from training.checkpoint import model_from_checkpoint
         from training.evaluate import classification_metrics, classify, translate, translation_metrics
+        from training.tasks import TOKENIZER_FILE, make_task
         from training.tokenizer import Tokenizer
-        from training.train import TOKENIZER_FILE, make_task, model_from_checkpoint
 
         run_dir = _run_dir(args, cfg)
         ckpt = Path(args.checkpoint) if args.checkpoint else run_dir / "best.pt"
@@ -86,9 +87,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from training.checkpoint import model_from_checkpoint
     from training.export import export_bundle
+    from training.tasks import TOKENIZER_FILE, make_task, split_names
     from training.tokenizer import Tokenizer
-    from training.train import TOKENIZER_FILE, make_task, model_from_checkpoint, split_names
 
     cfg = _config(args)
     run_dir = _run_dir(args, cfg)
@@ -126,7 +128,7 @@ def cmd_release(args) -> int:
 
 def cmd_average(args) -> int:
     """Average the last N snapshots (step<N>.pt) or epoch checkpoints of a run into one."""
-    from training.train import average_checkpoints
+    from training.checkpoint import average_checkpoints
 
     cfg = _config(args)
     run_dir = _run_dir(args, cfg)

@@ -22,19 +22,14 @@ from service.runtime.bundle import load_manifest, sha256_file, write_manifest
 from service.runtime.classifier import Classifier
 from service.runtime.sessions import resolve_providers
 from service.runtime.translator import Translator
+from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import RunConfig
+from training.devices import cpuinfo
 from training.evaluate import classification_metrics, format_confusion, translation_metrics
 from training.export import export_bundle
+from training.tasks import TOKENIZER_FILE, make_task, split_names
 from training.tokenizer import Tokenizer
-from training.train import (
-    TOKENIZER_FILE,
-    cpuinfo,
-    load_checkpoint,
-    make_task,
-    model_from_checkpoint,
-    split_names,
-    train,
-)
+from training.train import train
 
 log = logging.getLogger(__name__)
 

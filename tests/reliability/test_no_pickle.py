@@ -53,7 +53,7 @@ class _Payload:
 
 
 def test_checkpoint_with_an_arbitrary_object_is_refused(tmp_path):
-    from training.train import load_checkpoint
+    from training.checkpoint import load_checkpoint
 
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "extra": _Payload()}, path)

@@ -14,8 +14,9 @@ from service.runtime.bundle import BundleError, load_manifest
 from service.runtime.sessions import resolve_providers
 from service.runtime.translator import Translator
 from tests.conftest import translation_config
+from training.checkpoint import model_config
 from training.export import export_bundle
-from training.train import make_task, model_config, prepare_tokenizer
+from training.tasks import make_task, prepare_tokenizer
 from training.transformer import build_model
 
 

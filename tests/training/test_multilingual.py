@@ -66,7 +66,7 @@ def multilingual_config(dirs: dict[str, Path], **train):
 
 
 def test_sets_expand_to_every_direction_with_tags_and_repeats(tmp_path):
-    from training.train import make_task
+    from training.tasks import make_task
 
     cfg = multilingual_config(make_multilingual(tmp_path))
     task = make_task(cfg, tokenizer=None)  # type: ignore[arg-type]

@@ -9,18 +9,12 @@ import pytest
 import torch
 
 from tests.conftest import classification_config, translation_config, write_tiny_toml
+from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.data import token_batches
 from training.evaluate import pad_batch, translate
+from training.tasks import MaskedLMTask, prepare_tokenizer, pretrain_config
 from training.tokenizer import Tokenizer
-from training.train import (
-    MaskedLMTask,
-    inverse_sqrt_lr,
-    load_checkpoint,
-    model_from_checkpoint,
-    prepare_tokenizer,
-    pretrain_config,
-    train,
-)
+from training.train import inverse_sqrt_lr, train
 
 
 def test_translation_learns_toy_task_and_decodes_it_exactly(parallel_dir, tmp_path):
@@ -129,7 +123,7 @@ def test_inverse_sqrt_schedule():
 
 
 def test_tokenizer_has_fixed_special_ids(parallel_dir, tmp_path):
-    from training.train import prepare_tokenizer
+    from training.tasks import prepare_tokenizer
 
     tok = prepare_tokenizer(translation_config(parallel_dir), tmp_path)
     sp = tok.sp
@@ -172,7 +166,7 @@ def test_torchrun_distributed_training_without_code_changes(parallel_dir, tmp_pa
     import sys
 
     from training.data import token_batches as batches_of
-    from training.train import TranslationTask, prepare_tokenizer
+    from training.tasks import TranslationTask, prepare_tokenizer
 
     config = write_tiny_toml(tmp_path / "c.toml", parallel_dir, "ddp", "max_tokens = 256\nepochs = 2\n")
     run = tmp_path / "run"

@@ -1,0 +1,52 @@
+"""Checkpoints: model configs, saving atomically, loading without pickle, averaging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.config import RunConfig
+from training.tokenizer import Tokenizer
+from training.transformer import TransformerConfig, build_model
+
+
+def model_config(cfg: RunConfig, tokenizer: Tokenizer) -> TransformerConfig:
+    n_classes = len(cfg.data.labels) if cfg.task != "translation" else 0
+    extra = {"n_decoder_layers": 0} if n_classes else {}
+    return TransformerConfig.from_dict(
+        {**extra, **cfg.model, "vocab_size": tokenizer.vocab_size, "n_classes": n_classes}
+    )
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    # weights_only: a checkpoint is data, never code (no pickle of arbitrary objects).
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def model_from_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    ckpt = load_checkpoint(path, map_location)
+    model = build_model(TransformerConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def save_checkpoint(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)  # atomic: an interrupted save never leaves a broken checkpoint
+
+
+def average_checkpoints(paths: list[Path], out: Path) -> Path:
+    """Average the parameters of several checkpoints of one model (Vaswani et al. 2017, 6.1)."""
+    ckpts = [load_checkpoint(p) for p in paths]
+    avg = {}
+    for key, value in ckpts[0]["model"].items():
+        if value.is_floating_point():
+            avg[key] = sum(c["model"][key] for c in ckpts) / len(ckpts)
+        else:
+            avg[key] = value
+    save_checkpoint({**ckpts[-1], "model": avg, "averaged_from": [p.name for p in paths]}, out)
+    return out
