@@ -50,7 +50,7 @@ def cpuinfo() -> str:
 
 
 def cpu_has_bf16() -> bool:
-    """Native bf16 matrix units (AVX512-BF16 or AMX). There, bf16 autocast trained our
-    d=256 Transformer 2.2x faster than fp32; elsewhere it is emulated and slower."""
+    """Native bf16 matrix units (AVX512-BF16 or AMX). There, bf16 autocast trains much
+    faster than fp32 (docs/training.md); elsewhere it is emulated and slower."""
     flags = cpuinfo()
     return "avx512_bf16" in flags or "amx_bf16" in flags

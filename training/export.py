@@ -92,9 +92,8 @@ def _export(
 
 def export_translation_graphs(model: Seq2SeqTransformer, out: Path) -> dict[str, GraphSpec]:
     """The encoder and the decoder step, both built node by node with onnxruntime's fused
-    attention (training.onnx_graphs): the decoder step 1.8x faster at batch 32 than the one
-    ``torch.onnx.export`` traces, the encoder 4% (12% at batch 1). Every layer's keys and values
-    are separate inputs and outputs."""
+    attention (training.onnx_graphs), faster than what ``torch.onnx.export`` traces (BENCHMARKS.md).
+    Every layer's keys and values are separate inputs and outputs."""
     model.eval()
     enc_path = out / "encoder.onnx"
     onnx.save(build_encoder(model), str(enc_path))
@@ -177,8 +176,8 @@ def quantize_graphs(
     * ``int8-static``: static quantization (QLinearMatMul): int8 weights per output channel,
       activations uint8 with FIXED scales calibrated (MinMax) on `calibration`, the inputs
       the graphs saw while translating training sentences. No scale depends on the batch, so
-      it is batch-invariant, and it runs the fast integer kernels of ``int8`` (de-en: 1.7x
-      fp32's tokens/s). Values beyond the calibrated range saturate.
+      it is batch-invariant, and it runs the fast integer kernels of ``int8``. Values beyond the
+      calibrated range saturate.
     """
     if variant not in QUANTIZED_VARIANTS:
         raise ValueError(f"variant {variant!r} must be one of {QUANTIZED_VARIANTS}")

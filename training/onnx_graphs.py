@@ -106,8 +106,7 @@ def _model(g: _Builder, name: str, inputs: list, outputs: list) -> onnx.ModelPro
 class _Residual:
     """The residual stream of a stack of sub-layers. Post-LN: x <- LN(x + f(x)); pre-LN:
     x <- x + f(LN(x)), and a final LayerNorm. (Fusing each Add with the LayerNorm after it into
-    onnxruntime's ``SkipLayerNormalization`` was measured slower on CPU: decoder step at batch 32
-    1.98 -> 2.27 ms, encoder 7.8 -> 9.1 ms.)"""
+    onnxruntime's ``SkipLayerNormalization`` was measured slower on CPU: BENCHMARKS.md.)"""
 
     def __init__(self, g: _Builder, w: dict[str, np.ndarray], pre_norm: bool, x: str) -> None:
         self.g, self.w, self.pre_norm, self.x = g, w, pre_norm, x

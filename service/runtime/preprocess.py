@@ -31,6 +31,17 @@ def classifier_ids(pieces: Sequence[int], max_len: int, bos: int = BOS_ID) -> li
     return [bos] + list(pieces[: max_len - 1])
 
 
+def classifier_windows(pieces: Sequence[int], max_len: int, bos: int = BOS_ID) -> list[list[int]]:
+    """A classifier's inputs for one text: one window if it fits, else consecutive windows of
+    max_len - 1 pieces (each after <s>) that cover the whole text, so a long review is read to
+    its end rather than cut at the model's length. The engine averages the windows'
+    probabilities, weighted by their lengths."""
+    width = max_len - 1
+    if len(pieces) <= width:
+        return [classifier_ids(pieces, max_len, bos)]
+    return [[bos] + list(pieces[i : i + width]) for i in range(0, len(pieces), width)]
+
+
 def output_limits(
     source_lengths: np.ndarray,
     max_len: int,

@@ -40,9 +40,8 @@ def share_thread_pool(threads: int) -> None:
     encoder run then ~20 decoder runs, each of ~60 small nodes; with a pool per session the
     encoder's and decoder's pools (and every other model's) fight over the cores unless their
     threads sleep between nodes, and waking them costs more than the nodes at these sizes. One
-    shared pool can keep its threads spinning: on this 2-core machine the served engine made
-    1.3x the tokens/s at batch 32 and 1.5x at batch 1, and an unloaded single-sentence request
-    took 6.0 instead of 8.9 ms (BENCHMARKS.md, session 5). Call it before the first session; a
+    shared pool can keep its threads spinning, which is faster on small machines (BENCHMARKS.md,
+    "thread pools"). Call it before the first session; a
     second call with the same size is a no-op."""
     global _shared_pool_threads
     if _shared_pool_threads is not None:
@@ -62,7 +61,7 @@ def create_session(path: Path, providers: list[str], threads: int, memory_arena:
     opts = ort.SessionOptions()
     # The CPU arena keeps every chunk it ever allocated and grows in steps with new batch
     # shapes; without it buffers go back to the allocator after each run, at the same speed
-    # (docs/reliability.md: +13.3 MB in a 40-minute soak with it, +1.2 MB in 30 minutes without).
+    # (docs/reliability.md, "memory").
     opts.enable_cpu_mem_arena = memory_arena
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
