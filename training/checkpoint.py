@@ -50,3 +50,16 @@ def average_checkpoints(paths: list[Path], out: Path) -> Path:
             avg[key] = value
     save_checkpoint({**ckpts[-1], "model": avg, "averaged_from": [p.name for p in paths]}, out)
     return out
+
+
+WEIGHTS_FILE = "weights.pt"
+
+
+def export_weights(ckpt: Path, out: Path) -> Path:
+    """The model's weights alone, in fp16 (half the size), with its configs: what a fresh clone
+    needs to rebuild the PyTorch model (the CTranslate2 comparison on the same weights, or more
+    training with train.init_from). No optimizer state."""
+    c = load_checkpoint(ckpt)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in c["model"].items()}
+    save_checkpoint({"model_config": c["model_config"], "run_config": c.get("run_config", {}), "model": half}, out)
+    return out

@@ -75,6 +75,7 @@ class DataConfig:
     langid_sources: tuple[str, ...] = ()
     langid_valid_per_label: int = 1000
     short_span_fraction: float = 0.0  # add this share of training rows again as 1-3 word spans
+    casual_fraction: float = 0.0  # and this share again as people type: lowercased, no final punctuation
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,9 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16), bf16, fp16, off
     # Classification: first pretrain the encoder as a masked language model on the training
     # texts (labels unused) for this many epochs, in <run_dir>/pretrain; 0 = off.
+    # Start from these weights (a checkpoint or a bundle's weights.pt, with its spm.model beside
+    # it) instead of random ones; the optimizer starts afresh (warmup again).
+    init_from: str = ""
     pretrain_epochs: int = 0
     pretrain_lr: float = 0.0  # peak learning rate of that phase; 0 = train.lr
     pretrain_mask: float = 0.15  # share of tokens masked (80% masked, 10% random, 10% kept)

@@ -22,7 +22,7 @@ from service.runtime.bundle import load_manifest, sha256_file, write_manifest
 from service.runtime.classifier import Classifier
 from service.runtime.sessions import resolve_providers
 from service.runtime.translator import Translator
-from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.checkpoint import WEIGHTS_FILE, export_weights, load_checkpoint, model_from_checkpoint
 from training.config import RunConfig
 from training.devices import cpuinfo
 from training.evaluate import classification_metrics, format_confusion, translation_metrics
@@ -216,6 +216,8 @@ def release(
         )
     if not keep_all_variants:
         keep_only_variant(out_dir, served)
+    if cfg.task == "translation":  # not served (not in the manifest's files, not in the image)
+        export_weights(ckpt, out_dir / WEIGHTS_FILE)
     manifest = load_manifest(out_dir)
     manifest = replace(
         manifest,

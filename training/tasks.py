@@ -153,6 +153,9 @@ class ClassificationTask:
         if split == "train" and d.short_span_fraction:
             rng = random.Random(seed)
             rows = rows + short_spans(rng.sample(rows, int(len(rows) * d.short_span_fraction)), seed)
+        if split == "train" and d.casual_fraction:
+            rng = random.Random(seed + 1)
+            rows = rows + [(casual(t), y) for t, y in rng.sample(rows, int(len(rows) * d.casual_fraction))]
         return rows
 
     def encode(
@@ -225,6 +228,11 @@ class MaskedLMTask(ClassificationTask):
                 correct += int((logits.argmax(-1) == targets).sum())
                 total += targets.numel()
         return {self.metric: round(100.0 * correct / max(total, 1), 2)}
+
+
+def casual(text: str) -> str:
+    """Text as typed in a hurry ("Hello!" -> "hello"): lowercased, final punctuation dropped."""
+    return text.lower().rstrip(" .!?。！？…") or text.lower()
 
 
 def pretrain_config(cfg: RunConfig) -> RunConfig:

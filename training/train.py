@@ -61,6 +61,12 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
     if not resume and last_path.exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume or use a new --run-dir")
 
+    init = Path(tc.init_from) if tc.init_from else None
+    if init is not None and dd.main and not (run_dir / TOKENIZER_FILE).exists():
+        # Continue from released weights: their tokenizer is the one beside them.
+        if not (init.parent / TOKENIZER_FILE).exists():
+            raise FileNotFoundError(f"train.init_from={init}: no {TOKENIZER_FILE} beside it")
+        shutil.copyfile(init.parent / TOKENIZER_FILE, run_dir / TOKENIZER_FILE)
     if dd.main:
         prepare_tokenizer(cfg, run_dir)
     if dd.world > 1:
@@ -91,6 +97,10 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
         model.load_state_dict(load_checkpoint(run_dir / "pretrain" / "last.pt", dev)["model"])
         if dd.main:
             log.info("initialised from the masked-LM pretraining in %s", run_dir / "pretrain")
+    elif init is not None and not (resume and last_path.exists()):
+        model.load_state_dict(load_checkpoint(init, dev)["model"])
+        if dd.main:
+            log.info("initialised from the weights in %s", init)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps, weight_decay=tc.weight_decay
     )

@@ -269,3 +269,48 @@ def test_pretraining_phase_learns_and_initialises_the_classifier(tsv_dir, tmp_pa
     for key in pre:
         torch.testing.assert_close(fine[key], pre[key], rtol=0, atol=0)
     assert load_checkpoint(tmp_path / "pretrain" / "last.pt")["model_config"]["dropout"] == 0.1
+
+
+def test_init_from_released_weights_continues_with_their_tokenizer(parallel_dir, tmp_path):
+    import shutil
+
+    from training.checkpoint import export_weights
+
+    train(translation_config(parallel_dir, max_steps=4), tmp_path / "a", device="cpu")
+    released = tmp_path / "bundle"
+    released.mkdir()
+    export_weights(tmp_path / "a" / "last.pt", released / "weights.pt")
+    shutil.copyfile(tmp_path / "a" / "spm.model", released / "spm.model")
+    weights = load_checkpoint(released / "weights.pt")
+    assert "optimizer" not in weights and weights["model"]["embed.embedding.weight"].dtype == torch.float16
+    # lr 0: the weights must come out exactly as they went in (fp16-rounded), tokenizer copied
+    cfg = translation_config(parallel_dir, max_steps=2, lr=0.0, init_from=str(released / "weights.pt"))
+    train(cfg, tmp_path / "b", device="cpu")
+    assert (tmp_path / "b" / "spm.model").read_bytes() == (released / "spm.model").read_bytes()
+    b = load_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    for key, value in weights["model"].items():
+        torch.testing.assert_close(b[key], value.to(b[key].dtype), rtol=0, atol=0, msg=key)
+
+
+def test_casual_text_augmentation_for_language_id(tmp_path):
+    from training.tasks import casual, make_task
+
+    assert casual("Hello!") == "hello" and casual("Wie geht es dir?") == "wie geht es dir" and casual("...") == "..."
+    data = tmp_path / "lid"
+    data.mkdir()
+    import gzip
+
+    with gzip.open(data / "train.tsv.gz", "wt") as f:
+        f.write("sentence\tlabel\n" + "".join(f"Hallo Welt {i}!\tdeu\n" for i in range(10)))
+    from training.config import config_from_dict
+
+    cfg = config_from_dict(
+        {
+            "name": "lid",
+            "task": "classification",
+            "data": {"dir": str(data), "labels": ["de", "en"], "label_aliases": ["deu=de"], "casual_fraction": 0.5},
+        }
+    )
+    rows = make_task(cfg, tokenizer=None).raw("train")  # type: ignore[arg-type]
+    assert len(rows) == 15 and rows[0] == ("Hallo Welt 0!", 0)
+    assert all(t == t.lower() and not t.endswith("!") for t, _ in rows[10:])
