@@ -74,6 +74,22 @@ def test_translate_accepts_form_bodies(client):
     assert form_r.json()["translatedText"] == json_r.json()["translatedText"]
 
 
+def test_parameters_from_the_query_string_under_the_body(client):
+    # deep-translator sends everything in the query string with an empty body
+    expected = client.post("/translate", json={"q": "hallo welt", "source": "de", "target": "en"}).json()
+    r = client.post("/translate", params={"q": "hallo welt", "source": "de", "target": "en", "api_key": ""})
+    assert r.status_code == 200, r.text
+    assert r.json() == expected
+    # the body wins over the query string; forms and query strings merge
+    r = client.post("/translate?target=xx", json={"q": "hallo welt", "source": "de", "target": "en"})
+    assert r.json() == expected
+    r = client.post("/translate?source=de", data={"q": "hallo welt", "target": "en"})
+    assert r.json() == expected
+    r = client.post("/detect", params={"q": "der hund spielt"})
+    assert r.status_code == 200 and r.json()[0]["language"] == "de"
+    assert client.post("/translate").json() == {"error": "empty request body; send JSON or a form"}
+
+
 def test_translate_auto_detects_source(client):
     r = client.post("/translate", json={"q": "der hund spielt mit der katze", "source": "auto", "target": "en"})
     assert r.status_code == 200, r.text
