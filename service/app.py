@@ -27,6 +27,15 @@ from service.state import ServiceState
 log = logging.getLogger("service")
 
 
+def _translation_runner(engine: Any):
+    """Plain greedy text, or with options (beam_size, n_best) the n-best with scores."""
+
+    def run(texts, **options):
+        return engine.translate_nbest(texts, **options) if options else engine.translate(texts)
+
+    return run
+
+
 def _load(state: ServiceState) -> None:
     """Create the onnxruntime sessions and the batcher (in a thread: /health answers meanwhile)."""
     try:
@@ -34,7 +43,7 @@ def _load(state: ServiceState) -> None:
         runners: dict[str, Any] = {}
         for name, engine in registry.translators().items():
             engine.on_tokens = lambda n, name=name: state.metrics.tokens.labels(name).inc(n)
-            runners[name] = engine.translate
+            runners[name] = _translation_runner(engine)
         for name, classifier in registry.classifiers().items():
             runners[name] = classifier.predict
         s = state.settings

@@ -33,7 +33,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-RunFn = Callable[[Sequence[str]], Sequence[Any]]
+RunFn = Callable[..., Sequence[Any]]  # runner(texts, **options) -> one result per text
 
 
 class QueueFull(Exception):
@@ -50,7 +50,11 @@ class _Job:
     texts: Sequence[str]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    options: tuple[tuple[str, Any], ...] = ()  # jobs share a model call only with equal options
     enqueued: float = field(default_factory=time.monotonic)
+
+    def key(self) -> tuple[str, tuple[tuple[str, Any], ...]]:
+        return self.model, self.options
 
 
 class Batcher:
@@ -85,12 +89,14 @@ class Batcher:
     def queued(self) -> int:
         return self._queued
 
-    async def submit(self, model: str, texts: Sequence[str]) -> list[Any]:
-        """Run `texts` through `model` in some batch; returns their results in order."""
+    async def submit(self, model: str, texts: Sequence[str], options: dict[str, Any] | None = None) -> list[Any]:
+        """Run `texts` through `model` in some batch; returns their results in order. `options`
+        (e.g. a beam size) are passed to the model's runner; only jobs with equal options are
+        batched together."""
         if model not in self.runners:
             raise KeyError(model)
         loop = asyncio.get_running_loop()
-        job = _Job(model, list(texts), loop.create_future(), loop)
+        job = _Job(model, list(texts), loop.create_future(), loop, tuple(sorted((options or {}).items())))
         with self._cv:
             if self._stopping:
                 raise BatcherStopped()
@@ -129,7 +135,7 @@ class Batcher:
                 return [first]
             deadline = first.enqueued + self.max_wait
             while not self._stopping:
-                waiting = sum(len(j.texts) for j in self._jobs if j.model == first.model)
+                waiting = sum(len(j.texts) for j in self._jobs if j.key() == first.key())
                 remaining = deadline - time.monotonic()
                 if waiting >= self.max_batch_size or remaining <= 0:
                     break
@@ -140,7 +146,7 @@ class Batcher:
             kept: deque[_Job] = deque()
             size = 0
             for job in self._jobs:
-                if job.model == first.model and (not taken or size + len(job.texts) <= self.max_batch_size):
+                if job.key() == first.key() and (not taken or size + len(job.texts) <= self.max_batch_size):
                     taken.append(job)
                     size += len(job.texts)
                 else:
@@ -154,7 +160,7 @@ class Batcher:
             self._run(jobs)
 
     def _run(self, jobs: list[_Job]) -> None:
-        model = jobs[0].model
+        model, options = jobs[0].model, dict(jobs[0].options)
         items = [(j, i, t) for j in jobs for i, t in enumerate(j.texts)]
         items.sort(key=lambda it: self.length(it[2]))
         results: dict[int, list[Any]] = {id(j): [None] * len(j.texts) for j in jobs}
@@ -166,7 +172,7 @@ class Batcher:
                 continue
             t0 = time.perf_counter()
             try:
-                outputs = self.runners[model]([it[2] for it in live])
+                outputs = self.runners[model]([it[2] for it in live], **options)
             except Exception as exc:  # noqa: BLE001 - any model failure fails this batch only
                 # the traceback is logged with each request's id by the route that waits for it
                 log.error("model %s failed on a batch of %d texts: %r", model, len(live), exc)

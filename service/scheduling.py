@@ -16,14 +16,16 @@ from service.state import ServiceState
 log = logging.getLogger("service")
 
 
-async def run_batched(state: ServiceState, model: str, texts: Sequence[str]) -> list[Any]:
+async def run_batched(
+    state: ServiceState, model: str, texts: Sequence[str], options: dict[str, Any] | None = None
+) -> list[Any]:
     """Submit to the batcher, mapping overload, timeout and model failure to HTTP errors."""
     if not texts:
         return []
     assert state.batcher is not None
     state.metrics.queue_depth.set(state.batcher.queued)
     try:
-        return await asyncio.wait_for(state.batcher.submit(model, texts), state.settings.request_timeout_s)
+        return await asyncio.wait_for(state.batcher.submit(model, texts, options), state.settings.request_timeout_s)
     except (QueueFull, BatcherStopped):
         state.metrics.rejected.labels("queue_full").inc()
         raise busy() from None

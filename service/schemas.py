@@ -38,6 +38,12 @@ class TranslateRequest(BaseModel):
     target: LangCode = Field(description="target language code")
     format: Literal["text"] = Field("text", description="only plain text is supported")
     api_key: str | None = Field(None, description="API key, if the server requires one")
+    alternatives: int = Field(0, description="also return up to this many other distinct translations")
+    beam_size: int | None = Field(None, description="beam search width (1 = greedy); default: the server's")
+    confidence: bool = Field(
+        False,
+        description="also return a confidence per text: 100 x the geometric mean of its tokens' probabilities",
+    )
 
     _check_q = field_validator("q", mode="before")(check_texts)
 
@@ -50,6 +56,8 @@ class DetectedLanguage(BaseModel):
 class TranslateResponse(BaseModel):
     translatedText: str | list[str]
     detectedLanguage: DetectedLanguage | list[DetectedLanguage] | None = None
+    alternatives: list[str] | list[list[str]] | None = None
+    confidence: float | list[float] | None = None
 
 
 class DetectRequest(BaseModel):

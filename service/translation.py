@@ -4,6 +4,9 @@ calls the scheduler; the engines see sentences only."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 from service.errors import ServiceError, bad_request
 from service.languages import translation_code
 from service.scheduling import run_batched
@@ -41,11 +44,52 @@ async def detect(state: ServiceState, texts: list[str]) -> list[list[DetectedLan
     return out
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How a request wants its sentences decoded."""
+
+    beam_size: int = 1
+    alternatives: int = 0
+    confidence: bool = False
+
+    @property
+    def plain(self) -> bool:
+        return self.beam_size == 1 and not self.alternatives and not self.confidence
+
+
+def decoding(state: ServiceState, beam_size: int | None, alternatives: int, confidence: bool) -> Decoding:
+    """The request's decoding, checked against the server's bounds (400 with the bound)."""
+    s = state.settings
+    if not 0 <= alternatives <= s.max_alternatives:
+        raise bad_request(f"alternatives must be between 0 and {s.max_alternatives}, got {alternatives}")
+    if beam_size is not None and not 1 <= beam_size <= s.max_beam_size:
+        raise bad_request(f"beam_size must be between 1 and {s.max_beam_size}, got {beam_size}")
+    beam = beam_size or s.beam_size
+    if alternatives:  # n alternatives need n + 1 hypotheses
+        if beam_size is not None and beam_size < alternatives + 1:
+            raise bad_request(f"beam_size {beam_size} cannot give {alternatives} alternatives (needs alternatives + 1)")
+        beam = max(beam, min(alternatives + 1, s.max_beam_size))
+    return Decoding(beam, alternatives, confidence)
+
+
+@dataclass
+class Translated:
+    texts: list[str]
+    detected: list[DetectedLanguage] | None = None
+    alternatives: list[list[str]] | None = None
+    confidence: list[float] | None = None
+
+
 async def translate(
-    state: ServiceState, texts: list[str], source: str, target: str
-) -> tuple[list[str], list[DetectedLanguage] | None]:
-    """Translations of `texts` from `source` ("auto": detected per text) into `target`, and the
-    detected languages when `source` is auto."""
+    state: ServiceState, texts: list[str], source: str, target: str, how: Decoding = Decoding()
+) -> Translated:
+    """Translations of `texts` from `source` ("auto": detected per text) into `target`, the
+    detected languages when `source` is auto, and the alternatives and confidences `how` asks for.
+
+    A text's confidence is 100 x exp(mean log-probability per token) over all its sentences'
+    tokens (</s> included): the geometric mean of the probabilities the model gave its own
+    output. Through English, the two steps' figures multiply. Alternative k of a text joins each
+    sentence's k-th best translation (its best where it has fewer); duplicates are dropped."""
     registry = state.registry
     assert registry is not None
     if not any(target in t for t in registry.targets().values()):
@@ -61,9 +105,12 @@ async def translate(
         if route is None:
             raise bad_request(f"unsupported language pair {src}->{target}; supported pairs: {supported(state)}")
 
+    out = Translated(list(texts), detected)
+    if not how.plain:
+        out.alternatives = [[] for _ in texts]
+        out.confidence = [100.0] * len(texts)
     # Split every text into sentences; translate all pieces of one source language as one
     # submission per step (two steps through English where there is no direct model).
-    results = list(texts)
     for src, route in routes.items():
         assert route is not None
         idx = [i for i, s in enumerate(sources) if s == src]
@@ -71,12 +118,58 @@ async def translate(
         limit = engine.max_len - 3  # room for </s> and a target tag
         segmented = [split_text(texts[i], limit, engine.n_tokens) for i in idx]
         pieces = [seg.text for segs in segmented for seg in segs if seg.text]
-        for model, _, tgt in route:
-            manifest = registry.models[model].manifest
-            assert manifest is not None
-            pieces = await run_batched(state, model, [manifest.model_input(p, tgt) for p in pieces])
-        translated = iter(pieces)
+        if how.plain:
+            for model, _, tgt in route:
+                pieces = await run_batched(state, model, [_model_input(registry, model, p, tgt) for p in pieces])
+            nbest = [[(p, 0.0, 0)] for p in pieces]
+            factor = [1.0] * len(pieces)
+        else:
+            factor = [1.0] * len(pieces)
+            for n, (model, _, tgt) in enumerate(route):
+                last = n == len(route) - 1
+                options = {"beam_size": how.beam_size, "n_best": how.alternatives + 1 if last else 1}
+                inputs = [_model_input(registry, model, p, tgt) for p in pieces]
+                nbest = await run_batched(state, model, inputs, options)
+                if not last:  # through English: the best English goes on, its confidence multiplies
+                    factor = [f * _confidence([h[0]]) / 100 for f, h in zip(factor, nbest)]
+                    pieces = [h[0][0] for h in nbest]
+        results = iter(nbest)
+        factors = iter(factor)
         for i, segs in zip(idx, segmented):
-            outs = [next(translated) if seg.text else "" for seg in segs]
-            results[i] = join_segments(segs, outs, target)
-    return results, detected
+            per = [(next(results), next(factors)) if seg.text else ([("", 0.0, 0)], 1.0) for seg in segs]
+            out.texts[i] = join_segments(segs, [h[0][0] for h, _ in per], target)
+            if how.plain:
+                continue
+            assert out.alternatives is not None and out.confidence is not None
+            scored = [h[0] for h, _ in per if h[0][2]]
+            out.confidence[i] = round(_confidence(scored) * _product(f for (h, f) in per), 2)
+            alts: list[str] = []
+            for k in range(1, how.alternatives + 1):
+                alt = join_segments(segs, [(h[k] if k < len(h) else h[0])[0] for h, _ in per], target)
+                if alt != out.texts[i] and alt not in alts:
+                    alts.append(alt)
+            out.alternatives[i] = alts
+    if how.alternatives == 0 and out.alternatives is not None:
+        out.alternatives = None
+    if not how.confidence:
+        out.confidence = None
+    return out
+
+
+def _model_input(registry, model: str, text: str, target: str) -> str:
+    manifest = registry.models[model].manifest
+    assert manifest is not None
+    return manifest.model_input(text, target)
+
+
+def _confidence(hyps: list[tuple[str, float, int]]) -> float:
+    """100 x exp(mean log-probability per token) of the hypotheses' tokens together."""
+    tokens = sum(h[2] for h in hyps)
+    return 100.0 * math.exp(sum(h[1] for h in hyps) / tokens) if tokens else 100.0
+
+
+def _product(values) -> float:
+    out = 1.0
+    for v in values:
+        out *= v
+    return out

@@ -25,10 +25,21 @@ router = APIRouter(tags=["translation"])
 async def translate(call: Call[TranslateRequest] = Depends(admitted(TranslateRequest, "q"))) -> TranslateResponse:
     body = call.body
     texts = [body.q] if isinstance(body.q, str) else list(body.q)
-    results, detected = await translation.translate(call.state, texts, body.source.lower(), body.target.lower())
+    how = translation.decoding(call.state, body.beam_size, body.alternatives, body.confidence)
+    out = await translation.translate(call.state, texts, body.source.lower(), body.target.lower(), how)
     if isinstance(body.q, str):
-        return TranslateResponse(translatedText=results[0], detectedLanguage=detected[0] if detected else None)
-    return TranslateResponse(translatedText=results, detectedLanguage=detected)
+        return TranslateResponse(
+            translatedText=out.texts[0],
+            detectedLanguage=out.detected[0] if out.detected else None,
+            alternatives=out.alternatives[0] if out.alternatives is not None else None,
+            confidence=out.confidence[0] if out.confidence is not None else None,
+        )
+    return TranslateResponse(
+        translatedText=out.texts,
+        detectedLanguage=out.detected,
+        alternatives=out.alternatives,
+        confidence=out.confidence,
+    )
 
 
 @router.post(

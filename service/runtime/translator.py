@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.runtime import graph_io
+from service.runtime.beam import Hypothesis, beam_search, logsumexp
 from service.runtime.bundle import Manifest
 from service.runtime.preprocess import DECODING, output_limits, source_ids
 from service.runtime.sessions import BundleEngine
@@ -84,7 +85,54 @@ class Translator(BundleEngine):
             out[todo[k]] = text
         return out
 
+    def translate_nbest(
+        self, texts: Sequence[str], beam_size: int = 4, n_best: int = 1, length_penalty: float = 1.0
+    ) -> list[list[tuple[str, float, int]]]:
+        """The `n_best` best translations of each sentence (beam search; beam_size 1 is greedy),
+        best first, each as (text, sum of its tokens' log-probabilities with </s>, tokens with
+        </s>); an empty text gives [("", 0.0, 0)]."""
+        out: list[list[tuple[str, float, int]]] = [[("", 0.0, 0)] for _ in texts]
+        todo = [i for i, t in enumerate(texts) if t.strip()]
+        if not todo:
+            return out
+        encoded = self.encode([texts[i] for i in todo])
+        order = sorted(range(len(todo)), key=lambda k: len(encoded[k]))
+        results = self.generate_nbest([encoded[k] for k in order], beam_size, n_best, length_penalty)
+        for k, hyps in zip(order, results):
+            decoded = self.sp.decode([h.tokens for h in hyps])
+            out[todo[k]] = [(text, h.score, h.length) for text, h in zip(decoded, hyps)]
+        return out
+
     # -- id level ---------------------------------------------------------------------------
+
+    def generate_nbest(
+        self, sources: Sequence[Sequence[int]], beam_size: int, n_best: int = 1, length_penalty: float = 1.0
+    ) -> list[list[Hypothesis]]:
+        """Beam search over a batch of source id lists (runtime/beam.py), n-best per source.
+        Beam 1 is the greedy loop itself (the same output as `generate`), with scores."""
+        if beam_size == 1:
+            return self._greedy_scored(sources)
+        b = len(sources)
+        lengths = np.array([len(s) for s in sources])
+        src = np.full((b, lengths.max()), self.pad, dtype=np.int64)
+        for i, s in enumerate(sources):
+            src[i, : len(s)] = s
+        limits = output_limits(lengths, self.max_len, self.ratio, self.extra)
+        hyps = beam_search(
+            self.start,
+            self.step,
+            src,
+            limits,
+            beam_size,
+            n_best,
+            self.bos,
+            self.eos,
+            length_penalty,
+            per_beam=set(self.cache_names),
+        )
+        if self.on_tokens:
+            self.on_tokens(sum(h[0].length for h in hyps if h))
+        return hyps
 
     def generate(self, sources: Sequence[Sequence[int]]) -> list[list[int]]:
         """Greedy decoding of a batch of source id lists (each ending in </s>)."""
@@ -100,6 +148,21 @@ class Translator(BundleEngine):
         if self.on_tokens:
             self.on_tokens(int(out_len.sum()))
         return [out[i, : out_len[i]].tolist() for i in range(b)]
+
+    def _greedy_scored(self, sources: Sequence[Sequence[int]]) -> list[list[Hypothesis]]:
+        b = len(sources)
+        lengths = np.array([len(s) for s in sources])
+        src = np.full((b, lengths.max()), self.pad, dtype=np.int64)
+        for i, s in enumerate(sources):
+            src[i, : len(s)] = s
+        limits = output_limits(lengths, self.max_len, self.ratio, self.extra)
+        scores = np.zeros(b, dtype=np.float64)
+        out, out_len = self._decode(src, limits, int(limits.max()), scores)
+        if self.on_tokens:
+            self.on_tokens(int(out_len.sum()))
+        # a row that ended with </s> scored it too; one cut at its limit did not
+        n = out_len + (out_len < limits)
+        return [[Hypothesis(out[i, : out_len[i]].tolist(), float(scores[i]), int(n[i]))] for i in range(b)]
 
     def start(self, src: np.ndarray) -> dict[str, np.ndarray]:
         """The decoder's inputs before the first step: the encoder's keys/values, the source
@@ -120,7 +183,9 @@ class Translator(BundleEngine):
         state.update(zip(self.cache_names, present))
         return logits
 
-    def _decode(self, src: np.ndarray, limits: np.ndarray, steps: int):
+    def _decode(self, src: np.ndarray, limits: np.ndarray, steps: int, scores: np.ndarray | None = None):
+        """Greedy loop; with `scores` (B,), adds each row's chosen tokens' log-probabilities to
+        it (</s> included)."""
         b = src.shape[0]
         state = self.start(src)
         out = np.full((b, steps), self.pad, dtype=np.int64)
@@ -128,7 +193,11 @@ class Translator(BundleEngine):
         alive = np.arange(b)  # original rows still decoding, in batch order
         tokens = np.full((b, 1), self.bos, dtype=np.int64)
         for step in range(steps):
-            next_ids = self.step(state, tokens).argmax(-1)
+            logits = self.step(state, tokens)
+            next_ids = logits.argmax(-1)
+            if scores is not None:
+                chosen = logits[np.arange(len(next_ids)), next_ids].astype(np.float64)
+                scores[alive] += chosen - logsumexp(logits.astype(np.float64))
             ended = next_ids == self.eos
             out[alive[~ended], step] = next_ids[~ended]
             out_len[alive[~ended]] = step + 1

@@ -38,6 +38,10 @@ def test_bundle_golden_outputs(name):
         # Alone and batched together: a shipped variant's answer must not depend on batch-mates.
         assert [engine.translate([c["input"]])[0] for c in cases] == expected
         assert engine.translate([c["input"] for c in cases]) == expected
+        # Beam search too: a sentence's n-best and scores do not depend on its batch-mates.
+        inputs = [c["input"] for c in cases]
+        batched = engine.translate_nbest(inputs, beam_size=4, n_best=3)
+        assert [engine.translate_nbest([t], beam_size=4, n_best=3)[0] for t in inputs] == batched
     else:
         engine = Classifier(bundle, manifest, providers, threads=1)
         probs = engine.predict([c["input"] for c in cases])

@@ -324,3 +324,35 @@ def test_requests_beyond_the_inflight_cap_get_503_at_once(model_dir):
         assert first[0].status_code == 200  # the accepted request got its answer
         assert c.post("/translate", json=body).status_code == 200
         assert 'transerve_rejected_total{reason="inflight"} 1.0' in c.get("/metrics").text
+
+
+def test_beam_alternatives_and_confidence(client):
+    base = {"q": "der hund spielt mit der katze", "source": "de", "target": "en"}
+    greedy = client.post("/translate", json=base).json()
+    assert set(greedy) == {"translatedText"}  # extension fields only when asked for
+    r = client.post("/translate", json={**base, "beam_size": 1, "confidence": True}).json()
+    assert r["translatedText"] == greedy["translatedText"] and 0 <= r["confidence"] <= 100
+    r = client.post("/translate", json={**base, "alternatives": 2}).json()
+    assert isinstance(r["alternatives"], list) and len(r["alternatives"]) <= 2
+    assert r["translatedText"] not in r["alternatives"] and len(set(r["alternatives"])) == len(r["alternatives"])
+    many = client.post(
+        "/translate", json={**base, "q": ["hallo welt", "ein mann"], "alternatives": 1, "confidence": True}
+    ).json()
+    assert len(many["alternatives"]) == 2 and all(isinstance(a, list) for a in many["alternatives"])
+    assert len(many["confidence"]) == 2
+    form = client.post("/translate", data={**base, "alternatives": "2", "confidence": "true"}).json()
+    assert form["alternatives"] == r["alternatives"]
+
+
+@pytest.mark.parametrize(
+    "extra, error",
+    [
+        ({"alternatives": 99}, "alternatives must be between 0 and 5, got 99"),
+        ({"alternatives": -1}, "alternatives must be between 0 and 5, got -1"),
+        ({"beam_size": 0}, "beam_size must be between 1 and 8, got 0"),
+        ({"beam_size": 2, "alternatives": 3}, "beam_size 2 cannot give 3 alternatives (needs alternatives + 1)"),
+    ],
+)
+def test_bad_decoding_values_are_400(client, extra, error):
+    r = client.post("/translate", json={"q": "hallo", "source": "de", "target": "en", **extra})
+    assert r.status_code == 400 and r.json() == {"error": error}
