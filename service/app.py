@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.batcher import Batcher
 from service.errors import ServiceError
@@ -122,14 +123,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body: dict[str, Any] = {"error": exc.message, **exc.extra}
         return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # unknown routes (404), wrong methods (405): {"error": ...} like every other answer
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
             msg = str(err.get("msg", "")).removeprefix("Value error, ")
             problems.append(f"{where}: {msg}" if where else msg)
-        return JSONResponse({"error": "; ".join(problems) or "invalid request"}, status_code=422)
+        # LibreTranslate's endpoints answer 400 to a bad request, so its clients expect that there
+        status = 400 if request.url.path in LIBRETRANSLATE_PATHS else 422
+        return JSONResponse({"error": "; ".join(problems) or "invalid request"}, status_code=status)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -150,6 +158,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         inflight=inflight,
     )
     return app
+
+
+LIBRETRANSLATE_PATHS = {"/translate", "/detect", "/translate_file"}
 
 
 def _document_request_bodies(app: FastAPI) -> None:

@@ -80,10 +80,19 @@ NAMES = {
 
 # Detection labels that name a script of a language the translators know by its bare code.
 _SCRIPT_OF = {"zh-Hans": "zh", "zh-Hant": "zh"}
+# Codes clients send for a language the translators know by its bare code (LibreTranslate's
+# zh-Hans / zh-Hant, regional tags); compared lowercased.
+_ALIASES = {"zh-hans": "zh", "zh-hant": "zh", "zh-cn": "zh", "zh-tw": "zh", "zh-sg": "zh", "zh-hk": "zh"}
 
 
 def name(code: str) -> str:
     return NAMES.get(code, code)
+
+
+def normalize(code: str) -> str:
+    """A request's language code as the translators name it ("zh-Hans" -> "zh", "DE" -> "de")."""
+    low = code.strip().lower()
+    return _ALIASES.get(low, low)
 
 
 def translation_code(label: str) -> str:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 Text = Annotated[str, StringConstraints(min_length=1)]
-Texts = Annotated[list[Text], Field(min_length=1)]
+Texts = Annotated[list[str], Field(min_length=1)]  # items may be "" (answered "", as LibreTranslate)
 LangCode = Annotated[str, StringConstraints(min_length=2, max_length=16, pattern=r"^[A-Za-z-]+$")]
 
 
@@ -21,8 +21,6 @@ def check_texts(value: object) -> object:
             raise ValueError("must not be an empty list")
         if not all(isinstance(v, str) for v in value):
             raise ValueError("must be a string or a list of strings")
-        if not all(v.strip() for v in value):
-            raise ValueError("must not contain empty texts")
     else:
         raise ValueError("must be a string or a list of strings")
     return value

@@ -5,6 +5,7 @@ calls the scheduler; the engines see sentences only."""
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 
 from service.errors import ServiceError, bad_request
@@ -117,7 +118,7 @@ async def translate(
         engine = registry.translators()[route[0][0]]
         limit = engine.max_len - 3  # room for </s> and a target tag
         segmented = [split_text(texts[i], limit, engine.n_tokens) for i in idx]
-        pieces = [seg.text for segs in segmented for seg in segs if seg.text]
+        pieces = [seg.text for segs in segmented for seg in segs if translatable(seg.text)]
         if how.plain:
             for model, _, tgt in route:
                 pieces = await run_batched(state, model, [_model_input(registry, model, p, tgt) for p in pieces])
@@ -136,7 +137,10 @@ async def translate(
         results = iter(nbest)
         factors = iter(factor)
         for i, segs in zip(idx, segmented):
-            per = [(next(results), next(factors)) if seg.text else ([("", 0.0, 0)], 1.0) for seg in segs]
+            per = [
+                (next(results), next(factors)) if translatable(seg.text) else ([(seg.text, 0.0, 0)], 1.0)
+                for seg in segs
+            ]
             out.texts[i] = join_segments(segs, [h[0][0] for h, _ in per], target)
             if how.plain:
                 continue
@@ -154,6 +158,12 @@ async def translate(
     if not how.confidence:
         out.confidence = None
     return out
+
+
+def translatable(text: str) -> bool:
+    """Whether a sentence has words to translate: a letter of any script. Emoji, symbols,
+    numbers and punctuation alone come back exactly as they are (a model would invent words)."""
+    return any(unicodedata.category(ch).startswith("L") for ch in text)
 
 
 def _model_input(registry, model: str, text: str, target: str) -> str:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.languages import name as language_name
 from service.schemas import ModelInfo
 from service.state import ServiceState
 
@@ -78,3 +79,29 @@ async def metrics(request: Request) -> Response:
 @router.get("/", include_in_schema=False)
 async def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+@router.get("/frontend/settings", summary="LibreTranslate's front-end settings (clients read the limits here)")
+async def frontend_settings(request: Request) -> dict:
+    state: ServiceState = request.app.state.service
+    s = state.settings
+    targets = sorted({t for _, t in state.registry.pairs}) if state.registry else []
+    target = "en" if "en" in targets else (targets[0] if targets else "en")
+    return {
+        "charLimit": s.max_chars,
+        "frontendTimeout": int(s.request_timeout_s * 1000),
+        "apiKeys": bool(s.api_keys),
+        "keyRequired": bool(s.api_keys),
+        "suggestions": False,
+        "filesTranslation": False,
+        "supportedFilesFormat": [],
+        "language": {
+            "source": {"code": "auto", "name": "Auto Detect"},
+            "target": {"code": target, "name": language_name(target)},
+        },
+    }
+
+
+@router.get("/spec", summary="The OpenAPI document (LibreTranslate's /spec)")
+async def spec(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())

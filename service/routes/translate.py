@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 
 from service import translation
 from service.deps import Call, admitted, ready_state
-from service.languages import name
+from service.languages import name, normalize
 from service.routes.common import ERRORS, body_doc
 from service.schemas import DetectedLanguage, DetectRequest, Language, TranslateRequest, TranslateResponse
 from service.state import ServiceState
@@ -26,7 +26,7 @@ async def translate(call: Call[TranslateRequest] = Depends(admitted(TranslateReq
     body = call.body
     texts = [body.q] if isinstance(body.q, str) else list(body.q)
     how = translation.decoding(call.state, body.beam_size, body.alternatives, body.confidence)
-    out = await translation.translate(call.state, texts, body.source.lower(), body.target.lower(), how)
+    out = await translation.translate(call.state, texts, normalize(body.source), normalize(body.target), how)
     if isinstance(body.q, str):
         return TranslateResponse(
             translatedText=out.texts[0],
@@ -58,4 +58,5 @@ async def languages(state: ServiceState = Depends(ready_state)) -> list[Language
     """Every source language with every target it reaches, directly or through English."""
     assert state.registry is not None
     targets = state.registry.targets()
-    return [Language(code=c, name=name(c), targets=sorted(t)) for c, t in sorted(targets.items())]
+    # as LibreTranslate: a language's targets include itself (the text comes back as it is)
+    return [Language(code=c, name=name(c), targets=sorted(t | {c})) for c, t in sorted(targets.items())]

@@ -52,8 +52,9 @@ def test_health_ready_and_models(client):
 
 def test_languages_lists_pairs(client):
     langs = {lang["code"]: lang for lang in client.get("/languages").json()}
-    assert langs["de"] == {"code": "de", "name": "German", "targets": ["en"]}
-    assert langs["en"]["targets"] == ["de"]
+    # as LibreTranslate: a language's targets include itself
+    assert langs["de"] == {"code": "de", "name": "German", "targets": ["de", "en"]}
+    assert langs["en"]["targets"] == ["de", "en"]
 
 
 def test_translate_single_and_list(client):
@@ -111,14 +112,14 @@ def test_translate_keeps_line_breaks(client):
 @pytest.mark.parametrize(
     ("body", "status", "error"),
     [
-        ({"source": "de", "target": "en"}, 422, "q: Field required"),
-        ({"q": "", "source": "de", "target": "en"}, 422, "q: must not be empty"),
-        ({"q": "   ", "source": "de", "target": "en"}, 422, "q: must not be empty"),
-        ({"q": [], "source": "de", "target": "en"}, 422, "q: must not be an empty list"),
-        ({"q": ["ok", ""], "source": "de", "target": "en"}, 422, "q: must not contain empty texts"),
-        ({"q": 5, "source": "de", "target": "en"}, 422, "q: must be a string or a list of strings"),
-        ({"q": ["ok", 5], "source": "de", "target": "en"}, 422, "q: must be a string or a list of strings"),
-        ({"q": "hallo", "source": "de"}, 422, "target: Field required"),
+        # LibreTranslate's endpoints answer a bad request with 400 (its clients expect that)
+        ({"source": "de", "target": "en"}, 400, "q: Field required"),
+        ({"q": "", "source": "de", "target": "en"}, 400, "q: must not be empty"),
+        ({"q": "   ", "source": "de", "target": "en"}, 400, "q: must not be empty"),
+        ({"q": [], "source": "de", "target": "en"}, 400, "q: must not be an empty list"),
+        ({"q": 5, "source": "de", "target": "en"}, 400, "q: must be a string or a list of strings"),
+        ({"q": ["ok", 5], "source": "de", "target": "en"}, 400, "q: must be a string or a list of strings"),
+        ({"q": "hallo", "source": "de"}, 400, "target: Field required"),
         (
             {"q": "hallo", "source": "de", "target": "xx"},
             400,
@@ -129,7 +130,7 @@ def test_translate_keeps_line_breaks(client):
             400,
             "unsupported language pair fr->en; supported pairs: de->en, en->de",
         ),
-        ({"q": "hallo", "source": "de", "target": "en", "format": "html"}, 422, "format: Input should be 'text'"),
+        ({"q": "hallo", "source": "de", "target": "en", "format": "html"}, 400, "format: Input should be 'text'"),
         ({"q": "a" * 5001, "source": "de", "target": "en"}, 413, "text too long: 5001 characters > 5000"),
         ({"q": ["a"] * 65, "source": "de", "target": "en"}, 413, "too many texts: 65 > 64"),
     ],
@@ -157,7 +158,7 @@ def test_detect(client):
     assert r.status_code == 200
     best = r.json()[0]
     assert best["language"] == "en" and 0 <= best["confidence"] <= 100
-    assert client.post("/detect", json={"q": ""}).status_code == 422
+    assert client.post("/detect", json={"q": ""}).status_code == 400
 
 
 def test_classify(client):
@@ -356,3 +357,32 @@ def test_beam_alternatives_and_confidence(client):
 def test_bad_decoding_values_are_400(client, extra, error):
     r = client.post("/translate", json={"q": "hallo", "source": "de", "target": "en", **extra})
     assert r.status_code == 400 and r.json() == {"error": error}
+
+
+def test_libretranslate_shapes_empty_items_codes_symbols_and_error_bodies(client):
+    # Mastodon sends "" for a missing alt text: it comes back as ""
+    r = client.post("/translate", json={"q": ["hallo welt", "", "der hund"], "source": "de", "target": "en"})
+    assert r.status_code == 200, r.text
+    out = r.json()["translatedText"]
+    alone = client.post("/translate", json={"q": ["hallo welt", "der hund"], "source": "de", "target": "en"}).json()
+    assert out == [alone["translatedText"][0], "", alone["translatedText"][1]]
+    # emoji, numbers and symbols alone are not words: returned exactly
+    for text in ("😀😀", "€18.10", "42", "!!! ???", "😀 ✨ 🎉"):
+        r = client.post("/translate", json={"q": text, "source": "de", "target": "en"})
+        assert r.json()["translatedText"] == text
+    # LibreTranslate's zh-Hans / zh-Hant and regional codes; upper case
+    assert client.post("/translate", json={"q": "hallo", "source": "DE", "target": "EN"}).status_code == 200
+    r = client.post("/translate", json={"q": "hallo", "source": "de", "target": "zh-Hans"})
+    assert r.status_code == 400 and "unsupported target language 'zh'" in r.json()["error"]
+    # unknown routes and methods answer {"error": ...}
+    assert client.get("/nope").json() == {"error": "Not Found"} and client.get("/nope").status_code == 404
+    r = client.get("/translate")
+    assert r.status_code == 405 and r.json() == {"error": "Method Not Allowed"}
+
+
+def test_frontend_settings_and_spec(client):
+    fs = client.get("/frontend/settings").json()
+    assert fs["charLimit"] == 5000 and fs["keyRequired"] is False and fs["filesTranslation"] is False
+    assert fs["language"]["source"]["code"] == "auto" and fs["language"]["target"]["code"] == "en"
+    spec = client.get("/spec").json()
+    assert spec["info"]["title"] == "transerve" and "/translate" in spec["paths"]

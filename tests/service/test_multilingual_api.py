@@ -23,7 +23,7 @@ def test_languages_pairs_and_pivot_translation(multilingual_dir):
     with make_client(multilingual_dir) as client:
         wait_ready(client)
         langs = {x["code"]: x["targets"] for x in client.get("/languages").json()}
-        assert langs == {"de": ["en"], "en": ["de"], "fr": ["de", "en"]}
+        assert langs == {"de": ["de", "en"], "en": ["de", "en"], "fr": ["de", "en", "fr"]}
         bundle = multilingual_dir / "multi"
         engine = Translator(bundle, load_manifest(bundle), resolve_providers("cpu"), threads=1)
         text = "chat chien rouge"
