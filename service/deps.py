@@ -52,6 +52,10 @@ async def request_values(request: Request) -> dict[str, Any]:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ServiceError(400, "request body is not valid JSON") from None
+    except RecursionError:  # nested deeper than the parser goes (even in an ignored field)
+        raise ServiceError(400, "request body is nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts (4300)
+        raise ServiceError(400, f"request body is not acceptable JSON: {e}") from None
     if not isinstance(data, dict):
         raise ServiceError(400, "request body must be a JSON object")
     return {**values, **data}

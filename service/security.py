@@ -30,10 +30,12 @@ def authorize(request: Request, settings: Settings, body_key: str | None) -> str
         # compare_digest against every key, so timing does not tell which prefix matched
         valid = False
         for accepted in settings.api_keys:
-            valid |= key is not None and hmac.compare_digest(key.encode(), accepted.encode())
+            # surrogatepass: a key sent as "\ud800" is just a wrong key, not an encoding error
+            given = key.encode("utf-8", "surrogatepass") if key is not None else None
+            valid |= given is not None and hmac.compare_digest(given, accepted.encode())
         if not valid:
             raise ServiceError(403, "invalid or missing API key")
-        return "key:" + key  # type: ignore[operator]
+        return "key:" + key.encode("utf-8", "surrogatepass").hex()  # type: ignore[union-attr]
     return "ip:" + (request.client.host if request.client else "unknown")
 
 

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
 
     max_chars: int = Field(5000, ge=1, description="max characters per request (all items together)")
     max_items: int = Field(64, ge=1, description="max texts in one request")
+    max_pieces: int = Field(512, ge=1, description="max sentences in one request (after splitting); beyond, 413")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="request bodies larger than this get 413")
     batching: bool = Field(True, description="merge concurrent requests into shared model calls")
     max_batch_size: int = Field(32, ge=1, description="max sentences per model call")

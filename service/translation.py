@@ -8,12 +8,12 @@ import math
 import unicodedata
 from dataclasses import dataclass
 
-from service.errors import ServiceError, bad_request
+from service.errors import ServiceError, bad_request, too_large
 from service.languages import translation_code
 from service.scheduling import run_batched
 from service.schemas import DetectedLanguage
 from service.state import ServiceState
-from service.text import join_segments, split_text
+from service.text import Segment, join_segments, split_text
 
 
 def supported(state: ServiceState) -> str:
@@ -112,12 +112,20 @@ async def translate(
         out.confidence = [100.0] * len(texts)
     # Split every text into sentences; translate all pieces of one source language as one
     # submission per step (two steps through English where there is no direct model).
+    split: dict[str, tuple[list[int], list[list[Segment]]]] = {}
     for src, route in routes.items():
         assert route is not None
         idx = [i for i, s in enumerate(sources) if s == src]
         engine = registry.translators()[route[0][0]]
         limit = engine.max_len - 3  # room for </s> and a target tag
-        segmented = [split_text(texts[i], limit, engine.n_tokens) for i in idx]
+        split[src] = (idx, [split_text(texts[i], limit, engine.n_tokens) for i in idx])
+    total = sum(translatable(seg.text) for _, segmented in split.values() for segs in segmented for seg in segs)
+    most = min(state.settings.max_pieces, state.settings.max_queue)
+    if total > most:  # could never be queued whole: "retry later" would be a lie
+        raise too_large(f"too many sentences: {total} > {most} per request")
+    for src, route in routes.items():
+        assert route is not None
+        idx, segmented = split[src]
         pieces = [seg.text for segs in segmented for seg in segs if translatable(seg.text)]
         if how.plain:
             for model, _, tgt in route:

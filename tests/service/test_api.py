@@ -386,3 +386,28 @@ def test_frontend_settings_and_spec(client):
     assert fs["language"]["source"]["code"] == "auto" and fs["language"]["target"]["code"] == "en"
     spec = client.get("/spec").json()
     assert spec["info"]["title"] == "transerve" and "/translate" in spec["paths"]
+
+
+def test_parse_failures_are_400_not_500(model_dir):
+    with make_client(model_dir, api_keys=["s3cret"]) as c:
+        wait_ready(c)
+        deep = '{"q": "hallo", "source": "de", "target": "en", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+        r = c.post("/translate", content=deep, headers={"content-type": "application/json", "x-api-key": "s3cret"})
+        assert r.status_code == 400 and r.json()["error"].startswith("request body is")
+        digits = '{"q": "hallo", "source": "de", "target": "en", "n": ' + "9" * 5000 + "}"
+        r = c.post("/translate", content=digits, headers={"content-type": "application/json", "x-api-key": "s3cret"})
+        assert r.status_code == 400 and "not acceptable JSON" in r.json()["error"]
+        r = c.post(
+            "/translate",
+            content='{"q": "hallo", "source": "de", "target": "en", "api_key": "\\ud800"}',
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 403 and r.json() == {"error": "invalid or missing API key"}
+        # the connection still works afterwards
+        ok = c.post("/translate", json={"q": "hallo", "source": "de", "target": "en", "api_key": "s3cret"})
+        assert ok.status_code == 200
+
+
+def test_a_request_with_more_sentences_than_can_be_queued_is_413(client):
+    r = client.post("/translate", json={"q": "a\n" * 600, "source": "de", "target": "en"})
+    assert r.status_code == 413 and r.json() == {"error": "too many sentences: 600 > 512 per request"}
