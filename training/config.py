@@ -69,7 +69,13 @@ class DataConfig:
     train_file: str = "train.tsv.gz"
     valid_file: str = "dev.tsv.gz"
     labels: tuple[str, ...] = ()
-    label_aliases: tuple[str, ...] = ()  # "file_label=label": names in the data for a label
+    label_aliases: tuple[str, ...] = ()
+    # More labelled TSVs: "PATH" lines added to train, "NAME PATH" lines as extra splits (test_splits)
+    train_files: tuple[str, ...] = ()
+    eval_files: tuple[str, ...] = ()
+    # A text longer than max_tokens_per_sentence becomes several training examples, one per window
+    # of that length (the service reads long texts in such windows and averages them)
+    window_long_texts: bool = False  # "file_label=label": names in the data for a label
     # language identification: each label's text comes from monolingual files
     # ("<dir>/<split>.<lang>.gz" of several corpora); see training.data.load_langid
     langid_sources: tuple[str, ...] = ()

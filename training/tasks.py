@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from service.runtime.bundle import target_tag
+from service.runtime.preprocess import classifier_windows
 from training.config import RunConfig
 from training.data import load_directions, load_langid, load_parallel, load_tsv, short_spans, token_batches
 from training.evaluate import (
@@ -148,8 +149,15 @@ class ClassificationTask:
             if split != "train" and d.langid_valid_per_label:
                 rows = _balanced_sample(rows, d.langid_valid_per_label, seed=seed)
         else:
-            name = {"train": d.train_file, "valid": d.valid_file}.get(split, split)
-            rows = load_tsv(Path(d.dir) / name, d.labels, d.label_aliases)
+            named = {line.split(None, 1)[0]: line.split(None, 1)[1] for line in d.eval_files}
+            if split in named:
+                rows = load_tsv(Path(named[split]), d.labels, d.label_aliases)
+            else:
+                name = {"train": d.train_file, "valid": d.valid_file}.get(split, split)
+                rows = load_tsv(Path(d.dir) / name, d.labels, d.label_aliases)
+            if split == "train":
+                for extra in d.train_files:
+                    rows = rows + load_tsv(Path(extra), d.labels, d.label_aliases)
         if split == "train" and d.short_span_fraction:
             rng = random.Random(seed)
             rows = rows + short_spans(rng.sample(rows, int(len(rows) * d.short_span_fraction)), seed)
@@ -162,6 +170,13 @@ class ClassificationTask:
         self, rows: list[tuple[str, int]], filter_long: bool, sample_alpha: float = 0.0
     ) -> list[tuple[list, int]]:
         limit = self.cfg.data.max_tokens_per_sentence
+        if self.cfg.data.window_long_texts and filter_long:  # training: every window of a long text
+            out = []
+            for t, y in rows:
+                if t:
+                    pieces = self.tok.encode(t, sample_alpha)
+                    out += [(w, y) for w in classifier_windows(pieces, limit)]
+            return out
         return [(encode_classifier_input(self.tok, t, limit, sample_alpha), y) for t, y in rows if t]
 
     @staticmethod

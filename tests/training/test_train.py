@@ -314,3 +314,37 @@ def test_casual_text_augmentation_for_language_id(tmp_path):
     rows = make_task(cfg, tokenizer=None).raw("train")  # type: ignore[arg-type]
     assert len(rows) == 15 and rows[0] == ("Hallo Welt 0!", 0)
     assert all(t == t.lower() and not t.endswith("!") for t, _ in rows[10:])
+
+
+def test_extra_train_files_eval_files_and_windows_of_long_texts(tsv_dir, tmp_path):
+    import gzip
+
+    from training.tasks import make_task
+
+    long_file = tmp_path / "long.tsv.gz"
+    with gzip.open(long_file, "wt") as f:
+        f.write("sentence\tlabel\n" + " ".join(["good movie"] * 100) + "\t1\n" + "bad\t0\n")
+    cfg = classification_config(tsv_dir, epochs=1)
+    from dataclasses import replace
+
+    cfg = replace(
+        cfg,
+        data=replace(
+            cfg.data,
+            train_files=(str(long_file),),
+            eval_files=(f"long {long_file}",),
+            window_long_texts=True,
+            max_tokens_per_sentence=32,
+        ),
+    )
+    tok = prepare_tokenizer(cfg, tmp_path / "run")
+    task = make_task(cfg, tok)
+    rows = task.raw("train")
+    assert len(rows) == 300 + 2 and rows[-2][1] == 1
+    assert task.raw("long") == [(" ".join(["good movie"] * 100), 1), ("bad", 0)]
+    encoded = task.encode(rows[-2:], filter_long=True)
+    pieces = tok.encode(rows[-2][0])
+    windows = [e for e in encoded if e[1] == 1]
+    assert len(windows) == -(-len(pieces) // 31) > 1 and all(len(w[0]) <= 32 for w in windows)
+    assert [p for w, _ in windows for p in w[1:]] == pieces  # every piece, once, after <s>
+    assert len(task.encode(rows[-2:], filter_long=False)) == 2  # validation: one input per text
