@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 1,
         access_log=False,
+        # X-Forwarded-For only from the proxies named in the settings (uvicorn trusts 127.0.0.1
+        # by default, so any local client could pick its own address and dodge the rate limit)
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=",".join(settings.trusted_proxies) or "",
     )
     server = uvicorn.Server(config)
     # uvicorn drains on SIGTERM, then re-raises the signal to whatever handler was installed

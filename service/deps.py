@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from service.errors import ServiceError, not_ready, too_large
-from service.security import authorize
+from service.security import authorize, client_address
 from service.state import ServiceState
 
 M = TypeVar("M", bound=BaseModel)
@@ -39,6 +39,9 @@ async def request_values(request: Request) -> dict[str, Any]:
         k: (v if len(v) > 1 else v[0]) for k in request.query_params if (v := request.query_params.getlist(k))
     }
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype and ctype not in FORM_TYPES and ctype != "application/json":
+        # e.g. text/plain, which a cross-site form may send without a CORS preflight
+        raise ServiceError(415, f"unsupported content type {ctype!r}; send application/json or a form")
     if ctype in FORM_TYPES:
         form = await request.form()
         values.update({k: (v if len(v) > 1 else v[0]) for k in form.keys() if (v := form.getlist(k))})
@@ -93,12 +96,23 @@ def admitted(model: type[M], texts_of: str):
     the field holding the text(s), whose size is checked."""
 
     async def dependency(request: Request, state: ServiceState = Depends(ready_state)) -> Call[M]:
-        values = await request_values(request)
         try:
-            body = model.model_validate(values)
-        except ValidationError as e:
-            raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
-        guard(request, state, getattr(body, "api_key", None))
+            values = await request_values(request)
+            try:
+                body = model.model_validate(values)
+            except ValidationError as e:
+                raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
+            guard(request, state, getattr(body, "api_key", None))
+        except (ServiceError, RequestValidationError) as failure:
+            # a bad key or a bad body costs the caller's address a token too: guessing keys or
+            # flooding with invalid requests is throttled like any other traffic
+            if state.rate_limiter and not (isinstance(failure, ServiceError) and failure.status == 429):
+                try:
+                    state.rate_limiter.check("ip:" + client_address(request))
+                except ServiceError:
+                    state.metrics.rejected.labels("rate_limit").inc()
+                    raise
+            raise
         value = getattr(body, texts_of)
         check_limits([value] if isinstance(value, str) else list(value), state)
         return Call(state, body)

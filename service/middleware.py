@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import time
@@ -50,9 +51,14 @@ class BodyLimitAndMetrics:
         start = time.perf_counter()
         status = {"code": 500}
 
+        page = scope["path"] == "/"
+
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+                if page:
+                    message["headers"].append((b"content-security-policy", PAGE_CSP))
             await send(message)
 
         declared = dict(scope.get("headers") or []).get(b"content-length")
@@ -86,8 +92,28 @@ class BodyLimitAndMetrics:
         self.metrics.requests.labels(endpoint, str(status["code"])).inc()
         self.metrics.latency.labels(endpoint).observe(seconds)
         if self.log_requests and endpoint not in ("/health", "/ready", "/metrics"):  # not the probes
-            client = scope.get("client") or ("-", 0)
-            access_log.info("%s %s %d %.1fms %s", scope["method"], endpoint, status["code"], seconds * 1000, client[0])
+            client = _ip((scope.get("client") or ("-", 0))[0])
+            access_log.info("%s %s %d %.1fms %s", scope["method"], endpoint, status["code"], seconds * 1000, client)
+
+
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+# The page's own inline script and style, its API calls to this origin; nothing else.
+PAGE_CSP = (
+    b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+    b"img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+def _ip(host: str) -> str:
+    """Only an IP address reaches the log (a forwarded header could carry any text)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return "unknown"
 
 
 _KNOWN = {"/translate", "/detect", "/classify", "/languages", "/models", "/health", "/ready", "/metrics", "/"}

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import math
 import threading
 import time
+from collections import OrderedDict
 
 from fastapi import Request
 
@@ -36,26 +39,41 @@ def authorize(request: Request, settings: Settings, body_key: str | None) -> str
         if not valid:
             raise ServiceError(403, "invalid or missing API key")
         return "key:" + key.encode("utf-8", "surrogatepass").hex()  # type: ignore[union-attr]
-    return "ip:" + (request.client.host if request.client else "unknown")
+    return "ip:" + client_address(request)
+
+
+def client_address(request: Request) -> str:
+    """The caller's IP address (a trusted proxy's X-Forwarded-For is applied by uvicorn, see
+    TRANSERVE_TRUSTED_PROXIES); anything that is not an IP address is "unknown"."""
+    host = request.client.host if request.client else ""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return "unknown"
 
 
 class RateLimiter:
-    """Fixed one-minute windows per identity; over the limit answers 429 with Retry-After."""
+    """A token bucket per identity: `per_minute` tokens, refilled continuously, one per request
+    (a fixed window would let twice the limit through across a minute boundary). Over the limit:
+    429 with Retry-After (seconds until one token is back). State is bounded: the least recently
+    seen identities are forgotten first (a full bucket needs no memory), in O(1) per request."""
 
-    def __init__(self, per_minute: int) -> None:
+    def __init__(self, per_minute: int, max_clients: int = 100_000) -> None:
         self.per_minute = per_minute
+        self.rate = per_minute / 60.0  # tokens per second
+        self.max_clients = max_clients
         self._lock = threading.Lock()
-        self._windows: dict[str, tuple[int, int]] = {}
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # identity -> (tokens, time)
 
-    def check(self, identity: str) -> None:
-        window = int(time.time() // 60)
+    def check(self, identity: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
         with self._lock:
-            start, count = self._windows.get(identity, (window, 0))
-            if start != window:
-                start, count = window, 0
-            if count >= self.per_minute:
-                retry = str(60 - int(time.time() % 60))
-                raise ServiceError(429, "rate limit exceeded", headers={"Retry-After": retry})
-            self._windows[identity] = (start, count + 1)
-            if len(self._windows) > 100_000:  # forget old windows; memory stays bounded
-                self._windows = {k: v for k, v in self._windows.items() if v[0] == window}
+            tokens, last = self._buckets.pop(identity, (float(self.per_minute), now))
+            tokens = min(float(self.per_minute), tokens + (now - last) * self.rate)
+            if tokens < 1.0:
+                self._buckets[identity] = (tokens, now)
+                retry = max(1, math.ceil((1.0 - tokens) / self.rate))
+                raise ServiceError(429, "rate limit exceeded", headers={"Retry-After": str(retry)})
+            self._buckets[identity] = (tokens - 1.0, now)
+            if len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)

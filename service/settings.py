@@ -56,14 +56,20 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="accepted API keys; empty = no key needed"
     )
-    rate_limit_per_minute: int = Field(0, ge=0, description="requests per minute per API key or client IP; 0 = off")
+    rate_limit_per_minute: int = Field(
+        0, ge=0, description="requests per minute per API key or client IP (failed ones count against the IP); 0 = off"
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="addresses whose X-Forwarded-For names the client (e.g. your load balancer); none by default",
+    )
 
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535, description="0 = any free port")
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     access_log: bool = Field(True, description="one log line per request (method, path, status, ms, client)")
 
-    @field_validator("cors_origins", "api_keys", mode="before")
+    @field_validator("cors_origins", "api_keys", "trusted_proxies", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

@@ -1,0 +1,82 @@
+"""Edges found by an adversarial review (issue: hardening): client identity, key guessing, the
+limiter's window and state, content types, response headers."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from service.errors import ServiceError
+from service.security import RateLimiter
+from tests.server import running_server
+from tests.service.conftest import make_client, wait_ready
+
+
+def test_token_bucket_lets_no_burst_through_a_window_boundary():
+    limiter = RateLimiter(30)
+    allowed = 0
+    for k in range(120):  # 120 requests in 4 seconds, across the minute where a fixed window resets
+        try:
+            limiter.check("a", now=58.0 + k / 30)
+            allowed += 1
+        except ServiceError as e:
+            assert e.status == 429 and int(e.headers["Retry-After"]) >= 1
+    # the bucket, plus at most the 2 tokens refilled in those 4 s (0.5/s); a fixed window: 60
+    assert 30 <= allowed <= 32
+
+
+def test_limiter_state_is_bounded_and_forgets_the_least_recent():
+    limiter = RateLimiter(1, max_clients=1000)
+    for i in range(5000):
+        limiter.check(f"ip:{i}", now=0.0)
+    assert len(limiter._buckets) == 1000 and "ip:4999" in limiter._buckets and "ip:0" not in limiter._buckets
+
+
+def test_wrong_keys_and_bad_bodies_count_against_the_address(model_dir):
+    with make_client(model_dir, api_keys=["s3cret"], rate_limit_per_minute=5) as c:
+        wait_ready(c)
+        codes = [
+            c.post("/translate", json={"q": "x", "source": "de", "target": "en"}, headers={"x-api-key": f"guess{i}"})
+            for i in range(5)
+        ]
+        assert [r.status_code for r in codes] == [403] * 5
+        r = c.post("/translate", content=b"not json", headers={"content-type": "application/json"})
+        assert r.status_code == 429 and "Retry-After" in r.headers
+
+
+def test_other_content_types_are_415(client):
+    r = client.post(
+        "/translate", content=b'{"q": "hallo", "source": "de", "target": "en"}', headers={"content-type": "text/plain"}
+    )
+    assert r.status_code == 415 and r.json() == {
+        "error": "unsupported content type 'text/plain'; send application/json or a form"
+    }
+
+
+def test_security_headers_and_the_page_policy(client):
+    page = client.get("/")
+    assert page.headers["x-content-type-options"] == "nosniff" and page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert client.get("/health").headers["referrer-policy"] == "no-referrer"
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_forwarded_for_is_used_only_from_trusted_proxies(model_dir, trusted):
+    env = {"TRANSERVE_RATE_LIMIT_PER_MINUTE": "3"}
+    if trusted:
+        env["TRANSERVE_TRUSTED_PROXIES"] = "127.0.0.1"
+    with running_server(model_dir, env=env) as server:
+        body = {"q": "hallo", "source": "de", "target": "en"}
+        codes = [
+            httpx.post(f"{server.base}/translate", json=body, headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code
+            for i in range(6)
+        ]
+        spoof = httpx.post(
+            f"{server.base}/translate", json=body, headers={"X-Forwarded-For": "6.6.6.6 admin user=root"}
+        )
+    if trusted:  # each forwarded address is its own client; a value that is no address is "unknown"
+        assert codes == [200] * 6
+        assert "admin" not in server.output and "user=root" not in server.output
+    else:  # rotating the header changes nothing: the caller is 127.0.0.1
+        assert codes == [200, 200, 200, 429, 429, 429] and spoof.status_code == 429
+        assert "10.0.0." not in server.output and "6.6.6.6" not in server.output
