@@ -34,7 +34,9 @@ class TranslateRequest(BaseModel):
     q: Text | Texts = Field(description="text, or a list of texts, to translate")
     source: LangCode = Field("auto", description="source language code, or 'auto' to detect it")
     target: LangCode = Field(description="target language code")
-    format: Literal["text"] = Field("text", description="only plain text is supported")
+    format: Literal["text", "html"] = Field(
+        "text", description="text, or html: markup kept, its text translated (script, style, code, translate=no left)"
+    )
     api_key: str | None = Field(None, description="API key, if the server requires one")
     alternatives: int = Field(0, description="also return up to this many other distinct translations")
     beam_size: int | None = Field(None, description="beam search width (1 = greedy); default: the server's")

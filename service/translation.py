@@ -8,7 +8,10 @@ import math
 import unicodedata
 from dataclasses import dataclass
 
+from bs4 import BeautifulSoup
+
 from service.errors import ServiceError, bad_request, too_large
+from service.html import translate_html
 from service.languages import translation_code
 from service.scheduling import run_batched
 from service.schemas import DetectedLanguage
@@ -190,4 +193,35 @@ def _product(values) -> float:
     out = 1.0
     for v in values:
         out *= v
+    return out
+
+
+async def translate_markup(
+    state: ServiceState, texts: list[str], source: str, target: str, how: Decoding = Decoding()
+) -> Translated:
+    """`format: "html"`: each text's markup kept, its text translated (service/html.py). With
+    `source: "auto"` the language is detected on the visible text. Alternatives are not given
+    for markup (an empty list each); a confidence is the mean of its text pieces'."""
+    detected: list[DetectedLanguage] | None = None
+    if source == "auto":
+        visible = [BeautifulSoup(t, "html.parser").get_text(" ").strip() or t for t in texts]
+        detected = [d[0] for d in await detect(state, visible)]
+    out = Translated([], detected)
+    pieces_how = Decoding(how.beam_size, 0, how.confidence)
+    confidences: list[float] = []
+    for i, text in enumerate(texts):
+        src = detected[i].language if detected else source
+        seen: list[float] = []
+
+        async def run(parts: list[str], src: str = src, seen: list[float] = seen) -> list[str]:
+            done = await translate(state, parts, src, target, pieces_how)
+            seen += done.confidence or []
+            return done.texts
+
+        out.texts.append(await translate_html(text, run))
+        confidences.append(round(sum(seen) / len(seen), 2) if seen else 100.0)
+    if how.alternatives:
+        out.alternatives = [[] for _ in texts]
+    if how.confidence:
+        out.confidence = confidences
     return out

@@ -26,7 +26,8 @@ async def translate(call: Call[TranslateRequest] = Depends(admitted(TranslateReq
     body = call.body
     texts = [body.q] if isinstance(body.q, str) else list(body.q)
     how = translation.decoding(call.state, body.beam_size, body.alternatives, body.confidence)
-    out = await translation.translate(call.state, texts, normalize(body.source), normalize(body.target), how)
+    run = translation.translate_markup if body.format == "html" else translation.translate
+    out = await run(call.state, texts, normalize(body.source), normalize(body.target), how)
     if isinstance(body.q, str):
         return TranslateResponse(
             translatedText=out.texts[0],

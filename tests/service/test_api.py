@@ -130,7 +130,11 @@ def test_translate_keeps_line_breaks(client):
             400,
             "unsupported language pair fr->en; supported pairs: de->en, en->de",
         ),
-        ({"q": "hallo", "source": "de", "target": "en", "format": "html"}, 400, "format: Input should be 'text'"),
+        (
+            {"q": "hallo", "source": "de", "target": "en", "format": "xml"},
+            400,
+            "format: Input should be 'text' or 'html'",
+        ),
         ({"q": "a" * 5001, "source": "de", "target": "en"}, 413, "text too long: 5001 characters > 5000"),
         ({"q": ["a"] * 65, "source": "de", "target": "en"}, 413, "too many texts: 65 > 64"),
     ],
@@ -411,3 +415,14 @@ def test_parse_failures_are_400_not_500(model_dir):
 def test_a_request_with_more_sentences_than_can_be_queued_is_413(client):
     r = client.post("/translate", json={"q": "a\n" * 600, "source": "de", "target": "en"})
     assert r.status_code == 413 and r.json() == {"error": "too many sentences: 600 > 512 per request"}
+
+
+def test_html_format_keeps_markup(client):
+    body = {"q": "<p>hallo <b>welt</b></p><code>der hund</code>", "source": "de", "target": "en", "format": "html"}
+    r = client.post("/translate", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()["translatedText"]
+    assert out.startswith("<p>") and out.endswith("<code>der hund</code>") and "</p>" in out
+    mastodon = {"q": ["<p>hallo welt</p>", ""], "source": "auto", "target": "en", "format": "html"}
+    r = client.post("/translate", json=mastodon)
+    assert r.status_code == 200 and r.json()["translatedText"][1] == "" and len(r.json()["detectedLanguage"]) == 2

@@ -1,0 +1,169 @@
+"""`format: "html"`: translate the text of an HTML fragment, keep its markup.
+
+Parsed with BeautifulSoup (Python's html.parser underneath). What is translated: the text of
+each block (a paragraph, a list item, a cell, ...) as one unit, so a sentence broken by inline
+tags (`Hallo <b>Welt</b>!`) is translated as one sentence. The inline elements are then put back
+around their own words where each one's separate translation is found in the sentence's
+translation (in order, case-insensitively); where one is not, the block falls back to translating
+its text nodes one by one, as LibreTranslate does. Left untouched: `script`, `style`, `code`,
+`pre`, `textarea`, comments, and every element marked `translate="no"` or `class="notranslate"`.
+Translations are inserted as text, never as markup, so the output holds no tag or attribute that
+was not in the input.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from bs4 import BeautifulSoup, Comment, NavigableString, Tag
+from bs4.element import Declaration, Doctype, ProcessingInstruction
+
+SKIP = {"script", "style", "code", "pre", "textarea", "template", "svg", "math", "noscript"}
+INLINE = {
+    "a", "abbr", "b", "bdi", "bdo", "cite", "data", "dfn", "em", "font", "i", "kbd", "mark", "q", "s",
+    "samp", "small", "span", "strong", "sub", "sup", "time", "u", "var", "del", "ins",
+}  # fmt: skip
+_NOT_TEXT = (Comment, Declaration, Doctype, ProcessingInstruction)
+
+
+def _skipped(tag: Tag) -> bool:
+    classes = tag.get("class") or []
+    return (
+        tag.name in SKIP
+        or str(tag.get("translate", "")).lower() == "no"
+        or "notranslate" in (classes if isinstance(classes, list) else [classes])
+    )
+
+
+@dataclass
+class _Run:
+    """Consecutive inline content of one block: text nodes and simple inline elements."""
+
+    nodes: list[NavigableString | Tag]
+
+    def text(self) -> str:
+        return "".join(n.get_text() if isinstance(n, Tag) else str(n) for n in self.nodes)
+
+    def strings(self) -> list[NavigableString]:
+        out: list[NavigableString] = []
+        for n in self.nodes:
+            if isinstance(n, Tag):
+                out += [s for s in n.find_all(string=True) if not isinstance(s, _NOT_TEXT)]
+            else:
+                out.append(n)
+        return out
+
+
+def _runs(root: Tag) -> list[_Run]:
+    """Every run of translatable inline content under `root`, in document order."""
+    runs: list[_Run] = []
+    current: list[NavigableString | Tag] = []
+
+    def flush() -> None:
+        if current and any(s.strip() for s in _Run(current).strings()):
+            runs.append(_Run(list(current)))
+        current.clear()
+
+    def visit(node: Tag) -> None:
+        for child in list(node.children):
+            if isinstance(child, _NOT_TEXT):
+                continue
+            if isinstance(child, NavigableString):
+                current.append(child)
+            elif isinstance(child, Tag):
+                if _skipped(child):
+                    flush()
+                elif child.name in INLINE and not any(
+                    isinstance(d, Tag) and (d.name not in INLINE or _skipped(d)) for d in child.descendants
+                ):
+                    current.append(child)  # an inline element of text and inline elements only
+                else:
+                    flush()
+                    visit(child)
+                    flush()
+        flush()
+
+    visit(root)
+    return runs
+
+
+_SPACE = re.compile(r"^(\s*)(.*?)(\s*)$", re.S)
+
+
+def _keep_space(original: str, translated: str) -> str:
+    lead, _, trail = _SPACE.match(original).groups()  # type: ignore[union-attr]
+    return f"{lead}{translated.strip()}{trail}" if translated.strip() else original
+
+
+async def translate_html(html: str, translate: Callable[[list[str]], Awaitable[list[str]]]) -> str:
+    """`html` with its text translated by `translate` (one call for the whole fragment)."""
+    soup = BeautifulSoup(html, "html.parser")
+    runs = _runs(soup)
+    # One batch: each run's whole text, and each of its text nodes (for placing the inline
+    # elements, and for the fallback).
+    wholes = [r.text() for r in runs]
+    nodes = [[str(s) for s in r.strings()] for r in runs]
+    texts = wholes + [t for ts in nodes for t in ts]
+    todo = [t.strip() for t in texts if t.strip()]
+    done = iter(await translate(todo) if todo else [])
+    out = [next(done) if t.strip() else t for t in texts]
+    rest = iter(out[len(wholes) :])
+    for run, whole, originals in zip(runs, out[: len(wholes)], nodes):
+        translated = [next(rest) for _ in originals]
+        if not _place(run, whole, translated):
+            for s, original, t in zip(run.strings(), originals, translated):
+                s.replace_with(NavigableString(_keep_space(original, t)))
+    return soup.decode(formatter="minimal")
+
+
+def _strings(tag: Tag) -> list[NavigableString]:
+    return [s for s in tag.find_all(string=True) if not isinstance(s, _NOT_TEXT)]
+
+
+def _place(run: _Run, whole: str, translated: list[str]) -> bool:
+    """Write the run as `whole` (its translation) with each inline element around its own words:
+    the translation of the element's text, found in `whole` in order, case-insensitively. False
+    (nothing changed) when one is not found."""
+    text = run.text()
+    lead, trail = text[: len(text) - len(text.lstrip())], text[len(text.rstrip()) :]
+    whole = whole.strip()
+    spans: list[tuple[int, int, Tag]] = []
+    k, pos, low = 0, 0, whole.lower()
+    for node in run.nodes:
+        if not isinstance(node, Tag):
+            k += 1
+            continue
+        n = len(_strings(node))
+        own = " ".join(t.strip() for t in translated[k : k + n] if t.strip()).strip(" .,;:!?")
+        k += n
+        at = low.find(own.lower(), pos) if own else -1
+        if at < 0:
+            return False
+        spans.append((at, at + len(own), node))
+        pos = at + len(own)
+    anchor = NavigableString("")
+    run.nodes[0].insert_before(anchor)
+    for node in run.nodes:
+        node.extract()
+    pieces: list[NavigableString | Tag] = [NavigableString(lead)] if lead else []
+    cursor = 0
+    for start, end, tag in spans:
+        if start > cursor:
+            pieces.append(NavigableString(whole[cursor:start]))
+        strings = _strings(tag)
+        for extra in strings[1:]:
+            extra.extract()
+        if strings:
+            strings[0].replace_with(NavigableString(whole[start:end]))
+        pieces.append(tag)
+        cursor = end
+    if cursor < len(whole):
+        pieces.append(NavigableString(whole[cursor:]))
+    if trail:
+        pieces.append(NavigableString(trail))
+    for piece in pieces:
+        anchor.insert_before(piece)
+    anchor.extract()
+    return True

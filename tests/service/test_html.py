@@ -1,0 +1,73 @@
+"""format=html: text translated, markup kept, nothing invented (service/html.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bs4 import BeautifulSoup
+
+from service.html import translate_html
+
+WORDS = {"hallo": "hello", "welt": "world", "zwei": "two", "katzen": "cats", "rot": "red", "ein": "a", "hund": "dog"}
+
+
+async def fake(texts: list[str]) -> list[str]:
+    """Word-by-word 'translation' that keeps punctuation, so placements can be checked exactly."""
+
+    def word(w: str) -> str:
+        bare = w.rstrip("!.,")
+        return WORDS.get(bare.lower(), bare) + w[len(bare) :]
+
+    return [" ".join(word(w) for w in t.split()) for t in texts]
+
+
+def run(html: str) -> str:
+    return asyncio.run(translate_html(html, fake))
+
+
+def tags(html: str) -> list[tuple[str, tuple]]:
+    soup = BeautifulSoup(html, "html.parser")
+    return [(t.name, tuple(sorted((k, str(v)) for k, v in t.attrs.items()))) for t in soup.find_all(True)]
+
+
+def test_a_sentence_broken_by_inline_tags_is_one_sentence_with_the_tags_around_the_right_words():
+    assert run("<p>Hallo <b>Welt</b>!</p>") == "<p>hello <b>world</b>!</p>"
+    assert run('Zwei <a href="/k">Katzen</a> rot') == 'two <a href="/k">cats</a> red'
+
+
+def test_untranslatable_elements_are_left_exactly():
+    html = (
+        "<div><p>Hallo</p><pre>Hallo Welt</pre><code>Welt</code><script>var Welt = 1;</script>"
+        '<style>p{}</style><span translate="no">Hallo</span><i class="x notranslate">Welt</i><!-- Hallo --></div>'
+    )
+    out = run(html)
+    assert out == html.replace("<p>Hallo</p>", "<p>hello</p>")
+
+
+def test_blocks_are_translated_separately_and_whitespace_kept():
+    # (the parser itself folds whitespace-only text between block tags to one line break)
+    out = run("<ul>\n <li>Zwei Katzen</li>\n <li>rot</li>\n</ul>")
+    assert out == "<ul>\n<li>two cats</li>\n<li>red</li>\n</ul>"
+
+
+def test_preformatted_text_keeps_its_whitespace():
+    html = "<p> Hallo  </p><pre>  Hallo\n   Welt </pre>"
+    assert run(html) == "<p> hello  </p><pre>  Hallo\n   Welt </pre>"
+
+
+def test_hostile_html_gives_well_formed_output_without_new_markup():
+    hostile = [
+        '<p onclick="x()">Hallo <b>Welt</b> <img src=x onerror=alert(1)>',
+        "<p>Hallo &lt;script&gt;alert(1)&lt;/script&gt; <b>Welt",
+        "<<p>>Hallo</p></div></span><b><i>Welt</b></i>",
+        '<a href="javascript:alert(1)">Hallo</a><svg><script>alert(1)</script></svg>',
+    ]
+
+    async def evil(texts: list[str]) -> list[str]:  # a model that answers with markup
+        return ['<script>alert("x")</script><img src=y>' for _ in texts]
+
+    for html in hostile:
+        for out in (run(html), asyncio.run(translate_html(html, evil))):
+            assert tags(out) == tags(html), (html, out)  # the same elements and attributes, no more
+            reparsed = str(BeautifulSoup(out, "html.parser"))
+            assert reparsed == out  # well-formed as the parser sees it: a second pass changes nothing
