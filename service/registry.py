@@ -38,6 +38,14 @@ class Registry:
     models: dict[str, LoadedModel] = field(default_factory=dict)
     # (source, target) -> translation model name
     pairs: dict[tuple[str, str], str] = field(default_factory=dict)
+    # pairs whose only bundle failed to load -> that bundle
+    failed_pairs: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def tasks_missing(self) -> list[str]:
+        """Tasks that some bundle serves (by its manifest) but no loaded model does."""
+        wanted = {m.manifest.task for m in self.models.values() if m.manifest is not None}
+        served = {m.manifest.task for m in self.models.values() if m.ready and m.manifest is not None}
+        return sorted(wanted - served)
 
     @property
     def all_ready(self) -> bool:
@@ -69,12 +77,17 @@ def load_registry(settings: Settings) -> Registry:
     if not model_dir.is_dir():
         raise ModelDirError(f"model directory {model_dir} does not exist")
     bundles = find_bundles(model_dir)
-    if not bundles:
+    # folders that look like a bundle (graphs or a tokenizer) but have no manifest: listed as failed
+    orphans = sorted(d for d in model_dir.iterdir() if d.is_dir() and d not in bundles and any(d.glob("*.onnx")))
+    if not bundles and not orphans:
         raise ModelDirError(f"model directory {model_dir} holds no bundle (no */manifest.json)")
     providers = resolve_providers(settings.provider)
     if settings.thread_pool == "shared":
         share_thread_pool(settings.threads)
     registry = Registry()
+    for orphan in orphans:
+        registry.models[orphan.name] = LoadedModel(orphan.name, None, error="no manifest.json in the bundle folder")
+        log.error("refused bundle %s: no manifest.json", orphan)
     for bundle_dir in bundles:
         name = bundle_dir.name
         loaded = LoadedModel(name=name, manifest=None)
@@ -84,8 +97,18 @@ def load_registry(settings: Settings) -> Registry:
         except Exception as e:  # noqa: BLE001 - one broken bundle must not stop the others
             # BundleError (manifest, checksums), OSError, and onnxruntime's own Fail /
             # InvalidGraph / InvalidProtobuf for a graph it cannot load.
-            loaded.error = str(e) if isinstance(e, BundleError) else f"{type(e).__name__}: {e}"
+            error = str(e) if isinstance(e, BundleError) else f"{type(e).__name__}: {e}"
+            # the bundle's name, not the build machine's absolute path, goes into /ready and /models
+            loaded.error = error.replace(str(bundle_dir.resolve()), name).replace(str(bundle_dir), name)
             log.error("refused bundle %s: %s", bundle_dir, e)
+            if loaded.manifest is None:  # what it would have served, if its manifest is readable
+                try:
+                    loaded.manifest = load_manifest(bundle_dir, verify=False)
+                except BundleError:
+                    pass
+            if loaded.manifest is not None:  # its pairs answer 503 naming it, not "unsupported"
+                for pair in loaded.manifest.pairs():
+                    registry.failed_pairs.setdefault(pair, name)
         else:
             log.info(
                 "loaded %s (%s, variant %s) on %s",

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     max_beam_size: int = Field(8, ge=1, le=16, description="largest beam_size a request may ask for")
     max_alternatives: int = Field(5, ge=0, le=15, description="most alternatives a request may ask for")
     length_penalty: float = Field(1.0, ge=0, le=2, description="beam hypotheses ranked by score / length**this")
+    require_all_models: bool = Field(False, description="/ready is 503 unless every bundle loads")
     langid_model: str = Field("langid", description="classification bundle used for /detect and source=auto")
 
     max_chars: int = Field(5000, ge=1, description="max characters per request (all items together)")

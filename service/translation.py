@@ -97,6 +97,8 @@ async def translate(
     registry = state.registry
     assert registry is not None
     if not any(target in t for t in registry.targets().values()):
+        if source != "auto":
+            _refuse_failed(registry, source, target)
         raise bad_request(f"unsupported target language {target!r}; supported pairs: {supported(state)}")
     detected: list[DetectedLanguage] | None = None
     if source == "auto":
@@ -107,6 +109,7 @@ async def translate(
     routes = {src: registry.route(src, target) for src in set(sources) if src != target}
     for src, route in routes.items():
         if route is None:
+            _refuse_failed(registry, src, target)
             raise bad_request(f"unsupported language pair {src}->{target}; supported pairs: {supported(state)}")
 
     out = Translated(list(texts), detected)
@@ -169,6 +172,13 @@ async def translate(
     if not how.confidence:
         out.confidence = None
     return out
+
+
+def _refuse_failed(registry, source: str, target: str) -> None:
+    """A pair whose bundle failed to load is a server fault (503 naming it), not a bad request."""
+    name = registry.failed_pairs.get((source, target))
+    if name is not None:
+        raise ServiceError(503, f"model {name} for {source}->{target} failed to load: {registry.models[name].error}")
 
 
 def translatable(text: str) -> bool:

@@ -27,16 +27,21 @@ async def ready(request: Request) -> JSONResponse:
     if state.loading:
         return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
     reg = state.registry
-    if reg is None or not any(m.ready for m in reg.models.values()):
-        return JSONResponse(
-            {
-                "status": "failed",
-                "error": state.load_error or "no model could be loaded",
-                "failed": {n: m.error for n, m in (reg.models.items() if reg else [])},
-            },
-            status_code=503,
-        )
-    failed = {n: m.error for n, m in reg.models.items() if not m.ready}
+    failed = {n: m.error for n, m in (reg.models.items() if reg else []) if not m.ready}
+    missing = reg.tasks_missing() if reg else []
+    if (
+        reg is None
+        or not any(m.ready for m in reg.models.values())
+        or missing
+        or (failed and state.settings.require_all_models)
+    ):
+        if reg is None or not any(m.ready for m in reg.models.values()):
+            error = state.load_error or "no model could be loaded"
+        elif missing:
+            error = "no model loaded for: " + ", ".join(missing)
+        else:
+            error = "TRANSERVE_REQUIRE_ALL_MODELS is set and some bundles failed"
+        return JSONResponse({"status": "failed", "error": error, "failed": failed}, status_code=503)
     return JSONResponse(
         {
             "status": "degraded" if failed else "ready",

@@ -39,17 +39,29 @@ def test_corrupt_and_truncated_bundles_are_refused_others_serve(model_dir, tmp_p
     (root / "en-de" / "decoder.onnx").write_bytes(b"")  # truncated
     with (root / "sentiment" / "spm.model").open("ab") as f:
         f.write(b"!")  # bad checksum
+    (root / "orphan").mkdir()
+    shutil.copyfile(model_dir / "de-en" / "encoder.onnx", root / "orphan" / "encoder.onnx")  # no manifest
     with make_client(root) as c:
         ready = wait_ready(c)
-        assert ready["status"] == "degraded"
-        assert ready["models"] == ["de-en"]
+        # no classifier could load: not ready (a load balancer must not send /classify here)
+        assert c.get("/ready").status_code == 503
+        assert ready["status"] == "failed" and ready["error"] == "no model loaded for: classification"
         assert "decoder.onnx sha256" in ready["failed"]["en-de"]
         assert "spm.model sha256" in ready["failed"]["sentiment"]
+        assert ready["failed"]["orphan"] == "no manifest.json in the bundle folder"
+        assert str(root) not in c.get("/ready").text  # bundle names, not the machine's paths
         models = {m["name"]: m for m in c.get("/models").json()}
         assert models["en-de"]["status"] == "failed" and models["de-en"]["status"] == "ready"
         assert c.post("/translate", json={"q": "hallo", "source": "de", "target": "en"}).status_code == 200
         r = c.post("/translate", json={"q": "hello", "source": "en", "target": "de"})
-        assert r.status_code == 400 and "supported pairs: de->en" in r.json()["error"]
+        assert r.status_code == 503 and r.json()["error"].startswith("model en-de for en->de failed to load")
+    shutil.rmtree(root / "sentiment")
+    with make_client(root) as c:
+        ready = wait_ready(c)
+        assert ready["status"] == "degraded" and ready["models"] == ["de-en"]  # every task has a model
+    with make_client(root, require_all_models=True) as c:
+        wait_ready(c)
+        assert c.get("/ready").status_code == 503
 
 
 def test_service_imports_without_torch():
