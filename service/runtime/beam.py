@@ -38,9 +38,11 @@ class Hypothesis:
 
 
 def logsumexp(logits: np.ndarray) -> np.ndarray:
-    """log(sum(exp(x))) over the last axis, stably."""
+    """log(sum(exp(x))) over the last axis, stably (in the input's precision, float64 result)."""
     top = logits.max(axis=-1)
-    return top + np.log(np.exp(logits - top[..., None]).sum(axis=-1))
+    shifted = logits - top[..., None]
+    np.exp(shifted, out=shifted)
+    return top.astype(np.float64) + np.log(shifted.sum(axis=-1, dtype=np.float64))
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -78,9 +80,11 @@ def beam_search(
     tokens = np.full((b * k, 1), bos, dtype=np.int64)
     steps = int(limits.max())
     for t in range(steps):
-        logp = log_softmax(step(state, tokens).astype(np.float64))  # (a * k, V)
-        a, vocab = len(active), logp.shape[-1]
-        cand = (scores[:, :, None] + logp.reshape(a, k, vocab)).reshape(a, k * vocab)
+        logits = step(state, tokens)  # (a * k, V) float32
+        a, vocab = len(active), logits.shape[-1]
+        # score + log_softmax(logits) in one pass over V, in float32 (the ranking needs no more)
+        offset = (scores.reshape(-1) - logsumexp(logits)).astype(np.float32)
+        cand = (logits + offset[:, None]).reshape(a, k * vocab)
         width = min(2 * k, k * vocab)
         top = np.sort(np.argpartition(-cand, width - 1, axis=1)[:, :width], axis=1)
         # Ties (quantized logits have many) go to the lowest beam, then the lowest token id, as

@@ -98,9 +98,9 @@ class Translator(BundleEngine):
         encoded = self.encode([texts[i] for i in todo])
         order = sorted(range(len(todo)), key=lambda k: len(encoded[k]))
         results = self.generate_nbest([encoded[k] for k in order], beam_size, n_best, length_penalty)
+        decoded = iter(self.sp.decode([h.tokens for hyps in results for h in hyps]))  # one call
         for k, hyps in zip(order, results):
-            decoded = self.sp.decode([h.tokens for h in hyps])
-            out[todo[k]] = [(text, h.score, h.length) for text, h in zip(decoded, hyps)]
+            out[todo[k]] = [(next(decoded), h.score, h.length) for h in hyps]
         return out
 
     # -- id level ---------------------------------------------------------------------------
