@@ -70,8 +70,15 @@ def cmd_evaluate(args) -> int:
         tok = Tokenizer(run_dir / TOKENIZER_FILE)
         rows = make_task(cfg, tok).raw(args.split)
         if cfg.task == "translation":
+            task = make_task(cfg, tok)
+            rows = task.raw(args.split)
             hyps = translate(model, tok, [r[0] for r in rows], device=device)
-            result = translation_metrics(hyps, [r[1] for r in rows], cfg.data.target_lang)
+            if cfg.data.directions:  # multilingual: each direction, and their mean
+                per = task.by_direction(args.split, hyps, [r[1] for r in rows])
+                result = {"bleu": round(sum(m["bleu"] for m in per.values()) / len(per), 2)}
+                result["per_direction"] = {d: {"bleu": m["bleu"], "chrf": m["chrf"]} for d, m in per.items()}
+            else:
+                result = translation_metrics(hyps, [r[1] for r in rows], cfg.data.target_lang)
             if args.output:
                 Path(args.output).write_text("\n".join(hyps) + "\n", encoding="utf-8")
         else:
@@ -154,8 +161,9 @@ def cmd_models_table(args) -> int:
         task = f"{m.source_lang}->{m.target_lang}" if m.task == "translation" else m.task
         for row in m.metrics:
             if row["name"] in wanted and row["variant"] == m.default_variant:
+                shown = row.get("direction", task).replace("-", "->") if m.directions else task
                 print(
-                    f"| {m.name} | {task} | {m.data.get('corpus')} | {row['variant']} | {row['split']} "
+                    f"| {m.name} | {shown} | {m.data.get('corpus')} | {row['variant']} | {row['split']} "
                     f"| {row['name']} | {row['value']} |"
                 )
     return 0
