@@ -110,6 +110,8 @@ def worker(args: argparse.Namespace) -> None:
         encoded = tr.encode(sources)
 
         def run(batch: list[int]) -> list[list[int]]:
+            if args.beam > 1:
+                return [h[0].tokens for h in tr.generate_nbest([encoded[i] for i in batch], args.beam)]
             return tr.generate([encoded[i] for i in batch])
 
         def decode(ids: list[int]) -> str:
@@ -135,7 +137,11 @@ def worker(args: argparse.Namespace) -> None:
         def run(batch: list[int]) -> list[list[int]]:
             limit = max(int(lengths[i] * 1.5) + 10 for i in batch)
             res = tr.translate_batch(
-                [pieces[i] for i in batch], beam_size=1, max_decoding_length=limit, max_batch_size=len(batch)
+                [pieces[i] for i in batch],
+                beam_size=args.beam,
+                length_penalty=1.0,
+                max_decoding_length=limit,
+                max_batch_size=len(batch),
             )
             return [[sp.piece_to_id(t) for t in r.hypotheses[0]] for r in res]
 
@@ -175,6 +181,8 @@ def main() -> None:
     p.add_argument("--tokenizer", type=Path, required=True)
     p.add_argument("--split", default="test_2016_flickr")
     p.add_argument("--limit", type=int, default=0, help="first N sentences only (0 = all)")
+    p.add_argument("--beam", type=int, default=1, help="beam size (ort and ct2 engines; torch: greedy only)")
+    p.add_argument("--direction", help="a multilingual config's direction to decode, e.g. de-en")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     p.add_argument("--repeats", type=int, default=3)
@@ -201,7 +209,14 @@ def main() -> None:
     from training.tasks import TranslationTask
 
     cfg = load_config(args.config)
-    rows = TranslationTask(cfg, tokenizer=None).raw(args.split)  # type: ignore[arg-type]
+    task = TranslationTask(cfg, tokenizer=None)  # type: ignore[arg-type]
+    rows = task.raw(args.split)
+    target = cfg.data.target_lang
+    if cfg.data.directions:  # sources carry the target tag; every engine decodes them alike
+        if not args.direction:
+            raise SystemExit(f"a multilingual config needs --direction (one of {list(cfg.data.directions)})")
+        rows = [r for r, d in zip(rows, task.row_directions[args.split]) if d == args.direction]
+        target = args.direction.split("-")[1]
     rows = rows[: args.limit] if args.limit else rows
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     # One frozen copy of the weights for every engine (a training run may rewrite the original).
@@ -248,6 +263,8 @@ def main() -> None:
                 str(args.repeats),
                 "--thread-pool",
                 args.thread_pool,
+                "--beam",
+                str(args.beam),
                 *extra,
             ]
             out = subprocess.run(
@@ -259,14 +276,14 @@ def main() -> None:
             )
             r = json.loads(out.stdout.strip().splitlines()[-1])
             median = statistics.median(r["seconds"])
-            m = translation_metrics(r["hypotheses"], [x[1] for x in rows], cfg.data.target_lang)
+            m = translation_metrics(r["hypotheses"], [x[1] for x in rows], target)
             signature = m["bleu_signature"]
             r.update(
                 median_s=median,
                 sentences_per_s=len(rows) / median,
                 tokens_per_s=r["tokens"] / median,
                 bleu=m["bleu"],
-                bleu_lc_tok=m["bleu_lc_tok"],
+                bleu_lc_tok=m.get("bleu_lc_tok"),
             )
             results.append(r)
             print(
