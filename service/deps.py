@@ -44,7 +44,7 @@ async def request_values(request: Request) -> dict[str, Any]:
         raise ServiceError(415, f"unsupported content type {ctype!r}; send application/json or a form")
     if ctype in FORM_TYPES:
         form = await request.form()
-        values.update({k: (v if len(v) > 1 else v[0]) for k in form.keys() if (v := form.getlist(k))})
+        values.update({k: (f if len(f) > 1 else f[0]) for k in form.keys() if (f := form.getlist(k))})
         return values
     raw = await request.body()
     if not raw.strip():

@@ -29,7 +29,7 @@ _NOT_TEXT = (Comment, Declaration, Doctype, ProcessingInstruction)
 
 
 def _skipped(tag: Tag) -> bool:
-    classes = tag.get("class") or []
+    classes: list[str] | str = tag.get("class") or []  # type: ignore[assignment]
     return (
         tag.name in SKIP
         or str(tag.get("translate", "")).lower() == "no"

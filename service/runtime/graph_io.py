@@ -88,10 +88,10 @@ def check_session(session: Any, spec: GraphSpec, role: str, model: dict[str, Any
     problems = []
     for side, declared, want in (("input", spec.inputs, want_in), ("output", spec.outputs, want_out)):
         for k in range(max(len(declared), len(want))):
-            d = declared[k].name if k < len(declared) else None
-            w = want[k].name if k < len(want) else None
-            if d != w:
-                problems.append(f"manifest {side} {k} of {role} is {d!r}, the contract says {w!r}")
+            have = declared[k].name if k < len(declared) else None
+            need = want[k].name if k < len(want) else None
+            if have != need:
+                problems.append(f"manifest {side} {k} of {role} is {have!r}, the contract says {need!r}")
                 break
     for side, actual, declared in (
         ("input", session.get_inputs(), spec.inputs),
