@@ -33,7 +33,9 @@ def page():
     with running_server(MODEL_DIR) as server, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page()
+            # the harness's own waits evaluate strings in the page, which its CSP forbids (no
+            # unsafe-eval); test_the_page_works_under_its_own_policy runs without this bypass
+            page = browser.new_page(bypass_csp=True)
             page.set_default_timeout(20_000)
             page.goto(server.base + "/")
             page.wait_for_function("document.querySelectorAll('#target option').length > 0")
@@ -83,3 +85,28 @@ def test_server_error_message_is_shown(page):
     page.wait_for_function("document.querySelector('#error').textContent.length > 0")
     assert "characters" in page.text_content("#error")
     assert page.input_value("#output") == ""
+
+
+def test_the_page_works_under_its_own_policy(page):
+    """A second page of the same browser, without the bypass: the page's inline script and its
+    same-origin calls run under its CSP (nothing but Python-side polling of the output field)."""
+    import time
+
+    base = page.url.rstrip("/")
+    strict = page.context.browser.new_page()
+    try:
+        errors: list[str] = []
+        strict.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        response = strict.goto(base + "/")
+        assert response is not None and "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        strict.wait_for_selector("#target option", state="attached")
+        strict.select_option("#source", "de")
+        strict.fill("#input", "Ein Hund läuft im Park.")
+        strict.click("#go")
+        deadline = time.monotonic() + 20
+        while not strict.input_value("#output") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert strict.input_value("#output"), errors
+        assert not [e for e in errors if "Content Security Policy" in e], errors
+    finally:
+        strict.close()
