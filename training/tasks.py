@@ -316,6 +316,7 @@ def prepare_tokenizer(cfg: RunConfig, run_dir: Path, force: bool = False) -> Tok
             t.model_type,
             t.character_coverage,
             user_defined_symbols=list(dict.fromkeys(tags)),
+            byte_fallback=t.byte_fallback,
         )
         log.info("trained tokenizer %s (%d pieces)", path, Tokenizer(path).vocab_size)
     return Tokenizer(path)

@@ -19,6 +19,7 @@ def train_tokenizer(
     character_coverage: float = 1.0,
     user_defined_symbols: Iterable[str] = (),
     seed_sentences: int = 2_000_000,
+    byte_fallback: bool = False,
 ) -> Path:
     """Train a SentencePiece model on `texts` and write it to `out_path` (a .model file)."""
     if model_type not in ("unigram", "bpe", "word"):
@@ -40,6 +41,7 @@ def train_tokenizer(
         bos_piece="<s>",
         eos_piece="</s>",
         user_defined_symbols=list(user_defined_symbols),
+        byte_fallback=byte_fallback,
         input_sentence_size=seed_sentences,
         shuffle_input_sentence=True,
         # Small corpora cannot always fill the requested vocabulary; take what they support.
