@@ -155,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
         log_requests=settings.access_log,
         max_inflight=settings.max_inflight_requests,
+        body_timeout_s=settings.body_timeout_s,
         inflight=inflight,
     )
     return app

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -38,11 +39,49 @@ class BodyLimitAndMetrics:
         log_requests: bool = True,
         max_inflight: int = 0,
         inflight: InFlight | None = None,
+        body_timeout_s: float = 10.0,
     ) -> None:
         self.app, self.max_body_bytes, self.metrics = app, max_body_bytes, metrics
         self.log_requests = log_requests
         self.max_inflight = max_inflight  # 0 = no cap
         self.inflight = inflight or InFlight()
+        self.body_timeout_s = body_timeout_s
+
+    async def _model_request(self, scope, receive, send) -> None:
+        """A model request takes an in-flight slot only once its whole body is here: a client
+        that sends headers and then nothing (or crawls) holds no slot, and gets 408 at the
+        deadline. Then the cap: beyond it, 503 + Retry-After."""
+        try:
+            body = await asyncio.wait_for(_read_body(receive, self.max_body_bytes), self.body_timeout_s)
+        except _BodyTooLarge:
+            await _reject(send, self.max_body_bytes)
+            return
+        except TimeoutError:
+            self.metrics.rejected.labels("body_timeout").inc()
+            error = {"error": f"request body not received within {self.body_timeout_s:g} s"}
+            await _reply(send, 408, error, [(b"connection", b"close")])
+            return
+        except _Disconnected:
+            access_log.info("client left before sending its body: %s %s", scope["method"], scope["path"])
+            return
+        if self.max_inflight and self.inflight.count >= self.max_inflight:
+            self.metrics.rejected.labels("inflight").inc()
+            await _reply(send, 503, {"error": "server busy, retry later"}, [(b"retry-after", b"1")])
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: the disconnect, if the client leaves
+
+        self.inflight.count += 1
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            self.inflight.count -= 1
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -64,11 +103,10 @@ class BodyLimitAndMetrics:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         too_big = declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes
         model_request = endpoint in _MODEL_ENDPOINTS
-        if model_request and self.max_inflight and self.inflight.count >= self.max_inflight:
-            self.metrics.rejected.labels("inflight").inc()
-            await _reply(send_wrapper, 503, {"error": "server busy, retry later"}, [(b"retry-after", b"1")])
-        elif too_big:
+        if too_big:
             await _reject(send_wrapper, self.max_body_bytes)
+        elif model_request:
+            await self._model_request(scope, receive, send_wrapper)
         else:
             received = 0
 
@@ -122,6 +160,25 @@ _MODEL_ENDPOINTS = {"/translate", "/detect", "/classify"}  # capped and counted;
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class _Disconnected(Exception):
+    pass
+
+
+async def _read_body(receive, limit: int) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 async def _reject(send, limit: int) -> None:

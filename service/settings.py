@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     max_inflight_requests: int = Field(
         512, ge=0, description="model requests being handled at once; beyond it 503 at once (0 = no cap)"
     )
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="a model request's body must arrive within this; else 408 (it holds no slot meanwhile)"
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="a request still waiting after this gets 504")
 
     cors_origins: Annotated[list[str], NoDecode] = Field(

@@ -80,3 +80,29 @@ def test_forwarded_for_is_used_only_from_trusted_proxies(model_dir, trusted):
     else:  # rotating the header changes nothing: the caller is 127.0.0.1
         assert codes == [200, 200, 200, 429, 429, 429] and spoof.status_code == 429
         assert "10.0.0." not in server.output and "6.6.6.6" not in server.output
+
+
+def test_silent_bodies_hold_no_slot_and_get_408(model_dir):
+    import socket
+    import time
+
+    env = {"TRANSERVE_MAX_INFLIGHT_REQUESTS": "4", "TRANSERVE_BODY_TIMEOUT_S": "1.5"}
+    with running_server(model_dir, env=env) as server:
+        port = int(server.base.rsplit(":", 1)[1])
+        silent = []
+        for _ in range(8):  # twice the cap: headers, then nothing
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(
+                b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            )
+            silent.append(s)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        ok = httpx.post(f"{server.base}/translate", json={"q": "hallo", "source": "de", "target": "en"}, timeout=10)
+        assert ok.status_code == 200 and time.monotonic() - t0 < 1.0  # not behind the silent ones
+        answers = []
+        for s in silent:
+            s.settimeout(5)
+            answers.append(s.recv(4096).decode(errors="replace"))
+            s.close()
+    assert all(a.startswith("HTTP/1.1 408") and "not received within 1.5 s" in a for a in answers), answers[0]
