@@ -112,12 +112,7 @@ class Translator(BundleEngine):
         Beam 1 is the greedy loop itself (the same output as `generate`), with scores."""
         if beam_size == 1:
             return self._greedy_scored(sources)
-        b = len(sources)
-        lengths = np.array([len(s) for s in sources])
-        src = np.full((b, lengths.max()), self.pad, dtype=np.int64)
-        for i, s in enumerate(sources):
-            src[i, : len(s)] = s
-        limits = output_limits(lengths, self.max_len, self.ratio, self.extra)
+        src, limits = self.padded(sources)
         hyps = beam_search(
             self.start,
             self.step,
@@ -137,11 +132,7 @@ class Translator(BundleEngine):
     def generate(self, sources: Sequence[Sequence[int]]) -> list[list[int]]:
         """Greedy decoding of a batch of source id lists (each ending in </s>)."""
         b = len(sources)
-        lengths = np.array([len(s) for s in sources])
-        src = np.full((b, lengths.max()), self.pad, dtype=np.int64)
-        for i, s in enumerate(sources):
-            src[i, : len(s)] = s
-        limits = output_limits(lengths, self.max_len, self.ratio, self.extra)
+        src, limits = self.padded(sources)
         steps = int(limits.max())
         decode = self._decode_bound if self.io_binding else self._decode
         out, out_len = decode(src, limits, steps)
@@ -151,11 +142,7 @@ class Translator(BundleEngine):
 
     def _greedy_scored(self, sources: Sequence[Sequence[int]]) -> list[list[Hypothesis]]:
         b = len(sources)
-        lengths = np.array([len(s) for s in sources])
-        src = np.full((b, lengths.max()), self.pad, dtype=np.int64)
-        for i, s in enumerate(sources):
-            src[i, : len(s)] = s
-        limits = output_limits(lengths, self.max_len, self.ratio, self.extra)
+        src, limits = self.padded(sources)
         scores = np.zeros(b, dtype=np.float64)
         out, out_len = self._decode(src, limits, int(limits.max()), scores)
         if self.on_tokens:
@@ -163,6 +150,14 @@ class Translator(BundleEngine):
         # a row that ended with </s> scored it too; one cut at its limit did not
         n = out_len + (out_len < limits)
         return [[Hypothesis(out[i, : out_len[i]].tolist(), float(scores[i]), int(n[i]))] for i in range(b)]
+
+    def padded(self, sources: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """The sources as one padded (B, S) array, and each one's output-length limit."""
+        lengths = np.array([len(s) for s in sources])
+        src = np.full((len(sources), lengths.max()), self.pad, dtype=np.int64)
+        for i, s in enumerate(sources):
+            src[i, : len(s)] = s
+        return src, output_limits(lengths, self.max_len, self.ratio, self.extra)
 
     def start(self, src: np.ndarray) -> dict[str, np.ndarray]:
         """The decoder's inputs before the first step: the encoder's keys/values, the source
