@@ -15,7 +15,7 @@ from service.runtime.bundle import load_manifest
 from service.runtime.sessions import resolve_providers
 from service.runtime.translator import Translator
 
-b = Path("model/de-en")
+b = Path("model/multi")
 m = load_manifest(b)
 e = Translator(b, m, resolve_providers("cpu"), threads=2)
 src = [line.strip() for line in gzip.open("../shared/data/multi30k/test_2016_flickr.de.gz", "rt")]

@@ -1,9 +1,9 @@
 """Resident memory of the translation engine under a long random workload, with onnxruntime's
 CPU memory arena on and off: does memory settle, and what does the arena cost or save?
 
-    python benchmarks/memory.py --bundle model/de-en --batches 3000 --threads 2 \
+    python benchmarks/memory.py --bundle model/multi --batches 3000 --threads 2 \
         --out benchmarks/results/memory.json
-    python benchmarks/memory.py --bundle model/de-en --batches 3000 --threads 2 --warm-max \
+    python benchmarks/memory.py --bundle model/multi --batches 3000 --threads 2 --warm-max \
         --out benchmarks/results/memory-warm-max.json
 
 Each mode runs in its own subprocess (resident memory is per process) over the same seeded
@@ -105,7 +105,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", default="model/de-en")
+    p.add_argument("--bundle", default="model/multi")
     p.add_argument("--data", default="../shared/data/multi30k/train.de.gz")
     p.add_argument("--batches", type=int, default=4000)
     p.add_argument("--every", type=int, default=50, help="sample resident memory every N batches")

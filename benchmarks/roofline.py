@@ -1,7 +1,7 @@
 """The limit: FLOPs per generated token of a translation bundle, and this machine's measured
 matrix-multiply rate at the model's own shapes. How close can greedy decoding get?
 
-    python benchmarks/roofline.py --bundle model/de-en --batch 32 --src-len 14 --tgt-len 15 \
+    python benchmarks/roofline.py --bundle model/multi --batch 32 --src-len 14 --tgt-len 15 \
         --threads 2 --out benchmarks/results/roofline.json
 
 FLOPs are counted analytically from the bundle's config (a multiply-add = 2 FLOPs):
@@ -27,7 +27,7 @@ The workload limit is then the time these exact matmuls take at the rates measur
 (every M from 1 to the batch size is measured), and the engine's own tokens/s in that result
 is compared with it:
 
-    python benchmarks/roofline.py --bundle model/de-en --workload benchmarks/results/engines.json \
+    python benchmarks/roofline.py --bundle model/multi --workload benchmarks/results/engines.json \
         --engine ort-fp32 --batch 32 --out benchmarks/results/roofline-workload.json
 """
 
@@ -155,7 +155,7 @@ def token_flops(cfg: dict, vocab: int, src_len: float, tgt_len: float) -> dict[s
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", type=Path, default=Path("model/de-en"))
+    p.add_argument("--bundle", type=Path, default=Path("model/multi"))
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--src-len", type=float, default=14.0, help="mean source tokens incl. </s>")
     p.add_argument("--tgt-len", type=float, default=14.8, help="mean generated tokens incl. </s>")

@@ -60,6 +60,12 @@ def export_weights(ckpt: Path, out: Path) -> Path:
     needs to rebuild the PyTorch model (the CTranslate2 comparison on the same weights, or more
     training with train.init_from). No optimizer state."""
     c = load_checkpoint(ckpt)
-    half = {k: v.half() if v.is_floating_point() else v for k, v in c["model"].items()}
+    half: dict[str, Any] = {}
+    shared: dict[tuple[int, tuple], Any] = {}  # tied weights (the embedding) stay one tensor
+    for k, v in c["model"].items():
+        key = (v.data_ptr(), tuple(v.shape))
+        if key not in shared:
+            shared[key] = v.half() if v.is_floating_point() else v
+        half[k] = shared[key]
     save_checkpoint({"model_config": c["model_config"], "run_config": c.get("run_config", {}), "model": half}, out)
     return out
