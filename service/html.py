@@ -47,13 +47,10 @@ class _Run:
         return "".join(n.get_text() if isinstance(n, Tag) else str(n) for n in self.nodes)
 
     def strings(self) -> list[NavigableString]:
-        out: list[NavigableString] = []
-        for n in self.nodes:
-            if isinstance(n, Tag):
-                out += [s for s in n.find_all(string=True) if not isinstance(s, _NOT_TEXT)]
-            else:
-                out.append(n)
-        return out
+        return [s for n in self.nodes for s in (_strings(n) if isinstance(n, Tag) else [n])]
+
+    def has_tags(self) -> bool:
+        return any(isinstance(n, Tag) for n in self.nodes)
 
 
 def _runs(root: Tag) -> list[_Run]:
@@ -101,10 +98,10 @@ async def translate_html(html: str, translate: Callable[[list[str]], Awaitable[l
     """`html` with its text translated by `translate` (one call for the whole fragment)."""
     soup = BeautifulSoup(html, "html.parser")
     runs = _runs(soup)
-    # One batch: each run's whole text, and each of its text nodes (for placing the inline
-    # elements, and for the fallback).
+    # One batch: each run's whole text and, where it has inline elements, each of its text nodes
+    # (to place the elements, or for the fallback); a run of plain text is translated once.
     wholes = [r.text() for r in runs]
-    nodes = [[str(s) for s in r.strings()] for r in runs]
+    nodes = [[str(s) for s in r.strings()] if r.has_tags() else [] for r in runs]
     texts = wholes + [t for ts in nodes for t in ts]
     todo = [t.strip() for t in texts if t.strip()]
     done = iter(await translate(todo) if todo else [])

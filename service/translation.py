@@ -133,21 +133,19 @@ async def translate(
         assert route is not None
         idx, segmented = split[src]
         pieces = [seg.text for segs in segmented for seg in segs if translatable(seg.text)]
-        if how.plain:
-            for model, _, tgt in route:
-                pieces = await run_batched(state, model, [_model_input(registry, model, p, tgt) for p in pieces])
-            nbest = [[(p, 0.0, 0)] for p in pieces]
-            factor = [1.0] * len(pieces)
-        else:
-            factor = [1.0] * len(pieces)
-            for n, (model, _, tgt) in enumerate(route):
-                last = n == len(route) - 1
-                options = {"beam_size": how.beam_size, "n_best": how.alternatives + 1 if last else 1}
-                inputs = [_model_input(registry, model, p, tgt) for p in pieces]
-                nbest = await run_batched(state, model, inputs, options)
-                if not last:  # through English: the best English goes on, its confidence multiplies
-                    factor = [f * _confidence([h[0]]) / 100 for f, h in zip(factor, nbest)]
-                    pieces = [h[0][0] for h in nbest]
+        factor = [1.0] * len(pieces)  # through English: the first step's confidence
+        for n, (model, _, tgt) in enumerate(route):
+            inputs = [_model_input(registry, model, p, tgt) for p in pieces]
+            if how.plain:  # greedy text only
+                pieces = await run_batched(state, model, inputs)
+                nbest = [[(p, 0.0, 0)] for p in pieces]
+                continue
+            last = n == len(route) - 1
+            options = {"beam_size": how.beam_size, "n_best": how.alternatives + 1 if last else 1}
+            nbest = await run_batched(state, model, inputs, options)
+            if not last:  # the best English goes on, its confidence multiplies
+                factor = [f * _confidence([h[0]]) / 100 for f, h in zip(factor, nbest)]
+                pieces = [h[0][0] for h in nbest]
         results = iter(nbest)
         factors = iter(factor)
         for i, segs in zip(idx, segmented):
@@ -160,7 +158,7 @@ async def translate(
                 continue
             assert out.alternatives is not None and out.confidence is not None
             scored = [h[0] for h, _ in per if h[0][2]]
-            out.confidence[i] = round(_confidence(scored) * _product(f for (h, f) in per), 2)
+            out.confidence[i] = round(_confidence(scored) * math.prod(f for _, f in per), 2)
             alts: list[str] = []
             for k in range(1, how.alternatives + 1):
                 alt = join_segments(segs, [(h[k] if k < len(h) else h[0])[0] for h, _ in per], target)
@@ -197,13 +195,6 @@ def _confidence(hyps: list[tuple[str, float, int]]) -> float:
     """100 x exp(mean log-probability per token) of the hypotheses' tokens together."""
     tokens = sum(h[2] for h in hyps)
     return 100.0 * math.exp(sum(h[1] for h in hyps) / tokens) if tokens else 100.0
-
-
-def _product(values) -> float:
-    out = 1.0
-    for v in values:
-        out *= v
-    return out
 
 
 async def translate_markup(

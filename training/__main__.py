@@ -59,7 +59,7 @@ def cmd_evaluate(args) -> int:
         import torch
 
         from training.checkpoint import model_from_checkpoint
-        from training.evaluate import classification_metrics, classify, translate, translation_metrics
+        from training.evaluate import classification_metrics, classify, translate
         from training.tasks import TOKENIZER_FILE, make_task
         from training.tokenizer import Tokenizer
 
@@ -68,17 +68,15 @@ def cmd_evaluate(args) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = model_from_checkpoint(ckpt, device)
         tok = Tokenizer(run_dir / TOKENIZER_FILE)
-        rows = make_task(cfg, tok).raw(args.split)
+        task = make_task(cfg, tok)
+        rows = task.raw(args.split)
         if cfg.task == "translation":
-            task = make_task(cfg, tok)
-            rows = task.raw(args.split)
             hyps = translate(model, tok, [r[0] for r in rows], device=device)
-            if cfg.data.directions:  # multilingual: each direction, and their mean
-                per = task.by_direction(args.split, hyps, [r[1] for r in rows])
-                result = {"bleu": round(sum(m["bleu"] for m in per.values()) / len(per), 2)}
-                result["per_direction"] = {d: {"bleu": m["bleu"], "chrf": m["chrf"]} for d, m in per.items()}
-            else:
-                result = translation_metrics(hyps, [r[1] for r in rows], cfg.data.target_lang)
+            result = task.metrics(args.split, hyps, [r[1] for r in rows])
+            if "per_direction" in result:  # multilingual: each direction's BLEU and chrF, and their mean
+                result["per_direction"] = {
+                    d: {"bleu": m["bleu"], "chrf": m["chrf"]} for d, m in result["per_direction"].items()
+                }
             if args.output:
                 Path(args.output).write_text("\n".join(hyps) + "\n", encoding="utf-8")
         else:

@@ -10,7 +10,6 @@ import random
 import shlex
 import sys
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from service.runtime.translator import Translator
 from training.checkpoint import WEIGHTS_FILE, export_weights, load_checkpoint, model_from_checkpoint
 from training.config import RunConfig
 from training.devices import cpuinfo
-from training.evaluate import classification_metrics, format_confusion, translation_metrics
+from training.evaluate import classification_metrics, format_confusion
 from training.export import export_bundle
 from training.tasks import TOKENIZER_FILE, make_task, split_names
 from training.tokenizer import Tokenizer
@@ -78,12 +77,7 @@ def evaluate_bundle(
             for i, h in zip(chunk, engine.translate([sources[i] for i in chunk])):
                 hyps[i] = h
         seconds = time.perf_counter() - t0
-        if cfg.data.directions:  # multilingual: each direction's metrics, selected on their mean
-            per = task.by_direction(split, hyps, [r[1] for r in rows])
-            metrics = {"bleu": round(sum(m["bleu"] for m in per.values()) / len(per), 2), "per_direction": per}
-            metrics["direction_sentences"] = dict(Counter(task.row_directions[split]))
-        else:
-            metrics = translation_metrics(hyps, [r[1] for r in rows], cfg.data.target_lang)
+        metrics = task.metrics(split, hyps, [r[1] for r in rows])
         metrics["examples"] = [
             {"source": s, "hypothesis": h, "reference": r[1]} for s, h, r in list(zip(sources, hyps, rows))[:5]
         ]

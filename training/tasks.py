@@ -87,13 +87,22 @@ class TranslationTask:
             raise ValueError(f"no set named {split!r}: splits are {d.train_split}, {d.valid_split}, {known}")
         return named
 
-    def by_direction(self, split: str, hyps: list[str], refs: list[str]) -> dict[str, dict[str, Any]]:
-        """Metrics of each direction of a multilingual split (rows as `raw(split)` gave them)."""
-        per: dict[str, tuple[list[str], list[str]]] = {}
+    def metrics(self, split: str, hyps: list[str], refs: list[str]) -> dict[str, Any]:
+        """sacreBLEU, chrF (and lowercased tokenized BLEU) of `hyps` for the first rows of
+        `raw(split)`. A multilingual split: each direction's metrics (`per_direction`), their
+        sentence counts, and the mean of their BLEU as `bleu` (what selects models)."""
+        if not self.cfg.data.directions:
+            return translation_metrics(hyps, refs, self.cfg.data.target_lang)
+        groups: dict[str, tuple[list[str], list[str]]] = {}
         for hyp, ref, direction in zip(hyps, refs, self.row_directions[split]):
-            per.setdefault(direction, ([], []))[0].append(hyp)
-            per[direction][1].append(ref)
-        return {k: translation_metrics(h, r, k.split("-")[1]) for k, (h, r) in sorted(per.items())}
+            groups.setdefault(direction, ([], []))[0].append(hyp)
+            groups[direction][1].append(ref)
+        per = {k: translation_metrics(h, r, k.split("-")[1]) for k, (h, r) in sorted(groups.items())}
+        return {
+            "bleu": round(sum(m["bleu"] for m in per.values()) / len(per), 2),
+            "per_direction": per,
+            "direction_sentences": {k: len(h) for k, (h, _) in sorted(groups.items())},
+        }
 
     @staticmethod
     def length(example: tuple[list, list]) -> int:
@@ -121,13 +130,10 @@ class TranslationTask:
     def validate(self, model: nn.Module, raw: list, device: torch.device) -> dict[str, Any]:
         limit = self.cfg.train.valid_bleu_sentences or len(raw)
         hyps = translate(model, self.tok, [p[0] for p in raw[:limit]], device=device)
-        if not self.cfg.data.directions:
-            return translation_metrics(hyps, [p[1] for p in raw[:limit]], self.cfg.data.target_lang)
-        # Multilingual: BLEU per direction; the model is selected on their mean.
-        per = self.by_direction(self.cfg.data.valid_split, hyps, [p[1] for p in raw[:limit]])
-        scores = {k: m["bleu"] for k, m in per.items()}
-        log.info("valid BLEU per direction: %s", scores)
-        return {"bleu": round(sum(scores.values()) / len(scores), 2), "per_direction": scores}
+        result = self.metrics(self.cfg.data.valid_split, hyps, [p[1] for p in raw[:limit]])
+        if "per_direction" in result:
+            log.info("valid BLEU per direction: %s", {k: m["bleu"] for k, m in result["per_direction"].items()})
+        return result
 
 
 class ClassificationTask:

@@ -29,19 +29,16 @@ async def ready(request: Request) -> JSONResponse:
     reg = state.registry
     failed = {n: m.error for n, m in (reg.models.items() if reg else []) if not m.ready}
     missing = reg.tasks_missing() if reg else []
-    if (
-        reg is None
-        or not any(m.ready for m in reg.models.values())
-        or missing
-        or (failed and state.settings.require_all_models)
-    ):
-        if reg is None or not any(m.ready for m in reg.models.values()):
+    none_ready = reg is None or not any(m.ready for m in reg.models.values())
+    if none_ready or missing or (failed and state.settings.require_all_models):
+        if none_ready:
             error = state.load_error or "no model could be loaded"
         elif missing:
             error = "no model loaded for: " + ", ".join(missing)
         else:
             error = "TRANSERVE_REQUIRE_ALL_MODELS is set and some bundles failed"
         return JSONResponse({"status": "failed", "error": error, "failed": failed}, status_code=503)
+    assert reg is not None  # none_ready covers a missing registry
     return JSONResponse(
         {
             "status": "degraded" if failed else "ready",

@@ -74,15 +74,10 @@ class Translator(BundleEngine):
     def translate(self, texts: Sequence[str]) -> list[str]:
         """Translate one batch of sentences (empty strings give empty strings)."""
         out = [""] * len(texts)
-        todo = [i for i, t in enumerate(texts) if t.strip()]
-        if not todo:
-            return out
-        encoded = self.encode([texts[i] for i in todo])
-        order = sorted(range(len(todo)), key=lambda k: len(encoded[k]))
-        results = self.generate([encoded[k] for k in order])
-        decoded = self.sp.decode(results)
-        for k, text in zip(order, decoded):
-            out[todo[k]] = text
+        idx, sources = self._by_length(texts)
+        if idx:
+            for i, text in zip(idx, self.sp.decode(self.generate(sources))):
+                out[i] = text
         return out
 
     def translate_nbest(
@@ -92,16 +87,20 @@ class Translator(BundleEngine):
         best first, each as (text, sum of its tokens' log-probabilities with </s>, tokens with
         </s>); an empty text gives [("", 0.0, 0)]."""
         out: list[list[tuple[str, float, int]]] = [[("", 0.0, 0)] for _ in texts]
-        todo = [i for i, t in enumerate(texts) if t.strip()]
-        if not todo:
-            return out
-        encoded = self.encode([texts[i] for i in todo])
-        order = sorted(range(len(todo)), key=lambda k: len(encoded[k]))
-        results = self.generate_nbest([encoded[k] for k in order], beam_size, n_best, length_penalty)
-        decoded = iter(self.sp.decode([h.tokens for hyps in results for h in hyps]))  # one call
-        for k, hyps in zip(order, results):
-            out[todo[k]] = [(next(decoded), h.score, h.length) for h in hyps]
+        idx, sources = self._by_length(texts)
+        if idx:
+            results = self.generate_nbest(sources, beam_size, n_best, length_penalty)
+            decoded = iter(self.sp.decode([h.tokens for hyps in results for h in hyps]))  # one call
+            for i, hyps in zip(idx, results):
+                out[i] = [(next(decoded), h.score, h.length) for h in hyps]
         return out
+
+    def _by_length(self, texts: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+        """The indices of the non-empty texts, shortest source first, and their source ids."""
+        todo = [i for i, t in enumerate(texts) if t.strip()]
+        encoded = self.encode([texts[i] for i in todo]) if todo else []
+        order = sorted(range(len(todo)), key=lambda k: len(encoded[k]))
+        return [todo[k] for k in order], [encoded[k] for k in order]
 
     # -- id level ---------------------------------------------------------------------------
 
