@@ -12,6 +12,11 @@ that the server, not the client, is what gets measured). Three modes:
     # minutes at ~80% of capacity: errors and resident memory over time
     python benchmarks/load.py soak --minutes 10 --fraction 0.8 --out benchmarks/results/soak.json
 
+    # the old batcher vs continuous batching, one after the other on the same load: open-loop
+    # Poisson arrivals of a realistic mix at 50/80/95% of the old batcher's capacity; short
+    # requests beside a stream of long paragraphs; 300 abandoned paragraphs
+    python benchmarks/load.py poisson --model-dir model --seconds 30 --out benchmarks/results/poisson.json
+
 Requests are de->en sentences of test_2016_flickr (`--data`), either one sentence per request
 (`single`) or 16 per request (`batch16`). Closed loop for `sweep` (each of `c` clients sends
 its next request when the last one is answered); open loop (requests at a fixed rate, whatever
@@ -271,6 +276,75 @@ class Load:
         await self.client.close()
 
 
+class MixLoad(Load):
+    """A realistic mix: single sentences of everyday (Tatoeba), caption (Multi30k) and news
+    length, and 16-sentence paragraphs (`weights`: each kind's share of the requests). Each
+    request's kind and latency are tallied apart as well as together."""
+
+    KINDS = ("tatoeba", "multi30k", "news", "paragraph16")
+
+    def __init__(self, base: str, pools: dict[str, list[str]], weights: dict[str, float], seed: int = 1) -> None:
+        super().__init__(base, pools["tatoeba"], 1, seed)
+        self.pools, self.weights = pools, weights
+        self.by_kind: dict[str, Tally] = {k: Tally() for k in weights}
+
+    def pick(self) -> str:
+        kinds = [k for k in self.weights if self.weights[k] > 0]
+        return self.rng.choices(kinds, [self.weights[k] for k in kinds])[0]
+
+    async def one_of(self, kind: str, tally: Tally, due: float | None = None) -> None:
+        if kind == "paragraph16":
+            picked = [self.rng.choice(self.pools["tatoeba"] + self.pools["news"]) for _ in range(16)]
+            body = {"q": " ".join(picked), "source": "de", "target": "en"}
+        else:
+            body = {"q": self.rng.choice(self.pools[kind]), "source": "de", "target": "en"}
+        t0 = due if due is not None else time.perf_counter()
+        try:
+            status, headers, data = await asyncio.wait_for(self.client.post_json("/translate", body), 300)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError, IndexError) as e:
+            status, headers, data = type(e).__name__, {}, b""
+        latency = time.perf_counter() - t0
+        if status == 200 and not json.loads(data).get("translatedText"):
+            tally.wrong_answers += 1
+        elif status in (503, 429) and "retry-after" not in headers:
+            tally.retry_after_missing += 1
+        n = 16 if kind == "paragraph16" else 1
+        tally.add(str(status), latency, n)
+        self.by_kind[kind].add(str(status), latency, n)
+
+    async def poisson(self, rate: float, seconds: float) -> dict:
+        """Open loop: requests at exponential intervals of mean 1/`rate`, each sent when due."""
+        tally, tasks = Tally(), []
+        self.by_kind = {k: Tally() for k in self.weights}
+        t0 = time.perf_counter()
+        due = t0
+        while (due := due + self.rng.expovariate(rate)) < t0 + seconds:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(self.one_of(self.pick(), tally, due)))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - t0
+        kinds = {
+            k: {key: v for key, v in t.summary(wall).items() if key in ("answered", "p50_ms", "p95_ms", "p99_ms")}
+            for k, t in self.by_kind.items()
+        }
+        return {"rate": round(rate, 2), **tally.summary(wall), "by_kind": kinds}
+
+    async def saturate(self, concurrency: int, seconds: float) -> float:
+        """Requests/s of the mix with `concurrency` clients always waiting (closed loop)."""
+        tally = Tally()
+        deadline = time.perf_counter() + seconds
+
+        async def client() -> None:
+            while time.perf_counter() < deadline:
+                await self.one_of(self.pick(), tally)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*[client() for _ in range(concurrency)])
+        return len(tally.latencies) / (time.perf_counter() - t0)
+
+
 # -- modes ----------------------------------------------------------------------------------
 
 
@@ -338,6 +412,8 @@ async def overload(args: argparse.Namespace, sentences: list[str]) -> dict:
 
 async def soak(args: argparse.Namespace, sentences: list[str]) -> dict:
     arena = {} if args.memory_arena is None else {"memory_arena": args.memory_arena == "on"}
+    if args.scheduler:
+        arena["scheduler"] = args.scheduler
     server = Server(args.model_dir, args.threads, **arena)
     try:
         await warm_up(server.base, sentences)
@@ -389,6 +465,86 @@ async def soak(args: argparse.Namespace, sentences: list[str]) -> dict:
     return result
 
 
+def load_pools(data: Path) -> dict[str, list[str]]:
+    """German sources of the three lengths (validation and test splits only)."""
+    return {
+        "tatoeba": load_sentences(data / "tatoeba-de-en/valid.de.gz"),
+        "multi30k": load_sentences(data / "multi30k/test_2016_flickr.de.gz"),
+        "news": load_sentences(data / "newstest/de-en/newstest2013.de.gz"),
+    }
+
+
+MIX = {"tatoeba": 0.4, "multi30k": 0.25, "news": 0.2, "paragraph16": 0.15}
+
+
+async def poisson(args: argparse.Namespace, _sentences: list[str]) -> dict:
+    """Both schedulers on the same open-loop loads (rates from the old batcher's capacity)."""
+    pools = load_pools(args.data_root)
+    result: dict = {"mode": "poisson", "mix": MIX, "runs": {}}
+    reference: float | None = None
+    for scheduler in args.schedulers:
+        server = Server(args.model_dir, args.threads, scheduler=scheduler, max_inflight_requests=1024)
+        run: dict = {}
+        try:
+            await warm_up(server.base, pools["tatoeba"])
+            load = MixLoad(server.base, pools, MIX, seed=7)
+            run["capacity_requests_per_s"] = round(await load.saturate(64, args.seconds), 2)
+            reference = reference or run["capacity_requests_per_s"]
+            run["levels"] = {}
+            for fraction in args.fractions:
+                row = await load.poisson(fraction * reference, args.seconds)
+                row["rss_mb"] = round(server.rss_mb(), 1)
+                run["levels"][str(fraction)] = row
+                print(scheduler, fraction, json.dumps({k: v for k, v in row.items() if k != "by_kind"}), flush=True)
+            # short requests alone, then beside a stream of paragraphs (at 60% of capacity in paragraphs)
+            short = MixLoad(server.base, pools, {"tatoeba": 1.0}, seed=3)
+            run["short_idle"] = await short.poisson(2.0, args.seconds / 2)
+            paragraphs = MixLoad(server.base, pools, {"paragraph16": 1.0}, seed=5)
+            para_rate = 0.6 * reference * _sentences_per_request(MIX) / 16
+            stream = asyncio.create_task(paragraphs.poisson(para_rate, args.seconds))
+            await asyncio.sleep(2)
+            run["short_beside_paragraphs"] = await short.poisson(2.0, args.seconds - 4)
+            run["paragraphs"] = await stream
+            idle, busy = run["short_idle"]["p50_ms"], run["short_beside_paragraphs"]["p50_ms"]
+            run["short_slowdown"] = round(busy / idle, 2) if idle and busy else None
+            print(scheduler, "short idle", idle, "beside paragraphs", busy, flush=True)
+            # 300 clients give up on their 16-sentence paragraphs; then one request
+            run["abandoned"] = await _abandon(server.base, pools, 300)
+            print(scheduler, "after abandoned:", run["abandoned"], flush=True)
+            await load.close()
+            await short.close()
+            await paragraphs.close()
+        finally:
+            server.stop()
+        result["runs"][scheduler] = run
+    return result
+
+
+def _sentences_per_request(mix: dict[str, float]) -> float:
+    return sum(w * (16 if k == "paragraph16" else 1) for k, w in mix.items())
+
+
+async def _abandon(base: str, pools: dict[str, list[str]], n: int) -> dict:
+    rng = random.Random(11)
+    client = httpx.AsyncClient(timeout=httpx.Timeout(30, read=0.2), limits=httpx.Limits(max_connections=n))
+    text = " ".join(rng.choice(pools["tatoeba"]) for _ in range(16))
+
+    async def give_up() -> str:
+        try:
+            r = await client.post(f"{base}/translate", json={"q": text, "source": "de", "target": "en"})
+            return str(r.status_code)
+        except httpx.TimeoutException:
+            return "gave up"
+
+    outcomes = await asyncio.gather(*[give_up() for _ in range(n)])
+    await client.aclose()
+    async with httpx.AsyncClient(timeout=60) as c:
+        t0 = time.perf_counter()
+        r = await c.post(f"{base}/translate", json={"q": pools["tatoeba"][0], "source": "de", "target": "en"})
+        after = time.perf_counter() - t0
+    return {"gave_up": outcomes.count("gave up"), "next_status": r.status_code, "next_request_s": round(after, 3)}
+
+
 def plot_sweep(result: dict, out: Path) -> None:
     """Two panels: sentences/s vs concurrency, and p50/p95/p99 latency vs concurrency, one line
     per (request kind, batching)."""
@@ -426,7 +582,7 @@ def plot_sweep(result: dict, out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["sweep", "overload", "soak"])
+    p.add_argument("mode", choices=["sweep", "overload", "soak", "poisson"])
     p.add_argument("--model-dir", type=Path, default=ROOT / "model")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/multi30k/test_2016_flickr.de.gz")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads in the server")
@@ -445,10 +601,15 @@ def main() -> None:
         help="soak: the server's onnxruntime CPU memory arena (default: the service's own default)",
     )
     p.add_argument("--sample-seconds", type=float, default=30, help="soak: one sample per this many seconds")
+    p.add_argument("--data-root", type=Path, default=ROOT.parent / "shared/data", help="poisson: the corpora")
+    p.add_argument("--schedulers", nargs="+", default=["batch", "continuous"], choices=["batch", "continuous"])
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.8, 0.95], help="poisson: load levels")
+    p.add_argument("--scheduler", choices=["batch", "continuous"], help="soak: the server's scheduler")
     p.add_argument("--out", type=Path, help="write the JSON result here")
     args = p.parse_args()
     sentences = load_sentences(args.data)
-    result = asyncio.run({"sweep": sweep, "overload": overload, "soak": soak}[args.mode](args, sentences))
+    modes = {"sweep": sweep, "overload": overload, "soak": soak, "poisson": poisson}
+    result = asyncio.run(modes[args.mode](args, sentences))
     result["command"] = "python benchmarks/load.py " + " ".join(sys.argv[1:])
     result["machine"] = f"{os.cpu_count()} CPUs"
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))

@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 1,
         access_log=False,
+        # Idle keep-alive connections outlive the clients' pool expiry (a client then never sends
+        # on a connection the server is just closing: a reset instead of an answer), and a burst
+        # of connections waits in the kernel's queue instead of being refused.
+        timeout_keep_alive=settings.keep_alive_s,
+        backlog=settings.backlog,
         # X-Forwarded-For only from the proxies named in the settings (uvicorn trusts 127.0.0.1
         # by default, so any local client could pick its own address and dodge the rate limit)
         proxy_headers=bool(settings.trusted_proxies),

@@ -21,6 +21,7 @@ from service.metrics import Metrics
 from service.middleware import BodyLimitAndMetrics, InFlight
 from service.registry import ModelDirError, load_registry
 from service.runtime.bundle import find_bundles
+from service.scheduler import ContinuousBatcher
 from service.security import RateLimiter
 from service.settings import Settings, get_settings
 from service.state import ServiceState
@@ -53,15 +54,43 @@ def _load(state: ServiceState) -> None:
             state.metrics.batch_size.labels(model).observe(size)
             state.metrics.batch_seconds.labels(model).observe(seconds)
 
-        state.batcher = Batcher(
-            runners,
-            s.max_batch_size,
-            s.max_wait_ms,
-            s.max_queue,
-            on_batch=on_batch,
-            merge=s.batching,
-            in_flight=state.inflight,
-        )
+        translators = registry.translators()
+        decoders = {n: e for n, e in translators.items() if getattr(e, "per_row", False)}
+        if s.scheduler == "continuous" and s.batching:
+            if len(decoders) < len(translators):
+                log.warning(
+                    "bundles %s have no per-row decoder inputs (graph contract 1): their requests run as whole "
+                    "batches; export them again to decode them continuously",
+                    sorted(set(translators) - set(decoders)),
+                )
+
+            def cost(model: str, text: str) -> int:
+                engine = translators.get(model)
+                return engine.n_tokens(text) if engine else len(text) // 4 + 1
+
+            state.batcher = ContinuousBatcher(
+                runners,
+                decoders,
+                s.max_batch_size,
+                s.max_wait_ms,
+                s.max_queue,
+                max_batch_tokens=s.max_batch_tokens,
+                max_queue_tokens=s.max_queue_tokens,
+                cost=cost,
+                on_batch=on_batch,
+                on_dropped=lambda model, n, where: state.metrics.dropped.labels(model, where).inc(n),
+                in_flight=state.inflight,
+            )
+        else:
+            state.batcher = Batcher(
+                runners,
+                s.max_batch_size,
+                s.max_wait_ms,
+                s.max_queue,
+                on_batch=on_batch,
+                merge=s.batching,
+                in_flight=state.inflight,
+            )
         state.registry = registry
         state.ready_seconds = round(time.monotonic() - state.started, 3)
         log.info(

@@ -40,6 +40,10 @@ class QueueFull(Exception):
     """The batcher holds max_queue texts already."""
 
 
+class TooBig(Exception):
+    """One request alone is more than the queue may hold: it could never be accepted."""
+
+
 class BatcherStopped(Exception):
     """The batcher is shutting down and takes no new work."""
 
@@ -52,6 +56,8 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     options: tuple[tuple[str, Any], ...] = ()  # jobs share a model call only with equal options
     enqueued: float = field(default_factory=time.monotonic)
+    abandoned: bool = False  # its caller stopped waiting (deadline, disconnect): drop its work
+    tokens: int = 0  # what it costs in the queue's token bound (scheduler.py)
 
     def key(self) -> tuple[str, tuple[tuple[str, Any], ...]]:
         return self.model, self.options
@@ -95,12 +101,11 @@ class Batcher:
         batched together."""
         if model not in self.runners:
             raise KeyError(model)
-        loop = asyncio.get_running_loop()
-        job = _Job(model, list(texts), loop.create_future(), loop, tuple(sorted((options or {}).items())))
+        job = self._job(model, texts, options, asyncio.get_running_loop())
         with self._cv:
             if self._stopping:
                 raise BatcherStopped()
-            if self._queued + len(job.texts) > self.max_queue:
+            if not self._room_for(job):
                 raise QueueFull()
             self._jobs.append(job)
             self._queued += len(job.texts)
@@ -111,6 +116,18 @@ class Batcher:
         finally:
             with self._cv:
                 self._callers -= 1
+                # cancelled (the request's deadline, or its client left): nobody reads the result
+                job.abandoned = job.future.cancelled() or not job.future.done()
+                self._cv.notify()
+
+    def _job(
+        self, model: str, texts: Sequence[str], options: dict[str, Any] | None, loop: asyncio.AbstractEventLoop
+    ) -> _Job:
+        return _Job(model, list(texts), loop.create_future(), loop, tuple(sorted((options or {}).items())))
+
+    def _room_for(self, job: _Job) -> bool:
+        """Whether the queue can take `job` now (holds the lock; a True answer queues it)."""
+        return self._queued + len(job.texts) <= self.max_queue
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish every job already accepted, then end the worker."""
@@ -128,32 +145,38 @@ class Batcher:
                 if self._stopping:
                     return None
                 self._cv.wait()
-            first = self._jobs[0]
-            if not self.merge:
-                self._jobs.popleft()
-                self._queued -= len(first.texts)
-                return [first]
-            deadline = first.enqueued + self.max_wait
-            while not self._stopping:
-                waiting = sum(len(j.texts) for j in self._jobs if j.key() == first.key())
-                remaining = deadline - time.monotonic()
-                if waiting >= self.max_batch_size or remaining <= 0:
-                    break
-                if self.in_flight is not None and self.in_flight() <= self._callers:
-                    break  # every request in flight is already waiting here: nobody else is coming
-                self._cv.wait(remaining)
-            taken: list[_Job] = []
-            kept: deque[_Job] = deque()
-            size = 0
-            for job in self._jobs:
-                if job.key() == first.key() and (not taken or size + len(job.texts) <= self.max_batch_size):
-                    taken.append(job)
-                    size += len(job.texts)
-                else:
-                    kept.append(job)
-            self._jobs = kept
-            self._queued -= size
-            return taken
+            return self._take_locked(lambda job: True, wait=True)
+
+    def _take_locked(self, eligible: Callable[[_Job], bool], wait: bool) -> list[_Job]:
+        """The jobs of one batch among the `eligible` ones (one must be queued), the first one's
+        model and options; with `wait`, waits for more as the class docstring says. Holds the lock."""
+        first = next(j for j in self._jobs if eligible(j))
+        if not self.merge:
+            self._jobs.remove(first)
+            self._queued -= len(first.texts)
+            return [first]
+        deadline = first.enqueued + self.max_wait
+        while wait and not self._stopping:
+            waiting = sum(len(j.texts) for j in self._jobs if eligible(j) and j.key() == first.key())
+            remaining = deadline - time.monotonic()
+            if waiting >= self.max_batch_size or remaining <= 0:
+                break
+            if self.in_flight is not None and self.in_flight() <= self._callers:
+                break  # every request in flight is already waiting here: nobody else is coming
+            self._cv.wait(remaining)
+        taken: list[_Job] = []
+        kept: deque[_Job] = deque()
+        size = 0
+        for job in self._jobs:
+            fits = not taken or size + len(job.texts) <= self.max_batch_size
+            if eligible(job) and job.key() == first.key() and fits:
+                taken.append(job)
+                size += len(job.texts)
+            else:
+                kept.append(job)
+        self._jobs = kept
+        self._queued -= size
+        return taken
 
     def _work(self) -> None:
         while (jobs := self._take()) is not None:

@@ -32,6 +32,17 @@ class Metrics:
         self.tokens = Counter(
             "transerve_generated_tokens_total", "target tokens generated", ["model"], registry=self.registry
         )
+        self.dropped = Counter(
+            "transerve_dropped_sentences_total",
+            "sentences not decoded (or not to the end) because their request was abandoned (deadline, client left)",
+            ["model", "where"],
+            registry=self.registry,
+        )
+        self.client_left = Counter(
+            "transerve_client_disconnects_total",
+            "model requests whose client left before the answer",
+            registry=self.registry,
+        )
         self.rejected = Counter(
             "transerve_rejected_total",
             "requests refused for overload or rate limit",

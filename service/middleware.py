@@ -47,7 +47,7 @@ class BodyLimitAndMetrics:
         self.inflight = inflight or InFlight()
         self.body_timeout_s = body_timeout_s
 
-    async def _model_request(self, scope, receive, send) -> None:
+    async def _model_request(self, scope, receive, send, status: dict) -> None:
         """A model request takes an in-flight slot only once its whole body is here: a client
         that sends headers and then nothing (or crawls) holds no slot, and gets 408 at the
         deadline. Then the cap: beyond it, 503 + Retry-After."""
@@ -69,18 +69,47 @@ class BodyLimitAndMetrics:
             await _reply(send, 503, {"error": "server busy, retry later"}, [(b"retry-after", b"1")])
             return
         replayed = False
+        left = asyncio.Event()
 
         async def replay():
             nonlocal replayed
             if not replayed:
                 replayed = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: the disconnect, if the client leaves
+            await left.wait()  # after the body there is only the disconnect, which the watcher reads
+            return {"type": "http.disconnect"}
+
+        answered = False
+
+        async def tracked_send(message):
+            nonlocal answered
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True  # from here on the server reports the end of the answer as a disconnect
+            await send(message)
 
         self.inflight.count += 1
+        handler = asyncio.ensure_future(self.app(scope, replay, tracked_send))
+        # With the whole body read, the server's next message is the client leaving (or the end of
+        # our answer). A client that leaves first gets its handler cancelled: the scheduler drops
+        # its queued and running sentences at the next decoder step (scheduler.py).
+        watcher = asyncio.ensure_future(receive())
         try:
-            await self.app(scope, replay, send)
+            await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not handler.done() and not answered:
+                left.set()
+                handler.cancel()
+                self.metrics.client_left.inc()
+                access_log.info("client left before its answer: %s %s", scope["method"], scope["path"])
+            try:
+                await handler
+            except asyncio.CancelledError:
+                if not left.is_set():
+                    raise  # the server itself is cancelling us
+                status["code"] = 499  # nginx's "client closed request", for the log and the metrics
         finally:
+            watcher.cancel()
+            if not handler.done():
+                handler.cancel()
             self.inflight.count -= 1
 
     async def __call__(self, scope, receive, send):
@@ -106,7 +135,7 @@ class BodyLimitAndMetrics:
         if too_big:
             await _reject(send_wrapper, self.max_body_bytes)
         elif model_request:
-            await self._model_request(scope, receive, send_wrapper)
+            await self._model_request(scope, receive, send_wrapper, status)
         else:
             received = 0
 

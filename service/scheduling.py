@@ -9,8 +9,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from service.batcher import BatcherStopped, QueueFull
-from service.errors import ServiceError, busy
+from service.batcher import BatcherStopped, QueueFull, TooBig
+from service.errors import ServiceError, busy, too_large
 from service.state import ServiceState
 
 log = logging.getLogger("service")
@@ -26,6 +26,8 @@ async def run_batched(
     state.metrics.queue_depth.set(state.batcher.queued)
     try:
         return await asyncio.wait_for(state.batcher.submit(model, texts, options), state.settings.request_timeout_s)
+    except TooBig as exc:  # could never be queued: "retry later" would be a lie
+        raise too_large(str(exc)) from None
     except (QueueFull, BatcherStopped):
         state.metrics.rejected.labels("queue_full").inc()
         raise busy() from None

@@ -43,9 +43,20 @@ class Settings(BaseSettings):
     max_pieces: int = Field(512, ge=1, description="max sentences in one request (after splitting); beyond, 413")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="request bodies larger than this get 413")
     batching: bool = Field(True, description="merge concurrent requests into shared model calls")
-    max_batch_size: int = Field(32, ge=1, description="max sentences per model call")
+    scheduler: Literal["continuous", "batch"] = Field(
+        "continuous",
+        description="continuous: greedy sentences join and leave a running decode batch at every step; batch: "
+        "concurrent requests are merged into batches that run to their end",
+    )
+    max_batch_size: int = Field(32, ge=1, description="max sentences per model call (rows of a running decode batch)")
+    max_batch_tokens: int = Field(
+        8192, ge=128, description="max tokens (padded sources + cache slots) in a running decode batch"
+    )
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
     max_queue: int = Field(2048, ge=1, description="max sentences waiting; beyond it requests get 503")
+    max_queue_tokens: int = Field(
+        65536, ge=128, description="max source tokens waiting; beyond it 503 (one request beyond it alone: 413)"
+    )
     max_inflight_requests: int = Field(
         512, ge=0, description="model requests being handled at once; beyond it 503 at once (0 = no cap)"
     )
@@ -70,6 +81,14 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535, description="0 = any free port")
+    keep_alive_s: int = Field(
+        65,
+        gt=0,
+        description="idle keep-alive connections are closed after this; longer than clients' pool expiry "
+        "(httpx 5 s, aiohttp 15 s, Go 90 s... a proxy's own is usually 60 s) so that a client never reuses a "
+        "connection the server is closing",
+    )
+    backlog: int = Field(4096, ge=1, description="listen backlog: connections the kernel queues before accept")
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     access_log: bool = Field(True, description="one log line per request (method, path, status, ms, client)")
 

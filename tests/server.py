@@ -7,9 +7,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,7 @@ class Server:
     proc: subprocess.Popen
     base: str
     output: str = ""  # everything the process printed, filled in when it has stopped
+    lines: list[str] = field(default_factory=list)  # what it printed so far
 
 
 @contextmanager
@@ -43,20 +45,28 @@ def running_server(model_dir: Path, *args: str, env: dict[str, str] | None = Non
         env={**os.environ, **(env or {})},
     )
     server = Server(proc, f"http://127.0.0.1:{port}")
+    # Read the log as it comes: a pipe nobody reads fills up (64 KB), and then the server's
+    # next log line blocks its event loop (a burst of 1024 requests writes more than that).
+    reader = threading.Thread(target=lambda: server.lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
     try:
         wait_ready(server, ready_timeout)
         yield server
     finally:
         if proc.poll() is None:
             proc.kill()
-        server.output, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        reader.join(timeout=30)
+        proc.stdout.close()
+        server.output = "".join(server.lines)
 
 
 def wait_ready(server: Server, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
-            raise AssertionError(f"server exited with {server.proc.returncode}: {server.proc.stdout.read()}")
+            time.sleep(0.2)  # the reader's last lines
+            raise AssertionError(f"server exited with {server.proc.returncode}: {''.join(server.lines)}")
         try:
             if httpx.get(f"{server.base}/ready", timeout=1).status_code == 200:
                 return

@@ -12,8 +12,9 @@ transposes): one fused attention node per layer, and every decoder layer's cross
 and values from one matrix multiply. The export checks both against PyTorch like any other graph.
 
 Decoder step (L decoder layers, N heads, H = head size, D = N * H):
-    inputs   input_ids (B, 1) int64, src_mask (B, S) bool,
-             past_k.{i}, past_v.{i} (B, N, P, H), cross_k.{i}, cross_v.{i} (B, N, S, H)
+    inputs   input_ids (B, 1) int64, position (B,) int64, src_mask (B, S) bool,
+             self_mask (B, P + 1) bool, past_k.{i}, past_v.{i} (B, N, P, H),
+             cross_k.{i}, cross_v.{i} (B, N, S, H)
     outputs  logits (B, V), present_k.{i}, present_v.{i} (B, N, P + 1, H)
 Encoder:
     inputs   src_ids (B, S) int64
@@ -28,7 +29,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.runtime.graph_io import INPUT_IDS, LOGITS, SRC_IDS, SRC_MASK, cross, past, present
+from service.runtime.graph_io import (
+    INPUT_IDS,
+    LOGITS,
+    POSITION,
+    SELF_MASK,
+    SRC_IDS,
+    SRC_MASK,
+    cross,
+    past,
+    present,
+)
 from training.transformer import Seq2SeqTransformer
 
 OPSET = 17
@@ -208,7 +219,7 @@ def build_decoder_step(model: Seq2SeqTransformer) -> onnx.ModelProto:
     g = _Builder()
     n, h, d = cfg.n_heads, cfg.d_head, cfg.d_model
 
-    # Embedding * sqrt(D) + the positional encoding of position P (the cache length).
+    # Embedding * sqrt(D) + the positional encoding of each row's own position.
     emb = w["embed.embedding.weight"]
     # Hidden states are 2-D (B, D) between attentions: one position per step, and 2-D
     # MatMul + Add fuse into one Gemm-like kernel where 3-D ones do not.
@@ -216,10 +227,11 @@ def build_decoder_step(model: Seq2SeqTransformer) -> onnx.ModelProto:
     (ids,) = g.op("Squeeze", [INPUT_IDS, axis1], dtype=TensorProto.INT64)  # (B,)
     (x,) = g.op("Gather", [g.const("embedding", emb), ids])  # (B, D)
     (x,) = g.op("Mul", [x, g.const("embed_scale", np.array(math.sqrt(d), np.float32))])
-    (past_len,) = g.op("Shape", [past("k", 0)], start=2, end=3, dtype=TensorProto.INT64)  # (1,)
-    (pos,) = g.op("Gather", [g.const("positional_encoding", pe.astype(np.float32)), past_len])  # (1, D)
+    (pos,) = g.op("Gather", [g.const("positional_encoding", pe.astype(np.float32)), POSITION])  # (B, D)
     (x,) = g.op("Add", [x, pos])
     (key_mask,) = g.op("Cast", [SRC_MASK], to=TensorProto.INT32, dtype=TensorProto.INT32)  # 1 = a real source token
+    # 1 = a cache slot of this row (a row that joined a running batch late has masked slots first)
+    (self_key_mask,) = g.op("Cast", [SELF_MASK], to=TensorProto.INT32, dtype=TensorProto.INT32)  # (B, P + 1)
 
     stream = _Residual(g, w, cfg.pre_norm, x)
 
@@ -231,7 +243,7 @@ def build_decoder_step(model: Seq2SeqTransformer) -> onnx.ModelProto:
             q, k, v, bias = _self_attention_inputs(g, w, a, hid, d, seq_axis=axis1)  # (B, 1, D) each
             (ctx, _, _) = g.op(
                 "MultiHeadAttention",
-                [q, k, v, bias, "", "", past("k", i), past("v", i)],
+                [q, k, v, bias, self_key_mask, "", past("k", i), past("v", i)],
                 out=[f"{a}.context", present("k", i), present("v", i)],
                 num_heads=n,
             )
@@ -258,7 +270,9 @@ def build_decoder_step(model: Seq2SeqTransformer) -> onnx.ModelProto:
 
     inputs = [
         helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", 1]),
+        helper.make_tensor_value_info(POSITION, TensorProto.INT64, ["batch"]),
         helper.make_tensor_value_info(SRC_MASK, TensorProto.BOOL, ["batch", "src_len"]),
+        helper.make_tensor_value_info(SELF_MASK, TensorProto.BOOL, ["batch", "present_len"]),
     ]
     outputs = [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", cfg.vocab_size])]
     for i in range(cfg.n_decoder_layers):

@@ -6,8 +6,16 @@ onnxruntime session with the spec at load, so a renamed, reordered or retyped te
 the bundle with a message naming it instead of decoding garbage.
 
 Encoder:      src_ids (B, S) int64 -> cross_k.{i}, cross_v.{i} (B, N, S, H) for each decoder layer i
-Decoder step: input_ids (B, 1) int64, src_mask (B, S) bool, past_k.{i}, past_v.{i} (B, N, P, H),
-              cross_k.{i}, cross_v.{i} -> logits (B, V), present_k.{i}, present_v.{i} (B, N, P+1, H)
+Decoder step: input_ids (B, 1) int64, position (B,) int64, src_mask (B, S) bool, self_mask
+              (B, P+1) bool, past_k.{i}, past_v.{i} (B, N, P, H), cross_k.{i}, cross_v.{i}
+              -> logits (B, V), present_k.{i}, present_v.{i} (B, N, P+1, H)
+
+`position` is each row's own position (the number of tokens it has decoded) and `self_mask` marks
+the cache slots that are its own (True) and, last, the slot the step appends: rows that joined a
+running batch later than others carry masked slots on the left of their caches. That is what
+iteration-level batching needs (service/runtime/continuous.py). Bundles exported before it
+(contract 1) have neither input: their decoder reads every slot and puts every row at position P;
+they are still served, without joining a running batch.
 Classifier:   ids (B, T) int64 -> probabilities (B, labels) float32
 """
 
@@ -18,6 +26,7 @@ from typing import Any
 from service.runtime.bundle import BundleError, GraphSpec, TensorSpec
 
 SRC_IDS, INPUT_IDS, SRC_MASK, LOGITS = "src_ids", "input_ids", "src_mask", "logits"
+POSITION, SELF_MASK = "position", "self_mask"
 CLASSIFIER_IDS, PROBABILITIES = "ids", "probabilities"
 
 
@@ -42,10 +51,13 @@ def encoder_io(n_layers: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return [TensorSpec(SRC_IDS, "int64", ["batch", "src_len"])], outputs
 
 
-def decoder_io(n_layers: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def decoder_io(n_layers: int, per_row: bool = True) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The decoder step's contract; `per_row=False` is contract 1 (no position, no self_mask)."""
     inputs = [
         TensorSpec(INPUT_IDS, "int64", ["batch", 1]),
+        *([TensorSpec(POSITION, "int64", ["batch"])] if per_row else []),
         TensorSpec(SRC_MASK, "bool", ["batch", "src_len"]),
+        *([TensorSpec(SELF_MASK, "bool", ["batch", "present_len"])] if per_row else []),
         *[_kv(past(t, i), "past_len") for i in range(n_layers) for t in "kv"],
         *[_kv(cross(t, i), "src_len") for i in range(n_layers) for t in "kv"],
     ]
@@ -62,12 +74,18 @@ def classifier_io() -> tuple[list[TensorSpec], list[TensorSpec]]:
     ]
 
 
-def expected(role: str, model: dict[str, Any]) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The contract of graph `role` of a model with config `model` (the manifest's)."""
+def per_row(spec: GraphSpec) -> bool:
+    """Whether a decoder spec has the per-row inputs (contract 2) or not (contract 1)."""
+    return any(t.name == POSITION for t in spec.inputs)
+
+
+def expected(role: str, model: dict[str, Any], rows: bool = True) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The contract of graph `role` of a model with config `model` (the manifest's); for the
+    decoder, `rows` chooses contract 2 (per-row position and self mask) or 1."""
     if role == "encoder":
         return encoder_io(model["n_decoder_layers"])
     if role == "decoder":
-        return decoder_io(model["n_decoder_layers"])
+        return decoder_io(model["n_decoder_layers"], rows)
     if role == "classifier":
         return classifier_io()
     raise BundleError(f"unknown graph role {role!r}")
@@ -84,7 +102,7 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool
 def check_session(session: Any, spec: GraphSpec, role: str, model: dict[str, Any], where: str) -> None:
     """Refuse a graph whose manifest spec differs from the contract, or whose onnxruntime session
     differs from its spec: names and order, element types, ranks."""
-    want_in, want_out = expected(role, model)
+    want_in, want_out = expected(role, model, per_row(spec))
     problems = []
     for side, declared, want in (("input", spec.inputs, want_in), ("output", spec.outputs, want_out)):
         for k in range(max(len(declared), len(want))):

@@ -1,9 +1,10 @@
 """Greedy autoregressive translation in numpy around an encoder and a KV-cache decoder graph.
 
 Encoder graph:  src_ids (B, S) int64 -> cross_k.{i}, cross_v.{i} (B, H, S, Dh) for each layer i
-Decoder graph:  input_ids (B, 1) int64, src_mask (B, S) bool, past_k.{i}, past_v.{i}
-                (B, H, T, Dh), cross_k.{i}, cross_v.{i} -> logits (B, V), present_k.{i},
-                present_v.{i} (B, H, T+1, Dh)
+Decoder graph:  input_ids (B, 1) int64, position (B,) int64, src_mask (B, S) bool, self_mask
+                (B, T+1) bool, past_k.{i}, past_v.{i} (B, H, T, Dh), cross_k.{i}, cross_v.{i}
+                -> logits (B, V), present_k.{i}, present_v.{i} (B, H, T+1, Dh)
+                (graph_io: contract 1 bundles have no position and no self_mask)
 
 Every decoder input is batch-first, so the decoding state is one dict of arrays. Each row stops
 at </s> or at a limit derived from its source length; finished rows leave the batch (their
@@ -41,6 +42,9 @@ class Translator(BundleEngine):
         super().__init__(bundle_dir, manifest, variant, memory_arena)
         self.encoder = self.session("encoder", providers, threads)
         self.decoder = self.session("decoder", providers, threads)
+        # Per-row positions and self-attention masks (contract 2): rows may join a running
+        # batch (runtime/continuous.py). Contract 1 bundles decode whole batches only.
+        self.per_row = graph_io.per_row(manifest.graph(self.variant, "decoder"))
         # On CUDA the caches stay on the device between steps (IO binding); on the CPU the
         # plain loop is faster because it can drop finished rows from the work.
         self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
@@ -158,6 +162,11 @@ class Translator(BundleEngine):
             src[i, : len(s)] = s
         return src, output_limits(lengths, self.max_len, self.ratio, self.extra)
 
+    def output_limit(self, n_tokens: int) -> int:
+        """The output-length limit of a source of `n_tokens` tokens (</s> included; cut to the
+        model's length as `encode` cuts it)."""
+        return int(output_limits(np.array([min(n_tokens, self.max_len)]), self.max_len, self.ratio, self.extra)[0])
+
     def start(self, src: np.ndarray) -> dict[str, np.ndarray]:
         """The decoder's inputs before the first step: the encoder's keys/values, the source
         mask and empty caches; `step` keeps it up to date."""
@@ -170,10 +179,18 @@ class Translator(BundleEngine):
 
     def step(self, state: dict[str, np.ndarray], tokens: np.ndarray) -> np.ndarray:
         """One decoding step for `tokens` (B, 1): returns the logits (B, V) and moves the
-        caches in `state` on by one position."""
-        logits, *present = self.decoder.run(
-            [graph_io.LOGITS, *self.present_outputs], {graph_io.INPUT_IDS: tokens, **state}
-        )
+        caches in `state` on by one position. Every row is at the cache's length and owns every
+        slot (a batch that started together); runtime/continuous.py feeds its own."""
+        feeds = {graph_io.INPUT_IDS: tokens, **state}
+        if self.per_row:
+            b, past_len = tokens.shape[0], state[self.cache_names[0]].shape[2]
+            feeds[graph_io.POSITION] = np.full(b, past_len, dtype=np.int64)
+            feeds[graph_io.SELF_MASK] = np.ones((b, past_len + 1), dtype=bool)
+        return self.run_step(state, feeds)
+
+    def run_step(self, state: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The decoder on `feeds`; the new caches go into `state`; returns the logits."""
+        logits, *present = self.decoder.run([graph_io.LOGITS, *self.present_outputs], feeds)
         state.update(zip(self.cache_names, present))
         return logits
 
@@ -227,6 +244,9 @@ class Translator(BundleEngine):
         for step in range(steps):
             bind = self.decoder.io_binding()
             bind.bind_cpu_input(graph_io.INPUT_IDS, tokens)
+            if self.per_row:
+                bind.bind_cpu_input(graph_io.POSITION, np.full(b, step, dtype=np.int64))
+                bind.bind_cpu_input(graph_io.SELF_MASK, np.ones((b, step + 1), dtype=bool))
             for name, value in state.items():
                 bind.bind_ortvalue_input(name, value)
             bind.bind_output(graph_io.LOGITS, "cpu")

@@ -13,17 +13,18 @@ from tests.service.conftest import make_client, wait_ready
 
 @contextmanager
 def held_model(state, model: str = "de-en") -> Iterator[threading.Event]:
-    """Make `model`'s calls block inside the model until the block ends; yields an event set
-    once a call is inside."""
+    """Make `model`'s decoder steps block until the block ends (whichever scheduler runs them);
+    yields an event set once a step is inside."""
     gate, entered = threading.Event(), threading.Event()
-    real = state.batcher.runners[model]
+    engine = state.registry.translators()[model]
+    real = engine.run_step
 
-    def held(texts):
+    def held(*args):
         entered.set()
         gate.wait(10)
-        return real(texts)
+        return real(*args)
 
-    state.batcher.runners[model] = held
+    engine.run_step = held
     try:
         yield entered
     finally:
@@ -292,14 +293,15 @@ def test_model_failure_fails_only_its_batch_with_500_and_request_id(model_dir, c
     with make_client(model_dir, max_wait_ms=0) as c:
         wait_ready(c)
         state = c.app.state.service
-        real = state.batcher.runners["de-en"]
+        engine = state.registry.translators()["de-en"]
+        real = engine.encode
 
         def faulty(texts):
             if any("explode" in t for t in texts):
                 raise RuntimeError("simulated engine failure")
             return real(texts)
 
-        state.batcher.runners["de-en"] = faulty
+        engine.encode = faulty
         with caplog.at_level(logging.ERROR):
             bad = c.post("/translate", json={"q": "der hund explode", "source": "de", "target": "en"})
         assert bad.status_code == 500

@@ -1,0 +1,275 @@
+"""Continuous (iteration-level) batching: translation sentences join and leave one running decode
+batch per model at every decoder step, and each request is answered as soon as its own
+sentences are done.
+
+The worker thread loops; each turn, under the lock, it
+
+1. **prunes** the queue: a request whose caller stopped waiting (its deadline passed, its client
+   disconnected: `_Job.abandoned`) leaves it, and its rows leave the running batch before the
+   next step (counted by `on_dropped`);
+2. **admits** waiting sentences into each model's running batch, one sentence per waiting
+   request in turn (round robin, so a one-sentence request is not queued behind every sentence
+   of the paragraphs that came first), while the batch has fewer than ``max_batch_size`` rows
+   and fewer than ``max_batch_tokens`` tokens (sources + cache slots, runtime/continuous.py);
+3. takes at most **one other batch**: classification (/detect, /classify), beam search, and
+   translators without per-row decoder inputs run as whole batches, as in batcher.py, between
+   two decoder steps.
+
+Then, without the lock: the newcomers are encoded and join, every running batch takes one step,
+finished requests are answered, and the other batch (if any) runs. So a long translation stream
+delays a classification by at most one decoder step per model (~5-30 ms here), and a
+classification delays the decoders by its own length; beam search, which holds its batch to the
+end, is bounded by ``max_batch_size`` sentences per call.
+
+Greedy requests (no options, or beam_size 1 and one hypothesis) are decoded continuously; a
+request for scores gets them from the same running batch. The queue is bounded in sentences
+(``max_queue``) and in source tokens (``max_queue_tokens``): beyond either, `QueueFull`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.batcher import Batcher, RunFn, TooBig, _Job
+from service.runtime.continuous import DecodeBatch, Row
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Request(_Job):
+    """A job whose sentences are decoded in a running batch."""
+
+    costs: list[int] = field(default_factory=list)  # each text's source tokens
+    admitted: int = 0  # texts handed to the running batch (or answered at once: blank ones)
+    remaining: int = 0  # texts not finished yet
+    results: list[Any] = field(default_factory=list)
+    scored: bool = False  # answer (text, score, length) lists, as translate_nbest does
+
+
+class ContinuousBatcher(Batcher):
+    def __init__(
+        self,
+        runners: dict[str, RunFn],
+        decoders: dict[str, Any],
+        max_batch_size: int = 32,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 2048,
+        max_batch_tokens: int = 8192,
+        max_queue_tokens: int = 65536,
+        cost: Callable[[str, str], int] | None = None,
+        on_batch: Callable[[str, int, float], None] | None = None,
+        on_dropped: Callable[[str, int, str], None] | None = None,
+        in_flight: Callable[[], int] | None = None,
+    ) -> None:
+        """`decoders`: the translators (runtime/translator.Translator with per-row inputs) whose
+        greedy requests are decoded continuously; `runners` run everything else. `cost(model,
+        text)` is a text's source tokens (default: its length in characters)."""
+        self.decoders = decoders
+        self.batches = {name: DecodeBatch(engine) for name, engine in decoders.items()}
+        self.max_batch_tokens = max_batch_tokens
+        self.max_queue_tokens = max_queue_tokens
+        self.cost = cost or (lambda model, text: len(text))
+        self.on_dropped = on_dropped
+        self._queued_tokens = 0
+        super().__init__(
+            runners,
+            max_batch_size,
+            max_wait_ms,
+            max_queue,
+            on_batch=on_batch,
+            merge=True,
+            in_flight=in_flight,
+        )
+
+    def continuous(self, model: str, options: dict[str, Any] | None) -> bool:
+        o = options or {}
+        return model in self.decoders and o.get("beam_size", 1) == 1 and o.get("n_best", 1) == 1
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
+
+    @property
+    def running(self) -> int:
+        """Rows in the running batches."""
+        return sum(len(b) for b in self.batches.values())
+
+    def _job(
+        self, model: str, texts: Sequence[str], options: dict[str, Any] | None, loop: asyncio.AbstractEventLoop
+    ) -> _Job:
+        costs = [self.cost(model, t) for t in texts]
+        if sum(costs) > self.max_queue_tokens:
+            raise TooBig(f"request of {sum(costs)} source tokens; at most {self.max_queue_tokens} can be queued")
+        if not self.continuous(model, options):
+            job = super()._job(model, texts, options, loop)
+            job.tokens = sum(costs)
+            return job
+        return _Request(
+            model,
+            list(texts),
+            loop.create_future(),
+            loop,
+            tokens=sum(costs),
+            costs=costs,
+            remaining=len(costs),
+            results=[None] * len(costs),
+            scored=bool(options),
+        )
+
+    def _room_for(self, job: _Job) -> bool:
+        if not super()._room_for(job) or self._queued_tokens + job.tokens > self.max_queue_tokens:
+            return False
+        self._queued_tokens += job.tokens
+        return True
+
+    # -- worker -----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._jobs and not self.running:
+                    if self._stopping:
+                        return
+                    self._cv.wait()
+                self._prune()
+                joins = self._admit()
+                other = None
+                if any(not isinstance(j, _Request) for j in self._jobs):
+                    idle = not self.running and not joins
+                    other = self._take_locked(lambda j: not isinstance(j, _Request), wait=idle)
+                    self._queued_tokens -= sum(j.tokens for j in other)
+            for model, items in joins.items():
+                self._join(model, items)
+            for model, batch in self.batches.items():
+                if batch:
+                    self._advance(model, batch)
+            if other:
+                self._run(other)
+
+    def _prune(self) -> None:
+        """Drop the queued work of abandoned requests (holds the lock)."""
+        if not any(j.abandoned for j in self._jobs):
+            return
+        kept = type(self._jobs)()
+        for job in self._jobs:
+            if not job.abandoned:
+                kept.append(job)
+                continue
+            if isinstance(job, _Request):
+                left = len(job.texts) - job.admitted
+                self._queued_tokens -= sum(job.costs[job.admitted :])
+            else:
+                left = len(job.texts)
+                self._queued_tokens -= job.tokens
+            self._queued -= left
+            if self.on_dropped and left:
+                self.on_dropped(job.model, left, "queue")
+        self._jobs = kept
+
+    def _admit(self) -> dict[str, list[tuple[_Request, int]]]:
+        """Sentences to join the running batches now, one per waiting request in turn, within
+        each batch's row and token budget (holds the lock)."""
+        joins: dict[str, list[tuple[_Request, int]]] = defaultdict(list)
+        waiting = [j for j in self._jobs if isinstance(j, _Request)]
+        planned: dict[str, list[tuple[int, int]]] = defaultdict(list)  # (source, limit) of each newcomer
+        full: set[str] = set()
+        while waiting:
+            still = []
+            for job in waiting:
+                m = job.model
+                if m in full:
+                    continue
+                i = job.admitted
+                if not job.texts[i].strip():  # blank: answered as it is, no decoding
+                    job.admitted += 1
+                    self._queued -= 1
+                    self._queued_tokens -= job.costs[i]
+                    self._finish_one(job, i, "" if not job.scored else [("", 0.0, 0)])
+                else:
+                    batch, engine = self.batches[m], self.decoders[m]
+                    src = min(job.costs[i], engine.max_len)
+                    row = (src, engine.output_limit(src))
+                    rows = len(batch) + len(planned[m])
+                    if rows and (
+                        rows >= self.max_batch_size or batch.bound([*planned[m], row]) > self.max_batch_tokens
+                    ):
+                        full.add(m)
+                        continue
+                    joins[m].append((job, i))
+                    planned[m].append(row)
+                    job.admitted += 1
+                    self._queued -= 1
+                    self._queued_tokens -= job.costs[i]
+                if job.admitted < len(job.texts):
+                    still.append(job)
+            waiting = still
+        if any(j.admitted == len(j.texts) for j in self._jobs if isinstance(j, _Request)):
+            kept = type(self._jobs)()
+            for j in self._jobs:
+                if not (isinstance(j, _Request) and j.admitted == len(j.texts)):
+                    kept.append(j)
+            self._jobs = kept
+        return joins
+
+    def _join(self, model: str, items: list[tuple[_Request, int]]) -> None:
+        engine = self.decoders[model]
+        items = [(job, i) for job, i in items if not job.abandoned]
+        if not items:
+            return
+        try:
+            sources = engine.encode([job.texts[i] for job, i in items])
+            for scored in (False, True):
+                part = [(k, it) for k, it in enumerate(items) if it[0].scored == scored]
+                if part:
+                    self.batches[model].add([sources[k] for k, _ in part], [it for _, it in part], scored=scored)
+        except Exception as exc:  # noqa: BLE001 - the encoder failed: these requests fail
+            log.error("model %s failed to encode %d sentences: %r", model, len(items), exc)
+            for job in {id(j): j for j, _ in items}.values():
+                self._fail(job, exc)
+
+    def _advance(self, model: str, batch: DecodeBatch) -> None:
+        gone = batch.drop(lambda tag: tag[0].abandoned)
+        if gone and self.on_dropped:
+            self.on_dropped(model, len(gone), "running")
+        if not batch:
+            return
+        rows = len(batch)
+        t0 = time.perf_counter()
+        try:
+            done = batch.step()
+        except Exception as exc:  # noqa: BLE001 - a failed step fails the requests in the batch
+            log.error("model %s failed on a decode step of %d rows: %r", model, rows, exc)
+            for job in {id(r.tag[0]): r.tag[0] for r in batch.rows}.values():
+                self._fail(job, exc)
+            self.batches[model] = DecodeBatch(self.decoders[model])
+            return
+        if self.on_batch:
+            self.on_batch(model, rows, time.perf_counter() - t0)
+        if done:
+            self._deliver(model, done)
+
+    def _deliver(self, model: str, rows: list[Row]) -> None:
+        engine = self.decoders[model]
+        texts = engine.sp.decode([row.tokens for row in rows])
+        if engine.on_tokens:
+            engine.on_tokens(sum(len(row.tokens) for row in rows))
+        for row, text in zip(rows, texts):
+            job, i = row.tag
+            self._finish_one(job, i, [(text, row.score, row.length)] if job.scored else text)
+
+    def _finish_one(self, job: _Request, i: int, result: Any) -> None:
+        job.results[i] = result
+        job.remaining -= 1
+        if job.remaining == 0 and not job.abandoned:
+            self._resolve(job, result=job.results)
+
+    def _fail(self, job: _Job, exc: BaseException) -> None:
+        job.abandoned = True  # its other rows leave at the next step
+        self._resolve(job, exc=exc)

@@ -1,0 +1,236 @@
+"""Continuous batching (service/scheduler.py) on a tiny real translator: requests are answered as
+soon as their own sentences are done, sentences that join a running batch translate as they do
+alone, abandoned work is dropped at the next step, the budgets hold, classification runs between
+decoder steps, and overload is refused at once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from service.batcher import QueueFull, TooBig
+from service.runtime.bundle import load_manifest
+from service.runtime.sessions import resolve_providers
+from service.runtime.translator import Translator
+from service.scheduler import ContinuousBatcher
+
+WORDS = "der hund spielt mit der katze im park und die frau läuft rot blau ein mann das kind".split()
+SHORT = "ein mann"
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    bundle = model_dir / "de-en"
+    return Translator(bundle, load_manifest(bundle), resolve_providers("cpu"), threads=1, variant="int8-static")
+
+
+def paragraph(n: int, seed: int = 0) -> list[str]:
+    return [" ".join(WORDS[(seed + k + j) % len(WORDS)] for j in range(6 + k % 5)) for k in range(n)]
+
+
+def slowed(engine, seconds: float):
+    """Each decoder step of `engine` takes at least `seconds` (so that arrivals land mid-way)."""
+    real = engine.run_step
+
+    def step(*args):
+        time.sleep(seconds)
+        return real(*args)
+
+    return step
+
+
+def make(engine, runners=None, **kw) -> ContinuousBatcher:
+    def translate(texts, **options):  # the app's runner: beam requests run as whole batches
+        return engine.translate_nbest(texts, **options) if options else engine.translate(texts)
+
+    return ContinuousBatcher(
+        {"t": translate, **(runners or {})}, {"t": engine}, cost=lambda m, t: engine.n_tokens(t), **kw
+    )
+
+
+def test_sentences_joining_a_running_batch_translate_as_alone(engine, monkeypatch):
+    texts = paragraph(12) + [SHORT]
+    alone = [engine.translate([t])[0] for t in texts]
+    monkeypatch.setattr(engine, "run_step", slowed(engine, 0.002))
+    b = make(engine, max_batch_size=4)  # few rows: sentences join as others leave
+
+    async def main():
+        first = asyncio.ensure_future(b.submit("t", texts[:6]))
+        await asyncio.sleep(0.01)  # the others arrive while the first six are decoding
+        rest = [b.submit("t", [t]) for t in texts[6:]]
+        return [*(await first), *[r[0] for r in await asyncio.gather(*rest)]]
+
+    out = asyncio.run(main())
+    b.stop()
+    assert out == alone
+
+
+def test_a_short_request_is_answered_before_the_long_one_it_joined(engine, monkeypatch):
+    monkeypatch.setattr(engine, "run_step", slowed(engine, 0.003))
+    b = make(engine)
+    finished: list[str] = []
+
+    async def main():
+        async def one(name, texts):
+            out = await b.submit("t", texts)
+            finished.append(name)
+            return out
+
+        long = asyncio.ensure_future(one("long", paragraph(16)))
+        await asyncio.sleep(0.02)
+        short = await one("short", [SHORT])
+        await long
+        return short
+
+    short = asyncio.run(main())
+    b.stop()
+    assert finished == ["short", "long"]
+    assert short == engine.translate([SHORT])
+
+
+def test_scored_requests_get_the_greedy_scores_from_the_running_batch(engine):
+    texts = paragraph(3) + [""]
+    b = make(engine)
+
+    async def main():
+        return await asyncio.gather(b.submit("t", texts, {"beam_size": 1, "n_best": 1}), b.submit("t", texts))
+
+    scored, plain = asyncio.run(main())
+    b.stop()
+    want = engine.translate_nbest(texts, beam_size=1)
+    assert [s[0][0] for s in scored] == [w[0][0] for w in want] == plain
+    assert [s[0][2] for s in scored] == [w[0][2] for w in want]
+    assert [s[0][1] for s in scored] == pytest.approx([w[0][1] for w in want], abs=1e-3)
+    assert plain[-1] == "" and scored[-1] == [("", 0.0, 0)]
+
+
+def test_beam_requests_run_beside_the_running_batch(engine):
+    texts = paragraph(3)
+    b = make(engine)
+
+    async def main():
+        return await asyncio.gather(b.submit("t", texts, {"beam_size": 3, "n_best": 2}), b.submit("t", texts))
+
+    beam, greedy = asyncio.run(main())
+    b.stop()
+    assert beam == engine.translate_nbest(texts, beam_size=3, n_best=2)
+    assert greedy == engine.translate(texts)
+
+
+def test_abandoned_requests_leave_the_queue_and_the_running_batch(engine, monkeypatch):
+    monkeypatch.setattr(engine, "run_step", slowed(engine, 0.005))
+    dropped: list[tuple[str, int, str]] = []
+    b = make(engine, max_batch_size=8, on_dropped=lambda m, n, where: dropped.append((m, n, where)))
+
+    async def main():
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(b.submit("t", paragraph(24)), 0.05)  # 8 running, 16 queued
+        t0 = time.monotonic()
+        out = await b.submit("t", [SHORT])
+        return out, time.monotonic() - t0
+
+    out, seconds = asyncio.run(main())
+    b.stop()
+    assert out == engine.translate([SHORT])
+    where = {w: n for _, n, w in dropped}
+    assert where.get("queue") == 16 and where.get("running", 0) >= 1
+    assert sum(where.values()) <= 24
+    assert seconds < 2.0  # not behind the abandoned paragraph
+    assert b.running == 0 and b.queued == 0 and b.queued_tokens == 0
+
+
+def test_the_running_batch_stays_within_its_row_and_token_budget(engine, monkeypatch):
+    seen: list[int] = []
+    b = make(engine, max_batch_size=5, max_batch_tokens=200, on_batch=lambda m, rows, s: seen.append(rows))
+    real_step = b.batches["t"].step
+    widths: list[int] = []
+
+    def step():
+        widths.append(b.batches["t"].tokens)
+        return real_step()
+
+    monkeypatch.setattr(b.batches["t"], "step", step)
+
+    async def main():
+        return await asyncio.gather(*[b.submit("t", paragraph(4, seed=s)) for s in range(6)])
+
+    out = asyncio.run(main())
+    b.stop()
+    assert [o for r in out for o in r] == engine.translate([t for s in range(6) for t in paragraph(4, seed=s)])
+    assert max(seen) <= 5 and max(seen) > 1
+    assert max(widths) <= 200
+
+
+def test_classification_runs_between_decoder_steps(engine, monkeypatch):
+    monkeypatch.setattr(engine, "run_step", slowed(engine, 0.003))
+    b = make(engine, runners={"c": lambda texts: [len(t) for t in texts]})
+    order: list[str] = []
+
+    async def main():
+        async def one(name, model, texts):
+            out = await b.submit(model, texts)
+            order.append(name)
+            return out
+
+        long = asyncio.ensure_future(one("translate", "t", paragraph(16)))
+        await asyncio.sleep(0.02)
+        got = await one("classify", "c", ["abc", "de"])
+        await long
+        return got
+
+    assert asyncio.run(main()) == [3, 2]
+    b.stop()
+    assert order == ["classify", "translate"]
+
+
+def test_the_queue_is_bounded_in_tokens_and_one_request_beyond_it_is_too_big(engine, monkeypatch):
+    gate = threading.Event()
+    real = engine.run_step
+
+    def held(*args):
+        gate.wait(10)
+        return real(*args)
+
+    monkeypatch.setattr(engine, "run_step", held)
+    b = make(engine, max_batch_size=1, max_queue_tokens=60)
+
+    async def main():
+        with pytest.raises(TooBig, match="at most 60"):
+            await b.submit("t", paragraph(8))
+        first = asyncio.ensure_future(b.submit("t", [SHORT]))  # running (held)
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(b.submit("t", paragraph(3)))  # queued
+        await asyncio.sleep(0.05)
+        with pytest.raises(QueueFull):
+            await b.submit("t", paragraph(3, seed=4))
+        gate.set()
+        return await first, await second
+
+    first, second = asyncio.run(main())
+    b.stop()
+    assert first == engine.translate([SHORT]) and second == engine.translate(paragraph(3))
+
+
+def test_a_failed_step_fails_the_requests_in_the_batch_and_the_next_ones_work(engine, monkeypatch):
+    real = engine.run_step
+    failing = {"on": True}
+
+    def step(*args):
+        if failing["on"]:
+            raise RuntimeError("simulated engine failure")
+        return real(*args)
+
+    monkeypatch.setattr(engine, "run_step", step)
+    b = make(engine)
+
+    async def main():
+        with pytest.raises(RuntimeError, match="simulated"):
+            await b.submit("t", paragraph(2))
+        failing["on"] = False
+        return await b.submit("t", [SHORT])
+
+    assert asyncio.run(main()) == engine.translate([SHORT])
+    b.stop()
