@@ -489,7 +489,7 @@ async def poisson(args: argparse.Namespace, _sentences: list[str]) -> dict:
             await warm_up(server.base, pools["tatoeba"])
             load = MixLoad(server.base, pools, MIX, seed=7)
             run["capacity_requests_per_s"] = round(await load.saturate(64, args.seconds), 2)
-            reference = reference or run["capacity_requests_per_s"]
+            reference = args.reference_capacity or reference or run["capacity_requests_per_s"]
             run["levels"] = {}
             for fraction in args.fractions:
                 row = await load.poisson(fraction * reference, args.seconds)
@@ -503,8 +503,13 @@ async def poisson(args: argparse.Namespace, _sentences: list[str]) -> dict:
             para_rate = 0.6 * reference * _sentences_per_request(MIX) / 16
             stream = asyncio.create_task(paragraphs.poisson(para_rate, args.seconds))
             await asyncio.sleep(2)
-            run["short_beside_paragraphs"] = await short.poisson(2.0, args.seconds - 4)
+            beside = asyncio.create_task(short.poisson(2.0, args.seconds - 4))
+            if args.detect:  # classification beside the same stream: one batch between decoder steps
+                run["detect_beside_paragraphs"] = await _detect(server.base, pools["tatoeba"], 2.0, args.seconds - 4)
+            run["short_beside_paragraphs"] = await beside
             run["paragraphs"] = await stream
+            if args.detect:
+                run["detect_idle"] = await _detect(server.base, pools["tatoeba"], 2.0, args.seconds / 2)
             idle, busy = run["short_idle"]["p50_ms"], run["short_beside_paragraphs"]["p50_ms"]
             run["short_slowdown"] = round(busy / idle, 2) if idle and busy else None
             print(scheduler, "short idle", idle, "beside paragraphs", busy, flush=True)
@@ -522,6 +527,27 @@ async def poisson(args: argparse.Namespace, _sentences: list[str]) -> dict:
 
 def _sentences_per_request(mix: dict[str, float]) -> float:
     return sum(w * (16 if k == "paragraph16" else 1) for k, w in mix.items())
+
+
+async def _detect(base: str, texts: list[str], rate: float, seconds: float) -> dict:
+    """POST /detect at Poisson arrivals: latency percentiles."""
+    client, rng, tally, tasks = RawHTTP(base, 64), random.Random(13), Tally(), []
+
+    async def one(due: float) -> None:
+        status, _, _ = await client.post_json("/detect", {"q": rng.choice(texts)})
+        tally.add(str(status), time.perf_counter() - due, 1)
+
+    t0 = due = time.perf_counter()
+    while (due := due + rng.expovariate(rate)) < t0 + seconds:
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        tasks.append(asyncio.create_task(one(due)))
+    await asyncio.gather(*tasks)
+    await client.close()
+    return {
+        k: v
+        for k, v in tally.summary(time.perf_counter() - t0).items()
+        if k in ("answered", "statuses", "p50_ms", "p99_ms")
+    }
 
 
 async def _abandon(base: str, pools: dict[str, list[str]], n: int) -> dict:
@@ -543,6 +569,40 @@ async def _abandon(base: str, pools: dict[str, list[str]], n: int) -> dict:
         r = await c.post(f"{base}/translate", json={"q": pools["tatoeba"][0], "source": "de", "target": "en"})
         after = time.perf_counter() - t0
     return {"gave_up": outcomes.count("gave up"), "next_status": r.status_code, "next_request_s": round(after, 3)}
+
+
+def plot_poisson(result: dict, out: Path) -> None:
+    """p50/p95/p99 latency vs offered load, one line per scheduler and percentile; and the
+    short-request medians alone and beside a paragraph stream."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    for i, (scheduler, run) in enumerate(result["runs"].items()):
+        levels = sorted(run["levels"].items(), key=lambda kv: float(kv[0]))
+        xs = [100 * float(k) for k, _ in levels]
+        for pct, style in (("p50_ms", ":"), ("p95_ms", "--"), ("p99_ms", "-")):
+            ax1.plot(xs, [v[pct] for _, v in levels], style, color=f"C{i}", marker="o", label=f"{scheduler} {pct[:3]}")
+        ax2.bar(
+            [i - 0.2, i + 0.2],
+            [run["short_idle"]["p50_ms"], run["short_beside_paragraphs"]["p50_ms"]],
+            width=0.35,
+            color=[f"C{i}", f"C{i}"],
+            alpha=0.6,
+        )
+    ax1.set_yscale("log")
+    ax1.set_xlabel("offered load, % of the old batcher's capacity (Poisson arrivals, realistic mix)")
+    ax1.set_ylabel("latency, ms")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=7, ncol=2)
+    ax2.set_xticks(range(len(result["runs"])), list(result["runs"]))
+    ax2.set_yscale("log")
+    ax2.set_ylabel("short request p50, ms (left: idle, right: beside paragraphs)")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
 
 
 def plot_sweep(result: dict, out: Path) -> None:
@@ -604,6 +664,8 @@ def main() -> None:
     p.add_argument("--data-root", type=Path, default=ROOT.parent / "shared/data", help="poisson: the corpora")
     p.add_argument("--schedulers", nargs="+", default=["batch", "continuous"], choices=["batch", "continuous"])
     p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.8, 0.95], help="poisson: load levels")
+    p.add_argument("--reference-capacity", type=float, help="poisson: rates from this, not the first capacity")
+    p.add_argument("--detect", action="store_true", help="poisson: also time /detect (needs a langid bundle)")
     p.add_argument("--scheduler", choices=["batch", "continuous"], help="soak: the server's scheduler")
     p.add_argument("--out", type=Path, help="write the JSON result here")
     args = p.parse_args()
@@ -618,6 +680,8 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         if args.mode == "sweep":
             plot_sweep(result, args.out.with_suffix(".png"))
+        if args.mode == "poisson":
+            plot_poisson(result, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -76,6 +76,8 @@ def _load(state: ServiceState) -> None:
                 s.max_queue,
                 max_batch_tokens=s.max_batch_tokens,
                 max_queue_tokens=s.max_queue_tokens,
+                lanes=s.decode_lanes,
+                order=s.admission,
                 cost=cost,
                 on_batch=on_batch,
                 on_dropped=lambda model, n, where: state.metrics.dropped.labels(model, where).inc(n),

@@ -86,6 +86,7 @@ class Batcher:
         self._jobs: deque[_Job] = deque()
         self._queued = 0  # texts waiting
         self._callers = 0  # submit() calls not yet returned
+        self._abandoned = 0  # jobs abandoned since the queue was last pruned of them
         self._cv = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name="batcher", daemon=True)
@@ -118,6 +119,7 @@ class Batcher:
                 self._callers -= 1
                 # cancelled (the request's deadline, or its client left): nobody reads the result
                 job.abandoned = job.future.cancelled() or not job.future.done()
+                self._abandoned += job.abandoned
                 self._cv.notify()
 
     def _job(

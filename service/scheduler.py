@@ -29,6 +29,7 @@ request for scores gets them from the same running batch. The queue is bounded i
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections import defaultdict
@@ -63,6 +64,8 @@ class ContinuousBatcher(Batcher):
         max_queue: int = 2048,
         max_batch_tokens: int = 8192,
         max_queue_tokens: int = 65536,
+        lanes: Sequence[int] = (24,),
+        order: str = "round-robin",
         cost: Callable[[str, str], int] | None = None,
         on_batch: Callable[[str, int, float], None] | None = None,
         on_dropped: Callable[[str, int, str], None] | None = None,
@@ -70,9 +73,12 @@ class ContinuousBatcher(Batcher):
     ) -> None:
         """`decoders`: the translators (runtime/translator.Translator with per-row inputs) whose
         greedy requests are decoded continuously; `runners` run everything else. `cost(model,
-        text)` is a text's source tokens (default: its length in characters)."""
+        text)` is a text's source tokens (default: its length in characters). `lanes`: source
+        lengths (tokens) that split each model's sentences into running batches of their own."""
         self.decoders = decoders
-        self.batches = {name: DecodeBatch(engine) for name, engine in decoders.items()}
+        self.lanes = sorted(lanes)
+        self.order = order
+        self.batches = {(n, k): DecodeBatch(e) for n, e in decoders.items() for k in range(len(self.lanes) + 1)}
         self.max_batch_tokens = max_batch_tokens
         self.max_queue_tokens = max_queue_tokens
         self.cost = cost or (lambda model, text: len(text))
@@ -145,18 +151,19 @@ class ContinuousBatcher(Batcher):
                     idle = not self.running and not joins
                     other = self._take_locked(lambda j: not isinstance(j, _Request), wait=idle)
                     self._queued_tokens -= sum(j.tokens for j in other)
-            for model, items in joins.items():
-                self._join(model, items)
-            for model, batch in self.batches.items():
+            for key, items in joins.items():
+                self._join(key, items)
+            for key, batch in self.batches.items():
                 if batch:
-                    self._advance(model, batch)
+                    self._advance(key, batch)
             if other:
                 self._run(other)
 
     def _prune(self) -> None:
         """Drop the queued work of abandoned requests (holds the lock)."""
-        if not any(j.abandoned for j in self._jobs):
+        if not self._abandoned:
             return
+        self._abandoned = 0
         kept = type(self._jobs)()
         for job in self._jobs:
             if not job.abandoned:
@@ -173,43 +180,54 @@ class ContinuousBatcher(Batcher):
                 self.on_dropped(job.model, left, "queue")
         self._jobs = kept
 
-    def _admit(self) -> dict[str, list[tuple[_Request, int]]]:
-        """Sentences to join the running batches now, one per waiting request in turn, within
-        each batch's row and token budget (holds the lock)."""
-        joins: dict[str, list[tuple[_Request, int]]] = defaultdict(list)
-        waiting = [j for j in self._jobs if isinstance(j, _Request)]
-        planned: dict[str, list[tuple[int, int]]] = defaultdict(list)  # (source, limit) of each newcomer
-        full: set[str] = set()
-        while waiting:
-            still = []
+    def _admit(self) -> dict[tuple[str, int], list[tuple[_Request, int]]]:
+        """Sentences to join the running batches now, one per waiting request in turn, each into
+        its length lane, within the lane's rows and the model's token budget (holds the lock)."""
+        joins: dict[tuple[str, int], list[tuple[_Request, int]]] = defaultdict(list)
+        if all(len(b) >= self.max_batch_size for b in self.batches.values()):
+            return joins  # every lane is full: nothing can join (the common case under load)
+        held = {m: self._hold(m) for m in self.decoders}
+        waiting = [j for j in self._jobs if isinstance(j, _Request) and not held[j.model]]
+        planned: dict[tuple[str, int], list[tuple[int, int]]] = defaultdict(list)  # (source, limit) of newcomers
+        full: set[tuple[str, int]] = set()
+        n_lanes = len(self.lanes) + 1
+
+        def admit_one(job: _Request) -> bool:
+            """Admit `job`'s next sentence; False when its lane has no room."""
+            m, i = job.model, job.admitted
+            if job.texts[i].strip():
+                engine = self.decoders[m]
+                src = min(job.costs[i], engine.max_len)
+                key = (m, bisect.bisect_left(self.lanes, src))
+                if key in full:
+                    return False
+                row = (src, engine.output_limit(src))
+                rows = len(self.batches[key]) + len(planned[key])
+                tokens = sum(
+                    self.batches[(m, k)].bound([*planned[(m, k)], *([row] if (m, k) == key else [])])
+                    for k in range(n_lanes)
+                )
+                if rows and (rows >= self.max_batch_size or tokens > self.max_batch_tokens):
+                    full.add(key)
+                    return False
+                joins[key].append((job, i))
+                planned[key].append(row)
+            job.admitted += 1
+            self._queued -= 1
+            self._queued_tokens -= job.costs[i]
+            if not job.texts[i].strip():  # blank: answered as it is, no decoding
+                self._finish_one(job, i, "" if not job.scored else [("", 0.0, 0)])
+            return True
+
+        if self.order == "round-robin":
+            while waiting:
+                waiting = [j for j in waiting if admit_one(j) and j.admitted < len(j.texts)]
+        else:  # fewest sentences left first; a request waiting over a second goes first
+            now = time.monotonic()
+            waiting.sort(key=lambda j: (now - j.enqueued < 1.0, len(j.texts) - j.admitted, j.enqueued))
             for job in waiting:
-                m = job.model
-                if m in full:
-                    continue
-                i = job.admitted
-                if not job.texts[i].strip():  # blank: answered as it is, no decoding
-                    job.admitted += 1
-                    self._queued -= 1
-                    self._queued_tokens -= job.costs[i]
-                    self._finish_one(job, i, "" if not job.scored else [("", 0.0, 0)])
-                else:
-                    batch, engine = self.batches[m], self.decoders[m]
-                    src = min(job.costs[i], engine.max_len)
-                    row = (src, engine.output_limit(src))
-                    rows = len(batch) + len(planned[m])
-                    if rows and (
-                        rows >= self.max_batch_size or batch.bound([*planned[m], row]) > self.max_batch_tokens
-                    ):
-                        full.add(m)
-                        continue
-                    joins[m].append((job, i))
-                    planned[m].append(row)
-                    job.admitted += 1
-                    self._queued -= 1
-                    self._queued_tokens -= job.costs[i]
-                if job.admitted < len(job.texts):
-                    still.append(job)
-            waiting = still
+                while job.admitted < len(job.texts) and admit_one(job):
+                    pass
         if any(j.admitted == len(j.texts) for j in self._jobs if isinstance(j, _Request)):
             kept = type(self._jobs)()
             for j in self._jobs:
@@ -218,7 +236,21 @@ class ContinuousBatcher(Batcher):
             self._jobs = kept
         return joins
 
-    def _join(self, model: str, items: list[tuple[_Request, int]]) -> None:
+    def _hold(self, model: str) -> bool:
+        """Whether `model`'s waiting sentences wait one more step, to join together: an encoder
+        call for one or two sentences costs a fifth of a decoder step. They wait only while every
+        lane is at least half full, fewer than 4 wait, and none has waited `max_wait_ms` (holds
+        the lock)."""
+        lanes = [b for (m, _), b in self.batches.items() if m == model]
+        if any(2 * len(b) < self.max_batch_size for b in lanes):
+            return False
+        jobs = [j for j in self._jobs if isinstance(j, _Request) and j.model == model]
+        if sum(len(j.texts) - j.admitted for j in jobs) >= 4:
+            return False
+        return all(time.monotonic() - j.enqueued < self.max_wait for j in jobs)
+
+    def _join(self, key: tuple[str, int], items: list[tuple[_Request, int]]) -> None:
+        model = key[0]
         engine = self.decoders[model]
         items = [(job, i) for job, i in items if not job.abandoned]
         if not items:
@@ -228,13 +260,14 @@ class ContinuousBatcher(Batcher):
             for scored in (False, True):
                 part = [(k, it) for k, it in enumerate(items) if it[0].scored == scored]
                 if part:
-                    self.batches[model].add([sources[k] for k, _ in part], [it for _, it in part], scored=scored)
+                    self.batches[key].add([sources[k] for k, _ in part], [it for _, it in part], scored=scored)
         except Exception as exc:  # noqa: BLE001 - the encoder failed: these requests fail
             log.error("model %s failed to encode %d sentences: %r", model, len(items), exc)
             for job in {id(j): j for j, _ in items}.values():
                 self._fail(job, exc)
 
-    def _advance(self, model: str, batch: DecodeBatch) -> None:
+    def _advance(self, key: tuple[str, int], batch: DecodeBatch) -> None:
+        model = key[0]
         gone = batch.drop(lambda tag: tag[0].abandoned)
         if gone and self.on_dropped:
             self.on_dropped(model, len(gone), "running")
@@ -248,7 +281,7 @@ class ContinuousBatcher(Batcher):
             log.error("model %s failed on a decode step of %d rows: %r", model, rows, exc)
             for job in {id(r.tag[0]): r.tag[0] for r in batch.rows}.values():
                 self._fail(job, exc)
-            self.batches[model] = DecodeBatch(self.decoders[model])
+            self.batches[key] = DecodeBatch(self.decoders[model])
             return
         if self.on_batch:
             self.on_batch(model, rows, time.perf_counter() - t0)
@@ -257,7 +290,7 @@ class ContinuousBatcher(Batcher):
 
     def _deliver(self, model: str, rows: list[Row]) -> None:
         engine = self.decoders[model]
-        texts = engine.sp.decode([row.tokens for row in rows])
+        texts = [engine.sp.decode(row.tokens) for row in rows]  # a list call costs a thread pool
         if engine.on_tokens:
             engine.on_tokens(sum(len(row.tokens) for row in rows))
         for row, text in zip(rows, texts):

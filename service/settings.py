@@ -52,6 +52,16 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(
         8192, ge=128, description="max tokens (padded sources + cache slots) in a running decode batch"
     )
+    decode_lanes: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [24],
+        description="source lengths (tokens) splitting each model's sentences into running batches of their own "
+        "(short sentences do not pay for the long ones' widths); empty = one batch",
+    )
+    admission: Literal["round-robin", "shortest-first"] = Field(
+        "round-robin",
+        description="which waiting sentences join a running batch first: one per waiting request in turn, or the "
+        "requests with the fewest sentences left (a request waiting over 1 s goes first)",
+    )
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
     max_queue: int = Field(2048, ge=1, description="max sentences waiting; beyond it requests get 503")
     max_queue_tokens: int = Field(
@@ -91,6 +101,13 @@ class Settings(BaseSettings):
     backlog: int = Field(4096, ge=1, description="listen backlog: connections the kernel queues before accept")
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     access_log: bool = Field(True, description="one log line per request (method, path, status, ms, client)")
+
+    @field_validator("decode_lanes", mode="before")
+    @classmethod
+    def _comma_separated_ints(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [int(v) for v in value.split(",") if v.strip()]
+        return value
 
     @field_validator("cors_origins", "api_keys", "trusted_proxies", mode="before")
     @classmethod

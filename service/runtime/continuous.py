@@ -1,20 +1,25 @@
 """A running greedy decode batch that sentences join and leave between decoder steps.
 
 Iteration-level ("continuous") batching, as GPU LLM servers do it, for an encoder-decoder: the
-batch is a set of rows, each a sentence at its own position. Between two steps:
+batch is a set of row slots, each holding a sentence at its own position (or free). Between
+two steps:
 
-* **join**: new sentences are encoded (one encoder call for all of them) and appended as rows.
-  Their cross-attention keys and values are padded to the batch's longest source (`src_mask`
-  hides the padding); their self-attention caches are padded on the left to the batch's cache
-  width with slots that `self_mask` hides; their `position` starts at 0.
-* **leave**: a row that produced </s> or reached its output-length limit leaves at once (its
-  slices are dropped), as does a row whose request was abandoned (`drop`).
-* **compact**: cache slots no remaining row owns (on the left) and source columns past the
-  longest remaining source are cut off, so the batch's width follows the sentences in it.
+* **leave**: a row that produced </s> or reached its output-length limit leaves at once, as does
+  a row whose request was abandoned (`drop`). Its slot is only marked free: nothing is copied.
+* **join**: new sentences are encoded (one encoder call for all of them) and take free slots
+  first, written in place; only when none is free does the batch grow. A joining row's
+  cross-attention keys and values are padded to the batch's longest source (`src_mask` hides
+  the padding); its self-attention cache slots are the batch's existing ones, hidden from it by
+  `self_mask`; its `position` starts at 0.
+* **compact**: free slots still compute, and cache slots no live row owns (on the left) and
+  source columns past the longest live source still cost; when they come to a quarter of the
+  batch, one gather cuts them all off.
 
-Each row sees only its own source and its own cache slots, at its own positions, so its output
-is the same as when it is decoded alone (the graphs are padding-invariant; tests check it on the
-served variant). Needs a decoder with the per-row inputs (graph contract 2).
+Copying the whole state on every join and leave (the first version) took twice the time of the
+decoder itself under a realistic load (BENCHMARKS.md, "continuous batching"); slots make both
+free. Each row sees only its own source and its own cache slots, at its own positions, so its
+output is the same as when it is decoded alone (the graphs are padding-invariant; tests check
+it on the served variant). Needs a decoder with the per-row inputs (graph contract 2).
 """
 
 from __future__ import annotations
@@ -54,15 +59,24 @@ class DecodeBatch:
         if not engine.per_row:
             raise ValueError(f"{engine.manifest.name}: its decoder has no per-row inputs (graph contract 1)")
         self.engine = engine
-        self.rows: list[Row] = []
-        self.state: dict[str, np.ndarray] = {}  # cross keys/values, src_mask, caches
-        self.valid = np.zeros((0, 0), dtype=bool)  # (B, P): the cache slots each row owns
+        self.steps = 0  # decoder calls so far
+        self.compactions = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.slots: list[Row | None] = []  # one per batch row; None = free
+        self.state: dict[str, np.ndarray] = {}  # cross keys/values, src_mask, caches: (slots, ...)
+        self.valid = np.zeros((0, 0), dtype=bool)  # (slots, P): the cache slots each row owns
         self.position = np.zeros(0, dtype=np.int64)
         self.next_ids = np.zeros((0, 1), dtype=np.int64)  # each row's next input token
-        self.steps = 0  # decoder calls so far
+
+    @property
+    def rows(self) -> list[Row]:
+        """The live rows."""
+        return [row for row in self.slots if row is not None]
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return sum(row is not None for row in self.slots)
 
     @property
     def width(self) -> int:
@@ -70,19 +84,22 @@ class DecodeBatch:
         return self.valid.shape[1]
 
     @property
+    def src_width(self) -> int:
+        return self.state[graph_io.SRC_MASK].shape[1] if self.slots else 0
+
+    @property
     def tokens(self) -> int:
-        """What the batch holds now, in tokens: padded sources + cache slots, over all rows."""
-        if not self.rows:
-            return 0
-        return len(self.rows) * (self.state[graph_io.SRC_MASK].shape[1] + self.width)
+        """What the live rows hold now, in tokens: padded sources + cache slots."""
+        return len(self) * (self.src_width + self.width)
 
     def bound(self, more: Sequence[tuple[int, int]] = ()) -> int:
-        """The most tokens the batch can come to hold, with rows (source length, output limit)
-        `more` added: rows x (longest source + largest limit), since no row's cache grows past
-        its limit and the batch is cut back to the rows it holds. Admission keeps this within
-        the budget, so the budget holds at every later step too."""
-        srcs = [r.src_len for r in self.rows] + [s for s, _ in more]
-        limits = [r.limit for r in self.rows] + [n for _, n in more]
+        """The most tokens the live rows can come to hold, with rows (source length, output
+        limit) `more` added: rows x (longest source + largest limit), since no row's cache grows
+        past its limit and compaction cuts the batch back to its live rows. Admission keeps this
+        within the budget."""
+        rows = self.rows
+        srcs = [r.src_len for r in rows] + [s for s, _ in more]
+        limits = [r.limit for r in rows] + [n for _, n in more]
         return len(srcs) * (max(srcs) + max(limits)) if srcs else 0
 
     def add(self, sources: Sequence[Sequence[int]], tags: Sequence[Any], scored: bool = False) -> None:
@@ -91,31 +108,49 @@ class DecodeBatch:
             return
         e = self.engine
         src, limits = e.padded(sources)
-        cross = e.encoder.run(e.encoder_outputs, {graph_io.SRC_IDS: src})
-        new = dict(zip(e.encoder_outputs, cross))
-        new[graph_io.SRC_MASK] = src != e.pad
-        b = len(sources)
-        new.update(dict.fromkeys(e.cache_names, np.zeros((b, e.n_heads, self.width, e.d_head), dtype=np.float32)))
-        if self.rows:
-            have, got = self.state[graph_io.SRC_MASK].shape[1], src.shape[1]
-            width = max(have, got)
+        cross = dict(zip(e.encoder_outputs, e.encoder.run(e.encoder_outputs, {graph_io.SRC_IDS: src})))
+        mask = src != e.pad
+        rows = [Row(t, int(n), len(s), scored=scored) for t, n, s in zip(tags, limits, sources)]
+        if not self.slots:
+            self.state = {**cross, graph_io.SRC_MASK: mask}
+            empty = np.zeros((len(rows), e.n_heads, 0, e.d_head), dtype=np.float32)
+            self.state.update(dict.fromkeys(e.cache_names, empty))
+            self.valid = np.zeros((len(rows), 0), dtype=bool)
+            self.position = np.zeros(len(rows), dtype=np.int64)
+            self.next_ids = np.full((len(rows), 1), e.bos, dtype=np.int64)
+            self.slots = list(rows)
+            return
+        if src.shape[1] > self.src_width:  # a longer source than any in the batch: widen (a copy)
             for name in (*e.encoder_outputs, graph_io.SRC_MASK):
-                self.state[name] = _pad_axis(self.state[name], 2 if name != graph_io.SRC_MASK else 1, width)
-                new[name] = _pad_axis(new[name], 2 if name != graph_io.SRC_MASK else 1, width)
-            self.state = {name: np.concatenate([self.state[name], new[name]]) for name in self.state}
-        else:
-            self.state = new
-        self.valid = np.concatenate([self.valid, np.zeros((b, self.width), dtype=bool)])
-        self.position = np.concatenate([self.position, np.zeros(b, dtype=np.int64)])
-        self.next_ids = np.concatenate([self.next_ids, np.full((b, 1), e.bos, dtype=np.int64)])
-        self.rows += [Row(t, int(n), len(s), scored=scored) for t, n, s in zip(tags, limits, sources)]
+                self.state[name] = _pad_axis(self.state[name], 2 if name != graph_io.SRC_MASK else 1, src.shape[1])
+        s_width = self.src_width
+        free = [i for i, row in enumerate(self.slots) if row is None][: len(rows)]
+        grow = len(rows) - len(free)
+        if grow:  # no free slot left for the rest: the batch grows (a copy)
+            b = len(self.slots)
+            for name, value in self.state.items():
+                self.state[name] = np.concatenate([value, np.zeros((grow, *value.shape[1:]), dtype=value.dtype)])
+            self.valid = np.concatenate([self.valid, np.zeros((grow, self.width), dtype=bool)])
+            self.position = np.concatenate([self.position, np.zeros(grow, dtype=np.int64)])
+            self.next_ids = np.concatenate([self.next_ids, np.zeros((grow, 1), dtype=np.int64)])
+            self.slots += [None] * grow
+            free += list(range(b, b + grow))
+        at = np.array(free)
+        for name in e.encoder_outputs:
+            self.state[name][at] = _pad_axis(cross[name], 2, s_width)
+        self.state[graph_io.SRC_MASK][at] = _pad_axis(mask, 1, s_width)
+        self.valid[at] = False  # the old occupant's cache slots are hidden from the newcomer
+        self.position[at] = 0
+        self.next_ids[at] = e.bos
+        for i, row in zip(free, rows):
+            self.slots[i] = row
 
     def step(self) -> list[Row]:
-        """One decoder call for every row; returns the rows that finished (and left)."""
-        if not self.rows:
+        """One decoder call for every slot; returns the rows that finished (and left)."""
+        if not len(self):
             return []
         e = self.engine
-        b = len(self.rows)
+        b = len(self.slots)
         self.valid = np.concatenate([self.valid, np.ones((b, 1), dtype=bool)], axis=1)  # the slot this step appends
         feeds = {
             graph_io.INPUT_IDS: self.next_ids,
@@ -126,13 +161,13 @@ class DecodeBatch:
         logits = e.run_step(self.state, feeds)
         self.steps += 1
         next_ids = logits.argmax(-1)
-        scored = any(row.scored for row in self.rows)  # the softmax only where someone reads it
+        live = [(r, row) for r, row in enumerate(self.slots) if row is not None]
+        scored = any(row.scored for _, row in live)  # the softmax only where someone reads it
         if scored:
             chosen = logits[np.arange(b), next_ids].astype(np.float64)
             logprobs = chosen - logsumexp(logits.astype(np.float64))
-        keep = np.ones(b, dtype=bool)
         done = []
-        for r, row in enumerate(self.rows):
+        for r, row in live:
             if scored:
                 row.score += float(logprobs[r])
             token = int(next_ids[r])
@@ -141,44 +176,59 @@ class DecodeBatch:
             else:
                 row.tokens.append(token)
             if row.ended or len(row.tokens) >= row.limit:
-                keep[r] = False
                 done.append(row)
+                self.slots[r] = None
         self.position += 1
         self.next_ids = next_ids[:, None]
-        if done:
-            self._keep(keep)
+        self._free_dead()
         return done
 
     def drop(self, abandoned: Callable[[Any], bool]) -> list[Row]:
         """Remove the rows whose tag `abandoned` says so; returns them."""
-        keep = np.array([not abandoned(row.tag) for row in self.rows], dtype=bool)
-        gone = [row for row, k in zip(self.rows, keep) if not k]
+        gone = []
+        for r, row in enumerate(self.slots):
+            if row is not None and abandoned(row.tag):
+                gone.append(row)
+                self.slots[r] = None
         if gone:
-            self._keep(keep)
+            self._free_dead()
         return gone
 
-    def _keep(self, keep: np.ndarray) -> None:
-        self.rows = [row for row, k in zip(self.rows, keep) if k]
-        if not self.rows:
-            self.state, self.valid = {}, np.zeros((0, 0), dtype=bool)
-            self.position = np.zeros(0, dtype=np.int64)
-            self.next_ids = np.zeros((0, 1), dtype=np.int64)
+    def _free_dead(self) -> None:
+        """Free slots sit at position 0 (in the positional table whatever they decode) and own
+        no cache slot; compact when the waste comes to a quarter of the batch."""
+        dead = np.array([row is None for row in self.slots], dtype=bool)
+        if not dead.any():
             return
-        self.state = {name: value[keep] for name, value in self.state.items()}
-        self.valid, self.position, self.next_ids = self.valid[keep], self.position[keep], self.next_ids[keep]
-        # Cut the cache slots that no row owns any more (they are on the left: rows own their
-        # last `position` slots) and the source columns past the longest source left.
-        first = self.width - int(self.position.max())
-        src_len = max(row.src_len for row in self.rows)
+        if dead.all():
+            self._reset()
+            return
+        self.position[dead] = 0
+        self.valid[dead] = False
+        live = self.rows
+        unowned = self.width - int(self.position.max())
+        src_unused = self.src_width - max(row.src_len for row in live)
+        if (
+            4 * int(dead.sum()) >= len(self.slots)
+            or 4 * unowned > max(self.width, 16)
+            or 4 * src_unused > max(self.src_width, 16)
+        ):
+            self._compact(~dead, unowned, self.src_width - src_unused)
+
+    def _compact(self, keep: np.ndarray, first: int, src_len: int) -> None:
+        """Keep the live slots only, the cache slots from `first` on and `src_len` source columns."""
         e = self.engine
-        if first > 0:
-            self.valid = self.valid[:, first:]
-            for name in e.cache_names:
-                self.state[name] = self.state[name][:, :, first:]
-        if src_len < self.state[graph_io.SRC_MASK].shape[1]:
-            self.state[graph_io.SRC_MASK] = self.state[graph_io.SRC_MASK][:, :src_len]
-            for name in e.encoder_outputs:
-                self.state[name] = self.state[name][:, :, :src_len]
+        self.compactions += 1
+        self.slots = [row for row in self.slots if row is not None]
+        for name, value in self.state.items():
+            if name in e.cache_names:
+                self.state[name] = value[keep, :, first:]
+            elif name == graph_io.SRC_MASK:
+                self.state[name] = value[keep, :src_len]
+            else:
+                self.state[name] = value[keep, :, :src_len]
+        self.valid = self.valid[keep, first:]
+        self.position, self.next_ids = self.position[keep], self.next_ids[keep]
 
 
 def _pad_axis(a: np.ndarray, axis: int, size: int) -> np.ndarray:
