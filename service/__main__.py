@@ -15,7 +15,24 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
+from service.http import protocol_class
 from service.settings import Settings
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server; on SIGTERM (or Ctrl-C) it also tells the scheduler to finish what it
+    accepted within `shutdown_timeout_s` and answer the rest 503, so that the process exits
+    within its grace period whatever the load."""
+
+    def __init__(self, config: uvicorn.Config, app) -> None:
+        super().__init__(config)
+        self.service_app = app
+
+    def handle_exit(self, sig: int, frame) -> None:
+        state = getattr(self.service_app.state, "service", None)
+        if state is not None and state.batcher is not None and not self.should_exit:
+            state.batcher.drain(state.settings.shutdown_timeout_s)
+        super().handle_exit(sig, frame)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,11 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.request_timeout_s) + 1,
+        # the scheduler answers what it could not finish by shutdown_timeout_s; 5 s more to send it
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s) + 5,
         access_log=False,
         # Idle keep-alive connections outlive the clients' pool expiry (a client then never sends
         # on a connection the server is just closing: a reset instead of an answer), and a burst
         # of connections waits in the kernel's queue instead of being refused.
+        # uvicorn's httptools protocol plus a bound on the request head (431), a deadline for it
+        # (408) and a bound on connections per client address (429): service/http.py
+        http=protocol_class(settings),
         timeout_keep_alive=settings.keep_alive_s,
         backlog=settings.backlog,
         # X-Forwarded-For only from the proxies named in the settings (uvicorn trusts 127.0.0.1
@@ -54,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=",".join(settings.trusted_proxies) or "",
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, app)
     # uvicorn drains on SIGTERM, then re-raises the signal to whatever handler was installed
     # before it ran. A no-op handler here turns a graceful SIGTERM shutdown into exit 0, which
     # is what process supervisors (Kubernetes, docker stop) treat as a clean stop.

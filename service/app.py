@@ -8,11 +8,12 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlencode
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.batcher import Batcher
@@ -22,7 +23,7 @@ from service.middleware import BodyLimitAndMetrics, InFlight
 from service.registry import ModelDirError, load_registry
 from service.runtime.bundle import find_bundles
 from service.scheduler import ContinuousBatcher
-from service.security import RateLimiter
+from service.security import RateLimiter, operator_only
 from service.settings import Settings, get_settings
 from service.state import ServiceState
 
@@ -137,8 +138,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Transformer translation and text classification on onnxruntime. "
         "LibreTranslate-compatible /translate, /detect and /languages.",
         lifespan=lifespan,
+        # /docs is served below from local files (FastAPI's loads Swagger UI from a CDN, which an
+        # offline deployment cannot reach); /openapi.json too, behind the key when keys are set
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
+    _docs(app)
     app.state.metrics = metrics
     app.dependency_overrides[get_settings] = lambda: settings
 
@@ -193,6 +200,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 LIBRETRANSLATE_PATHS = {"/translate", "/detect", "/translate_file"}
+
+
+def _docs(app: FastAPI) -> None:
+    """Swagger UI from the swagger-ui-bundle package's files, and the OpenAPI document."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(operator_only)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(operator_only)])
+    async def docs(request: Request) -> HTMLResponse:
+        key = request.query_params.get("api_key")  # the page's own fetch of the document needs it too
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json" + (f"?{urlencode({'api_key': key})}" if key else ""),
+            title="transerve API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
 
 
 def _document_request_bodies(app: FastAPI) -> None:

@@ -87,6 +87,7 @@ class Batcher:
         self._queued = 0  # texts waiting
         self._callers = 0  # submit() calls not yet returned
         self._abandoned = 0  # jobs abandoned since the queue was last pruned of them
+        self._drain_until: float | None = None  # set by drain(): past it, what is left fails
         self._cv = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name="batcher", daemon=True)
@@ -130,6 +131,25 @@ class Batcher:
     def _room_for(self, job: _Job) -> bool:
         """Whether the queue can take `job` now (holds the lock; a True answer queues it)."""
         return self._queued + len(job.texts) <= self.max_queue
+
+    def drain(self, seconds: float) -> None:
+        """Shutting down: take no new work, finish what was accepted within `seconds`, then fail
+        what is left with `BatcherStopped` (its callers answer 503) instead of running past the
+        process's grace period."""
+        with self._cv:
+            self._stopping = True
+            self._drain_until = time.monotonic() + seconds
+            self._cv.notify()
+
+    def _past_drain(self) -> bool:
+        return self._drain_until is not None and time.monotonic() >= self._drain_until
+
+    def _fail_queued(self) -> None:
+        """Fail every queued job with BatcherStopped (holds the lock)."""
+        for job in self._jobs:
+            self._resolve(job, exc=BatcherStopped())
+        self._jobs.clear()
+        self._queued = 0
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish every job already accepted, then end the worker."""
@@ -182,6 +202,12 @@ class Batcher:
 
     def _work(self) -> None:
         while (jobs := self._take()) is not None:
+            if self._past_drain():
+                for job in jobs:
+                    self._resolve(job, exc=BatcherStopped())
+                with self._cv:
+                    self._fail_queued()
+                continue
             self._run(jobs)
 
     def _run(self, jobs: list[_Job]) -> None:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.batcher import Batcher, RunFn, TooBig, _Job
+from service.batcher import Batcher, BatcherStopped, RunFn, TooBig, _Job
 from service.runtime.continuous import DecodeBatch, Row
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,13 @@ class ContinuousBatcher(Batcher):
                         return
                     self._cv.wait()
                 self._prune()
+                if self._past_drain():  # shutting down and out of time: what is left gets 503
+                    self._fail_queued()
+                    for key, batch in self.batches.items():
+                        for job in {id(r.tag[0]): r.tag[0] for r in batch.rows}.values():
+                            self._fail(job, BatcherStopped())
+                        self.batches[key] = DecodeBatch(self.decoders[key[0]])
+                    continue
                 joins = self._admit()
                 other = None
                 if any(not isinstance(j, _Request) for j in self._jobs):
@@ -222,10 +229,11 @@ class ContinuousBatcher(Batcher):
         if self.order == "round-robin":
             while waiting:
                 waiting = [j for j in waiting if admit_one(j) and j.admitted < len(j.texts)]
-        else:  # fewest sentences left first; a request waiting over a second goes first
-            now = time.monotonic()
-            waiting.sort(key=lambda j: (now - j.enqueued < 1.0, len(j.texts) - j.admitted, j.enqueued))
-            for job in waiting:
+        else:
+            if self.order == "shortest-first":  # fewest sentences left first; over a second waiting: first
+                now = time.monotonic()
+                waiting.sort(key=lambda j: (now - j.enqueued < 1.0, len(j.texts) - j.admitted, j.enqueued))
+            for job in waiting:  # fifo: in arrival order, every sentence of a request before the next's
                 while job.admitted < len(job.texts) and admit_one(job):
                     pass
         if any(j.admitted == len(j.texts) for j in self._jobs if isinstance(j, _Request)):

@@ -28,9 +28,12 @@ async def run_batched(
         return await asyncio.wait_for(state.batcher.submit(model, texts, options), state.settings.request_timeout_s)
     except TooBig as exc:  # could never be queued: "retry later" would be a lie
         raise too_large(str(exc)) from None
-    except (QueueFull, BatcherStopped):
+    except QueueFull:
         state.metrics.rejected.labels("queue_full").inc()
         raise busy() from None
+    except BatcherStopped:
+        state.metrics.rejected.labels("shutting_down").inc()
+        raise ServiceError(503, "server shutting down, retry later", headers={"Retry-After": "1"}) from None
     except TimeoutError:
         raise ServiceError(504, "request timed out") from None
     except Exception as exc:  # the model failed on this request's batch

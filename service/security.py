@@ -77,3 +77,13 @@ class RateLimiter:
             self._buckets[identity] = (tokens - 1.0, now)
             if len(self._buckets) > self.max_clients:
                 self._buckets.popitem(last=False)
+
+
+def operator_only(request: Request) -> None:
+    """With API keys set, /metrics, /models, /docs and /openapi.json need a key too (header,
+    Bearer token or `?api_key=`), unless TRANSERVE_OPEN_OPERATIONAL_ENDPOINTS opens them; the
+    probes, the page and LibreTranslate's discovery routes (/languages, /frontend/settings,
+    /spec) answer anyone."""
+    settings: Settings = request.app.state.settings
+    if settings.api_keys and not settings.open_operational_endpoints:
+        authorize(request, settings, request.query_params.get("api_key"))

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
         description="source lengths (tokens) splitting each model's sentences into running batches of their own "
         "(short sentences do not pay for the long ones' widths); empty = one batch",
     )
-    admission: Literal["round-robin", "shortest-first"] = Field(
+    admission: Literal["fifo", "round-robin", "shortest-first"] = Field(
         "round-robin",
         description="which waiting sentences join a running batch first: one per waiting request in turn, or the "
         "requests with the fewest sentences left (a request waiting over 1 s goes first)",
@@ -74,12 +74,22 @@ class Settings(BaseSettings):
         10.0, gt=0, description="a model request's body must arrive within this; else 408 (it holds no slot meanwhile)"
     )
     request_timeout_s: float = Field(30.0, gt=0, description="a request still waiting after this gets 504")
+    shutdown_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="on SIGTERM, accepted work gets this long; what is left then is answered 503 and the process "
+        "exits (within this + 5 s: keep the orchestrator's grace period above that)",
+    )
 
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="allowed CORS origins; empty = CORS closed"
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="accepted API keys; empty = no key needed"
+    )
+    open_operational_endpoints: bool = Field(
+        False,
+        description="with API keys set, /metrics, /models, /docs and /openapi.json answer without a key too",
     )
     rate_limit_per_minute: int = Field(
         0, ge=0, description="requests per minute per API key or client IP (failed ones count against the IP); 0 = off"
@@ -99,6 +109,13 @@ class Settings(BaseSettings):
         "connection the server is closing",
     )
     backlog: int = Field(4096, ge=1, description="listen backlog: connections the kernel queues before accept")
+    max_header_bytes: int = Field(16384, ge=1024, description="a request head (request line + headers) larger: 431")
+    header_timeout_s: float = Field(10.0, gt=0, description="a request head begun and not complete after this: 408")
+    max_connections_per_client: int = Field(
+        256,
+        ge=0,
+        description="open connections per client address (trusted proxies exempt); beyond: 429 (0 = no bound)",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     access_log: bool = Field(True, description="one log line per request (method, path, status, ms, client)")
 

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 from bs4 import BeautifulSoup
 
+from service import protect
 from service.errors import ServiceError, bad_request, too_large
 from service.html import translate_html
 from service.languages import translation_code
+from service.protect import kept
 from service.scheduling import run_batched
 from service.schemas import DetectedLanguage
 from service.state import ServiceState
@@ -133,19 +135,8 @@ async def translate(
         assert route is not None
         idx, segmented = split[src]
         pieces = [seg.text for segs in segmented for seg in segs if translatable(seg.text)]
-        factor = [1.0] * len(pieces)  # through English: the first step's confidence
-        for n, (model, _, tgt) in enumerate(route):
-            inputs = [_model_input(registry, model, p, tgt) for p in pieces]
-            if how.plain:  # greedy text only
-                pieces = await run_batched(state, model, inputs)
-                nbest = [[(p, 0.0, 0)] for p in pieces]
-                continue
-            last = n == len(route) - 1
-            options = {"beam_size": how.beam_size, "n_best": how.alternatives + 1 if last else 1}
-            nbest = await run_batched(state, model, inputs, options)
-            if not last:  # the best English goes on, its confidence multiplies
-                factor = [f * _confidence([h[0]]) / 100 for f, h in zip(factor, nbest)]
-                pieces = [h[0][0] for h in nbest]
+        nbest, factor = await _through(state, route, pieces, how)
+        await _keep_protected(state, route, pieces, nbest, factor, how)
         results = iter(nbest)
         factors = iter(factor)
         for i, segs in zip(idx, segmented):
@@ -170,6 +161,55 @@ async def translate(
     if not how.confidence:
         out.confidence = None
     return out
+
+
+NBest = list[list[tuple[str, float, int]]]
+
+
+async def _through(state: ServiceState, route, pieces: list[str], how: Decoding) -> tuple[NBest, list[float]]:
+    """`pieces` along `route` (one step, or two through English): each piece's n-best
+    (text, score, tokens) of the last step, and the confidence factor of the steps before it."""
+    registry = state.registry
+    nbest: NBest = [[(p, 0.0, 0)] for p in pieces]
+    factor = [1.0] * len(pieces)  # through English: the first step's confidence
+    for n, (model, _, tgt) in enumerate(route):
+        inputs = [_model_input(registry, model, p, tgt) for p in pieces]
+        if how.plain:  # greedy text only
+            pieces = await run_batched(state, model, inputs)
+            nbest = [[(p, 0.0, 0)] for p in pieces]
+            continue
+        last = n == len(route) - 1
+        options = {"beam_size": how.beam_size, "n_best": how.alternatives + 1 if last else 1}
+        nbest = await run_batched(state, model, inputs, options)
+        if not last:  # the best English goes on, its confidence multiplies
+            factor = [f * _confidence([h[0]]) / 100 for f, h in zip(factor, nbest)]
+            pieces = [h[0][0] for h in nbest]
+    return nbest, factor
+
+
+async def _keep_protected(
+    state: ServiceState, route, pieces: list[str], nbest: NBest, factor: list[float], how: Decoding
+) -> None:
+    """Where a piece's translation lost a URL, address, mention, hashtag or number of its source
+    (service/protect.py), translate the text between those spans instead and put them back as
+    they were (in place in `nbest` and `factor`; such a piece has no alternatives)."""
+    broken = [k for k, p in enumerate(pieces) if protect.spans(p) and not kept(p, nbest[k][0][0])]
+    if not broken:
+        return
+    parts = {k: protect.split(pieces[k]) for k in broken}
+    texts = [t for k in broken for t in protect.texts_to_translate(parts[k])]
+    sub, sub_factor = (
+        await _through(state, route, texts, Decoding(how.beam_size, 0, how.confidence)) if texts else ([], [])
+    )
+    at = 0
+    for k in broken:
+        n = len(protect.texts_to_translate(parts[k]))
+        best = [h[0] for h in sub[at : at + n]]
+        nbest[k] = [
+            (protect.assemble(parts[k], [b[0] for b in best]), sum(b[1] for b in best), sum(b[2] for b in best))
+        ]
+        factor[k] = math.prod(sub_factor[at : at + n])
+        at += n
 
 
 def _refuse_failed(registry, source: str, target: str) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.languages import name as language_name
 from service.schemas import ModelInfo
+from service.security import operator_only
 from service.state import ServiceState
 
 router = APIRouter(tags=["system"])
@@ -49,7 +50,12 @@ async def ready(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/models", response_model=list[ModelInfo], summary="Bundles, their status, languages or labels, metrics")
+@router.get(
+    "/models",
+    response_model=list[ModelInfo],
+    summary="Bundles, their status, languages or labels, metrics",
+    dependencies=[Depends(operator_only)],
+)
 async def models(request: Request) -> list[ModelInfo]:
     state: ServiceState = request.app.state.service
     out = []
@@ -73,7 +79,7 @@ async def models(request: Request) -> list[ModelInfo]:
     return out
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[Depends(operator_only)])
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -109,3 +109,27 @@ def test_silent_bodies_hold_no_slot_and_get_408(model_dir):
             answers.append(data.decode(errors="replace"))
             s.close()
     assert all(a.startswith("HTTP/1.1 408") and "not received within 1.5 s" in a for a in answers), answers[0]
+
+
+@pytest.mark.parametrize("opened", [False, True])
+def test_operational_endpoints_need_the_key_unless_opened(model_dir, opened):
+    key = "k-operator-1"
+    with make_client(model_dir, api_keys=[key], open_operational_endpoints=opened) as c:
+        wait_ready(c)
+        for path in ("/metrics", "/models", "/docs", "/openapi.json"):
+            r = c.get(path)
+            assert r.status_code == (200 if opened else 403), path
+            if not opened:
+                assert r.json() == {"error": "invalid or missing API key"}
+                assert c.get(path, headers={"X-API-Key": key}).status_code == 200
+                assert c.get(path, params={"api_key": key}).status_code == 200
+        for path in ("/health", "/ready", "/", "/languages", "/frontend/settings", "/spec"):
+            assert c.get(path).status_code == 200, path  # probes, the page, LibreTranslate discovery
+
+
+def test_docs_page_loads_swagger_ui_from_this_server(client):
+    page = client.get("/docs").text
+    assert "cdn" not in page.lower() and "/docs-assets/swagger-ui-bundle.js" in page
+    js = client.get("/docs-assets/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 100_000
+    assert client.get("/openapi.json").json()["info"]["title"] == "transerve"

@@ -82,3 +82,47 @@ def test_thread_pool_setting_shares_one_pool_across_sessions(model_dir):
             counts[pool] = _threads(server.proc.pid)
     assert answers["shared"] == answers["per-session"]
     assert counts["per-session"] - counts["shared"] >= 4, counts
+
+
+def test_sigterm_under_heavy_load_exits_within_the_shutdown_bound_and_answers_everyone(model_dir):
+    # one sentence at a time: 12 requests of ~100 sentences take far longer than the 1.5 s bound
+    env = {"TRANSERVE_SHUTDOWN_TIMEOUT_S": "1.5", "TRANSERVE_MAX_BATCH_SIZE": "1"}
+    text = " ".join(f"der hund spielt mit der katze im park nummer {i}." for i in range(100))
+    with running_server(model_dir, env=env) as server:
+        results: list = []
+
+        def post() -> None:
+            try:
+                results.append(
+                    httpx.post(f"{server.base}/translate", json={"q": text, "source": "de", "target": "en"}, timeout=60)
+                )
+            except httpx.TransportError as exc:  # no answer at all
+                results.append(exc)
+
+        threads = [threading.Thread(target=post) for _ in range(12)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(30)
+        exited = time.monotonic() - t0
+        for t in threads:
+            t.join(30)
+    assert code == 0 and exited < 1.5 + 5, exited
+    assert all(isinstance(r, httpx.Response) for r in results), results  # everyone got an answer
+    statuses = sorted(r.status_code for r in results)
+    assert set(statuses) <= {200, 503} and 503 in statuses, statuses
+    refused = [r for r in results if r.status_code == 503]
+    assert all(r.json() == {"error": "server shutting down, retry later"} and r.headers["retry-after"] for r in refused)
+
+
+def test_the_kubernetes_grace_period_outlasts_the_service_shutdown_bound():
+    import re
+    from pathlib import Path
+
+    from service.settings import Settings
+
+    manifest = (Path(__file__).resolve().parents[2] / "deploy/kubernetes/deployment.yaml").read_text()
+    grace = int(re.search(r"terminationGracePeriodSeconds:\s*(\d+)", manifest).group(1))
+    assert grace > Settings().shutdown_timeout_s + 5

@@ -149,3 +149,33 @@ def test_unknown_variant_setting_is_refused_and_an_absent_one_is_said(model_dir,
     assert engine.variant == "fp32"
     assert any("has no variant 'int8-static'" in r.getMessage() and "fp32" in r.getMessage() for r in caplog.records)
     assert _engine(model_dir / "sentiment", manifest, resolve_providers("cpu"), settings).variant == "int8-static"
+
+
+def test_scheduler_setting_chooses_the_worker_and_both_translate_alike(model_dir):
+    from service.scheduler import ContinuousBatcher
+
+    body = {"q": ["hallo welt", "", "der hund spielt im park"], "source": "de", "target": "en"}
+    answers = {}
+    for scheduler in ("continuous", "batch"):
+        with make_client(model_dir, scheduler=scheduler, decode_lanes=[8, 30]) as c:
+            wait_ready(c)
+            batcher = c.app.state.service.batcher
+            assert isinstance(batcher, ContinuousBatcher) == (scheduler == "continuous")
+            if scheduler == "continuous":  # every translator of contract 2, in three length lanes each
+                assert set(batcher.decoders) == {"de-en", "en-de"} and batcher.lanes == [8, 30]
+                assert len(batcher.batches) == 6
+            r = c.post("/translate", json=body)
+        assert r.status_code == 200
+        answers[scheduler] = r.json()["translatedText"]
+    assert answers["continuous"] == answers["batch"] and answers["batch"][1] == ""
+
+
+def test_lanes_and_admission_settings_from_the_environment(monkeypatch):
+    from service.settings import Settings
+
+    monkeypatch.setenv("TRANSERVE_DECODE_LANES", "16, 40")
+    monkeypatch.setenv("TRANSERVE_ADMISSION", "fifo")
+    s = Settings()
+    assert s.decode_lanes == [16, 40] and s.admission == "fifo"
+    monkeypatch.setenv("TRANSERVE_DECODE_LANES", "")
+    assert Settings().decode_lanes == []

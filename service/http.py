@@ -1,0 +1,121 @@
+"""The HTTP/1.1 protocol under uvicorn, with the bounds uvicorn leaves out.
+
+uvicorn's httptools protocol accepts a request head of any size (20 sockets with a 16 MB header
+took the server from 302 to 651 MB), waits for a head for ever (a socket that sends a header byte
+now and then holds its connection), and lets one address open any number of connections. This
+subclass adds, before the application sees anything:
+
+* **431** when a request head (request line + headers) passes ``max_header_bytes``;
+* **408** when a started head is not complete within ``header_timeout_s`` (from its first byte);
+* **429** when an address already holds ``max_connections_per_client`` connections (trusted
+  proxies are exempt: their clients are many). Each answer closes the connection.
+
+`protocol_class(settings)` gives the class to pass as uvicorn's ``http=``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.settings import Settings
+
+_REASONS = {408: b"Request Timeout", 429: b"Too Many Requests", 431: b"Request Header Fields Too Large"}
+
+
+def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
+    per_client: Counter[str] = Counter()  # open connections per address, for this server
+    exempt = set(settings.trusted_proxies)
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        max_header_bytes = settings.max_header_bytes
+        header_timeout_s = settings.header_timeout_s
+        max_per_client = settings.max_connections_per_client
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._head_bytes = 0  # bytes of the head being received (0: none started)
+            self._head_timer: asyncio.TimerHandle | None = None
+            self._counted: str | None = None
+            self._refusal: tuple[int, str] | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            host = self.client[0] if self.client else ""
+            if self.max_per_client and host and host not in exempt:
+                per_client[host] += 1
+                self._counted = host
+                if per_client[host] > self.max_per_client:
+                    self._refuse(429, f"more than {self.max_per_client} connections from one address")
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_timer()
+            if self._counted:
+                per_client[self._counted] -= 1
+                if per_client[self._counted] <= 0:
+                    del per_client[self._counted]
+                self._counted = None
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            in_head = self._head_bytes > 0 or self.cycle is None or self.cycle.response_complete
+            if in_head and self._head_timer is None and self.header_timeout_s:
+                self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_late)
+            self._refusal = None
+            self._unset_keepalive_if_required()
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:  # as uvicorn does
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
+                return
+            except httptools.HttpParserError:
+                if self._refusal:  # raised by on_headers_complete below
+                    self._refuse(*self._refusal)
+                else:
+                    self.logger.warning("Invalid HTTP request received.")
+                    self.send_400_response("Invalid HTTP request received.")
+                return
+            if self._head_timer is not None and self.transport and not self.transport.is_closing():
+                self._head_bytes += len(data)  # still no complete head after this chunk
+                if self._head_bytes > self.max_header_bytes:
+                    self._refuse(431, f"request head larger than {self.max_header_bytes} bytes")
+
+        def on_headers_complete(self) -> None:
+            self._stop_timer()
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) + 16
+            if size > self.max_header_bytes:  # the whole head came in one chunk
+                self._refusal = (431, f"request head larger than {self.max_header_bytes} bytes")
+                raise ValueError("request head too large")  # stops the parser: data_received answers
+            super().on_headers_complete()
+
+        def _stop_timer(self) -> None:
+            self._head_bytes = 0
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_late(self) -> None:
+            self._head_timer = None
+            self._refuse(408, f"request head not received within {self.header_timeout_s:g} s")
+
+        def _refuse(self, status: int, message: str) -> None:
+            self._stop_timer()
+            if self.transport is None or self.transport.is_closing():
+                return
+            body = json.dumps({"error": message}).encode()
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"%sconnection: close\r\n\r\n%s"
+                % (status, _REASONS[status], len(body), b"retry-after: 1\r\n" if status == 429 else b"", body)
+            )
+            self.transport.close()
+
+    return GuardedHttpToolsProtocol

@@ -1,0 +1,71 @@
+"""Spans that must come out of a translation byte for byte: URLs, e-mail addresses, @mentions,
+#hashtags and numbers (with their separators, and a currency or percent sign attached).
+
+A sentence is translated whole first; when its translation lost or changed one of its spans
+(MT models do: "€18.10" -> "18h10" is CTranslate2 #693; ours, asked to copy a placeholder
+instead, kept it in 0 of 120 sentences), the text between the spans is translated piece by piece
+and the spans are put back between the pieces as they were (`split`), so they always survive.
+"""
+
+from __future__ import annotations
+
+import re
+
+_SPAN = re.compile(
+    r"""
+      (?:https?://|www\.)[^\s<>"']+[^\s<>"'.,;:!?)\]}]      # URL
+    | [\w.+-]+@[\w-]+(?:\.[\w-]+)+                           # e-mail address
+    | (?<![\w@])@\w{1,40}                                    # @mention
+    | (?<![\w#&])\#\w+                                       # #hashtag
+    | (?<![\w.,])[€$£¥]?\d+(?:[.,:/'’]\d+)*(?:\s?[%€$£])?     # number, with its sign
+    """,
+    re.VERBOSE,
+)
+
+
+def spans(text: str) -> list[str]:
+    """The protected spans of `text`, in order."""
+    return [m.group(0) for m in _SPAN.finditer(text)]
+
+
+def kept(source: str, translation: str) -> bool:
+    """Whether every protected span of `source` is in `translation` as often as in the source."""
+    found = spans(source)
+    return all(translation.count(s) >= found.count(s) for s in set(found))
+
+
+def split(text: str) -> list[tuple[str, bool]]:
+    """`text` as consecutive parts (part, is_span); joined, the parts give `text` back."""
+    parts: list[tuple[str, bool]] = []
+    pos = 0
+    for m in _SPAN.finditer(text):
+        if m.start() > pos:
+            parts.append((text[pos : m.start()], False))
+        parts.append((m.group(0), True))
+        pos = m.end()
+    if pos < len(text):
+        parts.append((text[pos:], False))
+    return parts
+
+
+def assemble(parts: list[tuple[str, bool]], translated: list[str]) -> str:
+    """The parts, each text part that `texts_to_translate` gave replaced by its translation (in
+    `translated`, in order) with its surrounding whitespace kept; spans as they were."""
+    it = iter(translated)
+    out = []
+    for part, is_span in parts:
+        if is_span or not needs_translation(part):
+            out.append(part)
+            continue
+        lead, trail = part[: len(part) - len(part.lstrip())], part[len(part.rstrip()) :]
+        out.append(lead + next(it) + trail)
+    return "".join(out)
+
+
+def needs_translation(part: str) -> bool:
+    """A text part with a letter in it (punctuation and spaces between two spans stay)."""
+    return any(ch.isalpha() for ch in part)
+
+
+def texts_to_translate(parts: list[tuple[str, bool]]) -> list[str]:
+    return [p.strip() for p, is_span in parts if not is_span and needs_translation(p)]

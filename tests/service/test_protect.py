@@ -1,0 +1,54 @@
+"""URLs, e-mail addresses, @mentions, #hashtags and numbers survive translation byte for byte."""
+
+from __future__ import annotations
+
+import pytest
+
+from service import protect
+
+CASES = {
+    "Besuche https://example.com/a?b=1&c=%20x morgen.": ["https://example.com/a?b=1&c=%20x"],
+    "Schreib an max.mustermann@example.org, bitte.": ["max.mustermann@example.org"],
+    "Danke @anna_k für #Urlaub2024!": ["@anna_k", "#Urlaub2024"],
+    "Das kostet 18,10 € und 5 % Steuer um 12:45.": ["18,10 €", "5 %", "12:45"],
+    "Siehe www.example.de/x.": ["www.example.de/x"],
+    "Ein Hund läuft.": [],
+}
+
+
+@pytest.mark.parametrize("text", CASES)
+def test_spans_are_found_and_split_gives_the_text_back(text):
+    assert protect.spans(text) == CASES[text]
+    parts = protect.split(text)
+    assert "".join(p for p, _ in parts) == text
+    assert [p for p, is_span in parts if is_span] == CASES[text]
+
+
+def test_assemble_keeps_spans_and_whitespace():
+    parts = protect.split("Besuche https://x.org/a morgen.")
+    assert protect.texts_to_translate(parts) == ["Besuche", "morgen."]
+    assert protect.assemble(parts, ["Visit", "tomorrow."]) == "Visit https://x.org/a tomorrow."
+    assert protect.kept("um 18,10 €", "at 18,10 €") and not protect.kept("um 18,10 €", "at 18h10")
+
+
+API_TEXTS = [
+    "Besuche https://example.com/a?b=1 morgen",
+    "Schreib an max@example.org bitte",
+    "Danke @anna_k für #Urlaub2024",
+    "Das kostet 18,10 € um 12:45 Uhr",
+    "https://example.com/only",
+]
+
+
+@pytest.mark.parametrize("beam", [None, 3])
+def test_the_api_returns_every_span_exactly(client, beam):
+    body = {"q": API_TEXTS, "source": "de", "target": "en", **({"beam_size": beam, "confidence": True} if beam else {})}
+    r = client.post("/translate", json=body)
+    assert r.status_code == 200
+    out = r.json()["translatedText"]
+    for src, tr in zip(API_TEXTS, out):
+        for span in protect.spans(src):
+            assert span in tr, (src, tr)
+    assert out[-1] == "https://example.com/only"
+    if beam:
+        assert all(0 <= c <= 100 for c in r.json()["confidence"])
