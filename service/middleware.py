@@ -183,8 +183,19 @@ def _ip(host: str) -> str:
         return "unknown"
 
 
-_KNOWN = {"/translate", "/detect", "/classify", "/languages", "/models", "/health", "/ready", "/metrics", "/"}
-_MODEL_ENDPOINTS = {"/translate", "/detect", "/classify"}  # capped and counted; probes always answer
+_KNOWN = {
+    "/translate",
+    "/translate_file",
+    "/detect",
+    "/classify",
+    "/languages",
+    "/models",
+    "/health",
+    "/ready",
+    "/metrics",
+    "/",
+}
+_MODEL_ENDPOINTS = {"/translate", "/translate_file", "/detect", "/classify"}  # capped and counted; probes always answer
 
 
 class _BodyTooLarge(Exception):

@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     max_chars: int = Field(5000, ge=1, description="max characters per request (all items together)")
     max_items: int = Field(64, ge=1, description="max texts in one request")
     max_pieces: int = Field(512, ge=1, description="max sentences in one request (after splitting); beyond, 413")
+    max_file_chars: int = Field(
+        100_000, ge=1, description="/translate_file: characters of text in one file; beyond, 413"
+    )
+    max_file_paragraphs: int = Field(5000, ge=1, description="/translate_file: paragraphs (lines, cues) in one file")
+    file_ttl_s: float = Field(
+        600.0, gt=0, description="a translated file can be downloaded this long, then it is deleted"
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="request bodies larger than this get 413")
     batching: bool = Field(True, description="merge concurrent requests into shared model calls")
     scheduler: Literal["continuous", "batch"] = Field(

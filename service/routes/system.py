@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.files import FORMATS
 from service.languages import name as language_name
 from service.schemas import ModelInfo
 from service.security import operator_only
@@ -101,8 +102,8 @@ async def frontend_settings(request: Request) -> dict:
         "apiKeys": bool(s.api_keys),
         "keyRequired": bool(s.api_keys),
         "suggestions": False,
-        "filesTranslation": False,
-        "supportedFilesFormat": [],
+        "filesTranslation": True,
+        "supportedFilesFormat": FORMATS,
         "language": {
             "source": {"code": "auto", "name": "Auto Detect"},
             "target": {"code": target, "name": language_name(target)},

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse
+from starlette.datastructures import UploadFile
 
 from service import translation
-from service.deps import Call, admitted, ready_state
+from service.deps import Call, admitted, guard, ready_state
+from service.errors import bad_request
+from service.files import Limits, translate_file
 from service.languages import name, normalize
 from service.routes.common import ERRORS, body_doc
 from service.schemas import DetectedLanguage, DetectRequest, Language, TranslateRequest, TranslateResponse
@@ -61,3 +65,72 @@ async def languages(state: ServiceState = Depends(ready_state)) -> list[Language
     targets = state.registry.targets()
     # as LibreTranslate: a language's targets include itself (the text comes back as it is)
     return [Language(code=c, name=name(c), targets=sorted(t | {c})) for c, t in sorted(targets.items())]
+
+
+@router.post(
+    "/translate_file",
+    responses=ERRORS,
+    summary="Translate a file: .txt, .html, .srt, .docx, .odt (LibreTranslate-compatible)",
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file", "source", "target"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "source": {"type": "string"},
+                            "target": {"type": "string"},
+                            "api_key": {"type": "string"},
+                        },
+                    }
+                }
+            }
+        }
+    },
+)
+async def translate_file_route(request: Request, state: ServiceState = Depends(ready_state)) -> dict[str, str]:
+    """Answers `{"translatedFileUrl": ...}`: the translated file, downloadable from there for
+    `file_ttl_s` seconds (formats and bounds: service/files.py)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise bad_request("send the file as multipart/form-data (fields file, source, target)")
+    async with request.form() as form:  # closes the upload's spooled temporary file
+        return await _translate_upload(request, state, form)
+
+
+async def _translate_upload(request: Request, state: ServiceState, form) -> dict[str, str]:
+    api_key = form.get("api_key") or request.query_params.get("api_key")
+    guard(request, state, api_key if isinstance(api_key, str) else None)
+    upload, source, target = form.get("file"), form.get("source"), form.get("target")
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        raise bad_request("file: a file is required")
+    if not isinstance(source, str) or not isinstance(target, str) or not source or not target:
+        raise bad_request("source and target are required")
+    src, tgt = normalize(source), normalize(target)
+    s = state.settings
+    html = (upload.filename or "").lower().endswith(".html")
+
+    async def run(texts: list[str]) -> list[str]:
+        out: list[str] = []
+        chunk: list[str] = []
+        for text in [*texts, None]:  # chunks within one request's limits
+            if text is None or len(chunk) >= s.max_items or sum(map(len, chunk)) + len(text) > s.max_chars:
+                if chunk:
+                    go = translation.translate_markup if html else translation.translate
+                    out += (await go(state, chunk, src, tgt)).texts
+                chunk = []
+            if text is not None:
+                chunk.append(text)
+        return out
+
+    data = await upload.read()
+    translated = await translate_file(data, upload.filename, run, Limits(s.max_file_chars, s.max_file_paragraphs))
+    token, name = state.files.put(upload.filename, translated)
+    return {"translatedFileUrl": f"{str(request.base_url).rstrip('/')}/download_file/{token}/{name}"}
+
+
+@router.get("/download_file/{token}/{name}", include_in_schema=False)
+async def download_file(token: str, name: str, request: Request) -> FileResponse:
+    state: ServiceState = request.app.state.service
+    return FileResponse(state.files.get(token, name), filename=name)

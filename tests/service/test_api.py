@@ -388,7 +388,7 @@ def test_libretranslate_shapes_empty_items_codes_symbols_and_error_bodies(client
 
 def test_frontend_settings_and_spec(client):
     fs = client.get("/frontend/settings").json()
-    assert fs["charLimit"] == 5000 and fs["keyRequired"] is False and fs["filesTranslation"] is False
+    assert fs["charLimit"] == 5000 and fs["keyRequired"] is False and fs["filesTranslation"] is True
     assert fs["language"]["source"]["code"] == "auto" and fs["language"]["target"]["code"] == "en"
     spec = client.get("/spec").json()
     assert spec["info"]["title"] == "transerve" and "/translate" in spec["paths"]
