@@ -18,14 +18,24 @@ _SPAN = re.compile(
     | (?<![\w@])@\w{1,40}                                    # @mention
     | (?<![\w#&])\#\w+                                       # #hashtag
     | (?<![\w.,])[€$£¥]?\d+(?:[.,:/'’]\d+)*(?:\s?[%€$£])?     # number, with its sign
+    | \S*(\S)\1{5,}\S*                                       # a word with a run of 6+ of one character
+    | \S{64,}                                                # a "word" of 64+ characters (no language has them)
     """,
     re.VERBOSE,
 )
+# Spans no model can translate and every model decodes to its length limit (a 5000-character
+# "xxx..." came back as 8,128 tokens in 1.5 s of the worker): such pieces are not even tried whole.
+_DEGENERATE = re.compile(r"(\S)\1{5,}|\S{64,}")
 
 
 def spans(text: str) -> list[str]:
     """The protected spans of `text`, in order."""
     return [m.group(0) for m in _SPAN.finditer(text)]
+
+
+def degenerate(text: str) -> bool:
+    """Whether `text` holds a span that is not worth a translation attempt (split at once)."""
+    return _DEGENERATE.search(text) is not None
 
 
 def kept(source: str, translation: str) -> bool:

@@ -16,6 +16,8 @@ _NO_SPACE_LANGS = {"zh", "ja"}
 class Segment:
     text: str  # to translate ("" for pure whitespace)
     sep: str  # what followed it in the source (whitespace, line breaks)
+    cut: bool = False  # cut off in the middle of a word: the next piece follows with nothing between
+    in_cut_word: bool = False  # a piece of a word longer than the model takes (not worth translating)
 
 
 def split_text(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> list[Segment]:
@@ -37,9 +39,26 @@ def split_text(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -
         trail = line[len(line.rstrip()) :]
         for i, (sentence, sep) in enumerate(pieces):
             parts = fit(sentence, max_tokens, count_tokens)
-            segments += [Segment(part, " ") for part in parts[:-1]]
-            segments.append(Segment(parts[-1], trail + newline if i == len(pieces) - 1 else sep))
+            seps = _separators(sentence, parts)
+            broken = [not a or not b for a, b in zip(["x", *seps], [*seps, "x"])]  # a "" on either side
+            segments += [Segment(p, sep, not sep, cut) for p, sep, cut in zip(parts[:-1], seps, broken)]
+            last = trail + newline if i == len(pieces) - 1 else sep
+            segments.append(Segment(parts[-1], last, in_cut_word=broken[-1]))
     return segments
+
+
+def _separators(sentence: str, parts: list[str]) -> list[str]:
+    """What stood between consecutive `parts` of `sentence` ("" where a word was cut)."""
+    seps, pos = [], 0
+    for k in range(len(parts) - 1):
+        at = sentence.find(parts[k], pos)
+        nxt = sentence.find(parts[k + 1], at + len(parts[k])) if at >= 0 else -1
+        if at < 0 or nxt < 0:
+            seps.append(" ")
+            continue
+        seps.append(sentence[at + len(parts[k]) : nxt])
+        pos = at + len(parts[k])
+    return seps
 
 
 def _split_sentences(line: str) -> list[tuple[str, str]]:
@@ -87,7 +106,9 @@ def join_segments(segments: list[Segment], translations: list[str], target_lang:
     for k, (seg, tr) in enumerate(zip(segments, translations)):
         sep = seg.sep
         followed = k + 1 < len(segments) and segments[k + 1].text
-        if target_lang in _NO_SPACE_LANGS and sep and not sep.strip(" "):
+        if seg.cut:
+            sep = ""
+        elif target_lang in _NO_SPACE_LANGS and sep and not sep.strip(" "):
             sep = ""
         elif sep == "" and seg.text and followed:
             sep = " "

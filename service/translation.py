@@ -78,6 +78,9 @@ def decoding(state: ServiceState, beam_size: int | None, alternatives: int, conf
     return Decoding(beam, alternatives, confidence)
 
 
+NBest = list[list[tuple[str, float, int]]]  # per piece: (text, score, tokens), best first
+
+
 @dataclass
 class Translated:
     texts: list[str]
@@ -134,8 +137,16 @@ async def translate(
     for src, route in routes.items():
         assert route is not None
         idx, segmented = split[src]
-        pieces = [seg.text for segs in segmented for seg in segs if translatable(seg.text)]
-        nbest, factor = await _through(state, route, pieces, how)
+        segs_in = [seg for segs in segmented for seg in segs if translatable(seg.text)]
+        pieces = [seg.text for seg in segs_in]
+        # pieces with a degenerate span, and pieces of a word cut by characters (longer than the
+        # model takes), go straight to the piecewise path of _keep_protected
+        whole = [k for k, seg in enumerate(segs_in) if not seg.in_cut_word and not protect.degenerate(seg.text)]
+        tried, tried_factor = await _through(state, route, [pieces[k] for k in whole], how)
+        nbest: NBest = [[(seg.text if seg.in_cut_word else "", 0.0, 0)] for seg in segs_in]  # cut words stay
+        factor = [1.0] * len(pieces)
+        for k, h, f in zip(whole, tried, tried_factor):
+            nbest[k], factor[k] = h, f
         await _keep_protected(state, route, pieces, nbest, factor, how)
         results = iter(nbest)
         factors = iter(factor)
@@ -161,9 +172,6 @@ async def translate(
     if not how.confidence:
         out.confidence = None
     return out
-
-
-NBest = list[list[tuple[str, float, int]]]
 
 
 async def _through(state: ServiceState, route, pieces: list[str], how: Decoding) -> tuple[NBest, list[float]]:

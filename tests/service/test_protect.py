@@ -52,3 +52,26 @@ def test_the_api_returns_every_span_exactly(client, beam):
     assert out[-1] == "https://example.com/only"
     if beam:
         assert all(0 <= c <= 100 for c in r.json()["confidence"])
+
+
+def _generated(client) -> float:
+    lines = [
+        line for line in client.get("/metrics").text.splitlines() if line.startswith("transerve_generated_tokens_total")
+    ]
+    return sum(float(line.split()[-1]) for line in lines)
+
+
+@pytest.mark.parametrize("q", ["x" * 5000, "abcdefghij" * 499, "-" * 3000])
+def test_degenerate_input_comes_back_as_it_is_without_decoding(client, q):
+    # session 6: 5000 "x" were 64 pieces decoded to the length limit, 8,128 tokens, ~5 s of the worker
+    before = _generated(client)
+    r = client.post("/translate", json={"q": q, "source": "de", "target": "en"})
+    assert r.status_code == 200 and r.json()["translatedText"] == q
+    assert _generated(client) == before
+
+
+def test_a_run_inside_a_sentence_is_kept_and_the_rest_translated(client):
+    q = "der hund " + "a" * 300 + " die katze"
+    out = client.post("/translate", json={"q": q, "source": "de", "target": "en"}).json()["translatedText"]
+    assert "a" * 300 in out
+    assert protect.degenerate(q) and not protect.degenerate("Donaudampfschifffahrtsgesellschaftskapitän")
