@@ -73,11 +73,18 @@ def check_limits(texts: Sequence[str], state: ServiceState) -> None:
         raise too_large(f"text too long: {total} characters > {s.max_chars}")
 
 
-def guard(request: Request, state: ServiceState, api_key: str | None) -> None:
+def guard(request: Request, state: ServiceState, api_key: str | None) -> str:
+    """Check the caller's key and take one token of its rate limit; returns its identity."""
     identity = authorize(request, state.settings, api_key)
-    if state.rate_limiter:
+    charge(state, identity, 1)
+    return identity
+
+
+def charge(state: ServiceState, identity: str, cost: int) -> None:
+    """Take `cost` tokens of `identity`'s rate limit (429 when it has not got them)."""
+    if state.rate_limiter and cost > 0:
         try:
-            state.rate_limiter.check(identity)
+            state.rate_limiter.check(identity, cost=cost)
         except ServiceError:
             state.metrics.rejected.labels("rate_limit").inc()
             raise
@@ -89,6 +96,12 @@ class Call(Generic[M]):
 
     state: ServiceState
     body: M
+    identity: str = ""  # whom the rate limit charges
+
+    def charge_sentences(self, sentences: int) -> None:
+        """With the rate limit counting sentences: the sentences beyond the one admission took."""
+        if self.state.settings.rate_limit_by == "sentences":
+            charge(self.state, self.identity, sentences - 1)
 
 
 def admitted(model: type[M], texts_of: str):
@@ -102,7 +115,7 @@ def admitted(model: type[M], texts_of: str):
                 body = model.model_validate(values)
             except ValidationError as e:
                 raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
-            guard(request, state, getattr(body, "api_key", None))
+            identity = guard(request, state, getattr(body, "api_key", None))
         except (ServiceError, RequestValidationError) as failure:
             # a bad key or a bad body costs the caller's address a token too: guessing keys or
             # flooding with invalid requests is throttled like any other traffic
@@ -115,6 +128,6 @@ def admitted(model: type[M], texts_of: str):
             raise
         value = getattr(body, texts_of)
         check_limits([value] if isinstance(value, str) else list(value), state)
-        return Call(state, body)
+        return Call(state, body, identity)
 
     return dependency

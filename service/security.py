@@ -65,16 +65,19 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # identity -> (tokens, time)
 
-    def check(self, identity: str, now: float | None = None) -> None:
+    def check(self, identity: str, now: float | None = None, cost: float = 1.0) -> None:
+        """Take `cost` tokens (at most a full bucket: a request larger than the minute's budget
+        waits for a full bucket instead of never passing), or answer 429."""
         now = time.monotonic() if now is None else now
+        cost = min(float(cost), float(self.per_minute))
         with self._lock:
             tokens, last = self._buckets.pop(identity, (float(self.per_minute), now))
             tokens = min(float(self.per_minute), tokens + (now - last) * self.rate)
-            if tokens < 1.0:
+            if tokens < cost:
                 self._buckets[identity] = (tokens, now)
-                retry = max(1, math.ceil((1.0 - tokens) / self.rate))
+                retry = max(1, math.ceil((cost - tokens) / self.rate))
                 raise ServiceError(429, "rate limit exceeded", headers={"Retry-After": str(retry)})
-            self._buckets[identity] = (tokens - 1.0, now)
+            self._buckets[identity] = (tokens - cost, now)
             if len(self._buckets) > self.max_clients:
                 self._buckets.popitem(last=False)
 

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(
         0, ge=0, description="requests per minute per API key or client IP (failed ones count against the IP); 0 = off"
     )
+    rate_limit_by: Literal["sentences", "requests"] = Field(
+        "sentences",
+        description="what the rate limit counts: sentences (after splitting; a request costs at least one, so a "
+        "client's share of the models follows its work) or requests",
+    )
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="addresses whose X-Forwarded-For names the client (e.g. your load balancer); none by default",

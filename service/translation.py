@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bs4 import BeautifulSoup
@@ -90,7 +91,12 @@ class Translated:
 
 
 async def translate(
-    state: ServiceState, texts: list[str], source: str, target: str, how: Decoding = Decoding()
+    state: ServiceState,
+    texts: list[str],
+    source: str,
+    target: str,
+    how: Decoding = Decoding(),
+    charge: Callable[[int], None] | None = None,
 ) -> Translated:
     """Translations of `texts` from `source` ("auto": detected per text) into `target`, the
     detected languages when `source` is auto, and the alternatives and confidences `how` asks for.
@@ -134,6 +140,8 @@ async def translate(
     most = min(state.settings.max_pieces, state.settings.max_queue)
     if total > most:  # could never be queued whole: "retry later" would be a lie
         raise too_large(f"too many sentences: {total} > {most} per request")
+    if charge:  # the rate limit counts the sentences (429 before any work when it has not got them)
+        charge(total)
     for src, route in routes.items():
         assert route is not None
         idx, segmented = split[src]
@@ -246,7 +254,12 @@ def _confidence(hyps: list[tuple[str, float, int]]) -> float:
 
 
 async def translate_markup(
-    state: ServiceState, texts: list[str], source: str, target: str, how: Decoding = Decoding()
+    state: ServiceState,
+    texts: list[str],
+    source: str,
+    target: str,
+    how: Decoding = Decoding(),
+    charge: Callable[[int], None] | None = None,
 ) -> Translated:
     """`format: "html"`: each text's markup kept, its text translated (service/html.py). With
     `source: "auto"` the language is detected on the visible text. Alternatives are not given
@@ -263,7 +276,7 @@ async def translate_markup(
         seen: list[float] = []
 
         async def run(parts: list[str], src: str = src, seen: list[float] = seen) -> list[str]:
-            done = await translate(state, parts, src, target, pieces_how)
+            done = await translate(state, parts, src, target, pieces_how, charge)
             seen += done.confidence or []
             return done.texts
 

@@ -7,7 +7,7 @@ from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile
 
 from service import translation
-from service.deps import Call, admitted, guard, ready_state
+from service.deps import Call, admitted, charge, guard, ready_state
 from service.errors import bad_request
 from service.files import Limits, translate_file
 from service.languages import name, normalize
@@ -31,7 +31,7 @@ async def translate(call: Call[TranslateRequest] = Depends(admitted(TranslateReq
     texts = [body.q] if isinstance(body.q, str) else list(body.q)
     how = translation.decoding(call.state, body.beam_size, body.alternatives, body.confidence)
     run = translation.translate_markup if body.format == "html" else translation.translate
-    out = await run(call.state, texts, normalize(body.source), normalize(body.target), how)
+    out = await run(call.state, texts, normalize(body.source), normalize(body.target), how, call.charge_sentences)
     if isinstance(body.q, str):
         return TranslateResponse(
             translatedText=out.texts[0],
@@ -101,7 +101,7 @@ async def translate_file_route(request: Request, state: ServiceState = Depends(r
 
 async def _translate_upload(request: Request, state: ServiceState, form) -> dict[str, str]:
     api_key = form.get("api_key") or request.query_params.get("api_key")
-    guard(request, state, api_key if isinstance(api_key, str) else None)
+    identity = guard(request, state, api_key if isinstance(api_key, str) else None)
     upload, source, target = form.get("file"), form.get("source"), form.get("target")
     if not isinstance(upload, UploadFile) or not upload.filename:
         raise bad_request("file: a file is required")
@@ -111,6 +111,10 @@ async def _translate_upload(request: Request, state: ServiceState, form) -> dict
     s = state.settings
     html = (upload.filename or "").lower().endswith(".html")
 
+    def charge_file(sentences: int) -> None:  # every sentence of the file (admission took one)
+        if s.rate_limit_by == "sentences":
+            charge(state, identity, sentences)
+
     async def run(texts: list[str]) -> list[str]:
         out: list[str] = []
         chunk: list[str] = []
@@ -118,7 +122,7 @@ async def _translate_upload(request: Request, state: ServiceState, form) -> dict
             if text is None or len(chunk) >= s.max_items or sum(map(len, chunk)) + len(text) > s.max_chars:
                 if chunk:
                     go = translation.translate_markup if html else translation.translate
-                    out += (await go(state, chunk, src, tgt)).texts
+                    out += (await go(state, chunk, src, tgt, translation.Decoding(), charge_file)).texts
                 chunk = []
             if text is not None:
                 chunk.append(text)

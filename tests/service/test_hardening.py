@@ -133,3 +133,23 @@ def test_docs_page_loads_swagger_ui_from_this_server(client):
     js = client.get("/docs-assets/swagger-ui-bundle.js")
     assert js.status_code == 200 and len(js.content) > 100_000
     assert client.get("/openapi.json").json()["info"]["title"] == "transerve"
+
+
+@pytest.mark.parametrize("by", ["sentences", "requests"])
+def test_the_rate_limit_counts_sentences(model_dir, by):
+    # 10 a minute: a request of 8 sentences leaves 2, so the next one of 4 waits (429);
+    # counting requests, both pass
+    with make_client(model_dir, rate_limit_per_minute=10, rate_limit_by=by) as c:
+        wait_ready(c)
+        eight = {"q": " ".join(f"der hund {k} spielt." for k in range(8)), "source": "de", "target": "en"}
+        four = {"q": ["der hund.", "die katze.", "ein mann.", "das kind."], "source": "de", "target": "en"}
+        assert c.post("/translate", json=eight).status_code == 200
+        r = c.post("/translate", json=four)
+        if by == "sentences":
+            assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        else:
+            assert r.status_code == 200
+    limiter = RateLimiter(5)
+    limiter.check("a", now=0.0, cost=50)  # more than a whole minute's budget: waits for a full bucket
+    with pytest.raises(ServiceError):
+        limiter.check("a", now=1.0)
