@@ -187,10 +187,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("request %s %s failed (request_id=%s)", request.method, request.url.path, request_id, exc_info=exc)
         return JSONResponse({"error": "internal error", "request_id": request_id}, status_code=500)
 
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
-        )
     app.add_middleware(
         BodyLimitAndMetrics,
         max_body_bytes=settings.max_body_bytes,
@@ -200,6 +196,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body_timeout_s=settings.body_timeout_s,
         inflight=inflight,
     )
+    if settings.cors_origins:  # outermost (added last): the body limit's own 413/503/408 carry CORS headers too
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
     return app
 
 
@@ -246,6 +246,25 @@ def _document_request_bodies(app: FastAPI) -> None:
             js = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(js.pop("$defs", {}))
             components[model.__name__] = js
+        # the key schemes (optional unless TRANSERVE_API_KEYS is set) and the limits in force
+        schema["components"]["securitySchemes"] = {
+            "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            "Bearer": {"type": "http", "scheme": "bearer"},
+            "ApiKeyField": {"type": "apiKey", "in": "query", "name": "api_key", "description": "or a body field"},
+        }
+        settings: Settings = app.state.settings
+        if settings.api_keys:
+            schema["security"] = [{"ApiKeyHeader": []}, {"Bearer": []}, {"ApiKeyField": []}]
+        schema["info"]["x-limits"] = {
+            "max_chars": settings.max_chars,
+            "max_items": settings.max_items,
+            "max_pieces": settings.max_pieces,
+            "max_body_bytes": settings.max_body_bytes,
+            "max_header_bytes": settings.max_header_bytes,
+            "rate_limit_per_minute": settings.rate_limit_per_minute,
+            "rate_limit_by": settings.rate_limit_by,
+            "request_timeout_s": settings.request_timeout_s,
+        }
         app.openapi_schema = schema
         return schema
 

@@ -7,7 +7,7 @@ from typing import Any
 from service.schemas import ErrorResponse
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (400, 403, 413, 422, 429, 500, 503, 504)
+    s: {"model": ErrorResponse} for s in (400, 403, 408, 413, 415, 422, 429, 431, 500, 503, 504)
 }
 
 

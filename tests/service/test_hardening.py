@@ -153,3 +153,21 @@ def test_the_rate_limit_counts_sentences(model_dir, by):
     limiter.check("a", now=0.0, cost=50)  # more than a whole minute's budget: waits for a full bucket
     with pytest.raises(ServiceError):
         limiter.check("a", now=1.0)
+
+
+def test_cors_headers_on_the_middleware_own_answers_and_the_documented_key_schemes(model_dir):
+    origin = "https://x.example"
+    with make_client(model_dir, cors_origins=[origin], api_keys=["k1"], max_body_bytes=2048) as c:
+        wait_ready(c)
+        r = c.post(
+            "/translate",
+            content=b"{" + b" " * 4000 + b"}",
+            headers={"origin": origin, "content-type": "application/json"},
+        )
+        assert r.status_code == 413 and r.headers["access-control-allow-origin"] == origin
+        doc = c.get("/spec").json()
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["ApiKeyHeader"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    assert {"ApiKeyHeader": []} in doc["security"]
+    assert doc["info"]["x-limits"]["max_body_bytes"] == 2048
+    assert {"408", "429", "431", "503"} <= set(doc["paths"]["/translate"]["post"]["responses"])
