@@ -18,14 +18,15 @@ _SPAN = re.compile(
     | (?<![\w@])@\w{1,40}                                    # @mention
     | (?<![\w#&])\#\w+                                       # #hashtag
     | (?<![\w.,])[€$£¥]?\d+(?:[.,:/'’]\d+)*(?:\s?[%€$£])?     # number, with its sign
-    | \S*(\S)\1{5,}\S*                                       # a word with a run of 6+ of one character
+    | (?<!\S)(\S+(?:\s+\S+){0,2}?)(?:\s+\1){3,}(?!\w)            # 1-3 words said 4+ times in a row
+    | \S*(\S)\2{5,}\S*                                       # a word with a run of 6+ of one character
     | \S{64,}                                                # a "word" of 64+ characters (no language has them)
     """,
     re.VERBOSE,
 )
 # Spans no model can translate and every model decodes to its length limit (a 5000-character
 # "xxx..." came back as 8,128 tokens in 1.5 s of the worker): such pieces are not even tried whole.
-_DEGENERATE = re.compile(r"(\S)\1{5,}|\S{64,}")
+_DEGENERATE = re.compile(r"(\S)\1{5,}|\S{64,}|(?<!\S)(\S+(?:\s+\S+){0,2}?)(?:\s+\2){3,}(?!\w)")
 
 
 def spans(text: str) -> list[str]:

@@ -61,7 +61,7 @@ def _generated(client) -> float:
     return sum(float(line.split()[-1]) for line in lines)
 
 
-@pytest.mark.parametrize("q", ["x" * 5000, "abcdefghij" * 499, "-" * 3000])
+@pytest.mark.parametrize("q", ["x" * 5000, "abcdefghij" * 499, "-" * 3000, "der " * 1000, "hallo welt " * 400])
 def test_degenerate_input_comes_back_as_it_is_without_decoding(client, q):
     # session 6: 5000 "x" were 64 pieces decoded to the length limit, 8,128 tokens, ~5 s of the worker
     before = _generated(client)
@@ -75,3 +75,9 @@ def test_a_run_inside_a_sentence_is_kept_and_the_rest_translated(client):
     out = client.post("/translate", json={"q": q, "source": "de", "target": "en"}).json()["translatedText"]
     assert "a" * 300 in out
     assert protect.degenerate(q) and not protect.degenerate("Donaudampfschifffahrtsgesellschaftskapitän")
+
+
+def test_words_said_again_and_again_are_degenerate_but_not_ordinary_repetition():
+    assert protect.spans("der der der der hund") == ["der der der der"]
+    assert protect.degenerate("hallo welt hallo welt hallo welt hallo welt!")
+    assert not protect.degenerate("Ja, ja, ja, ja.") and not protect.degenerate("der der der derby")
