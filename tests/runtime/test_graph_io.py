@@ -35,3 +35,15 @@ def test_a_manifest_that_reorders_outputs_is_refused(model_dir):
     bad = replace(manifest, variants={"fp32": {**manifest.variants["fp32"], "decoder": swapped}})
     with pytest.raises(BundleError, match="manifest output 0 of decoder is 'present_k.0', the contract says 'logits'"):
         Translator(model_dir / "de-en", bad, resolve_providers("cpu"), threads=1, variant="fp32")
+
+
+def test_contract_one_decoders_are_told_apart_and_still_checked():
+    from service.runtime.bundle import GraphSpec
+
+    model = {"n_decoder_layers": 2}
+    new_in, _ = graph_io.expected("decoder", model)
+    old_in, old_out = graph_io.expected("decoder", model, rows=False)
+    assert [t.name for t in new_in][:4] == ["input_ids", "position", "src_mask", "self_mask"]
+    assert [t.name for t in old_in][:2] == ["input_ids", "src_mask"] and len(old_in) == len(new_in) - 2
+    assert graph_io.per_row(GraphSpec("d.onnx", new_in, old_out))
+    assert not graph_io.per_row(GraphSpec("d.onnx", old_in, old_out))

@@ -56,7 +56,7 @@ def test_bundle_has_graphs_tokenizer_and_checksummed_manifest(exported):
     layers = range(manifest.model["n_decoder_layers"])
     past = [f"past_{t}.{i}" for i in layers for t in "kv"]
     cross = [f"cross_{t}.{i}" for i in layers for t in "kv"]
-    assert [t.name for t in dec.inputs] == ["input_ids", "src_mask", *past, *cross]
+    assert [t.name for t in dec.inputs] == ["input_ids", "position", "src_mask", "self_mask", *past, *cross]
     assert [t.name for t in dec.outputs] == ["logits", *[p.replace("past", "present") for p in past]]
     assert [t.name for t in loaded.graph("fp32", "encoder").outputs] == cross
     # both graphs use onnxruntime's fused attention, one node per attention
