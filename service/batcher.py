@@ -105,7 +105,7 @@ class Batcher:
             raise KeyError(model)
         job = self._job(model, texts, options, asyncio.get_running_loop())
         with self._cv:
-            if self._stopping:
+            if self._stopping or self._past_drain():
                 raise BatcherStopped()
             if not self._room_for(job):
                 raise QueueFull()
@@ -133,11 +133,11 @@ class Batcher:
         return self._queued + len(job.texts) <= self.max_queue
 
     def drain(self, seconds: float) -> None:
-        """Shutting down: take no new work, finish what was accepted within `seconds`, then fail
-        what is left with `BatcherStopped` (its callers answer 503) instead of running past the
-        process's grace period."""
+        """Shutting down (SIGTERM): the requests in flight keep submitting (a request may need
+        several passes: pivot, protected spans) until `seconds` have passed; then what is left
+        fails with `BatcherStopped` (its callers answer 503) and new work is refused, instead of
+        running past the process's grace period. The server accepts no new connections meanwhile."""
         with self._cv:
-            self._stopping = True
             self._drain_until = time.monotonic() + seconds
             self._cv.notify()
 
