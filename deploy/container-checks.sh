@@ -2,7 +2,7 @@
 # Checks on the built image, run by `make docker-smoke` once the image answers (docker-smoke's
 # --then: DOCKER_HOST points at its private engine, the image is tagged transerve:smoke and a
 # first container "smoke" serves on port 8000 with host networking).
-#  1. a real translation from the running container
+#  1. a real translation from the running container, of a text and of a file
 #  2. it runs as a non-root user
 #  3. a second container with a read-only root filesystem (no tmpfs at all) serves too
 #  4. `docker stop` (SIGTERM) ends it with exit code 0
@@ -14,6 +14,14 @@ echo "container-checks: translate"
 out=$(curl -fsS -X POST 127.0.0.1:8000/translate -H "content-type: application/json" -d "$body")
 echo "  $out"
 grep -q '"translatedText":"A dog' <<<"$out" || { echo "unexpected translation"; exit 1; }
+
+echo "container-checks: translate a file"
+printf 'Ein Hund läuft im Park.\n' > /tmp/smoke-file.txt
+url=$(curl -fsS -X POST 127.0.0.1:8000/translate_file -F source=de -F target=en -F file=@/tmp/smoke-file.txt \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["translatedFileUrl"])')
+got=$(curl -fsS "$url")
+echo "  $url -> $got"
+grep -q '^A dog' <<<"$got" || { echo "unexpected translated file"; exit 1; }
 
 echo "container-checks: non-root"
 uid=$(docker exec smoke id -u)

@@ -119,9 +119,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.rate_limit_per_minute:
             state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
         app.state.service = state
-        from service.files import Store
-
-        state.files = Store(settings.file_ttl_s)
         # A missing or empty model directory is a configuration error: refuse to start.
         if not settings.model_dir.is_dir() or not find_bundles(settings.model_dir):
             raise ModelDirError(
@@ -134,7 +131,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loader.join()
         if state.batcher:
             state.batcher.stop()
-        state.files.close()
+        if state.files is not None:
+            state.files.close()
 
     app = FastAPI(
         title="transerve",

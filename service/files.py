@@ -24,6 +24,7 @@ import time
 import zipfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from service.errors import ServiceError, bad_request, too_large
 
@@ -214,6 +215,19 @@ def _empty(element) -> None:
             element.removeChild(child)
         else:
             element.childNodes.remove(child)
+
+
+def store(state: Any) -> Store:
+    """The service's store, made at first use: a read-only root filesystem without a writable
+    temporary folder still serves everything else; file translation then answers 503."""
+    if state.files is None:
+        try:
+            state.files = Store(state.settings.file_ttl_s)
+        except OSError as exc:
+            raise ServiceError(
+                503, f"file translation needs a writable temporary folder (a tmpfs at /tmp, or TMPDIR): {exc.strerror}"
+            ) from None
+    return state.files
 
 
 class Store:

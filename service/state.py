@@ -23,7 +23,7 @@ class ServiceState:
     registry: Registry | None = None
     batcher: Batcher | None = None
     rate_limiter: RateLimiter | None = None
-    files: Any = None  # service/files.Store of translated files, once started
+    files: Any = None  # service/files.Store of translated files, made at the first file translation
     inflight: InFlight = field(default_factory=InFlight)
     loading: bool = True
     started: float = field(default_factory=time.monotonic)

@@ -9,7 +9,7 @@ from starlette.datastructures import UploadFile
 from service import translation
 from service.deps import Call, admitted, charge, guard, ready_state
 from service.errors import bad_request
-from service.files import Limits, translate_file
+from service.files import Limits, store, translate_file
 from service.languages import name, normalize
 from service.routes.common import ERRORS, body_doc
 from service.schemas import DetectedLanguage, DetectRequest, Language, TranslateRequest, TranslateResponse
@@ -130,11 +130,11 @@ async def _translate_upload(request: Request, state: ServiceState, form) -> dict
 
     data = await upload.read()
     translated = await translate_file(data, upload.filename, run, Limits(s.max_file_chars, s.max_file_paragraphs))
-    token, name = state.files.put(upload.filename, translated)
+    token, name = store(state).put(upload.filename, translated)
     return {"translatedFileUrl": f"{str(request.base_url).rstrip('/')}/download_file/{token}/{name}"}
 
 
 @router.get("/download_file/{token}/{name}", include_in_schema=False)
 async def download_file(token: str, name: str, request: Request) -> FileResponse:
     state: ServiceState = request.app.state.service
-    return FileResponse(state.files.get(token, name), filename=name)
+    return FileResponse(store(state).get(token, name), filename=name)

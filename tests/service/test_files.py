@@ -143,7 +143,7 @@ def test_names_cannot_leave_the_store_and_files_expire(client):
     r = upload(client, "../../etc/evil name.txt", b"der hund")
     url = r.json()["translatedFileUrl"].removeprefix("http://testserver")
     assert url.endswith("/evil_name.txt")
-    store = client.app.state.service.files
+    store = client.app.state.service.files  # made by the first file translation
     assert all(store.root in p.parents for p in store.root.rglob("*"))
     token = url.split("/")[2]
     assert client.get(f"/download_file/{token}/..%2F..%2Fsecret").status_code == 404
@@ -154,3 +154,20 @@ def test_names_cannot_leave_the_store_and_files_expire(client):
 def test_frontend_settings_announce_files(client):
     s = client.get("/frontend/settings").json()
     assert s["filesTranslation"] is True and ".docx" in s["supportedFilesFormat"]
+
+
+def test_without_a_writable_temporary_folder_files_answer_503_and_the_rest_serves(model_dir, monkeypatch):
+    import tempfile
+
+    from tests.service.conftest import make_client, wait_ready
+
+    with make_client(model_dir) as c:
+        wait_ready(c)
+        monkeypatch.setattr(
+            tempfile,
+            "mkdtemp",
+            lambda **kw: (_ for _ in ()).throw(FileNotFoundError(2, "No usable temporary directory")),
+        )
+        r = upload(c, "notes.txt", b"der hund")
+        assert r.status_code == 503 and "writable temporary folder" in r.json()["error"]
+        assert c.post("/translate", json={"q": "der hund", "source": "de", "target": "en"}).status_code == 200
