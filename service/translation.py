@@ -207,9 +207,23 @@ async def _keep_protected(
     state: ServiceState, route, pieces: list[str], nbest: NBest, factor: list[float], how: Decoding
 ) -> None:
     """Where a piece's translation lost a URL, address, mention, hashtag or number of its source
-    (service/protect.py), translate the text between those spans instead and put them back as
-    they were (in place in `nbest` and `factor`; such a piece has no alternatives)."""
+    (service/protect.py), translate it again with placeholders for them, else the text between
+    them, and put them back as they were (in place in `nbest` and `factor`; such a piece has no
+    alternatives)."""
     broken = [k for k, p in enumerate(pieces) if protect.spans(p) and not kept(p, nbest[k][0][0])]
+    # first, again with a placeholder digit for each span (pieces tried whole only: a degenerate
+    # one has no translation yet and goes straight to the piecewise path)
+    marked = {k: m for k in broken if nbest[k][0][0] and (m := protect.with_placeholders(pieces[k])) is not None}
+    if marked:
+        tries = list(marked)
+        again, again_factor = await _through(
+            state, route, [marked[k][0] for k in tries], Decoding(how.beam_size, 0, how.confidence)
+        )
+        for k, h, f in zip(tries, again, again_factor):
+            restored = protect.restore(h[0][0], marked[k][1])
+            if restored is not None:
+                nbest[k], factor[k] = [(restored, h[0][1], h[0][2])], f
+                broken.remove(k)
     if not broken:
         return
     parts = {k: protect.split(pieces[k]) for k in broken}

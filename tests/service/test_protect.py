@@ -81,3 +81,12 @@ def test_words_said_again_and_again_are_degenerate_but_not_ordinary_repetition()
     assert protect.spans("der der der der hund") == ["der der der der"]
     assert protect.degenerate("hallo welt hallo welt hallo welt hallo welt!")
     assert not protect.degenerate("Ja, ja, ja, ja.") and not protect.degenerate("der der der derby")
+
+
+def test_placeholders_go_in_and_the_spans_come_back_only_when_each_is_there_once():
+    marked, found = protect.with_placeholders("Das kostet 18,10 € bei anna@example.org.")
+    assert marked == "Das kostet 7 bei 8." and found == ["18,10 €", "anna@example.org"]
+    assert protect.restore("It costs 7 at 8.", found) == "It costs 18,10 € at anna@example.org."
+    assert protect.restore("It costs 7 at 7:30.", found) is None  # a placeholder twice, one lost, a digit invented
+    assert protect.restore("It costs 7.", found) is None
+    assert protect.with_placeholders("Ein Hund.") is None
