@@ -32,7 +32,7 @@ import asyncio
 import bisect
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,18 +111,19 @@ class ContinuousBatcher(Batcher):
         self, model: str, texts: Sequence[str], options: dict[str, Any] | None, loop: asyncio.AbstractEventLoop
     ) -> _Job:
         costs = [self.cost(model, t) for t in texts]
-        if sum(costs) > self.max_queue_tokens:
-            raise TooBig(f"request of {sum(costs)} source tokens; at most {self.max_queue_tokens} can be queued")
+        tokens = sum(costs)
+        if tokens > self.max_queue_tokens:
+            raise TooBig(f"request of {tokens} source tokens; at most {self.max_queue_tokens} can be queued")
         if not self.continuous(model, options):
             job = super()._job(model, texts, options, loop)
-            job.tokens = sum(costs)
+            job.tokens = tokens
             return job
         return _Request(
             model,
             list(texts),
             loop.create_future(),
             loop,
-            tokens=sum(costs),
+            tokens=tokens,
             costs=costs,
             remaining=len(costs),
             results=[None] * len(costs),
@@ -147,10 +148,8 @@ class ContinuousBatcher(Batcher):
                 self._prune()
                 if self._past_drain():  # shutting down and out of time: what is left gets 503
                     self._fail_queued()
-                    for key, batch in self.batches.items():
-                        for job in {id(r.tag[0]): r.tag[0] for r in batch.rows}.values():
-                            self._fail(job, BatcherStopped())
-                        self.batches[key] = DecodeBatch(self.decoders[key[0]])
+                    for key in self.batches:
+                        self._fail_batch(key, BatcherStopped())
                     continue
                 joins = self._admit()
                 other = None
@@ -236,12 +235,8 @@ class ContinuousBatcher(Batcher):
             for job in waiting:  # fifo: in arrival order, every sentence of a request before the next's
                 while job.admitted < len(job.texts) and admit_one(job):
                     pass
-        if any(j.admitted == len(j.texts) for j in self._jobs if isinstance(j, _Request)):
-            kept = type(self._jobs)()
-            for j in self._jobs:
-                if not (isinstance(j, _Request) and j.admitted == len(j.texts)):
-                    kept.append(j)
-            self._jobs = kept
+        # requests all of whose sentences are in a running batch (or answered) leave the queue
+        self._jobs = deque(j for j in self._jobs if not (isinstance(j, _Request) and j.admitted == len(j.texts)))
         return joins
 
     def _hold(self, model: str) -> bool:
@@ -287,9 +282,7 @@ class ContinuousBatcher(Batcher):
             done = batch.step()
         except Exception as exc:  # noqa: BLE001 - a failed step fails the requests in the batch
             log.error("model %s failed on a decode step of %d rows: %r", model, rows, exc)
-            for job in {id(r.tag[0]): r.tag[0] for r in batch.rows}.values():
-                self._fail(job, exc)
-            self.batches[key] = DecodeBatch(self.decoders[model])
+            self._fail_batch(key, exc)
             return
         if self.on_batch:
             self.on_batch(model, rows, time.perf_counter() - t0)
@@ -314,3 +307,9 @@ class ContinuousBatcher(Batcher):
     def _fail(self, job: _Job, exc: BaseException) -> None:
         job.abandoned = True  # its other rows leave at the next step
         self._resolve(job, exc=exc)
+
+    def _fail_batch(self, key: tuple[str, int], exc: BaseException) -> None:
+        """Fail every request with a row in running batch `key`, and start that batch afresh."""
+        for job in {id(r.tag[0]): r.tag[0] for r in self.batches[key].rows}.values():
+            self._fail(job, exc)
+        self.batches[key] = DecodeBatch(self.decoders[key[0]])

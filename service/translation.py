@@ -15,7 +15,6 @@ from service import protect
 from service.errors import ServiceError, bad_request, too_large
 from service.html import translate_html
 from service.languages import translation_code
-from service.protect import kept
 from service.scheduling import run_batched
 from service.schemas import DetectedLanguage
 from service.state import ServiceState
@@ -210,7 +209,7 @@ async def _keep_protected(
     (service/protect.py), translate it again with placeholders for them, else the text between
     them, and put them back as they were (in place in `nbest` and `factor`; such a piece has no
     alternatives)."""
-    broken = [k for k, p in enumerate(pieces) if protect.spans(p) and not kept(p, nbest[k][0][0])]
+    broken = [k for k, p in enumerate(pieces) if not protect.kept(p, nbest[k][0][0])]  # True without spans
     # first, again with a placeholder digit for each span (pieces tried whole only: a degenerate
     # one has no translation yet and goes straight to the piecewise path)
     marked = {k: m for k in broken if nbest[k][0][0] and (m := protect.with_placeholders(pieces[k])) is not None}
@@ -227,13 +226,14 @@ async def _keep_protected(
     if not broken:
         return
     parts = {k: protect.split(pieces[k]) for k in broken}
-    texts = [t for k in broken for t in protect.texts_to_translate(parts[k])]
+    todo = {k: protect.texts_to_translate(parts[k]) for k in broken}
+    texts = [t for k in broken for t in todo[k]]
     sub, sub_factor = (
         await _through(state, route, texts, Decoding(how.beam_size, 0, how.confidence)) if texts else ([], [])
     )
     at = 0
     for k in broken:
-        n = len(protect.texts_to_translate(parts[k]))
+        n = len(todo[k])
         best = [h[0] for h in sub[at : at + n]]
         nbest[k] = [
             (protect.assemble(parts[k], [b[0] for b in best]), sum(b[1] for b in best), sum(b[2] for b in best))

@@ -108,13 +108,10 @@ class DecodeBatch:
             return
         e = self.engine
         src, limits = e.padded(sources)
-        cross = dict(zip(e.encoder_outputs, e.encoder.run(e.encoder_outputs, {graph_io.SRC_IDS: src})))
-        mask = src != e.pad
+        new = e.start(src)  # the encoder's keys/values, the source mask, empty caches
         rows = [Row(t, int(n), len(s), scored=scored) for t, n, s in zip(tags, limits, sources)]
         if not self.slots:
-            self.state = {**cross, graph_io.SRC_MASK: mask}
-            empty = np.zeros((len(rows), e.n_heads, 0, e.d_head), dtype=np.float32)
-            self.state.update(dict.fromkeys(e.cache_names, empty))
+            self.state = new
             self.valid = np.zeros((len(rows), 0), dtype=bool)
             self.position = np.zeros(len(rows), dtype=np.int64)
             self.next_ids = np.full((len(rows), 1), e.bos, dtype=np.int64)
@@ -137,8 +134,8 @@ class DecodeBatch:
             free += list(range(b, b + grow))
         at = np.array(free)
         for name in e.encoder_outputs:
-            self.state[name][at] = _pad_axis(cross[name], 2, s_width)
-        self.state[graph_io.SRC_MASK][at] = _pad_axis(mask, 1, s_width)
+            self.state[name][at] = _pad_axis(new[name], 2, s_width)
+        self.state[graph_io.SRC_MASK][at] = _pad_axis(new[graph_io.SRC_MASK], 1, s_width)
         self.valid[at] = False  # the old occupant's cache slots are hidden from the newcomer
         self.position[at] = 0
         self.next_ids[at] = e.bos
