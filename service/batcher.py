@@ -23,6 +23,7 @@ model call fails only the jobs of that call.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -32,6 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+# When the HTTP request being handled arrived (time.monotonic(); set by the middleware). A
+# request's later passes (the second leg of a pivot, a retranslation for protected spans) queue
+# in its arrival order, not behind everything that came since: the queue is kept in this order.
+arrived: contextvars.ContextVar[float | None] = contextvars.ContextVar("transerve_arrived", default=None)
 
 RunFn = Callable[..., Sequence[Any]]  # runner(texts, **options) -> one result per text
 
@@ -56,6 +62,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     options: tuple[tuple[str, Any], ...] = ()  # jobs share a model call only with equal options
     enqueued: float = field(default_factory=time.monotonic)
+    arrived: float = 0.0  # when its HTTP request arrived (`arrived`): its place in the queue
     abandoned: bool = False  # its caller stopped waiting (deadline, disconnect): drop its work
     tokens: int = 0  # what it costs in the queue's token bound (scheduler.py)
 
@@ -109,7 +116,7 @@ class Batcher:
                 raise BatcherStopped()
             if not self._room_for(job):
                 raise QueueFull()
-            self._jobs.append(job)
+            self._enqueue(job)
             self._queued += len(job.texts)
             self._callers += 1
             self._cv.notify()
@@ -122,6 +129,17 @@ class Batcher:
                 job.abandoned = job.future.cancelled() or not job.future.done()
                 self._abandoned += job.abandoned
                 self._cv.notify()
+
+    def _enqueue(self, job: _Job) -> None:
+        """Queue `job` in its request's arrival order (holds the lock): a first pass goes at the
+        end (the common case, one comparison); a later pass of an earlier request before the
+        jobs of requests that arrived after it."""
+        since = arrived.get()
+        job.arrived = job.enqueued if since is None else min(since, job.enqueued)
+        i = len(self._jobs)
+        while i and self._jobs[i - 1].arrived > job.arrived:
+            i -= 1
+        self._jobs.insert(i, job)
 
     def _job(
         self, model: str, texts: Sequence[str], options: dict[str, Any] | None, loop: asyncio.AbstractEventLoop

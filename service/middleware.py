@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+from service.batcher import arrived
 from service.metrics import Metrics
 
 access_log = logging.getLogger("service.access")
@@ -88,6 +89,7 @@ class BodyLimitAndMetrics:
             await send(message)
 
         self.inflight.count += 1
+        arrived.set(time.monotonic())  # the handler's task copies this context: its passes queue in this order
         handler = asyncio.ensure_future(self.app(scope, replay, tracked_send))
         # With the whole body read, the server's next message is the client leaving (or the end of
         # our answer). A client that leaves first gets its handler cancelled: the scheduler drops

@@ -48,6 +48,7 @@ class _Request(_Job):
     """A job whose sentences are decoded in a running batch."""
 
     costs: list[int] = field(default_factory=list)  # each text's source tokens
+    ids: list[list[int]] = field(default_factory=list)  # each text's source ids (pieces + </s>)
     admitted: int = 0  # texts handed to the running batch (or answered at once: blank ones)
     remaining: int = 0  # texts not finished yet
     results: list[Any] = field(default_factory=list)
@@ -110,11 +111,16 @@ class ContinuousBatcher(Batcher):
     def _job(
         self, model: str, texts: Sequence[str], options: dict[str, Any] | None, loop: asyncio.AbstractEventLoop
     ) -> _Job:
-        costs = [self.cost(model, t) for t in texts]
+        continuous = self.continuous(model, options)
+        # A continuous request is tokenized here, in the caller's thread, once: the worker,
+        # which every request waits on, only encodes and decodes (tokenizing there took a
+        # tenth of its time at saturation, BENCHMARKS.md).
+        ids = self.decoders[model].encode(texts) if continuous else []
+        costs = [len(x) for x in ids] if continuous else [self.cost(model, t) for t in texts]
         tokens = sum(costs)
         if tokens > self.max_queue_tokens:
             raise TooBig(f"request of {tokens} source tokens; at most {self.max_queue_tokens} can be queued")
-        if not self.continuous(model, options):
+        if not continuous:
             job = super()._job(model, texts, options, loop)
             job.tokens = tokens
             return job
@@ -125,6 +131,7 @@ class ContinuousBatcher(Batcher):
             loop,
             tokens=tokens,
             costs=costs,
+            ids=ids,
             remaining=len(costs),
             results=[None] * len(costs),
             scored=bool(options),
@@ -231,7 +238,7 @@ class ContinuousBatcher(Batcher):
         else:
             if self.order == "shortest-first":  # fewest sentences left first; over a second waiting: first
                 now = time.monotonic()
-                waiting.sort(key=lambda j: (now - j.enqueued < 1.0, len(j.texts) - j.admitted, j.enqueued))
+                waiting.sort(key=lambda j: (now - j.arrived < 1.0, len(j.texts) - j.admitted, j.arrived))
             for job in waiting:  # fifo: in arrival order, every sentence of a request before the next's
                 while job.admitted < len(job.texts) and admit_one(job):
                     pass
@@ -254,12 +261,11 @@ class ContinuousBatcher(Batcher):
 
     def _join(self, key: tuple[str, int], items: list[tuple[_Request, int]]) -> None:
         model = key[0]
-        engine = self.decoders[model]
         items = [(job, i) for job, i in items if not job.abandoned]
         if not items:
             return
         try:
-            sources = engine.encode([job.texts[i] for job, i in items])
+            sources = [job.ids[i] for job, i in items]
             for scored in (False, True):
                 part = [(k, it) for k, it in enumerate(items) if it[0].scored == scored]
                 if part:

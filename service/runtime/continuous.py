@@ -133,9 +133,12 @@ class DecodeBatch:
             self.slots += [None] * grow
             free += list(range(b, b + grow))
         at = np.array(free)
+        w = src.shape[1]  # written in place: the newcomers' columns, then zeros (masked) up to the batch's width
         for name in e.encoder_outputs:
-            self.state[name][at] = _pad_axis(new[name], 2, s_width)
-        self.state[graph_io.SRC_MASK][at] = _pad_axis(new[graph_io.SRC_MASK], 1, s_width)
+            self.state[name][at, :, :w] = new[name]
+            self.state[name][at, :, w:] = 0
+        self.state[graph_io.SRC_MASK][at, :w] = new[graph_io.SRC_MASK]
+        self.state[graph_io.SRC_MASK][at, w:] = False
         self.valid[at] = False  # the old occupant's cache slots are hidden from the newcomer
         self.position[at] = 0
         self.next_ids[at] = e.bos

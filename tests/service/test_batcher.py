@@ -141,3 +141,41 @@ def test_stop_finishes_accepted_jobs():
         return await asyncio.gather(*futs)
 
     assert run(main()) == [["0"], ["1"], ["2"]]
+
+
+def test_a_later_pass_of_an_earlier_request_queues_before_later_requests():
+    # The second leg of a pivot (or a retranslation) of request A goes before request B, which
+    # arrived after A, even though B was queued first: the queue is kept in arrival order.
+    from service.batcher import arrived
+
+    order: list[str] = []
+    gate = threading.Event()
+
+    def model(texts):
+        if texts == ["block"]:
+            gate.wait(5)
+        order.extend(texts)
+        return list(texts)
+
+    b = Batcher({"m": model}, max_batch_size=1, max_wait_ms=0, merge=False)
+
+    async def main():
+        blocker = asyncio.ensure_future(b.submit("m", ["block"]))
+        await asyncio.sleep(0.05)  # the worker is busy with it
+        t0 = time.monotonic()
+
+        async def request(name: str, at: float, passes: int):
+            arrived.set(at)
+            for k in range(passes):
+                await b.submit("m", [f"{name}{k}"])
+
+        bb = asyncio.ensure_future(request("b", t0, 1))  # queued first...
+        await asyncio.sleep(0.01)
+        a = asyncio.ensure_future(request("a", t0 - 1.0, 1))  # ...but A arrived a second earlier
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(blocker, a, bb)
+
+    run(main())
+    b.stop()
+    assert order == ["block", "a0", "b0"]
