@@ -281,3 +281,33 @@ def build_decoder_step(model: Seq2SeqTransformer) -> onnx.ModelProto:
     for i in range(cfg.n_decoder_layers):
         inputs += [_kv_spec(cross(t, i), n, h, "src_len") for t in "kv"]
     return _model(g, "decoder_step", inputs, outputs)
+
+
+def build_beam_topk() -> onnx.ModelProto:
+    """The beam search's per-step selection, model-independent (any rows, any vocabulary):
+    logits (R, V) and k (1,) -> each row's k best log-probabilities (R, k), best first, and
+    their token ids (R, k); equal values in ascending id order (ONNX TopK). Shipped, built
+    once, as service/runtime/graphs/beam_topk.onnx (the service has no onnx package);
+    tests/training/test_export.py checks the file is what this builds. In numpy the same
+    selection (argpartition over k x V per sentence and a log-sum-exp) took 40% of a batch-32
+    beam-4 decode; onnxruntime's LogSoftmax and TopK take a tenth of that (BENCHMARKS.md)."""
+    nodes = [
+        helper.make_node("LogSoftmax", ["logits"], ["logprobs"], axis=-1),
+        helper.make_node("TopK", ["logprobs", "k"], ["values", "indices"], axis=-1, largest=1, sorted=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "beam_topk",
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["rows", "vocab"]),
+            helper.make_tensor_value_info("k", TensorProto.INT64, [1]),
+        ],
+        [
+            helper.make_tensor_value_info("values", TensorProto.FLOAT, ["rows", "k"]),
+            helper.make_tensor_value_info("indices", TensorProto.INT64, ["rows", "k"]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="transerve")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

@@ -23,7 +23,9 @@ from service.runtime import graph_io
 from service.runtime.beam import Hypothesis, beam_search, logsumexp
 from service.runtime.bundle import Manifest
 from service.runtime.preprocess import DECODING, output_limits, source_ids
-from service.runtime.sessions import BundleEngine
+from service.runtime.sessions import BundleEngine, create_session
+
+BEAM_TOPK = Path(__file__).parent / "graphs" / "beam_topk.onnx"
 
 
 class Translator(BundleEngine):
@@ -42,6 +44,9 @@ class Translator(BundleEngine):
         super().__init__(bundle_dir, manifest, variant, memory_arena)
         self.encoder = self.session("encoder", providers, threads)
         self.decoder = self.session("decoder", providers, threads)
+        # Beam search's per-step selection (runtime/beam.py): a generic graph shipped with the
+        # service, on the CPU (it reads the logits the decoder hands back to numpy).
+        self._topk = create_session(BEAM_TOPK, ["CPUExecutionProvider"], threads, memory_arena)
         # Per-row positions and self-attention masks (contract 2): rows may join a running
         # batch (runtime/continuous.py). Contract 1 bundles decode whole batches only.
         self.per_row = graph_io.per_row(manifest.graph(self.variant, "decoder"))
@@ -129,10 +134,16 @@ class Translator(BundleEngine):
             self.eos,
             length_penalty,
             per_beam=set(self.cache_names),
+            topk=self.topk,
         )
         if self.on_tokens:
             self.on_tokens(sum(h[0].length for h in hyps if h))
         return hyps
+
+    def topk(self, logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's `k` best log-probabilities and token ids (beam.topk_numpy's contract)."""
+        values, ids = self._topk.run(None, {"logits": logits, "k": np.array([k], dtype=np.int64)})
+        return values, ids
 
     def generate(self, sources: Sequence[Sequence[int]]) -> list[list[int]]:
         """Greedy decoding of a batch of source id lists (each ending in </s>)."""

@@ -53,3 +53,30 @@ def test_beam_respects_the_output_length_limit(engine):
 
 def test_empty_text_gives_empty_hypothesis(engine):
     assert engine.translate_nbest(["", "hallo"], beam_size=2)[0] == [("", 0.0, 0)]
+
+
+def test_the_topk_graph_selects_as_numpy_does_ties_included(engine):
+    from service.runtime.beam import topk_numpy
+
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((12, 300)) * 3).astype(np.float32)
+    logits[3, [7, 50, 200]] = 9.0  # equal best values: ascending ids
+    logits[5] = 0.0  # a whole row of ties
+    for k in (1, 8, 300):
+        values, ids = engine.topk(logits, k)
+        ref_values, ref_ids = topk_numpy(logits, k)
+        np.testing.assert_array_equal(ids, ref_ids)
+        np.testing.assert_allclose(values, ref_values, atol=1e-5)
+    assert engine.topk(logits, 3)[1][3].tolist() == [7, 50, 200]
+    assert engine.topk(logits, 4)[1][5].tolist() == [0, 1, 2, 3]
+
+
+def test_beam_search_gives_the_same_nbest_with_either_selection(engine, monkeypatch):
+    from service.runtime.beam import topk_numpy
+
+    with_graph = engine.translate_nbest(SENTENCES, beam_size=4, n_best=3)
+    monkeypatch.setattr(engine, "topk", topk_numpy)
+    with_numpy = engine.translate_nbest(SENTENCES, beam_size=4, n_best=3)
+    assert [[t for t, _, _ in h] for h in with_graph] == [[t for t, _, _ in h] for h in with_numpy]
+    for a, b in zip(with_graph, with_numpy):
+        np.testing.assert_allclose([s for _, s, _ in a], [s for _, s, _ in b], atol=1e-4)

@@ -247,3 +247,13 @@ def test_classifier_export_parity_dynamic_shapes_and_manifest(tsv_dir, tmp_path,
     for variant in sorted(set(manifest.variants) - {"fp32"}):
         probs = Classifier(tmp_path / "sentiment", manifest, resolve_providers("cpu"), variant=variant).predict(texts)
         assert np.abs(probs - ref).max() < 0.1, variant
+
+
+def test_the_shipped_beam_topk_graph_is_what_the_builder_makes():
+    import onnx
+
+    from service.runtime.translator import BEAM_TOPK
+    from training.onnx_graphs import build_beam_topk
+
+    shipped = onnx.load(str(BEAM_TOPK))
+    assert shipped.graph == build_beam_topk().graph  # rebuild: python -c "from training.onnx_graphs import ..."
