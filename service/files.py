@@ -3,8 +3,11 @@
 Each format is read into its text units (lines; subtitle texts; HTML as a document; Word and
 OpenDocument paragraphs and table cells), the units are translated as lists of texts, and the
 file is written back with everything else as it was: subtitle numbers and timings, markup,
-paragraph styles (python-docx, odfpy: a translated paragraph keeps its style and the formatting
-of its first run or span; formatting that changed inside a paragraph is not carried over).
+paragraph styles, and formatting that changes inside a paragraph (python-docx, odfpy): a
+paragraph whose runs (Word) or spans (OpenDocument) differ in formatting is translated as an HTML
+fragment, one `<span>` per run of another formatting than the paragraph's main one, by the same
+path as `format: "html"` (service/html.py: translated as one sentence, each span put back around
+its own words), and written back as runs/spans with the formatting they came from.
 
 Bounded before anything is parsed: the upload size (the body limit), the uncompressed size and
 compression ratio of the zip members of .docx/.odt (a zip bomb is refused), no DTD in their XML
@@ -15,6 +18,7 @@ after `ttl_s` (or at shutdown).
 
 from __future__ import annotations
 
+import html
 import io
 import re
 import secrets
@@ -30,6 +34,8 @@ from service.errors import ServiceError, bad_request, too_large
 
 FORMATS = [".txt", ".html", ".srt", ".docx", ".odt"]
 Translate = Callable[[list[str]], Awaitable[list[str]]]  # texts -> translations (same order)
+# (texts, as HTML fragments?) -> translations: the route's translate, plain or markup
+TranslateAs = Callable[[list[str], bool], Awaitable[list[str]]]
 
 MAX_UNZIPPED = 50 * 1024 * 1024  # all members of a .docx/.odt together, uncompressed
 MAX_RATIO = 100  # uncompressed / compressed, per member
@@ -47,14 +53,18 @@ class Limits:
             raise too_large(f"file has {chars} characters of text; at most {self.max_chars}")
 
 
-async def translate_file(data: bytes, filename: str, translate: Translate, limits: Limits) -> bytes:
+async def translate_file(data: bytes, filename: str, translate_as: TranslateAs, limits: Limits) -> bytes:
     """The translated file's bytes."""
     ext = Path(filename).suffix.lower()
     if ext not in FORMATS:
         raise bad_request(f"unsupported file type {ext or filename!r}; supported: {', '.join(FORMATS)}")
     if ext in (".docx", ".odt"):
         _check_zip(data)
-        return await (_docx if ext == ".docx" else _odt)(data, translate, limits)
+        return await (_docx if ext == ".docx" else _odt)(data, translate_as, limits)
+
+    async def translate(texts: list[str]) -> list[str]:
+        return await translate_as(texts, ext == ".html")
+
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -65,8 +75,8 @@ async def translate_file(data: bytes, filename: str, translate: Translate, limit
     if ext == ".srt":
         return (await _srt(text, translate, limits)).encode()
     limits.check([text])
-    (html,) = await translate([text])
-    return html.encode()
+    (page,) = await translate([text])
+    return page.encode()
 
 
 async def _lines(lines: list[str], translate: Translate, limits: Limits) -> list[str]:
@@ -154,8 +164,51 @@ def _check_zip(data: bytes) -> None:
                 raise bad_request(f"file member {info.filename!r} declares a DTD or entities")
 
 
-async def _docx(data: bytes, translate: Translate, limits: Limits) -> bytes:
+async def _paragraphs(units: list[list[tuple[str, Any]]], translate_as: TranslateAs, limits: Limits) -> list:
+    """Translate paragraphs given as their runs, [(text, format)], where `format` is a hashable
+    key of the run's formatting; returns each paragraph as [(text, format)] to write back. A
+    paragraph of one formatting comes back as one run of it; one of several, through HTML: the
+    runs of its main formatting (the most characters) as bare text, every other run as a
+    `<span id="rN">`; the translation's bare text takes the main formatting, each span its run's."""
+    limits.check(["".join(t for t, _ in runs) for runs in units])
+    plain, marked, fragments = [], [], []
+    for k, runs in enumerate(units):
+        formats = {f for _, f in runs}
+        if len(formats) == 1:
+            plain.append(k)
+            continue
+        weight: dict[Any, int] = {}
+        for t, f in runs:
+            weight[f] = weight.get(f, 0) + len(t)
+        main = max(weight, key=lambda f: weight[f])
+        esc = [html.escape(t, quote=False) for t, _ in runs]
+        fragments.append(
+            "".join(e if f == main else f'<span id="r{i}">{e}</span>' for i, (e, (_, f)) in enumerate(zip(esc, runs)))
+        )
+        marked.append((k, main))
+    out: list[list[tuple[str, Any]]] = [[] for _ in units]
+    texts = ["".join(t for t, _ in units[k]) for k in plain]
+    for k, tr in zip(plain, await translate_as(texts, False) if texts else []):
+        out[k] = [(tr, units[k][0][1])]
+    from bs4 import BeautifulSoup, NavigableString, Tag
+
+    for (k, main), tr in zip(marked, await translate_as(fragments, True) if fragments else []):
+        pieces = []
+        for node in BeautifulSoup(tr, "html.parser").contents:
+            if isinstance(node, NavigableString):
+                pieces.append((str(node), main))
+            elif isinstance(node, Tag):  # a span we made: its run's formatting
+                i = int(str(node.get("id", "r0"))[1:] or 0)
+                pieces.append((node.get_text(), units[k][i][1] if i < len(units[k]) else main))
+        out[k] = [(t, f) for t, f in pieces if t]
+    return out
+
+
+async def _docx(data: bytes, translate_as: TranslateAs, limits: Limits) -> bytes:
+    import copy
+
     import docx  # python-docx
+    from docx.text.run import Run
 
     try:
         document = docx.Document(io.BytesIO(data))
@@ -166,23 +219,35 @@ async def _docx(data: bytes, translate: Translate, limits: Limits) -> bytes:
         for row in table.rows:
             for cell in row.cells:
                 paragraphs += cell.paragraphs
-    todo = [p for p in paragraphs if p.text.strip()]
-    limits.check([p.text for p in todo])
-    done = await translate([p.text for p in todo]) if todo else []
-    for p, tr in zip(todo, done):
-        runs = [r for r in p.runs if r.text]
-        if not runs:  # text only in fields or hyperlinks: leave it
-            continue
-        runs[0].text = tr
-        for r in runs[1:]:
+    todo = [(p, runs) for p in paragraphs if p.text.strip() and (runs := [r for r in p.runs if r.text])]
+    # a run's formatting: its properties element as XML (runs of equal properties look alike)
+    units = [[(r.text, _rpr_key(r)) for r in runs] for _, runs in todo]
+    done = await _paragraphs(units, translate_as, limits)
+    for (p, runs), pieces in zip(todo, done):
+        template: dict[str, Any] = {}
+        for r in runs:
+            template.setdefault(_rpr_key(r), r)
+        for text, key in pieces:  # new runs before the first, each a copy of a run of its format
+            element = copy.deepcopy(template[key]._r)
+            runs[0]._r.addprevious(element)
+            Run(element, p).text = text
+        for r in runs:
             r.text = ""
     out = io.BytesIO()
     document.save(out)
     return out.getvalue()
 
 
-async def _odt(data: bytes, translate: Translate, limits: Limits) -> bytes:
+def _rpr_key(run: Any) -> str:
+    from lxml import etree
+
+    rpr = run._r.rPr
+    return "" if rpr is None else etree.tostring(rpr).decode()
+
+
+async def _odt(data: bytes, translate_as: TranslateAs, limits: Limits) -> bytes:
     from odf import teletype, text
+    from odf.element import Element
     from odf.opendocument import load
 
     try:
@@ -191,17 +256,24 @@ async def _odt(data: bytes, translate: Translate, limits: Limits) -> bytes:
         raise bad_request("not a valid .odt file") from None
     paragraphs = [p for kind in (text.P, text.H) for p in document.getElementsByType(kind)]
     todo = [p for p in paragraphs if teletype.extractText(p).strip()]
-    limits.check([teletype.extractText(p) for p in todo])
-    done = await translate([teletype.extractText(p) for p in todo]) if todo else []
-    for p, tr in zip(todo, done):
-        first_span = next((c for c in p.childNodes if getattr(c, "qname", None) == (text.TEXTNS, "span")), None)
+    span = (text.TEXTNS, "span")
+    units = []
+    for p in todo:  # direct children: text (the paragraph's own style, "") and spans (their style)
+        runs = []
+        for child in p.childNodes:
+            style = child.getAttribute("stylename") if getattr(child, "qname", None) == span else ""
+            runs.append((teletype.extractText(child) if child.nodeType == child.ELEMENT_NODE else str(child), style))
+        units.append([(t, f or "") for t, f in runs if t])
+    done = await _paragraphs(units, translate_as, limits)
+    for p, pieces in zip(todo, done):
         _empty(p)
-        if first_span is not None:  # the first span's style carries over
-            _empty(first_span)
-            teletype.addTextToElement(first_span, tr)
-            p.appendChild(first_span)
-        else:
-            teletype.addTextToElement(p, tr)
+        for piece, style in pieces:
+            if style:
+                element: Element = text.Span(stylename=style)
+                teletype.addTextToElement(element, piece)
+                p.appendChild(element)
+            else:
+                teletype.addTextToElement(p, piece)
     out = io.BytesIO()
     document.write(out)
     return out.getvalue()

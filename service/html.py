@@ -3,9 +3,14 @@
 Parsed with BeautifulSoup (Python's html.parser underneath). What is translated: the text of
 each block (a paragraph, a list item, a cell, ...) as one unit, so a sentence broken by inline
 tags (`Hallo <b>Welt</b>!`) is translated as one sentence. The inline elements are then put back
-around their own words where each one's separate translation is found in the sentence's
-translation (in order, case-insensitively); where one is not, the block falls back to translating
-its text nodes one by one, as LibreTranslate does. Left untouched: `script`, `style`, `code`,
+around their own words: where each one's separate translation is found in the sentence's
+translation (in order, case-insensitively), or else around the longest run of the sentence's
+words that are all in that separate translation, one of them in no other text node's (a word
+translated alone often comes back as a phrase: "heute" -> "This is today", placed on "today");
+where neither is found, the block falls back to translating its text nodes one by one, as
+LibreTranslate does. Measured with the shipped model (README): "Ich habe <b>heute</b> keine
+Zeit." -> "I have no time <b>today</b>." (the exact search alone fell back to "I have a lot.
+<b>This is today</b> There's no time."). Left untouched: `script`, `style`, `code`,
 `pre`, `textarea`, comments, and every element marked `translate="no"` or `class="notranslate"`.
 Translations are inserted as text, never as markup, so the output holds no tag or attribute that
 was not in the input.
@@ -115,6 +120,32 @@ async def translate_html(html: str, translate: Callable[[list[str]], Awaitable[l
     return soup.decode(formatter="minimal")
 
 
+_WORD = re.compile(r"\w+(?:['’]\w+)*")
+
+
+def _words_of(own: str, others: list[str], whole: str, pos: int) -> tuple[int, int] | None:
+    """Where an inline element's words are in the sentence's translation `whole` (lowercased)
+    from `pos` on, when its own translation `own` is not there as it is (a word translated
+    alone often comes out as a phrase: "heute" -> "This is today"): the longest run of
+    consecutive words of `whole` that are all words of `own`, with at least one that no other
+    text node's translation (`others`) has; None when there is none."""
+    mine = {w.lower() for w in _WORD.findall(own)}
+    theirs = {w.lower() for t in others for w in _WORD.findall(t)}
+    best: tuple[int, int] | None = None
+    start = end = -1
+    key = False
+    for m in [*_WORD.finditer(whole, pos), None]:
+        if m is not None and m.group() in mine:
+            if start < 0:
+                start, key = m.start(), False
+            end, key = m.end(), key or m.group() not in theirs
+            continue
+        if start >= 0 and key and (best is None or end - start > best[1] - best[0]):
+            best = (start, end)
+        start = -1
+    return best
+
+
 def _strings(tag: Tag) -> list[NavigableString]:
     return [s for s in tag.find_all(string=True) if not isinstance(s, _NOT_TEXT)]
 
@@ -134,12 +165,14 @@ def _place(run: _Run, whole: str, translated: list[str]) -> bool:
             continue
         n = len(_strings(node))
         own = " ".join(t.strip() for t in translated[k : k + n] if t.strip()).strip(" .,;:!?")
+        others = translated[:k] + translated[k + n :]
         k += n
         at = low.find(own.lower(), pos) if own else -1
-        if at < 0:
+        found = (at, at + len(own)) if at >= 0 else _words_of(own, others, low, pos)
+        if found is None:
             return False
-        spans.append((at, at + len(own), node))
-        pos = at + len(own)
+        spans.append((*found, node))
+        pos = found[1]
     anchor = NavigableString("")
     run.nodes[0].insert_before(anchor)
     for node in run.nodes:

@@ -109,13 +109,12 @@ async def _translate_upload(request: Request, state: ServiceState, form) -> dict
         raise bad_request("source and target are required")
     src, tgt = normalize(source), normalize(target)
     s = state.settings
-    html = (upload.filename or "").lower().endswith(".html")
 
     def charge_file(sentences: int) -> None:  # every sentence of the file (admission took one)
         if s.rate_limit_by == "sentences":
             charge(state, identity, sentences)
 
-    async def run(texts: list[str]) -> list[str]:
+    async def run(texts: list[str], html: bool) -> list[str]:
         out: list[str] = []
         chunk: list[str] = []
         for text in [*texts, None]:  # chunks within one request's limits

@@ -120,7 +120,6 @@ class DecodeBatch:
         if src.shape[1] > self.src_width:  # a longer source than any in the batch: widen (a copy)
             for name in (*e.encoder_outputs, graph_io.SRC_MASK):
                 self.state[name] = _pad_axis(self.state[name], 2 if name != graph_io.SRC_MASK else 1, src.shape[1])
-        s_width = self.src_width
         free = [i for i, row in enumerate(self.slots) if row is None][: len(rows)]
         grow = len(rows) - len(free)
         if grow:  # no free slot left for the rest: the batch grows (a copy)

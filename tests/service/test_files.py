@@ -69,6 +69,10 @@ def _docx() -> bytes:
     p = d.add_paragraph()
     p.add_run("die katze ").bold = True
     p.add_run("schläft")
+    p = d.add_paragraph()  # formatting that changes inside a sentence
+    p.add_run("der hund spielt mit ")
+    p.add_run("der katze").italic = True
+    p.add_run(" im park")
     d.add_paragraph("")
     table = d.add_table(rows=1, cols=2)
     table.rows[0].cells[0].text = "ein mann"
@@ -78,15 +82,37 @@ def _docx() -> bytes:
     return out.getvalue()
 
 
+def html_pieces(client, fragment: str) -> list[tuple[str, str | None]]:
+    """What format "html" makes of `fragment`: (text, id of the span it is in, or None)."""
+    from bs4 import BeautifulSoup
+
+    r = client.post("/translate", json={"q": fragment, "source": "de", "target": "en", "format": "html"})
+    assert r.status_code == 200
+    return [
+        (n.get_text(), n.get("id") if n.name else None)
+        for n in BeautifulSoup(r.json()["translatedText"], "html.parser").contents
+    ]
+
+
 def test_docx_keeps_paragraph_styles_runs_and_tables(client):
     import docx
 
     out = docx.Document(io.BytesIO(download(client, upload(client, "brief.docx", _docx()))))
-    want = tr(client, ["der hund", "die katze schläft", "ein mann", "das kind"])
-    heading, para = out.paragraphs[0], out.paragraphs[1]
+    want = tr(client, ["der hund", "ein mann", "das kind"])
+    heading = out.paragraphs[0]
     assert heading.style.name == "Heading 1" and heading.text == want[0]
-    assert para.text == want[1] and para.runs[0].bold  # the first run's formatting carries the text
-    assert [c.text for c in out.tables[0].rows[0].cells] == want[2:]
+    assert [c.text for c in out.tables[0].rows[0].cells] == want[1:]
+    # runs of several formattings: translated as one sentence (the HTML path), each run's
+    # formatting on its own words; the main formatting (most characters) on the rest
+    for para, fragment, marked in (
+        (out.paragraphs[1], 'die katze <span id="r1">schläft</span>', lambda r: not r.bold),
+        (out.paragraphs[2], 'der hund spielt mit <span id="r1">der katze</span> im park', lambda r: r.italic),
+    ):
+        pieces = html_pieces(client, fragment)
+        runs = [r for r in para.runs if r.text]
+        assert para.text == "".join(t for t, _ in pieces if t)
+        assert [r.text for r in runs if marked(r)] == [t for t, span in pieces if span == "r1" and t]
+        assert len(runs) == len([t for t, _ in pieces if t])
 
 
 def test_odt_keeps_paragraph_styles(client):
@@ -106,12 +132,16 @@ def test_odt_keeps_paragraph_styles(client):
     buf = io.BytesIO()
     doc.write(buf)
     out = load(io.BytesIO(download(client, upload(client, "brief.odt", buf.getvalue()))))
-    want = tr(client, ["der hund", "die katze schläft"])
+    want = tr(client, ["der hund"])
     h = out.getElementsByType(text.H)[0]
     p = out.getElementsByType(text.P)[0]
-    assert teletype.extractText(h) == want[0] and teletype.extractText(p) == want[1]
-    span = out.getElementsByType(text.Span)[0]
-    assert span.getAttribute("stylename") == "Bold"  # the first span's style carries the text
+    # the bold span has the most characters: the fragment's bare text, and comes back in Bold spans
+    pieces = html_pieces(client, 'die katze <span id="r1">schläft</span>')
+    assert teletype.extractText(h) == want[0]
+    assert teletype.extractText(p) == "".join(t for t, _ in pieces)
+    spans = out.getElementsByType(text.Span)
+    assert [teletype.extractText(x) for x in spans] == [t for t, span in pieces if span is None and t]
+    assert {x.getAttribute("stylename") for x in spans} == {"Bold"}
 
 
 def _zip(members: dict[str, bytes]) -> bytes:

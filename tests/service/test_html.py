@@ -71,3 +71,32 @@ def test_hostile_html_gives_well_formed_output_without_new_markup():
             assert tags(out) == tags(html), (html, out)  # the same elements and attributes, no more
             reparsed = str(BeautifulSoup(out, "html.parser"))
             assert reparsed == out  # well-formed as the parser sees it: a second pass changes nothing
+
+
+def test_an_element_translated_alone_as_a_phrase_goes_around_its_words_in_the_sentence():
+    # a word translated alone often comes back as a phrase ("heute" -> "This is today"): the
+    # element goes around the sentence's words it shares with that phrase and no other node's
+    table = {
+        "Ich habe heute keine Zeit.": "I have no time today.",
+        "Ich habe": "I have a lot.",
+        "heute": "This is today",
+        "keine Zeit.": "There's no time.",
+        "Das ist ein sehr wichtiger Termin.": "This is a very important appointment.",
+        "Das ist ein": "This is one.",
+        "sehr wichtiger": "It's very important.",
+        "Termin.": "Appointment.",
+        "Guten Tag": "Good day",
+        "Guten": "Hello",
+        "Tag": "Nothing here",
+    }
+
+    async def phrases(texts: list[str]) -> list[str]:
+        return [table[t] for t in texts]
+
+    def go(html: str) -> str:
+        return asyncio.run(translate_html(html, phrases))
+
+    assert go("<p>Ich habe <b>heute</b> keine Zeit.</p>") == "<p>I have no time <b>today</b>.</p>"
+    assert go("Das ist ein <u>sehr wichtiger</u> Termin.") == "This is a <u>very important</u> appointment."
+    # no word in common: each text node is translated on its own, as LibreTranslate does
+    assert go("<p>Guten <i>Tag</i></p>") == "<p>Hello <i>Nothing here</i></p>"
