@@ -311,3 +311,23 @@ def build_beam_topk() -> onnx.ModelProto:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def build_rows_gather() -> onnx.ModelProto:
+    """Rows of a float32 (N, H, L, D) tensor, in the order of `rows` (a Gather on axis 0):
+    the beam search's cache reordering where the caches stay on the device (IO binding, CUDA).
+    Shipped as service/runtime/graphs/rows_gather.onnx, like build_beam_topk."""
+    node = helper.make_node("Gather", ["data", "rows"], ["out"], axis=0)
+    graph = helper.make_graph(
+        [node],
+        "rows_gather",
+        [
+            helper.make_tensor_value_info("data", TensorProto.FLOAT, ["n", "heads", "length", "head_dim"]),
+            helper.make_tensor_value_info("rows", TensorProto.INT64, ["n"]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["rows", "heads", "length", "head_dim"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="transerve")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

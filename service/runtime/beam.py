@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -79,6 +80,8 @@ def beam_search(
     length_penalty: float = 1.0,
     per_beam: frozenset[str] | set[str] = frozenset(),
     topk: TopK = topk_numpy,
+    gather: Callable[[Any, np.ndarray], Any] = lambda value, rows: value[rows],
+    vocab: int | None = None,
 ) -> list[list[Hypothesis]]:
     """The `n_best` best hypotheses of each source row of `src`, best first.
 
@@ -87,10 +90,12 @@ def beam_search(
     caches in `state`. `limits` bounds each sentence's tokens. `per_beam` names the state
     entries that differ between a sentence's beams (the self-attention caches): they follow the
     surviving beams every step; the others (encoder keys/values, masks) only when sentences
-    leave. `topk(logits, n)`: each row's n best log-probabilities and token ids (topk_numpy)."""
+    leave. `topk(logits, n)`: each row's n best log-probabilities and token ids (topk_numpy).
+    `gather(value, rows)`: a state entry's rows, in that order (numpy indexing; on a device, a
+    gather there, with the logits and caches device tensors: `vocab` then gives V)."""
     k, n_best = beam, min(n_best, beam)
     b = src.shape[0]
-    state = {name: np.repeat(value, k, axis=0) for name, value in start(src).items()}
+    state = {name: gather(value, np.repeat(np.arange(b), k)) for name, value in start(src).items()}
     scores = np.full((b, k), -np.inf, dtype=np.float64)
     scores[:, 0] = 0.0  # one live beam to begin with: the others are copies of it
     history = np.zeros((b, k, 0), dtype=np.int64)
@@ -104,7 +109,7 @@ def beam_search(
 
     for t in range(steps):
         logits = step(state, tokens)  # (a * k, V) float32
-        a, vocab = len(active), logits.shape[-1]
+        a, vocab = len(active), vocab or logits.shape[-1]
         w = min(2 * k, vocab)  # candidates per row
         width = min(2 * k, k * vocab)  # per sentence
         logprobs, ids = topk(logits, w)  # (a * k, w), each row best first
@@ -149,10 +154,10 @@ def beam_search(
         history = np.concatenate([history[np.arange(a)[:, None], new_beam], new_token[:, :, None]], axis=2)[keep]
         scores, active = new_scores[keep], active[keep]
         if keep.all():
-            state.update({name: state[name][rows] for name in per_beam})
+            state.update({name: gather(state[name], rows) for name in per_beam})
         else:
             same = np.repeat(np.nonzero(keep)[0] * k, k)  # any row of a surviving sentence
-            state = {name: value[rows] if name in per_beam else value[same] for name, value in state.items()}
+            state = {name: gather(value, rows if name in per_beam else same) for name, value in state.items()}
         tokens = new_token[keep].reshape(-1, 1)
     out = []
     for hyps in finished:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -26,6 +27,7 @@ from service.runtime.preprocess import DECODING, output_limits, source_ids
 from service.runtime.sessions import BundleEngine, create_session
 
 BEAM_TOPK = Path(__file__).parent / "graphs" / "beam_topk.onnx"
+ROWS_GATHER = Path(__file__).parent / "graphs" / "rows_gather.onnx"
 
 
 class Translator(BundleEngine):
@@ -44,9 +46,10 @@ class Translator(BundleEngine):
         super().__init__(bundle_dir, manifest, variant, memory_arena)
         self.encoder = self.session("encoder", providers, threads)
         self.decoder = self.session("decoder", providers, threads)
-        # Beam search's per-step selection (runtime/beam.py): a generic graph shipped with the
-        # service, on the CPU (it reads the logits the decoder hands back to numpy).
+        # Beam search's per-step selection (runtime/beam.py) and, where the caches stay on the
+        # device, its cache reordering: generic graphs shipped with the service.
         self._topk = create_session(BEAM_TOPK, ["CPUExecutionProvider"], threads, memory_arena)
+        self._topk_dev = self._gather = None
         # Per-row positions and self-attention masks (contract 2): rows may join a running
         # batch (runtime/continuous.py). Contract 1 bundles decode whole batches only.
         self.per_row = graph_io.per_row(manifest.graph(self.variant, "decoder"))
@@ -54,6 +57,9 @@ class Translator(BundleEngine):
         # plain loop is faster because it can drop finished rows from the work.
         self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         self.io_binding = self.device == "cuda" if io_binding is None else io_binding
+        if self.io_binding:  # beam search with device-resident caches: select and reorder there too
+            self._topk_dev = create_session(BEAM_TOPK, providers, threads, memory_arena)
+            self._gather = create_session(ROWS_GATHER, providers, threads, memory_arena)
         ids = manifest.special_ids
         self.pad, self.bos, self.eos = ids["pad"], ids["bos"], ids["eos"]
         m = manifest.model
@@ -123,9 +129,10 @@ class Translator(BundleEngine):
         if beam_size == 1:
             return self._greedy_scored(sources)
         src, limits = self.padded(sources)
+        bound = self.io_binding  # on CUDA: caches, logits and their reordering stay on the device
         hyps = beam_search(
-            self.start,
-            self.step,
+            self._start_bound if bound else self.start,
+            self._step_bound if bound else self.step,
             src,
             limits,
             beam_size,
@@ -134,7 +141,9 @@ class Translator(BundleEngine):
             self.eos,
             length_penalty,
             per_beam=set(self.cache_names),
-            topk=self.topk,
+            topk=self._topk_bound if bound else self.topk,
+            gather=self._gather_bound if bound else _rows,
+            vocab=self.manifest.vocab_size,
         )
         if self.on_tokens:
             self.on_tokens(sum(h[0].length for h in hyps if h))
@@ -144,6 +153,66 @@ class Translator(BundleEngine):
         """Each row's `k` best log-probabilities and token ids (beam.topk_numpy's contract)."""
         values, ids = self._topk.run(None, {"logits": logits, "k": np.array([k], dtype=np.int64)})
         return values, ids
+
+    # -- beam search with IO binding: the device-resident state is a dict of OrtValues (the
+    # encoder's keys/values, the caches) and numpy arrays (the source mask, bound from the CPU)
+
+    def _start_bound(self, src: np.ndarray) -> dict[str, Any]:
+        dev = self.device
+        enc = self.encoder.io_binding()
+        enc.bind_cpu_input(graph_io.SRC_IDS, src)
+        for name in self.encoder_outputs:
+            enc.bind_output(name, dev)
+        self.encoder.run_with_iobinding(enc)
+        state: dict[str, Any] = dict(zip(self.encoder_outputs, enc.get_outputs()))
+        state[graph_io.SRC_MASK] = src != self.pad
+        empty = np.zeros((src.shape[0], self.n_heads, 0, self.d_head), dtype=np.float32)
+        for name in self.cache_names:
+            state[name] = ort.OrtValue.ortvalue_from_numpy(empty, dev, 0)
+        return state
+
+    def _step_bound(self, state: dict[str, Any], tokens: np.ndarray) -> Any:
+        """One decoder step; the logits stay on the device (the selection reads them there)."""
+        bind = self.decoder.io_binding()
+        bind.bind_cpu_input(graph_io.INPUT_IDS, tokens)
+        if self.per_row:
+            b, past_len = tokens.shape[0], state[self.cache_names[0]].shape()[2]
+            bind.bind_cpu_input(graph_io.POSITION, np.full(b, past_len, dtype=np.int64))
+            bind.bind_cpu_input(graph_io.SELF_MASK, np.ones((b, past_len + 1), dtype=bool))
+        for name, value in state.items():
+            if isinstance(value, np.ndarray):
+                bind.bind_cpu_input(name, value)
+            else:
+                bind.bind_ortvalue_input(name, value)
+        bind.bind_output(graph_io.LOGITS, self.device)
+        for name in self.present_outputs:
+            bind.bind_output(name, self.device)
+        self.decoder.run_with_iobinding(bind)
+        logits, *present = bind.get_outputs()
+        state.update(zip(self.cache_names, present))
+        return logits
+
+    def _topk_bound(self, logits: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        assert self._topk_dev is not None
+        bind = self._topk_dev.io_binding()
+        bind.bind_ortvalue_input("logits", logits)
+        bind.bind_cpu_input("k", np.array([k], dtype=np.int64))
+        bind.bind_output("values", "cpu")  # (rows, 2k): all that comes back to the host
+        bind.bind_output("indices", "cpu")
+        self._topk_dev.run_with_iobinding(bind)
+        values, ids = bind.copy_outputs_to_cpu()
+        return values, ids
+
+    def _gather_bound(self, value: Any, rows: np.ndarray) -> Any:
+        if isinstance(value, np.ndarray):
+            return value[rows]
+        assert self._gather is not None
+        bind = self._gather.io_binding()
+        bind.bind_ortvalue_input("data", value)
+        bind.bind_cpu_input("rows", rows.astype(np.int64))
+        bind.bind_output("out", self.device)
+        self._gather.run_with_iobinding(bind)
+        return bind.get_outputs()[0]
 
     def generate(self, sources: Sequence[Sequence[int]]) -> list[list[int]]:
         """Greedy decoding of a batch of source id lists (each ending in </s>)."""
@@ -277,3 +346,7 @@ class Translator(BundleEngine):
                 break
             tokens = next_ids[:, None]
         return out, out_len
+
+
+def _rows(value: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    return value[rows]

@@ -80,3 +80,17 @@ def test_beam_search_gives_the_same_nbest_with_either_selection(engine, monkeypa
     assert [[t for t, _, _ in h] for h in with_graph] == [[t for t, _, _ in h] for h in with_numpy]
     for a, b in zip(with_graph, with_numpy):
         np.testing.assert_allclose([s for _, s, _ in a], [s for _, s, _ in b], atol=1e-4)
+
+
+def test_the_device_resident_beam_loop_equals_the_plain_one(model_dir):
+    # What runs on CUDA (caches, logits and their reordering kept on the device through IO
+    # binding: graphs/beam_topk.onnx and rows_gather.onnx run there), here on the CPU provider.
+    bundle = model_dir / "de-en"
+    manifest = load_manifest(bundle)
+    bound = Translator(bundle, manifest, resolve_providers("cpu"), threads=1, variant="int8-static", io_binding=True)
+    plain = Translator(bundle, manifest, resolve_providers("cpu"), threads=1, variant="int8-static")
+    assert bound.io_binding and not plain.io_binding
+    sources = plain.encode(SENTENCES)
+    got, want = bound.generate_nbest(sources, 4, 3), plain.generate_nbest(sources, 4, 3)
+    assert [[h.tokens for h in hs] for hs in got] == [[h.tokens for h in hs] for hs in want]
+    np.testing.assert_allclose([h.score for hs in got for h in hs], [h.score for hs in want for h in hs], atol=1e-5)

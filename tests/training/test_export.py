@@ -249,11 +249,12 @@ def test_classifier_export_parity_dynamic_shapes_and_manifest(tsv_dir, tmp_path,
         assert np.abs(probs - ref).max() < 0.1, variant
 
 
-def test_the_shipped_beam_topk_graph_is_what_the_builder_makes():
+def test_the_shipped_generic_graphs_are_what_the_builders_make():
     import onnx
 
-    from service.runtime.translator import BEAM_TOPK
-    from training.onnx_graphs import build_beam_topk
+    from service.runtime.translator import BEAM_TOPK, ROWS_GATHER
+    from training.onnx_graphs import build_beam_topk, build_rows_gather
 
-    shipped = onnx.load(str(BEAM_TOPK))
-    assert shipped.graph == build_beam_topk().graph  # rebuild: python -c "from training.onnx_graphs import ..."
+    # rebuild: python -c "from training.onnx_graphs import *; open(path, 'wb').write(build_...().SerializeToString())"
+    assert onnx.load(str(BEAM_TOPK)).graph == build_beam_topk().graph
+    assert onnx.load(str(ROWS_GATHER)).graph == build_rows_gather().graph
