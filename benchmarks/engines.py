@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.machine import describe
+
 ENGINES = [
     "torch-nocache",
     "torch-cache",
@@ -318,12 +320,15 @@ def main() -> None:
             f"{r.get('ratio_to_torch_nocache', float('nan')):.2f} |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    machine = describe()  # the CPU model and flags decide the kernels (MLAS, oneDNN): with every row
     for r in results:
         r.pop("hypotheses")
+        r["machine"] = machine
     args.out.write_text(
         json.dumps(
             {
                 "command": " ".join(sys.argv),
+                "machine": machine,
                 "thread_pool": args.thread_pool,
                 "split": args.split,
                 "sentences": len(rows),

@@ -42,6 +42,11 @@ from pathlib import Path
 
 import httpx
 
+try:  # run as a script (python benchmarks/load.py) or as a module
+    from machine import describe  # type: ignore[import-not-found, no-redef]
+except ImportError:
+    from benchmarks.machine import describe
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -675,7 +680,7 @@ def main() -> None:
     modes = {"sweep": sweep, "overload": overload, "soak": soak, "poisson": poisson}
     result = asyncio.run(modes[args.mode](args, sentences))
     result["command"] = "python benchmarks/load.py " + " ".join(sys.argv[1:])
-    result["machine"] = f"{os.cpu_count()} CPUs"
+    result["machine"] = describe()
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
