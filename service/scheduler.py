@@ -7,10 +7,12 @@ The worker thread loops; each turn, under the lock, it
 1. **prunes** the queue: a request whose caller stopped waiting (its deadline passed, its client
    disconnected: `_Job.abandoned`) leaves it, and its rows leave the running batch before the
    next step (counted by `on_dropped`);
-2. **admits** waiting sentences into each model's running batch, one sentence per waiting
-   request in turn (round robin, so a one-sentence request is not queued behind every sentence
-   of the paragraphs that came first), while the batch has fewer than ``max_batch_size`` rows
-   and fewer than ``max_batch_tokens`` tokens (sources + cache slots, runtime/continuous.py);
+2. **admits** waiting sentences into each model's running batch: requests of one or two
+   sentences left in turn first (so a one-sentence request is not queued behind every sentence
+   of the paragraphs that came first), then longer requests in arrival order (the queue's order:
+   a request's later passes keep its place), while the batch has fewer than ``max_batch_size``
+   rows and fewer than ``max_batch_tokens`` tokens (sources + cache slots, runtime/continuous.py);
+   (`order`: also plain round robin, fifo, shortest-first);
 3. takes at most **one other batch**: classification (/detect, /classify), beam search, and
    translators without per-row decoder inputs run as whole batches, as in batcher.py, between
    two decoder steps.
@@ -66,7 +68,7 @@ class ContinuousBatcher(Batcher):
         max_batch_tokens: int = 8192,
         max_queue_tokens: int = 65536,
         lanes: Sequence[int] = (24,),
-        order: str = "round-robin",
+        order: str = "hybrid",
         cost: Callable[[str, str], int] | None = None,
         on_batch: Callable[[str, int, float], None] | None = None,
         on_dropped: Callable[[str, int, str], None] | None = None,
@@ -232,7 +234,17 @@ class ContinuousBatcher(Batcher):
                 self._finish_one(job, i, "" if not job.scored else [("", 0.0, 0)])
             return True
 
-        if self.order == "round-robin":
+        if self.order == "hybrid":
+            # Requests of at most two sentences left take turns first; then the longer ones in
+            # arrival order, each taking every row it can: round robin among paragraphs spreads
+            # each over many steps beside all the others (measured: BENCHMARKS.md, section 6).
+            short = [j for j in waiting if len(j.texts) - j.admitted <= 2]
+            while short:
+                short = [j for j in short if admit_one(j) and j.admitted < len(j.texts)]
+            for job in waiting:
+                while job.admitted < len(job.texts) and admit_one(job):
+                    pass
+        elif self.order == "round-robin":
             while waiting:
                 waiting = [j for j in waiting if admit_one(j) and j.admitted < len(j.texts)]
         else:

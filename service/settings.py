@@ -64,10 +64,11 @@ class Settings(BaseSettings):
         description="source lengths (tokens) splitting each model's sentences into running batches of their own "
         "(short sentences do not pay for the long ones' widths); empty = one batch",
     )
-    admission: Literal["fifo", "round-robin", "shortest-first"] = Field(
-        "round-robin",
-        description="which waiting sentences join a running batch first: one per waiting request in turn, or the "
-        "requests with the fewest sentences left (a request waiting over 1 s goes first)",
+    admission: Literal["hybrid", "fifo", "round-robin", "shortest-first"] = Field(
+        "hybrid",
+        description="which waiting sentences join a running batch first: hybrid: requests of 1-2 sentences left "
+        "in turn, then longer ones in arrival order; round-robin: one per waiting request in turn; fifo: in "
+        "arrival order; shortest-first: the requests with the fewest sentences left (over 1 s waiting: first)",
     )
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
     max_queue: int = Field(2048, ge=1, description="max sentences waiting; beyond it requests get 503")

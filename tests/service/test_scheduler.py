@@ -91,6 +91,36 @@ def test_a_short_request_is_answered_before_the_long_one_it_joined(engine, monke
     assert short == engine.translate([SHORT])
 
 
+@pytest.mark.parametrize("order", ["hybrid", "round-robin"])
+def test_paragraphs_are_admitted_in_arrival_order_and_short_requests_first(engine, monkeypatch, order):
+    # Rows for 4 sentences; two 8-sentence paragraphs wait, then a one-sentence request comes.
+    # hybrid: the short one takes the first free row, then the first paragraph every row it can,
+    # so it is done before the second starts; round robin interleaves the two paragraphs.
+    monkeypatch.setattr(engine, "run_step", slowed(engine, 0.002))
+    b = make(engine, max_batch_size=4, order=order)
+    finished: list[str] = []
+
+    async def main():
+        async def one(name, texts):
+            await b.submit("t", texts)
+            finished.append(name)
+
+        blocker = asyncio.ensure_future(one("blocker", paragraph(4, seed=9)))  # fills the rows
+        await asyncio.sleep(0.01)
+        first = asyncio.ensure_future(one("first", paragraph(8, seed=1)))
+        await asyncio.sleep(0.005)
+        second = asyncio.ensure_future(one("second", paragraph(8, seed=2)))
+        await asyncio.sleep(0.005)
+        short = asyncio.ensure_future(one("short", [SHORT]))
+        await asyncio.gather(blocker, first, second, short)
+
+    asyncio.run(main())
+    b.stop()
+    if order == "hybrid":
+        assert finished.index("short") < finished.index("first") < finished.index("second")
+    assert set(finished) == {"blocker", "first", "second", "short"}
+
+
 def test_scored_requests_get_the_greedy_scores_from_the_running_batch(engine):
     texts = paragraph(3) + [""]
     b = make(engine)
