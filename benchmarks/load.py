@@ -498,8 +498,10 @@ async def poisson(args: argparse.Namespace, _sentences: list[str]) -> dict:
             reference = args.reference_capacity or reference or run["capacity_requests_per_s"]
             run["levels"] = {}
             for fraction in args.fractions:
+                before = schedule_totals(server.base)
                 row = await load.poisson(fraction * reference, args.seconds)
                 row["rss_mb"] = round(server.rss_mb(), 1)
+                row["schedule_mean_ms"] = schedule_means(before, schedule_totals(server.base))
                 run["levels"][str(fraction)] = row
                 print(scheduler, fraction, json.dumps({k: v for k, v in row.items() if k != "by_kind"}), flush=True)
             # short requests alone, then beside a stream of paragraphs (at 60% of capacity in paragraphs)
@@ -529,6 +531,31 @@ async def poisson(args: argparse.Namespace, _sentences: list[str]) -> dict:
             server.stop()
         result["runs"][scheduler] = run
     return result
+
+
+def schedule_totals(base: str) -> dict[tuple[str, str, str], float]:
+    """The server's transerve_schedule_seconds sums and counts, by (sum|count, stage, size)."""
+    out: dict[tuple[str, str, str], float] = {}
+    for line in httpx.get(base + "/metrics").text.splitlines():
+        if line.startswith(("transerve_schedule_seconds_sum", "transerve_schedule_seconds_count")):
+            name, value = line.rsplit(" ", 1)
+            labels = dict(kv.split("=") for kv in name[name.index("{") + 1 : -1].split(","))
+            kind = "sum" if "_sum" in name else "count"
+            out[(kind, labels["stage"].strip('"'), labels["size"].strip('"'))] = float(value)
+    return out
+
+
+def schedule_means(before: dict, after: dict) -> dict[str, float]:
+    """Mean ms per stage of the continuously decoded requests answered between two scrapes, by
+    request size ("5-16/queue": a paragraph's wait for its first row)."""
+    means = {}
+    for kind, stage, size in after:
+        if kind == "count":
+            n = after[(kind, stage, size)] - before.get((kind, stage, size), 0.0)
+            total = after[("sum", stage, size)] - before.get(("sum", stage, size), 0.0)
+            if n:
+                means[f"{size}/{stage}"] = round(1000 * total / n, 1)
+    return dict(sorted(means.items()))
 
 
 def _sentences_per_request(mix: dict[str, float]) -> float:

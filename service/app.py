@@ -82,6 +82,7 @@ def _load(state: ServiceState) -> None:
                 cost=cost,
                 on_batch=on_batch,
                 on_dropped=lambda model, n, where: state.metrics.dropped.labels(model, where).inc(n),
+                on_done=state.metrics.scheduled,
                 in_flight=state.inflight,
             )
         else:

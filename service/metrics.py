@@ -32,6 +32,14 @@ class Metrics:
         self.tokens = Counter(
             "transerve_generated_tokens_total", "target tokens generated", ["model"], registry=self.registry
         )
+        self.schedule = Histogram(
+            "transerve_schedule_seconds",
+            "where a continuously decoded request's time went: queue (until its first sentence joined a running "
+            "batch), admission (until its last one did), decode (until its last one finished)",
+            ["stage", "size"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
         self.dropped = Counter(
             "transerve_dropped_sentences_total",
             "sentences not decoded (or not to the end) because their request was abandoned (deadline, client left)",
@@ -49,3 +57,8 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+
+    def scheduled(self, model: str, sentences: int, queue: float, admission: float, decode: float) -> None:
+        size = "1" if sentences == 1 else "2-4" if sentences <= 4 else "5-16" if sentences <= 16 else "17+"
+        for stage, seconds in (("queue", queue), ("admission", admission), ("decode", decode)):
+            self.schedule.labels(stage, size).observe(max(seconds, 0.0))

@@ -55,6 +55,8 @@ class _Request(_Job):
     remaining: int = 0  # texts not finished yet
     results: list[Any] = field(default_factory=list)
     scored: bool = False  # answer (text, score, length) lists, as translate_nbest does
+    first_in: float = 0.0  # when its first sentence joined a running batch (time.monotonic)
+    all_in: float = 0.0  # when its last one did
 
 
 class ContinuousBatcher(Batcher):
@@ -72,6 +74,7 @@ class ContinuousBatcher(Batcher):
         cost: Callable[[str, str], int] | None = None,
         on_batch: Callable[[str, int, float], None] | None = None,
         on_dropped: Callable[[str, int, str], None] | None = None,
+        on_done: Callable[[str, int, float, float, float], None] | None = None,
         in_flight: Callable[[], int] | None = None,
     ) -> None:
         """`decoders`: the translators (runtime/translator.Translator with per-row inputs) whose
@@ -86,6 +89,7 @@ class ContinuousBatcher(Batcher):
         self.max_queue_tokens = max_queue_tokens
         self.cost = cost or (lambda model, text: len(text))
         self.on_dropped = on_dropped
+        self.on_done = on_done  # (model, sentences, queue s, admission s, decode s) of each answered request
         self._queued_tokens = 0
         super().__init__(
             runners,
@@ -227,7 +231,11 @@ class ContinuousBatcher(Batcher):
                     return False
                 joins[key].append((job, i))
                 planned[key].append(row)
+            if not job.admitted:
+                job.first_in = time.monotonic()
             job.admitted += 1
+            if job.admitted == len(job.texts):
+                job.all_in = time.monotonic()
             self._queued -= 1
             self._queued_tokens -= job.costs[i]
             if not job.texts[i].strip():  # blank: answered as it is, no decoding
@@ -321,6 +329,11 @@ class ContinuousBatcher(Batcher):
         job.remaining -= 1
         if job.remaining == 0 and not job.abandoned:
             self._resolve(job, result=job.results)
+            if self.on_done:  # where its time went: waiting, joining sentence by sentence, decoding
+                now = time.monotonic()
+                self.on_done(
+                    job.model, len(job.texts), job.first_in - job.enqueued, job.all_in - job.first_in, now - job.all_in
+                )
 
     def _fail(self, job: _Job, exc: BaseException) -> None:
         job.abandoned = True  # its other rows leave at the next step

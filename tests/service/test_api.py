@@ -196,6 +196,7 @@ def test_metrics_count_requests(client):
     assert 'transerve_requests_total{endpoint="/translate",status="200"}' in text
     assert "transerve_batch_size_bucket" in text
     assert "transerve_generated_tokens_total" in text
+    assert 'transerve_schedule_seconds_count{size="1",stage="decode"}' in text
 
 
 def test_web_page_and_openapi(client):

@@ -264,3 +264,20 @@ def test_a_failed_step_fails_the_requests_in_the_batch_and_the_next_ones_work(en
 
     assert asyncio.run(main()) == engine.translate([SHORT])
     b.stop()
+
+
+def test_each_answered_request_reports_where_its_time_went(engine, monkeypatch):
+    monkeypatch.setattr(engine, "run_step", slowed(engine, 0.002))
+    seen: list[tuple] = []
+    b = make(engine, max_batch_size=2, on_done=lambda *a: seen.append(a))
+
+    async def main():
+        await asyncio.gather(b.submit("t", paragraph(5)), b.submit("t", [SHORT]))
+
+    asyncio.run(main())
+    b.stop()
+    by_size = {s[1]: s for s in seen}
+    assert sorted(by_size) == [1, 5] and all(s[0] == "t" for s in seen)
+    _, _, queue, admission, decode = by_size[5]
+    # two rows for five sentences: its last sentence joined well after its first, then decoded
+    assert queue >= 0 and admission > 0.004 and decode > 0.002
