@@ -60,7 +60,7 @@ def test_typing_german_gives_english(page):
         page.url.rstrip("/") + "/translate", data={"q": german, "source": "de", "target": "en", "alternatives": 3}
     )
     assert shown == api.json()["translatedText"]
-    assert "man" in shown and "bicycle" in shown, shown
+    assert "man" in shown and ("bicycle" in shown or "bike" in shown), shown
     assert page.text_content("#error") == ""
 
 
