@@ -15,24 +15,21 @@ import json
 import time
 from pathlib import Path
 
-import httpx
-
 try:  # run as a script (python benchmarks/capacity.py) or as a module
-    from load import MIX, ROOT, MixLoad, Server, load_pools, warm_up  # type: ignore[import-not-found, no-redef]
+    from load import MIX, ROOT, MixLoad, Server, load_pools, metric_samples, warm_up  # type: ignore[import-not-found, no-redef]
     from machine import describe  # type: ignore[import-not-found, no-redef]
 except ImportError:
-    from benchmarks.load import MIX, ROOT, MixLoad, Server, load_pools, warm_up
+    from benchmarks.load import MIX, ROOT, MixLoad, Server, load_pools, metric_samples, warm_up
     from benchmarks.machine import describe
 
 COUNTERS = ("transerve_batch_size_sum", "transerve_batch_size_count", "transerve_generated_tokens_total")
 
 
 def counters(base: str) -> dict[str, float]:
+    """COUNTERS, each summed over its labels (models)."""
     out: dict[str, float] = {}
-    for line in httpx.get(base + "/metrics").text.splitlines():
-        if line.startswith(COUNTERS):
-            name, value = line.rsplit(" ", 1)
-            out[name.split("{")[0]] = out.get(name.split("{")[0], 0.0) + float(value)
+    for name, _, value in metric_samples(base, COUNTERS):
+        out[name] = out.get(name, 0.0) + value
     return out
 
 

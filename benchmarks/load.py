@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 try:  # run as a script (python benchmarks/load.py) or as a module
     from machine import describe  # type: ignore[import-not-found, no-redef]
@@ -533,16 +534,22 @@ async def poisson(args: argparse.Namespace, _sentences: list[str]) -> dict:
     return result
 
 
+def metric_samples(base: str, names: tuple[str, ...]) -> list[tuple[str, dict[str, str], float]]:
+    """The server's /metrics samples (name, labels, value) whose sample name is one of `names`
+    (prometheus_client's parser)."""
+    text = httpx.get(base + "/metrics").text
+    return [
+        (s.name, s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name in names
+    ]
+
+
 def schedule_totals(base: str) -> dict[tuple[str, str, str], float]:
     """The server's transerve_schedule_seconds sums and counts, by (sum|count, stage, size)."""
-    out: dict[tuple[str, str, str], float] = {}
-    for line in httpx.get(base + "/metrics").text.splitlines():
-        if line.startswith(("transerve_schedule_seconds_sum", "transerve_schedule_seconds_count")):
-            name, value = line.rsplit(" ", 1)
-            labels = dict(kv.split("=") for kv in name[name.index("{") + 1 : -1].split(","))
-            kind = "sum" if "_sum" in name else "count"
-            out[(kind, labels["stage"].strip('"'), labels["size"].strip('"'))] = float(value)
-    return out
+    samples = metric_samples(base, ("transerve_schedule_seconds_sum", "transerve_schedule_seconds_count"))
+    return {(name.rsplit("_", 1)[1], labels["stage"], labels["size"]): value for name, labels, value in samples}
 
 
 def schedule_means(before: dict, after: dict) -> dict[str, float]:

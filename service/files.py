@@ -223,10 +223,10 @@ async def _docx(data: bytes, translate_as: TranslateAs, limits: Limits) -> bytes
     # a run's formatting: its properties element as XML (runs of equal properties look alike)
     units = [[(r.text, _rpr_key(r)) for r in runs] for _, runs in todo]
     done = await _paragraphs(units, translate_as, limits)
-    for (p, runs), pieces in zip(todo, done):
+    for (p, runs), unit, pieces in zip(todo, units, done):
         template: dict[str, Any] = {}
-        for r in runs:
-            template.setdefault(_rpr_key(r), r)
+        for r, (_, key) in zip(runs, unit):
+            template.setdefault(key, r)
         for text, key in pieces:  # new runs before the first, each a copy of a run of its format
             element = copy.deepcopy(template[key]._r)
             runs[0]._r.addprevious(element)

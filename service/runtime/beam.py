@@ -68,6 +68,11 @@ def topk_numpy(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return values.astype(np.float32), ids
 
 
+def take_rows(value: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`value`'s rows, in the order of `rows` (beam_search's gather on the CPU)."""
+    return value[rows]
+
+
 def beam_search(
     start: Callable[[np.ndarray], dict[str, np.ndarray]],
     step: Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray],
@@ -80,7 +85,7 @@ def beam_search(
     length_penalty: float = 1.0,
     per_beam: frozenset[str] | set[str] = frozenset(),
     topk: TopK = topk_numpy,
-    gather: Callable[[Any, np.ndarray], Any] = lambda value, rows: value[rows],
+    gather: Callable[[Any, np.ndarray], Any] = take_rows,
     vocab: int | None = None,
 ) -> list[list[Hypothesis]]:
     """The `n_best` best hypotheses of each source row of `src`, best first.

@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.runtime import graph_io
-from service.runtime.beam import Hypothesis, beam_search, logsumexp
+from service.runtime.beam import Hypothesis, beam_search, logsumexp, take_rows
 from service.runtime.bundle import Manifest
 from service.runtime.preprocess import DECODING, output_limits, source_ids
 from service.runtime.sessions import BundleEngine, create_session
@@ -142,7 +142,7 @@ class Translator(BundleEngine):
             length_penalty,
             per_beam=set(self.cache_names),
             topk=self._topk_bound if bound else self.topk,
-            gather=self._gather_bound if bound else _rows,
+            gather=self._gather_bound if bound else take_rows,
             vocab=self.manifest.vocab_size,
         )
         if self.on_tokens:
@@ -304,40 +304,18 @@ class Translator(BundleEngine):
         return out, out_len
 
     def _decode_bound(self, src: np.ndarray, limits: np.ndarray, steps: int):
-        """The same loop with every cache kept as an OrtValue on the session's device; only the
-        token ids go in and the logits come out. Finished rows stay in the batch (slicing a
-        device tensor would need a copy) and their outputs are ignored."""
-        dev = self.device
+        """The same loop with every cache kept as an OrtValue on the session's device (the
+        state and step of beam search's bound path); only the token ids go in and the logits
+        come out. Finished rows stay in the batch (slicing a device tensor would need a copy)
+        and their outputs are ignored."""
         b = src.shape[0]
-        enc = self.encoder.io_binding()
-        enc.bind_cpu_input(graph_io.SRC_IDS, src)
-        for name in self.encoder_outputs:
-            enc.bind_output(name, dev)
-        self.encoder.run_with_iobinding(enc)
-        state = dict(zip(self.encoder_outputs, enc.get_outputs()))
-        state[graph_io.SRC_MASK] = ort.OrtValue.ortvalue_from_numpy(src != self.pad, dev, 0)
-        empty = np.zeros((b, self.n_heads, 0, self.d_head), dtype=np.float32)
-        for name in self.cache_names:
-            state[name] = ort.OrtValue.ortvalue_from_numpy(empty, dev, 0)
+        state = self._start_bound(src)
         out = np.full((b, steps), self.pad, dtype=np.int64)
         out_len = np.zeros(b, dtype=np.int64)
         done = np.zeros(b, dtype=bool)
         tokens = np.full((b, 1), self.bos, dtype=np.int64)
         for step in range(steps):
-            bind = self.decoder.io_binding()
-            bind.bind_cpu_input(graph_io.INPUT_IDS, tokens)
-            if self.per_row:
-                bind.bind_cpu_input(graph_io.POSITION, np.full(b, step, dtype=np.int64))
-                bind.bind_cpu_input(graph_io.SELF_MASK, np.ones((b, step + 1), dtype=bool))
-            for name, value in state.items():
-                bind.bind_ortvalue_input(name, value)
-            bind.bind_output(graph_io.LOGITS, "cpu")
-            for name in self.present_outputs:
-                bind.bind_output(name, dev)
-            self.decoder.run_with_iobinding(bind)
-            logits, *present = bind.get_outputs()
-            state.update(zip(self.cache_names, present))
-            next_ids = logits.numpy().argmax(-1)
+            next_ids = self._step_bound(state, tokens).numpy().argmax(-1)
             active = ~done & (next_ids != self.eos)
             out[active, step] = next_ids[active]
             out_len[active] = step + 1
@@ -346,7 +324,3 @@ class Translator(BundleEngine):
                 break
             tokens = next_ids[:, None]
         return out, out_len
-
-
-def _rows(value: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    return value[rows]
