@@ -22,6 +22,7 @@ from service.metrics import Metrics
 from service.middleware import BodyLimitAndMetrics, InFlight
 from service.registry import ModelDirError, load_registry
 from service.runtime.bundle import find_bundles
+from service.runtime.translator import ALIGN_SEP
 from service.scheduler import ContinuousBatcher
 from service.security import RateLimiter, operator_only
 from service.settings import Settings, get_settings
@@ -31,9 +32,12 @@ log = logging.getLogger("service")
 
 
 def _translation_runner(engine: Any):
-    """Plain greedy text, or with options (beam_size, n_best) the n-best with scores."""
+    """Plain greedy text, or with options (beam_size, n_best) the n-best with scores, or with
+    `align` the word alignment of each item "source ALIGN_SEP translation"."""
 
     def run(texts, **options):
+        if options.pop("align", False):
+            return engine.align([tuple(t.split(ALIGN_SEP, 1)) for t in texts])
         return engine.translate_nbest(texts, **options) if options else engine.translate(texts)
 
     return run

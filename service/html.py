@@ -99,8 +99,17 @@ def _keep_space(original: str, translated: str) -> str:
     return f"{lead}{translated.strip()}{trail}" if translated.strip() else original
 
 
-async def translate_html(html: str, translate: Callable[[list[str]], Awaitable[list[str]]]) -> str:
-    """`html` with its text translated by `translate` (one call for the whole fragment)."""
+Links = list[tuple[int, int, int, int]]  # (translation start, end, source start, end), characters
+Align = Callable[[list[tuple[str, str]]], Awaitable[list[Links]]]
+
+
+async def translate_html(
+    html: str, translate: Callable[[list[str]], Awaitable[list[str]]], align: Align | None = None
+) -> str:
+    """`html` with its text translated by `translate` (one call for the whole fragment).
+    `align` (source, translation) -> the word alignment of each pair, where the model gives one
+    (forced decoding, runtime/translator.align): inline elements go around the words aligned
+    with theirs first, then where the word search finds them."""
     soup = BeautifulSoup(html, "html.parser")
     runs = _runs(soup)
     # One batch: each run's whole text and, where it has inline elements, each of its text nodes
@@ -112,9 +121,22 @@ async def translate_html(html: str, translate: Callable[[list[str]], Awaitable[l
     done = iter(await translate(todo) if todo else [])
     out = [next(done) if t.strip() else t for t in texts]
     rest = iter(out[len(wholes) :])
-    for run, whole, originals in zip(runs, out[: len(wholes)], nodes):
-        translated = [next(rest) for _ in originals]
-        if not _place(run, whole, translated):
+    tagged = [
+        (run, whole.strip(), [next(rest) for _ in originals], originals)
+        for run, whole, originals in zip(runs, out[: len(wholes)], nodes)
+    ]
+    pairs = [(run.text().strip(), whole) for run, whole, originals, _ in tagged if originals and whole]
+    links = iter(await align(pairs) if align and pairs else [])
+    for run, whole, translated, originals in tagged:
+        if not originals:  # plain text: its translation replaces it
+            if run.nodes:
+                _write(run, whole, [])
+            continue
+        spans = _aligned(run, whole, next(links, [])) if whole else None
+        spans = spans or _searched(run, whole, translated)
+        if spans is not None:
+            _write(run, whole, spans)
+        else:
             for s, original, t in zip(run.strings(), originals, translated):
                 s.replace_with(NavigableString(_keep_space(original, t)))
     return soup.decode(formatter="minimal")
@@ -150,14 +172,53 @@ def _strings(tag: Tag) -> list[NavigableString]:
     return [s for s in tag.find_all(string=True) if not isinstance(s, _NOT_TEXT)]
 
 
-def _place(run: _Run, whole: str, translated: list[str]) -> bool:
-    """Write the run as `whole` (its translation) with each inline element around its own words:
-    the translation of the element's text, found in `whole` in order, case-insensitively. False
-    (nothing changed) when one is not found."""
+Span = tuple[int, int, Tag]  # an inline element and the characters of the translation it goes around
+
+
+def _element_spans(run: _Run) -> list[tuple[int, int, Tag]]:
+    """Each inline element of `run` and its characters in the run's text, stripped."""
     text = run.text()
-    lead, trail = text[: len(text) - len(text.lstrip())], text[len(text.rstrip()) :]
-    whole = whole.strip()
-    spans: list[tuple[int, int, Tag]] = []
+    at = -(len(text) - len(text.lstrip()))
+    spans = []
+    for node in run.nodes:
+        n = len(node.get_text() if isinstance(node, Tag) else str(node))
+        if isinstance(node, Tag):
+            spans.append((at, at + n, node))
+        at += n
+    return spans
+
+
+def _aligned(run: _Run, whole: str, links: Links) -> list[Span] | None:
+    """Each inline element around the words of `whole` aligned with its own: a word of the
+    translation belongs to the element into which most of its pieces' links point (links into
+    the text outside every element count against it), and the element goes from its first word
+    to its last. None when an element gets no word or two elements' words interleave."""
+    elements = _element_spans(run)
+    if not links or not elements:
+        return None
+    words: list[list[tuple[int, int]]] = [[] for _ in elements]
+    for m in _WORD.finditer(whole):
+        votes = [0] * (len(elements) + 1)  # the last: outside every element
+        for t0, t1, s0, s1 in links:
+            if t0 < m.end() and t1 > m.start():
+                inside = [k for k, (a, b, _) in enumerate(elements) if s0 < b and s1 > a]
+                votes[inside[0] if inside else -1] += 1
+        best = max(range(len(elements)), key=lambda k: votes[k])
+        if votes[best] and votes[best] >= votes[-1]:
+            words[best].append((m.start(), m.end()))
+    if not all(words):
+        return None
+    spans = sorted(((w[0][0], w[-1][1], tag) for w, (_, _, tag) in zip(words, elements)), key=lambda x: x[0])
+    if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+        return None
+    return spans
+
+
+def _searched(run: _Run, whole: str, translated: list[str]) -> list[Span] | None:
+    """Each inline element around its own words: the translation of the element's text, found
+    in `whole` in order, case-insensitively, or else its words (`_words_of`). None when one is
+    not found."""
+    spans: list[Span] = []
     k, pos, low = 0, 0, whole.lower()
     for node in run.nodes:
         if not isinstance(node, Tag):
@@ -170,9 +231,17 @@ def _place(run: _Run, whole: str, translated: list[str]) -> bool:
         at = low.find(own.lower(), pos) if own else -1
         found = (at, at + len(own)) if at >= 0 else _words_of(own, others, low, pos)
         if found is None:
-            return False
+            return None
         spans.append((*found, node))
         pos = found[1]
+    return spans
+
+
+def _write(run: _Run, whole: str, spans: list[Span]) -> None:
+    """Replace the run by `whole` (its translation, stripped) with each inline element around
+    its span, in the order of the spans; the run's leading and trailing space stay."""
+    text = run.text()
+    lead, trail = text[: len(text) - len(text.lstrip())], text[len(text.rstrip()) :]
     anchor = NavigableString("")
     run.nodes[0].insert_before(anchor)
     for node in run.nodes:
@@ -196,4 +265,3 @@ def _place(run: _Run, whole: str, translated: list[str]) -> bool:
     for piece in pieces:
         anchor.insert_before(piece)
     anchor.extract()
-    return True

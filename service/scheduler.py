@@ -103,7 +103,7 @@ class ContinuousBatcher(Batcher):
 
     def continuous(self, model: str, options: dict[str, Any] | None) -> bool:
         o = options or {}
-        return model in self.decoders and o.get("beam_size", 1) == 1 and o.get("n_best", 1) == 1
+        return model in self.decoders and o.get("beam_size", 1) == 1 and o.get("n_best", 1) == 1 and not o.get("align")
 
     @property
     def queued_tokens(self) -> int:

@@ -15,6 +15,7 @@ from service import protect
 from service.errors import ServiceError, bad_request, too_large
 from service.html import translate_html
 from service.languages import translation_code
+from service.runtime.translator import ALIGN_SEP
 from service.scheduling import run_batched
 from service.schemas import DetectedLanguage
 from service.state import ServiceState
@@ -276,8 +277,10 @@ async def translate_markup(
     charge: Callable[[int], None] | None = None,
 ) -> Translated:
     """`format: "html"`: each text's markup kept, its text translated (service/html.py). With
-    `source: "auto"` the language is detected on the visible text. Alternatives are not given
-    for markup (an empty list each); a confidence is the mean of its text pieces'."""
+    `source: "auto"` the language is detected on the visible text. Inline elements are carried
+    by the model's word alignment where the pair has a direct model that gives one (through
+    English: by the word search alone). Alternatives are not given for markup (an empty list
+    each); a confidence is the mean of its text pieces'."""
     detected: list[DetectedLanguage] | None = None
     if source == "auto":
         visible = [BeautifulSoup(t, "html.parser").get_text(" ").strip() or t for t in texts]
@@ -294,10 +297,37 @@ async def translate_markup(
             seen += done.confidence or []
             return done.texts
 
-        out.texts.append(await translate_html(text, run))
+        async def align(pairs: list[tuple[str, str]], src: str = src) -> list[list[tuple[int, int, int, int]]]:
+            return await _align(state, pairs, src, target)
+
+        out.texts.append(await translate_html(text, run, align))
         confidences.append(round(sum(seen) / len(seen), 2) if seen else 100.0)
     if how.alternatives:
         out.alternatives = [[] for _ in texts]
     if how.confidence:
         out.confidence = confidences
     return out
+
+
+async def _align(
+    state: ServiceState, pairs: list[tuple[str, str]], source: str, target: str
+) -> list[list[tuple[int, int, int, int]]]:
+    """The word alignment of each (text, its translation) by the pair's direct model
+    (runtime/translator.align, through the scheduler), in characters of the two strings; no
+    links where the pair goes through English, the model has no alignment output, or a text
+    holds the item separator."""
+    registry = state.registry
+    assert registry is not None
+    none: list[list[tuple[int, int, int, int]]] = [[] for _ in pairs]
+    route = registry.route(source, target) if source != target else None
+    if not route or len(route) != 1 or not getattr(registry.translators()[route[0][0]], "aligns", False):
+        return none
+    model, _, tgt = route[0]
+    todo = [k for k, (s, t) in enumerate(pairs) if ALIGN_SEP not in s + t]
+    inputs = [_model_input(registry, model, pairs[k][0], tgt) for k in todo]
+    items = [f"{x}{ALIGN_SEP}{pairs[k][1]}" for k, x in zip(todo, inputs)]
+    found = await run_batched(state, model, items, {"align": True}) if items else []
+    for k, x, links in zip(todo, inputs, found):
+        shift = len(x) - len(pairs[k][0])  # the target tag before the text
+        none[k] = [(a, b, c - shift, d - shift) for a, b, c, d in links if c >= shift]
+    return none

@@ -15,7 +15,8 @@ Decoder step (L decoder layers, N heads, H = head size, D = N * H):
     inputs   input_ids (B, 1) int64, position (B,) int64, src_mask (B, S) bool,
              self_mask (B, P + 1) bool, past_k.{i}, past_v.{i} (B, N, P, H),
              cross_k.{i}, cross_v.{i} (B, N, S, H)
-    outputs  logits (B, V), present_k.{i}, present_v.{i} (B, N, P + 1, H)
+    outputs  logits (B, V), present_k.{i}, present_v.{i} (B, N, P + 1, H),
+             alignment (B, S): the cross-attention weights of one layer, averaged over heads
 Encoder:
     inputs   src_ids (B, S) int64
     outputs  cross_k.0, cross_v.0, cross_k.1, ... (B, N, S, H)
@@ -30,6 +31,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from service.runtime.graph_io import (
+    ALIGNMENT,
     INPUT_IDS,
     LOGITS,
     POSITION,
@@ -211,9 +213,21 @@ def build_encoder(model: Seq2SeqTransformer) -> onnx.ModelProto:
     return _model(g, "encoder", inputs, outputs)
 
 
-def build_decoder_step(model: Seq2SeqTransformer) -> onnx.ModelProto:
-    """One greedy decoding step of `model` (eval mode: no dropout) as an ONNX model."""
+def align_layer(n_layers: int) -> int:
+    """The decoder layer whose cross-attention gives the `alignment` output: the one before
+    the last (the penultimate layer's attention aligns best in models trained without
+    alignment supervision, Garg et al. 2019; measured on tagged HTML: docs/training.md)."""
+    return max(n_layers - 2, 0)
+
+
+def build_decoder_step(model: Seq2SeqTransformer, alignment_layer: int | None = None) -> onnx.ModelProto:
+    """One greedy decoding step of `model` (eval mode: no dropout) as an ONNX model. Besides the
+    logits and caches it outputs `alignment`: where the step looked in the source (the
+    cross-attention weights of `alignment_layer`, default `align_layer`, averaged over heads),
+    which the service uses to carry inline markup (service/html.py). Its cost is one (1 x S)
+    attention score per head, beside the fused kernel that does not expose its weights."""
     cfg = model.cfg
+    layer_of_alignment = align_layer(cfg.n_decoder_layers) if alignment_layer is None else alignment_layer
     w = _weights(model)
     pe = model.decoder.pos.pe.detach().cpu().numpy()
     g = _Builder()
@@ -253,6 +267,8 @@ def build_decoder_step(model: Seq2SeqTransformer) -> onnx.ModelProto:
         def cross_attention(hid: str, p: str = p, i: int = i) -> str:
             a = f"{p}.cross_attn"
             q = g.linear(hid, w[f"{a}.q_proj.weight"], w[f"{a}.q_proj.bias"], f"{a}.q")
+            if i == layer_of_alignment:
+                _alignment(g, q, cross("k", i), n, h)
             (q,) = g.op("Unsqueeze", [q, axis1])
             (ctx,) = g.op("MultiHeadAttention", [q, cross("k", i), cross("v", i), "", key_mask], num_heads=n)
             (ctx,) = g.op("Squeeze", [ctx, axis1])
@@ -280,7 +296,26 @@ def build_decoder_step(model: Seq2SeqTransformer) -> onnx.ModelProto:
         outputs += [_kv_spec(present(t, i), n, h, "present_len") for t in "kv"]
     for i in range(cfg.n_decoder_layers):
         inputs += [_kv_spec(cross(t, i), n, h, "src_len") for t in "kv"]
+    outputs.append(helper.make_tensor_value_info(ALIGNMENT, TensorProto.FLOAT, ["batch", "src_len"]))
     return _model(g, "decoder_step", inputs, outputs)
+
+
+def _alignment(g: _Builder, q: str, keys: str, n: int, h: int) -> None:
+    """`alignment` (B, S): softmax(q K^T / sqrt(H)) over the real source tokens, averaged over
+    the N heads; q (B, D) is the layer's cross-attention query, keys (B, N, S, H)."""
+    (q4,) = g.op("Reshape", [q, g.const("alignment.q_shape", np.array([0, n, 1, h], np.int64))])  # (B, N, 1, H)
+    (kt,) = g.op("Transpose", [keys], perm=[0, 1, 3, 2])  # (B, N, H, S)
+    (scores,) = g.op("MatMul", [q4, kt])  # (B, N, 1, S)
+    (scores,) = g.op("Mul", [scores, g.const("alignment.scale", np.array(1 / math.sqrt(h), np.float32))])
+    # padding columns get -1e9 (where src_mask is False): nothing of the weight goes there
+    (real,) = g.op("Cast", [SRC_MASK], to=TensorProto.FLOAT)
+    (bias,) = g.op("Sub", [real, g.const("alignment.one", np.array(1.0, np.float32))])
+    (bias,) = g.op("Mul", [bias, g.const("alignment.big", np.array(1e9, np.float32))])  # 0 or -1e9
+    (bias,) = g.op("Unsqueeze", [bias, g.const("alignment.axes", np.array([1, 2], np.int64))])  # (B, 1, 1, S)
+    (scores,) = g.op("Add", [scores, bias])
+    (weights,) = g.op("Softmax", [scores], axis=-1)
+    (mean,) = g.op("ReduceMean", [weights], axes=[1], keepdims=0)  # (B, 1, S); opset 17 takes axes as an attribute
+    g.op("Squeeze", [mean, g.const("alignment.squeeze", np.array([1], np.int64))], out=[ALIGNMENT])
 
 
 def build_beam_topk() -> onnx.ModelProto:

@@ -8,14 +8,16 @@ the bundle with a message naming it instead of decoding garbage.
 Encoder:      src_ids (B, S) int64 -> cross_k.{i}, cross_v.{i} (B, N, S, H) for each decoder layer i
 Decoder step: input_ids (B, 1) int64, position (B,) int64, src_mask (B, S) bool, self_mask
               (B, P+1) bool, past_k.{i}, past_v.{i} (B, N, P, H), cross_k.{i}, cross_v.{i}
-              -> logits (B, V), present_k.{i}, present_v.{i} (B, N, P+1, H)
+              -> logits (B, V), present_k.{i}, present_v.{i} (B, N, P+1, H)[, alignment (B, S)]
 
 `position` is each row's own position (the number of tokens it has decoded) and `self_mask` marks
 the cache slots that are its own (True) and, last, the slot the step appends: rows that joined a
 running batch later than others carry masked slots on the left of their caches. That is what
 iteration-level batching needs (service/runtime/continuous.py). Bundles exported before it
 (contract 1) have neither input: their decoder reads every slot and puts every row at position P;
-they are still served, without joining a running batch.
+they are still served, without joining a running batch. `alignment`, last and optional, is where
+each step looked in the source (one layer's cross-attention weights, averaged over heads): the
+HTML path carries inline elements by it (service/html.py); bundles without it place them by words.
 Classifier:   ids (B, T) int64 -> probabilities (B, labels) float32
 """
 
@@ -26,7 +28,7 @@ from typing import Any
 from service.runtime.bundle import BundleError, GraphSpec, TensorSpec
 
 SRC_IDS, INPUT_IDS, SRC_MASK, LOGITS = "src_ids", "input_ids", "src_mask", "logits"
-POSITION, SELF_MASK = "position", "self_mask"
+POSITION, SELF_MASK, ALIGNMENT = "position", "self_mask", "alignment"
 CLASSIFIER_IDS, PROBABILITIES = "ids", "probabilities"
 
 
@@ -51,8 +53,11 @@ def encoder_io(n_layers: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return [TensorSpec(SRC_IDS, "int64", ["batch", "src_len"])], outputs
 
 
-def decoder_io(n_layers: int, per_row: bool = True) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The decoder step's contract; `per_row=False` is contract 1 (no position, no self_mask)."""
+def decoder_io(
+    n_layers: int, per_row: bool = True, alignment: bool = True
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The decoder step's contract; `per_row=False` is contract 1 (no position, no self_mask);
+    `alignment=False`: a decoder exported before the alignment output."""
     inputs = [
         TensorSpec(INPUT_IDS, "int64", ["batch", 1]),
         *([TensorSpec(POSITION, "int64", ["batch"])] if per_row else []),
@@ -64,6 +69,7 @@ def decoder_io(n_layers: int, per_row: bool = True) -> tuple[list[TensorSpec], l
     outputs = [
         TensorSpec(LOGITS, "float32", ["batch", "vocab"]),
         *[_kv(present(t, i), "present_len") for i in range(n_layers) for t in "kv"],
+        *([TensorSpec(ALIGNMENT, "float32", ["batch", "src_len"])] if alignment else []),
     ]
     return inputs, outputs
 
@@ -79,13 +85,21 @@ def per_row(spec: GraphSpec) -> bool:
     return any(t.name == POSITION for t in spec.inputs)
 
 
-def expected(role: str, model: dict[str, Any], rows: bool = True) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def has_alignment(spec: GraphSpec) -> bool:
+    """Whether a decoder spec has the `alignment` output."""
+    return any(t.name == ALIGNMENT for t in spec.outputs)
+
+
+def expected(
+    role: str, model: dict[str, Any], rows: bool = True, alignment: bool = True
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The contract of graph `role` of a model with config `model` (the manifest's); for the
-    decoder, `rows` chooses contract 2 (per-row position and self mask) or 1."""
+    decoder, `rows` chooses contract 2 (per-row position and self mask) or 1, `alignment`
+    whether the alignment output is there."""
     if role == "encoder":
         return encoder_io(model["n_decoder_layers"])
     if role == "decoder":
-        return decoder_io(model["n_decoder_layers"], rows)
+        return decoder_io(model["n_decoder_layers"], rows, alignment)
     if role == "classifier":
         return classifier_io()
     raise BundleError(f"unknown graph role {role!r}")
@@ -102,7 +116,7 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool
 def check_session(session: Any, spec: GraphSpec, role: str, model: dict[str, Any], where: str) -> None:
     """Refuse a graph whose manifest spec differs from the contract, or whose onnxruntime session
     differs from its spec: names and order, element types, ranks."""
-    want_in, want_out = expected(role, model, per_row(spec))
+    want_in, want_out = expected(role, model, per_row(spec), has_alignment(spec))
     problems = []
     for side, declared, want in (("input", spec.inputs, want_in), ("output", spec.outputs, want_out)):
         for k in range(max(len(declared), len(want))):

@@ -26,6 +26,7 @@ from service.runtime.bundle import Manifest
 from service.runtime.preprocess import DECODING, output_limits, source_ids
 from service.runtime.sessions import BundleEngine, create_session
 
+ALIGN_SEP = "\x1f"  # joins a source and its translation into one batcher item (runner option `align`)
 BEAM_TOPK = Path(__file__).parent / "graphs" / "beam_topk.onnx"
 ROWS_GATHER = Path(__file__).parent / "graphs" / "rows_gather.onnx"
 
@@ -53,6 +54,8 @@ class Translator(BundleEngine):
         # Per-row positions and self-attention masks (contract 2): rows may join a running
         # batch (runtime/continuous.py). Contract 1 bundles decode whole batches only.
         self.per_row = graph_io.per_row(manifest.graph(self.variant, "decoder"))
+        # Decoders exported since session 9 also say where each step looked in the source.
+        self.aligns = graph_io.has_alignment(manifest.graph(self.variant, "decoder"))
         # On CUDA the caches stay on the device between steps (IO binding); on the CPU the
         # plain loop is faster because it can drop finished rows from the work.
         self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
@@ -110,6 +113,55 @@ class Translator(BundleEngine):
             decoded = iter(self.sp.decode([h.tokens for hyps in results for h in hyps]))  # one call
             for i, hyps in zip(idx, results):
                 out[i] = [(next(decoded), h.score, h.length) for h in hyps]
+        return out
+
+    def align(self, pairs: Sequence[tuple[str, str]]) -> list[list[tuple[int, int, int, int]]]:
+        """Word alignment by forced decoding: for each (source as the model reads it, its
+        translation), the translation's pieces fed to the decoder one by one, and for each piece
+        the source piece that the step producing it attended to most (the `alignment` output),
+        as (translation start, end, source start, end) in characters. Steps that looked most at
+        </s> or at a target tag give no link. Empty for a decoder without the output."""
+        if not self.aligns or not pairs:
+            return [[] for _ in pairs]
+        src_pieces = [_pieces(self.sp, s) for s, _ in pairs]
+        tgt_pieces = [_pieces(self.sp, t)[: self.max_len - 1] for _, t in pairs]
+        sources = [source_ids([p[0] for p in ps], self.max_len, self.eos) for ps in src_pieces]
+        weights = self.attention(sources, [[p[0] for p in ps] for ps in tgt_pieces])
+        best = weights.argmax(-1)  # (B, T): the source position each target piece looked at most
+        out: list[list[tuple[int, int, int, int]]] = [[] for _ in pairs]
+        for i, (sp_, tp) in enumerate(zip(src_pieces, tgt_pieces)):
+            for k, (_, t0, t1) in enumerate(tp):
+                if not pairs[i][1][t0:t1].strip():  # a piece of space alone ("▁") says nothing
+                    continue
+                j = int(best[i, k])
+                if j < len(sp_) and sp_[j][2] > sp_[j][1] and not self.sp.id_to_piece(sp_[j][0]).startswith("<2"):
+                    out[i].append((t0, t1, sp_[j][1], sp_[j][2]))  # not </s>, an empty piece or a target tag
+        return out
+
+    def attention(self, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> np.ndarray:
+        """Forced decoding of `targets` (id lists, no </s>) from `sources` (ending in </s>): the
+        `alignment` output of the step that produces each target token, (B, T, S) for the
+        longest target T and source S (zeros past a row's own target)."""
+        src, _ = self.padded(sources)
+        b, steps = len(sources), max((len(t) for t in targets), default=0)
+        out = np.zeros((b, steps, src.shape[1]), dtype=np.float32)
+        forced = np.full((b, steps), self.pad, dtype=np.int64)
+        for i, t in enumerate(targets):
+            forced[i, : len(t)] = t
+        state = self.start(src)
+        tokens = np.full((b, 1), self.bos, dtype=np.int64)
+        for step in range(steps):
+            feeds = {graph_io.INPUT_IDS: tokens, **state}
+            if self.per_row:
+                past_len = state[self.cache_names[0]].shape[2]
+                feeds[graph_io.POSITION] = np.full(b, past_len, dtype=np.int64)
+                feeds[graph_io.SELF_MASK] = np.ones((b, past_len + 1), dtype=bool)
+            _, weights, *present = self.decoder.run([graph_io.LOGITS, graph_io.ALIGNMENT, *self.present_outputs], feeds)
+            state.update(zip(self.cache_names, present))
+            out[:, step] = weights
+            tokens = forced[:, step : step + 1]
+        for i, t in enumerate(targets):
+            out[i, len(t) :] = 0
         return out
 
     def _by_length(self, texts: Sequence[str]) -> tuple[list[int], list[list[int]]]:
@@ -324,3 +376,11 @@ class Translator(BundleEngine):
                 break
             tokens = next_ids[:, None]
         return out, out_len
+
+
+def _pieces(sp: Any, text: str) -> list[tuple[int, int, int]]:
+    """`text`'s pieces as (id, start, end), the span in characters of `text` (sentencepiece
+    gives UTF-8 byte offsets)."""
+    proto = sp.encode(text, out_type="proto")
+    chars = [k for k, ch in enumerate(text) for _ in range(len(ch.encode("utf-8")))] + [len(text)]
+    return [(p.id, chars[p.begin], chars[p.end]) for p in proto.pieces]

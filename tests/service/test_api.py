@@ -429,3 +429,26 @@ def test_html_format_keeps_markup(client):
     mastodon = {"q": ["<p>hallo welt</p>", ""], "source": "auto", "target": "en", "format": "html"}
     r = client.post("/translate", json=mastodon)
     assert r.status_code == 200 and r.json()["translatedText"][1] == "" and len(r.json()["detectedLanguage"]) == 2
+
+
+@pytest.mark.parametrize("bundles", ["model_dir", "multilingual_dir"])
+def test_html_inline_elements_are_carried_by_the_models_own_alignment(bundles, request):
+    # format=html asks the pair's direct model to align the block with its translation (forced
+    # decoding through the scheduler); a multilingual model reads the source with its target tag.
+    # (whole-batch scheduling, so that a stand-in for the random model's output can be given)
+    with make_client(request.getfixturevalue(bundles), scheduler="batch") as c:
+        wait_ready(c)
+        model = next(n for n, e in c.app.state.service.registry.translators().items() if e.aligns)
+        engine = c.app.state.service.registry.translators()[model]
+        engine.translate = lambda texts: ["the dog runs" if "hund" in t else "dog" for t in texts]
+        calls: list = []
+        real = engine.align
+        engine.align = lambda pairs: calls.append(list(pairs)) or real(pairs)
+        body = {"q": "<p>der <b>hund</b> läuft</p>", "source": "de", "target": "en", "format": "html"}
+        r = c.post("/translate", json=body)
+        assert r.status_code == 200, r.text
+        out = r.json()["translatedText"]
+        assert out.startswith("<p>") and out.endswith("</p>") and out.count("<b>") == out.count("</b>") == 1
+        ((source, translation),) = calls[0]
+        assert source.endswith("der hund läuft") and (source.startswith("<2en> ") == (bundles != "model_dir"))
+        assert translation in out.replace("<b>", "").replace("</b>", "")

@@ -100,3 +100,69 @@ def test_an_element_translated_alone_as_a_phrase_goes_around_its_words_in_the_se
     assert go("Das ist ein <u>sehr wichtiger</u> Termin.") == "This is a <u>very important</u> appointment."
     # no word in common: each text node is translated on its own, as LibreTranslate does
     assert go("<p>Guten <i>Tag</i></p>") == "<p>Hello <i>Nothing here</i></p>"
+
+
+def _aligner(table: dict[tuple[str, str], list[tuple[str, str]]]):
+    """A fake word aligner: for each (source, translation), links between the named words."""
+
+    async def align(pairs: list[tuple[str, str]]) -> list[list[tuple[int, int, int, int]]]:
+        out = []
+        for source, translation in pairs:
+            links = []
+            for t_word, s_word in table.get((source, translation), []):
+                t0, s0 = translation.index(t_word), source.index(s_word)
+                links.append((t0, t0 + len(t_word), s0, s0 + len(s_word)))
+            out.append(links)
+        return out
+
+    return align
+
+
+def test_inline_elements_follow_the_word_alignment_where_the_word_search_cannot_find_them():
+    # "Schlüssel" alone comes back as "The key", the sentence says "keys": no word in common,
+    # the search gives up (text nodes one by one); the alignment links keys <- Schlüssel.
+    table = {
+        "Ich habe meinen Schlüssel verloren.": "I lost my keys.",
+        "Ich habe meinen": "I have my way.",
+        "Schlüssel": "The key",
+        "verloren.": "He lost.",
+    }
+
+    async def phrases(texts: list[str]) -> list[str]:
+        return [table[t] for t in texts]
+
+    html = "<p>Ich habe meinen <b>Schlüssel</b> verloren.</p>"
+    searched = asyncio.run(translate_html(html, phrases))
+    assert searched == "<p>I have my way. <b>The key</b> He lost.</p>"  # what the word search alone gives
+    links = {
+        ("Ich habe meinen Schlüssel verloren.", "I lost my keys."): [
+            ("I", "Ich"), ("lost", "verloren"), ("my", "meinen"), ("keys", "Schlüssel"), (".", "."),
+        ]
+    }  # fmt: skip
+    aligned = asyncio.run(translate_html(html, phrases, _aligner(links)))
+    assert aligned == "<p>I lost my <b>keys</b>.</p>"
+
+
+def test_aligned_elements_may_change_order_and_span_several_words():
+    # German verb-final order: the element moves with its words; two words aligned to one element
+    async def fixed(texts: list[str]) -> list[str]:
+        return ["We go to Paris every day." if t.startswith("Wir") else t for t in texts]
+
+    links = {
+        ("Wir fahren jeden Tag nach Paris.", "We go to Paris every day."): [
+            ("We", "Wir"), ("go", "fahren"), ("every", "jeden"), ("day", "Tag"), ("Paris", "Paris"),
+        ]
+    }  # fmt: skip
+    html = "Wir fahren <b>jeden Tag</b> nach <i>Paris</i>."
+    assert asyncio.run(translate_html(html, fixed, _aligner(links))) == "We go to <i>Paris</i> <b>every day</b>."
+
+
+def test_an_alignment_that_misses_an_element_or_interleaves_falls_back_to_the_word_search():
+    # no word aligned into <b>: the word search places it (fake translates word by word)
+    html = "<p>Hallo <b>Welt</b>!</p>"
+    none = _aligner({("Hallo Welt!", "hello world!"): [("hello", "Hallo")]})
+    assert asyncio.run(translate_html(html, fake, none)) == "<p>hello <b>world</b>!</p>"
+    # two elements whose aligned words interleave (b: "two ... red" around i: "cats"): the search again
+    html = "<b>Zwei</b> <i>Katzen</i> rot"
+    crossed = _aligner({("Zwei Katzen rot", "two cats red"): [("two", "Zwei"), ("red", "Zwei"), ("cats", "Katzen")]})
+    assert asyncio.run(translate_html(html, fake, crossed)) == "<b>two</b> <i>cats</i> red"

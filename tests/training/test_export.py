@@ -258,3 +258,36 @@ def test_the_shipped_generic_graphs_are_what_the_builders_make():
     # rebuild: python -c "from training.onnx_graphs import *; open(path, 'wb').write(build_...().SerializeToString())"
     assert onnx.load(str(BEAM_TOPK)).graph == build_beam_topk().graph
     assert onnx.load(str(ROWS_GATHER)).graph == build_rows_gather().graph
+
+
+def test_the_alignment_output_is_its_layers_cross_attention_averaged_over_heads(exported):
+    # Forced decoding through the exported decoder gives, at each step, the weights that PyTorch's
+    # cross-attention of that layer computes for the same target prefix (teacher forcing).
+    import math
+
+    from training.evaluate import pad_batch
+    from training.onnx_graphs import align_layer
+
+    model, _, _, out, manifest, _, texts = exported
+    engine = Translator(out, manifest, resolve_providers("cpu"), variant="fp32")
+    assert engine.aligns
+    sources = engine.encode(texts[:4])
+    targets = [ids[:-1] for ids in engine.encode(texts[4:8])]  # any id sequences will do
+    got = engine.attention(sources, targets)  # (B, T, S)
+
+    layer = model.decoder.layers[align_layer(model.cfg.n_decoder_layers)].cross_attn
+    seen = {}
+    hook = layer.register_forward_hook(lambda module, args, output: seen.update(args=args))
+    try:
+        with torch.no_grad():
+            model(pad_batch(sources, 0), pad_batch([[2, *t[:-1]] for t in targets], 0))
+            query, (keys, _), mask = seen["args"]
+            q = layer.split_heads(layer.q_proj(query))
+            scores = (q @ keys.transpose(-2, -1)) / math.sqrt(layer.d_head)
+            want = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).mean(1).numpy()
+    finally:
+        hook.remove()
+    for i, t in enumerate(targets):
+        np.testing.assert_allclose(got[i, : len(t), : want.shape[2]], want[i, : len(t)], atol=1e-5)
+        assert np.allclose(got[i, : len(t)].sum(-1), 1.0, atol=1e-5)
+        assert not got[i, :, len(sources[i]) :].any()  # nothing on another row's padding
