@@ -16,3 +16,14 @@ def test_workload_counts_rows_per_decoder_step_and_encoder_shapes():
     # batch 1: steps 0 (2 rows), 1 (1 row: sentence 1 ended at step 0), 2 (1 row); batch 2: 2 steps of 1 row
     assert w["decoder_steps"] == {"2": 1, "1": 4}
     assert sum(int(m) * n for m, n in w["decoder_steps"].items()) == sum(len(o) + 1 for o in outputs)
+
+
+def test_tag_placement_scores_both_ways_on_a_bundle(model_dir):
+    from benchmarks.tag_placement import placed, run
+
+    case = {"html": "der <b>hund</b>", "target": "en", "expect": ["<b>dog</b>"]}
+    result = run(model_dir / "de-en", [case], threads=1)
+    assert result["aligns"] and result["cases"] == 1 and set(result["placed"]) == {"aligned", "search"}
+    assert placed("The <b>dog</b>.", case) and not placed("The <b>the dog</b>.", case)
+    assert placed("<b>a</b> <i>b</i>", {"need": ["<b>a</b>", "<i>b</i>"]})
+    assert not placed("<b>a</b> b", {"need": ["<b>a</b>", "<i>b</i>"]})
