@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         "in turn, then longer ones in arrival order; round-robin: one per waiting request in turn; fifo: in "
         "arrival order; shortest-first: the requests with the fewest sentences left (over 1 s waiting: first)",
     )
+    html_alignment: bool = Field(
+        True,
+        description="format=html: carry inline elements by the model's word alignment (forced decoding of the "
+        "block's translation) where its bundle has one; false: by the word search alone",
+    )
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
     max_queue: int = Field(2048, ge=1, description="max sentences waiting; beyond it requests get 503")
     max_queue_tokens: int = Field(

@@ -300,7 +300,7 @@ async def translate_markup(
         async def align(pairs: list[tuple[str, str]], src: str = src) -> list[list[tuple[int, int, int, int]]]:
             return await _align(state, pairs, src, target)
 
-        out.texts.append(await translate_html(text, run, align))
+        out.texts.append(await translate_html(text, run, align if state.settings.html_alignment else None))
         confidences.append(round(sum(seen) / len(seen), 2) if seen else 100.0)
     if how.alternatives:
         out.alternatives = [[] for _ in texts]

@@ -177,7 +177,10 @@ def quantize_graphs(
       activations uint8 with FIXED scales calibrated (MinMax) on `calibration`, the inputs
       the graphs saw while translating training sentences. No scale depends on the batch, so
       it is batch-invariant, and it runs the fast integer kernels of ``int8``. Values beyond the
-      calibrated range saturate.
+      calibrated range saturate. Each matrix multiply whose result goes on in float (all of
+      them here: a bias, a residual, a LayerNorm or the logits follow) then becomes one
+      ``MatMulIntegerToFloat`` with its bias (`_integer_to_float`): no requantization of its
+      output to uint8 and back, and logits in float rather than 256 levels.
     """
     if variant not in QUANTIZED_VARIANTS:
         raise ValueError(f"variant {variant!r} must be one of {QUANTIZED_VARIANTS}")
@@ -203,6 +206,7 @@ def quantize_graphs(
                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
                 )
             _dynamic_int8(target, target, op_types=["Gather"])  # the embedding table, weight-only
+            _integer_to_float(target)
         else:
             config = matmul_nbits_quantizer.DefaultWeightOnlyQuantConfig(
                 block_size=32,
@@ -220,6 +224,54 @@ def quantize_graphs(
             _dynamic_int8(target, target, op_types=["Gather"])
         result[role] = GraphSpec(file=target.name, inputs=g.inputs, outputs=g.outputs)
     return result
+
+
+def _integer_to_float(path: Path) -> int:
+    """Rewrite `path` in place: each ``QLinearMatMul`` whose only consumer is a
+    ``DequantizeLinear`` becomes onnxruntime's ``MatMulIntegerToFloat`` (the same uint8 x int8
+    product with the same fixed scales and zero points, its output scaled straight to float),
+    and a following ``Add`` of a 1-D constant (the bias) goes into it. Static scales stay
+    static: still batch-invariant. On the Intel Xeon (AMX) of session 9 a decoder step of 32
+    rows went from 1.61 to 1.33 ms (BENCHMARKS.md); `MatMulInteger` alone runs the (32, 256) x
+    (256, 16,000) product in 0.28 ms where `QLinearMatMul`, requantizing, takes 0.42 ms.
+    Returns how many products it rewrote."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    constants = {i.name: i for i in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    replace_by: dict[int, onnx.NodeProto] = {}
+    dropped: set[int] = set()
+    for node in graph.node:
+        if node.op_type != "QLinearMatMul" or node.output[0] in outputs:
+            continue
+        users = consumers.get(node.output[0], [])
+        if len(users) != 1 or users[0].op_type != "DequantizeLinear":
+            continue
+        dq = users[0]
+        a, a_scale, a_zero, b, b_scale, b_zero = node.input[:6]
+        inputs, out = [a, b, a_scale, b_scale, a_zero, b_zero], dq.output[0]
+        after = consumers.get(out, [])
+        if out not in outputs and len(after) == 1 and after[0].op_type == "Add":
+            other = [x for x in after[0].input if x != out]
+            if len(other) == 1 and other[0] in constants and len(constants[other[0]].dims) == 1:
+                inputs.append(other[0])  # the bias
+                dropped.add(id(after[0]))
+                out = after[0].output[0]
+        dropped.add(id(dq))
+        replace_by[id(node)] = onnx.helper.make_node(
+            "MatMulIntegerToFloat", inputs, [out], name=f"{node.name}_to_float", domain="com.microsoft"
+        )
+    kept = [replace_by.get(id(n), n) for n in graph.node if id(n) not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(path))
+    return len(replace_by)
 
 
 def _dynamic_int8(source: Path, target: Path, op_types: list[str] | None = None) -> None:

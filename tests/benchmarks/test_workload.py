@@ -21,9 +21,10 @@ def test_workload_counts_rows_per_decoder_step_and_encoder_shapes():
 def test_tag_placement_scores_both_ways_on_a_bundle(model_dir):
     from benchmarks.tag_placement import placed, run
 
-    case = {"html": "der <b>hund</b>", "target": "en", "expect": ["<b>dog</b>"]}
-    result = run(model_dir / "de-en", [case], threads=1)
-    assert result["aligns"] and result["cases"] == 1 and set(result["placed"]) == {"aligned", "search"}
+    case = {"html": "der <b>hund</b>", "source": "de", "target": "en", "expect": ["<b>dog</b>"]}
+    result = run(model_dir, [case], threads=1)  # a server process each way
+    assert result["cases"] == 1 and set(result["placed"]) == {"aligned", "search"}
+    assert "<b>" in result["rows"][0]["aligned"] and "<b>" in result["rows"][0]["search"]
     assert placed("The <b>dog</b>.", case) and not placed("The <b>the dog</b>.", case)
     assert placed("<b>a</b> <i>b</i>", {"need": ["<b>a</b>", "<i>b</i>"]})
     assert not placed("<b>a</b> b", {"need": ["<b>a</b>", "<i>b</i>"]})

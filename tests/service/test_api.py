@@ -452,3 +452,14 @@ def test_html_inline_elements_are_carried_by_the_models_own_alignment(bundles, r
         ((source, translation),) = calls[0]
         assert source.endswith("der hund läuft") and (source.startswith("<2en> ") == (bundles != "model_dir"))
         assert translation in out.replace("<b>", "").replace("</b>", "")
+
+
+def test_html_alignment_can_be_switched_off(model_dir):
+    with make_client(model_dir, scheduler="batch", html_alignment=False) as c:
+        wait_ready(c)
+        engine = c.app.state.service.registry.translators()["de-en"]
+        engine.translate = lambda texts: ["the dog runs" if "läuft" in t else "dog" for t in texts]
+        engine.align = lambda pairs: pytest.fail("aligned although html_alignment is off")
+        body = {"q": "<p>der <b>hund</b> läuft</p>", "source": "de", "target": "en", "format": "html"}
+        r = c.post("/translate", json=body)
+        assert r.status_code == 200 and r.json()["translatedText"] == "<p>the <b>dog</b> runs</p>"

@@ -57,7 +57,7 @@ def test_bundle_has_graphs_tokenizer_and_checksummed_manifest(exported):
     past = [f"past_{t}.{i}" for i in layers for t in "kv"]
     cross = [f"cross_{t}.{i}" for i in layers for t in "kv"]
     assert [t.name for t in dec.inputs] == ["input_ids", "position", "src_mask", "self_mask", *past, *cross]
-    assert [t.name for t in dec.outputs] == ["logits", *[p.replace("past", "present") for p in past]]
+    assert [t.name for t in dec.outputs] == ["logits", *[p.replace("past", "present") for p in past], "alignment"]
     assert [t.name for t in loaded.graph("fp32", "encoder").outputs] == cross
     # both graphs use onnxruntime's fused attention, one node per attention
     import onnx
@@ -66,6 +66,10 @@ def test_bundle_has_graphs_tokenizer_and_checksummed_manifest(exported):
     assert ops.count("MultiHeadAttention") == 2 * len(layers)
     enc_ops = [node.op_type for node in onnx.load(str(out / "encoder.onnx")).graph.node]
     assert enc_ops.count("MultiHeadAttention") == manifest.model["n_encoder_layers"]
+    # int8-static: every product straight to float (with its bias), none requantized to uint8
+    static = [node.op_type for node in onnx.load(str(out / "decoder.int8-static.onnx")).graph.node]
+    assert static.count("MatMulIntegerToFloat") == ops.count("MatMul") and "QLinearMatMul" not in static
+    assert static.count("Add") < ops.count("Add")  # the biases went into the products
     # the encoder's padding: a sentence's keys/values do not depend on its batch-mates' lengths
     fp32 = Translator(out, manifest, resolve_providers("cpu"), variant="fp32")
     short, long_ = [5, 6, 7, 3], [9, 14, 21, 30, 11, 8, 17, 25, 40, 12, 13, 3]
