@@ -94,3 +94,29 @@ def test_the_device_resident_beam_loop_equals_the_plain_one(model_dir):
     got, want = bound.generate_nbest(sources, 4, 3), plain.generate_nbest(sources, 4, 3)
     assert [[h.tokens for h in hs] for hs in got] == [[h.tokens for h in hs] for hs in want]
     np.testing.assert_allclose([h.score for hs in got for h in hs], [h.score for hs in want for h in hs], atol=1e-5)
+
+
+def test_a_sentence_waits_for_k_finished_hypotheses_before_it_stops():
+    # Toy model (ids: 2 <s>, 3 </s>, 4 x, 5 y). After <s>: </s> 0.5, x 0.3, y 0.2; after x: </s>
+    # 0.99. "" ends first (log 0.5 / 1 = -0.69), but "x </s>" ranks better ((log 0.3 + log 0.99) / 2
+    # = -0.61). Stopping once one hypothesis is finished and no live one beats it (the rule before
+    # session 9) returned ""; the Hugging Face rule waits for k finished ones and compares the best
+    # live one with the worst of them.
+    from service.runtime.beam import beam_search
+
+    def probs(last: int) -> np.ndarray:
+        p = np.full(6, 1e-9)
+        if last == 2:
+            p[3], p[4], p[5] = 0.5, 0.3, 0.2
+        else:
+            p[3], p[4], p[5] = 0.99, 0.005, 0.005
+        return np.log(p / p.sum())
+
+    def start(src):
+        return {"src": src}
+
+    def step(state, tokens):
+        return np.stack([probs(int(t)) for t in tokens[:, 0]]).astype(np.float32)
+
+    (best,) = beam_search(start, step, np.array([[7, 3]]), np.array([5]), beam=2, n_best=1, bos=2, eos=3)
+    assert best[0].tokens == [4] and best[0].length == 2
