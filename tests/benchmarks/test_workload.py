@@ -28,3 +28,38 @@ def test_tag_placement_scores_both_ways_on_a_bundle(model_dir):
     assert placed("The <b>dog</b>.", case) and not placed("The <b>the dog</b>.", case)
     assert placed("<b>a</b> <i>b</i>", {"need": ["<b>a</b>", "<i>b</i>"]})
     assert not placed("<b>a</b> b", {"need": ["<b>a</b>", "<i>b</i>"]})
+
+
+def test_our_graphs_run_inside_onnxruntimes_beam_search_op(model_dir):
+    # The T5-layout wrapping of benchmarks/ort_beamsearch is accepted by the op and decodes.
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from benchmarks.ort_beamsearch import wrap
+    from service.runtime.bundle import load_manifest
+
+    bundle = model_dir / "de-en"
+    manifest = load_manifest(bundle)
+    files = manifest.variants["int8-static"]
+    model = wrap(
+        onnx.load(str(bundle / files["encoder"].file)),
+        onnx.load(str(bundle / files["decoder"].file)),
+        manifest.model,
+        2,
+        3,
+        0,
+    )
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {
+        "input_ids": np.array([[5, 6, 7, 3], [8, 9, 3, 0]], np.int32),
+        "max_length": np.array([6], np.int32),
+        "min_length": np.array([1], np.int32),
+        "num_beams": np.array([3], np.int32),
+        "num_return_sequences": np.array([2], np.int32),
+        "length_penalty": np.array([1.0], np.float32),
+        "repetition_penalty": np.array([1.0], np.float32),
+    }
+    sequences, scores = session.run(None, feeds)
+    assert sequences.shape[:2] == (2, 2) and sequences.shape[2] <= 6 and (sequences[:, :, 0] == 2).all()
+    assert scores.shape == (2, 2) and (scores[:, 0] >= scores[:, 1]).all()
