@@ -43,9 +43,13 @@ def average_checkpoints(paths: list[Path], out: Path) -> Path:
     """Average the parameters of several checkpoints of one model (Vaswani et al. 2017, 6.1)."""
     ckpts = [load_checkpoint(p) for p in paths]
     avg = {}
+    tied: dict[tuple[int, tuple], Any] = {}  # tied weights (the embedding) stay one tensor
     for key, value in ckpts[0]["model"].items():
         if value.is_floating_point():
-            avg[key] = sum(c["model"][key] for c in ckpts) / len(ckpts)
+            ident = (value.data_ptr(), tuple(value.shape))
+            if ident not in tied:
+                tied[ident] = sum(c["model"][key] for c in ckpts) / len(ckpts)
+            avg[key] = tied[ident]
         else:
             avg[key] = value
     save_checkpoint({**ckpts[-1], "model": avg, "averaged_from": [p.name for p in paths]}, out)

@@ -228,7 +228,7 @@ def release(
     confusion = next((r for r in results if "confusion_matrix" in r and r["variant"] == served), None)
     if confusion:
         plot_confusion(confusion, out_dir / "confusion.png")
-    card = model_card(manifest, results, parity, cfg)
+    card = model_card(manifest, results, parity, cfg, curves=(out_dir / "curves.png").exists())
     (out_dir / "README.md").write_text(card, encoding="utf-8")
     added = [p for p in (out_dir / "README.md", out_dir / "confusion.png") if p.exists()]
     manifest = replace(manifest, files={**manifest.files, **{p.name: sha256_file(p) for p in added}})
@@ -297,7 +297,9 @@ def hardware(threads: int = 0) -> str:
     return f"CPU ({name}), {n} thread{'s' if n > 1 else ''}"
 
 
-def model_card(manifest, results: list[dict[str, Any]], parity: dict[str, Any], cfg: RunConfig) -> str:
+def model_card(
+    manifest, results: list[dict[str, Any]], parity: dict[str, Any], cfg: RunConfig, curves: bool = True
+) -> str:
     m, t = manifest.model, manifest.training
     lines = [f"# {manifest.name} ({manifest.task}, v{manifest.version})", ""]
     if manifest.task == "translation" and manifest.directions:
@@ -386,7 +388,9 @@ def model_card(manifest, results: list[dict[str, Any]], parity: dict[str, Any], 
                 "```",
             ]
             break
-    lines += ["", f"Command: `{command_line()}`", "", "![training curves](curves.png)", ""]
+    lines += ["", f"Command: `{command_line()}`", ""]
+    if curves:  # a release of a given checkpoint from a run without an epoch's log has none
+        lines += ["![training curves](curves.png)", ""]
     if manifest.task == "classification":
         lines += ["![confusion matrix of the served variant](confusion.png)", ""]
     return "\n".join(lines)
