@@ -49,3 +49,16 @@ def test_bundle_golden_outputs(name):
         assert [manifest.labels[int(p.argmax())] for p in probs] == [c["label"] for c in cases]
         alone = [engine.predict([c["input"]])[0] for c in cases]
         assert max(float(abs(a - p).max()) for a, p in zip(alone, probs)) <= 1e-5
+
+
+def test_no_bundle_checksums_a_file_the_image_leaves_out():
+    # .dockerignore keeps model/*/weights.pt out of the image: a manifest that checksums it makes
+    # the container refuse the bundle (it happened once, caught only by the docker smoke test)
+    import fnmatch
+
+    root = MODEL_DIR.parent
+    patterns = [p.strip() for p in (root / ".dockerignore").read_text().splitlines() if p.strip()]
+    for bundle in find_bundles(MODEL_DIR):
+        for name in load_manifest(bundle, verify=False).files:
+            path = (bundle / name).relative_to(root).as_posix()
+            assert not any(fnmatch.fnmatch(path, p) for p in patterns), f"{path} is checksummed but not in the image"
