@@ -43,9 +43,24 @@ ENGINES = [
 ]
 
 
-def _batches(n: int, lengths: list[int], size: int) -> list[list[int]]:
+def length_batches(n: int, lengths: list[int], size: int) -> list[list[int]]:
+    """Sentence indices sorted by length, cut into batches of `size` (every engine alike)."""
     order = sorted(range(n), key=lambda i: lengths[i])
     return [order[i : i + size] for i in range(0, n, size)]
+
+
+def timed(run, batches: list[list[int]], n: int, repeats: int) -> tuple[list[float], list]:
+    """`run(batch)` over every batch, `repeats` times after a warm-up (sessions, allocators,
+    caches): the seconds of each pass and each sentence's output."""
+    run(batches[0][:2])
+    times, outputs = [], [None] * n
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for batch in batches:
+            for i, out in zip(batch, run(batch)):
+                outputs[i] = out
+        times.append(time.perf_counter() - t0)
+    return times, outputs
 
 
 def workload(batches: list[list[int]], src_lengths: list[int], outputs: list) -> dict[str, dict[str, int]]:
@@ -151,15 +166,8 @@ def worker(args: argparse.Namespace) -> None:
             return sp.decode(ids)
 
     size = args.batch[0]
-    batches = _batches(len(sources), lengths, size)
-    run(batches[0][:2])  # warm-up: sessions, allocators, caches
-    times, outputs = [], [None] * len(sources)
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        for batch in batches:
-            for i, ids in zip(batch, run(batch)):
-                outputs[i] = ids
-        times.append(time.perf_counter() - t0)
+    batches = length_batches(len(sources), lengths, size)
+    times, outputs = timed(run, batches, len(sources), args.repeats)
     tokens = sum(len(o) + 1 for o in outputs)  # + </s>
     print(
         json.dumps(

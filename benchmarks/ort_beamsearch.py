@@ -23,19 +23,19 @@ import copy
 import gzip
 import json
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import sacrebleu
 from onnx import TensorProto, helper, numpy_helper
 
+from benchmarks.engines import length_batches, timed
 from benchmarks.machine import describe
 from service.runtime.bundle import load_manifest
 from service.runtime.sessions import resolve_providers
 from service.runtime.translator import Translator
+from training.evaluate import translation_metrics
 
 
 def _kv(t: str) -> str:
@@ -185,7 +185,6 @@ def main() -> None:
 
     sources, refs = _read(args.source, args.limit), _read(args.reference, args.limit)
     ids = ours.encode([manifest.model_input(s, args.target) for s in sources])
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
 
     def run_ours(batch: list[int]) -> list[list[int]]:
         return [h[0].tokens for h in ours.generate_nbest([ids[i] for i in batch], args.beam)]
@@ -210,20 +209,11 @@ def main() -> None:
 
     rows = []
     for size in args.batch:
-        batches = [order[k : k + size] for k in range(0, len(order), size)]
+        batches = length_batches(len(ids), [len(x) for x in ids], size)
         for name, run in (("numpy loop (served)", run_ours), ("onnxruntime BeamSearch", run_op)):
-            run(batches[0][:2])
-            times, outputs = [], [[] for _ in ids]
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                for batch in batches:
-                    for i, toks in zip(batch, run(batch)):
-                        outputs[i] = toks
-                times.append(time.perf_counter() - t0)
+            times, outputs = timed(run, batches, len(ids), args.repeats)
             tokens = sum(len(o) + 1 for o in outputs)
-            hyps = ours.sp.decode(outputs)
-            tokenize = "zh" if args.target == "zh" else "13a"
-            bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize=tokenize).score
+            bleu = translation_metrics(ours.sp.decode(outputs), refs, args.target)["bleu"]
             row = {
                 "engine": name,
                 "variant": variant,

@@ -129,8 +129,7 @@ async def translate_html(
     links = iter(await align(pairs) if align and pairs else [])
     for run, whole, translated, originals in tagged:
         if not originals:  # plain text: its translation replaces it
-            if run.nodes:
-                _write(run, whole, [])
+            _write(run, whole, [])
             continue
         spans = _aligned(run, whole, next(links, [])) if whole else None
         spans = spans or _searched(run, whole, translated)

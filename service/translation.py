@@ -320,7 +320,7 @@ async def _align(
     assert registry is not None
     none: list[list[tuple[int, int, int, int]]] = [[] for _ in pairs]
     route = registry.route(source, target) if source != target else None
-    if not route or len(route) != 1 or not getattr(registry.translators()[route[0][0]], "aligns", False):
+    if not route or len(route) != 1 or not registry.translators()[route[0][0]].aligns:
         return none
     model, _, tgt = route[0]
     todo = [k for k, (s, t) in enumerate(pairs) if ALIGN_SEP not in s + t]

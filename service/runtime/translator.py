@@ -151,11 +151,7 @@ class Translator(BundleEngine):
         state = self.start(src)
         tokens = np.full((b, 1), self.bos, dtype=np.int64)
         for step in range(steps):
-            feeds = {graph_io.INPUT_IDS: tokens, **state}
-            if self.per_row:
-                past_len = state[self.cache_names[0]].shape[2]
-                feeds[graph_io.POSITION] = np.full(b, past_len, dtype=np.int64)
-                feeds[graph_io.SELF_MASK] = np.ones((b, past_len + 1), dtype=bool)
+            feeds = self._step_feeds(state, tokens)
             _, weights, *present = self.decoder.run([graph_io.LOGITS, graph_io.ALIGNMENT, *self.present_outputs], feeds)
             state.update(zip(self.cache_names, present))
             out[:, step] = weights
@@ -315,12 +311,16 @@ class Translator(BundleEngine):
         """One decoding step for `tokens` (B, 1): returns the logits (B, V) and moves the
         caches in `state` on by one position. Every row is at the cache's length and owns every
         slot (a batch that started together); runtime/continuous.py feeds its own."""
+        return self.run_step(state, self._step_feeds(state, tokens))
+
+    def _step_feeds(self, state: dict[str, np.ndarray], tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """The decoder's inputs for `tokens` (B, 1), every row at the cache's length."""
         feeds = {graph_io.INPUT_IDS: tokens, **state}
         if self.per_row:
             b, past_len = tokens.shape[0], state[self.cache_names[0]].shape[2]
             feeds[graph_io.POSITION] = np.full(b, past_len, dtype=np.int64)
             feeds[graph_io.SELF_MASK] = np.ones((b, past_len + 1), dtype=bool)
-        return self.run_step(state, feeds)
+        return feeds
 
     def run_step(self, state: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The decoder on `feeds`; the new caches go into `state`; returns the logits."""
