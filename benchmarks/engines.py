@@ -7,7 +7,8 @@
 Engines: PyTorch eager greedy without cache (`torch-nocache`), PyTorch with the KV cache
 (`torch-cache`), our onnxruntime engine fp32, int8, int8-blockwise and int8-static (`ort-fp32`,
 `ort-int8`, `ort-int8-blockwise`, `ort-int8-static`: the service's Translator over a bundle exported from the
-checkpoint), CTranslate2 fp32 and int8 (`ct2-fp32`, `ct2-int8`: converted by
+checkpoint; `ort-c2-fp32`, `ort-c2-int8-static`: the same with the decoder of graph contract 2, caches grown
+by a copy every step, as bundles before session 10), CTranslate2 fp32 and int8 (`ct2-fp32`, `ct2-int8`: converted by
 benchmarks/ct2_convert.py). Every (engine, batch) run is a fresh subprocess, so its peak RSS
 is its own. Sentences are sorted by length and cut into batches of `batch` sentences for every
 engine alike. Reported: sentences/s, target tokens/s, peak RSS, BLEU (cased sacreBLEU and
@@ -38,6 +39,8 @@ ENGINES = [
     "ort-int8",
     "ort-int8-blockwise",
     "ort-int8-static",
+    "ort-c2-fp32",  # the same graphs with the decoder of graph contract 2 (caches grown every step)
+    "ort-c2-int8-static",
     "ct2-fp32",
     "ct2-int8",
 ]
@@ -120,10 +123,10 @@ def worker(args: argparse.Namespace) -> None:
 
         if args.thread_pool == "shared":  # as the service does by default
             share_thread_pool(threads)
-        bundle = Path(args.bundle)
-        tr = Translator(
-            bundle, load_manifest(bundle), resolve_providers("cpu"), threads=threads, variant=engine.split("-", 1)[1]
-        )
+        contract2 = engine.startswith("ort-c2-")
+        bundle = Path(args.bundle_c2 if contract2 else args.bundle)
+        variant = engine.removeprefix("ort-c2-") if contract2 else engine.split("-", 1)[1]
+        tr = Translator(bundle, load_manifest(bundle), resolve_providers("cpu"), threads=threads, variant=variant)
         encoded = tr.encode(sources)
 
         def run(batch: list[int]) -> list[list[int]]:
@@ -214,6 +217,7 @@ def main() -> None:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--sources", help=argparse.SUPPRESS)
     p.add_argument("--bundle", help=argparse.SUPPRESS)
+    p.add_argument("--bundle-c2", help=argparse.SUPPRESS)
     p.add_argument("--ct2-fp32", help=argparse.SUPPRESS)
     p.add_argument("--ct2-int8", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -257,6 +261,17 @@ def main() -> None:
         texts = [r[0] for r in rows[:20]]
         export_bundle(model, cfg, args.tokenizer, work / "bundle", texts, calibration_texts=calibration_texts(cfg))
         extra += ["--bundle", str(work / "bundle")]
+        if any(e.startswith("ort-c2-") for e in args.engines):
+            export_bundle(
+                model,
+                cfg,
+                args.tokenizer,
+                work / "bundle-c2",
+                texts,
+                calibration_texts=calibration_texts(cfg),
+                static_cache=False,
+            )
+            extra += ["--bundle-c2", str(work / "bundle-c2")]
     if any(e.startswith("ct2") for e in args.engines):
         from benchmarks.ct2_convert import convert
 

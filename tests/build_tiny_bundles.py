@@ -40,6 +40,9 @@ def build(out: Path = TINY_BUNDLES) -> Path:
         staged = tmp / "bundles"
         runs = tmp / "runs"
         _export_random(translation_config(parallel), runs / "de-en", staged / "de-en", 1)
+        # the same weights with a decoder of graph contract 2 (caches grown every step), which
+        # bundles exported before session 10 have: the engines serve both
+        _export_random(translation_config(parallel), runs / "de-en", tmp / "contract2" / "de-en", 1, static_cache=False)
         _export_random(translation_config(parallel, "en-de", "en", "de"), runs / "en-de", staged / "en-de", 2)
         _export_random(classification_config(tsv, epochs=15), runs / "sentiment", staged / "sentiment", 3, True)
         langid = config_from_dict(
@@ -67,6 +70,7 @@ def build(out: Path = TINY_BUNDLES) -> Path:
         shutil.copytree(staged, out / "models")
         shutil.copytree(tmp / "multi-bundles", out / "multilingual")
         shutil.copytree(tmp / "broken", out / "broken")
+        shutil.copytree(tmp / "contract2", out / "contract2")
     return out
 
 

@@ -196,7 +196,9 @@ def tsv_dir(tmp_path_factory) -> Path:
     return make_tsv(tmp_path_factory.mktemp("tsv"))
 
 
-def _export_random(cfg, run_dir: Path, out: Path, seed: int, train_first: bool = False) -> Path:
+def _export_random(
+    cfg, run_dir: Path, out: Path, seed: int, train_first: bool = False, static_cache: bool = True
+) -> Path:
     """Tokenizer + a tiny model -> bundle. Random weights unless `train_first` (a few seconds)."""
     import torch
 
@@ -206,7 +208,7 @@ def _export_random(cfg, run_dir: Path, out: Path, seed: int, train_first: bool =
     from training.train import train
     from training.transformer import build_model
 
-    tok = prepare_tokenizer(cfg, run_dir)
+    tok = prepare_tokenizer(cfg, run_dir)  # the run folder's own when it has one
     if train_first:
         train(cfg, run_dir, device="cpu")
         model = model_from_checkpoint(run_dir / "best.pt")
@@ -215,7 +217,7 @@ def _export_random(cfg, run_dir: Path, out: Path, seed: int, train_first: bool =
         model = build_model(model_config(cfg, tok)).eval()
     split = "val" if cfg.task == "translation" else "valid"
     texts = [r[0] for r in make_task(cfg, tok).raw(split)[:5]]
-    export_bundle(model, cfg, run_dir / TOKENIZER_FILE, out, texts)
+    export_bundle(model, cfg, run_dir / TOKENIZER_FILE, out, texts, static_cache=static_cache)
     return out
 
 

@@ -90,17 +90,18 @@ def _export(
     return GraphSpec(file=path.name, inputs=inputs, outputs=outputs)
 
 
-def export_translation_graphs(model: Seq2SeqTransformer, out: Path) -> dict[str, GraphSpec]:
+def export_translation_graphs(model: Seq2SeqTransformer, out: Path, static_cache: bool = True) -> dict[str, GraphSpec]:
     """The encoder and the decoder step, both built node by node with onnxruntime's fused
     attention (training.onnx_graphs), faster than what ``torch.onnx.export`` traces (BENCHMARKS.md).
-    Every layer's keys and values are separate inputs and outputs."""
+    Every layer's keys and values are separate inputs and outputs. `static_cache`: the decoder
+    of graph contract 3 (fixed-width caches written in place), else contract 2."""
     model.eval()
     enc_path = out / "encoder.onnx"
     onnx.save(build_encoder(model), str(enc_path))
     enc = graph_io.graph_spec("encoder", model.cfg.to_dict(), enc_path.name)
     dec_path = out / "decoder.onnx"
-    onnx.save(build_decoder_step(model), str(dec_path))
-    dec = graph_io.graph_spec("decoder", model.cfg.to_dict(), dec_path.name)
+    onnx.save(build_decoder_step(model, static_cache=static_cache), str(dec_path))
+    dec = graph_io.graph_spec("decoder", model.cfg.to_dict(), dec_path.name, static=static_cache)
     return {"encoder": enc, "decoder": dec}
 
 
@@ -149,6 +150,7 @@ def calibration_feeds(bundle_dir: Path, manifest: Manifest, texts: Sequence[str]
     engine: Translator | Classifier
     if manifest.task == "translation":
         engine = Translator(bundle_dir, manifest, providers, variant="fp32")
+        engine.bind_static = False  # every decoder step through `run`, where it is recorded
         record("encoder", engine.encoder)
         record("decoder", engine.decoder, CALIBRATION_STEP_EVERY)
         for start in range(0, len(texts), CALIBRATION_BATCH):
@@ -322,7 +324,7 @@ def translation_parity(
             identical += torch_out == ort_out
             tgt_in = [model.cfg.bos_id] + torch_out
             ref = model(src, torch.tensor([tgt_in]))[0].numpy()  # (T, V)
-            state = engine.start(src.numpy())
+            state = engine.start(src.numpy(), width=len(tgt_in))
             for t, tok in enumerate(tgt_in):
                 logits = engine.step(state, np.array([[tok]], dtype=np.int64))
                 max_diff = max(max_diff, float(np.abs(logits[0] - ref[t]).max()))
@@ -365,11 +367,13 @@ def export_bundle(
     extra_files: Sequence[Path] = (),
     training_info: dict[str, Any] | None = None,
     calibration_texts: Sequence[str] = (),
+    static_cache: bool = True,
 ) -> tuple[Manifest, dict[str, Any]]:
     """Write a complete, verified bundle to `out_dir`. Returns its manifest and the parity
     report. Refuses to replace an existing bundle unless `force`. `calibration_texts` (default:
     the parity texts) calibrate the int8-static variant: give training text, not the text the
-    variants are then judged on."""
+    variants are then judged on. `static_cache=False`: a decoder of graph contract 2 (caches
+    grown by one slot a step) instead of 3."""
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise FileExistsError(f"{out_dir} exists; pass --force to overwrite it")
     tokenizer = Tokenizer(tokenizer_path)
@@ -379,7 +383,7 @@ def export_bundle(
     try:
         t0 = time.perf_counter()
         if cfg.task == "translation":
-            graphs = export_translation_graphs(model, tmp)
+            graphs = export_translation_graphs(model, tmp, static_cache)
         else:
             graphs = export_classifier_graph(model, tmp)
         shutil.copyfile(tokenizer_path, tmp / "spm.model")

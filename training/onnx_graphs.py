@@ -74,7 +74,7 @@ class _Builder:
         self._n += 1
         outputs = out or [f"{op_type.lower()}_{self._n}_{k}" for k in range(n_out)]
         self.types.update(dict.fromkeys(outputs, dtype))
-        domain = MS_DOMAIN if op_type == "MultiHeadAttention" else ""
+        domain = MS_DOMAIN if op_type in ("MultiHeadAttention", "GroupQueryAttention") else ""
         self.nodes.append(
             helper.make_node(op_type, inputs, outputs, name=f"{op_type}_{self._n}", domain=domain, **attrs)
         )
@@ -220,12 +220,19 @@ def align_layer(n_layers: int) -> int:
     return max(n_layers - 2, 0)
 
 
-def build_decoder_step(model: Seq2SeqTransformer, alignment_layer: int | None = None) -> onnx.ModelProto:
+def build_decoder_step(
+    model: Seq2SeqTransformer, alignment_layer: int | None = None, static_cache: bool = True
+) -> onnx.ModelProto:
     """One greedy decoding step of `model` (eval mode: no dropout) as an ONNX model. Besides the
     logits and caches it outputs `alignment`: where the step looked in the source (the
     cross-attention weights of `alignment_layer`, default `align_layer`, averaged over heads),
     which the service uses to carry inline markup (service/html.py). Its cost is one (1 x S)
-    attention score per head, beside the fused kernel that does not expose its weights."""
+    attention score per head, beside the fused kernel that does not expose its weights.
+
+    `static_cache` (graph contract 3, the default): each self-attention is one
+    `GroupQueryAttention` over fixed-width caches that the step writes in place at each row's
+    `position` (the engine binds past and present to one buffer); else (contract 2) a
+    `MultiHeadAttention` that appends to caches one slot longer every step, with `self_mask`."""
     cfg = model.cfg
     layer_of_alignment = align_layer(cfg.n_decoder_layers) if alignment_layer is None else alignment_layer
     w = _weights(model)
@@ -244,8 +251,15 @@ def build_decoder_step(model: Seq2SeqTransformer, alignment_layer: int | None = 
     (pos,) = g.op("Gather", [g.const("positional_encoding", pe.astype(np.float32)), POSITION])  # (B, D)
     (x,) = g.op("Add", [x, pos])
     (key_mask,) = g.op("Cast", [SRC_MASK], to=TensorProto.INT32, dtype=TensorProto.INT32)  # 1 = a real source token
-    # 1 = a cache slot of this row (a row that joined a running batch late has masked slots first)
-    (self_key_mask,) = g.op("Cast", [SELF_MASK], to=TensorProto.INT32, dtype=TensorProto.INT32)  # (B, P + 1)
+    if static_cache:
+        # GroupQueryAttention's per-row lengths: a row attends to its slots 0..position (the
+        # one this step writes included), in a buffer as wide as the longest row needs
+        (seqlens,) = g.op("Cast", [POSITION], to=TensorProto.INT32, dtype=TensorProto.INT32)
+        (longest,) = g.op("ReduceMax", [seqlens], keepdims=0, dtype=TensorProto.INT32)
+        (total,) = g.op("Add", [longest, g.const("one_int32", np.array(1, np.int32))], dtype=TensorProto.INT32)
+    else:
+        # 1 = a cache slot of this row (a row that joined a running batch late has masked slots first)
+        (self_key_mask,) = g.op("Cast", [SELF_MASK], to=TensorProto.INT32, dtype=TensorProto.INT32)  # (B, P + 1)
 
     stream = _Residual(g, w, cfg.pre_norm, x)
 
@@ -254,6 +268,20 @@ def build_decoder_step(model: Seq2SeqTransformer, alignment_layer: int | None = 
 
         def self_attention(hid: str, p: str = p, i: int = i) -> str:
             a = f"{p}.self_attn"
+            if static_cache:
+                # packed Q|K|V (B, 1, 3D), biases added by the product (GroupQueryAttention has no bias input)
+                qkv_w = np.concatenate([w[f"{a}.{t}_proj.weight"] for t in "qkv"])
+                qkv_b = np.concatenate([w[f"{a}.{t}_proj.bias"] for t in "qkv"])
+                (qkv,) = g.op("Unsqueeze", [g.linear(hid, qkv_w, qkv_b, f"{a}.qkv"), axis1])
+                (ctx, _, _) = g.op(
+                    "GroupQueryAttention",
+                    [qkv, "", "", past("k", i), past("v", i), seqlens, total],
+                    out=[f"{a}.context", present("k", i), present("v", i)],
+                    num_heads=n,
+                    kv_num_heads=n,
+                )
+                (ctx,) = g.op("Squeeze", [ctx, axis1])
+                return g.linear(ctx, w[f"{a}.out_proj.weight"], w[f"{a}.out_proj.bias"], f"{a}.out")
             q, k, v, bias = _self_attention_inputs(g, w, a, hid, d, seq_axis=axis1)  # (B, 1, D) each
             (ctx, _, _) = g.op(
                 "MultiHeadAttention",
@@ -288,12 +316,14 @@ def build_decoder_step(model: Seq2SeqTransformer, alignment_layer: int | None = 
         helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", 1]),
         helper.make_tensor_value_info(POSITION, TensorProto.INT64, ["batch"]),
         helper.make_tensor_value_info(SRC_MASK, TensorProto.BOOL, ["batch", "src_len"]),
-        helper.make_tensor_value_info(SELF_MASK, TensorProto.BOOL, ["batch", "present_len"]),
     ]
+    if not static_cache:
+        inputs.append(helper.make_tensor_value_info(SELF_MASK, TensorProto.BOOL, ["batch", "present_len"]))
+    past_len, present_len = ("cache_len", "cache_len") if static_cache else ("past_len", "present_len")
     outputs = [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", cfg.vocab_size])]
     for i in range(cfg.n_decoder_layers):
-        inputs += [_kv_spec(past(t, i), n, h, "past_len") for t in "kv"]
-        outputs += [_kv_spec(present(t, i), n, h, "present_len") for t in "kv"]
+        inputs += [_kv_spec(past(t, i), n, h, past_len) for t in "kv"]
+        outputs += [_kv_spec(present(t, i), n, h, present_len) for t in "kv"]
     for i in range(cfg.n_decoder_layers):
         inputs += [_kv_spec(cross(t, i), n, h, "src_len") for t in "kv"]
     outputs.append(helper.make_tensor_value_info(ALIGNMENT, TensorProto.FLOAT, ["batch", "src_len"]))

@@ -19,7 +19,12 @@ Copying the whole state on every join and leave (the first version) took twice t
 decoder itself under a realistic load (BENCHMARKS.md, "continuous batching"); slots make both
 free. Each row sees only its own source and its own cache slots, at its own positions, so its
 output is the same as when it is decoded alone (the graphs are padding-invariant; tests check
-it on the served variant). Needs a decoder with the per-row inputs (graph contract 2).
+it on the served variant). Needs a decoder with the per-row inputs (graph contract 2 or 3).
+
+With a contract-3 decoder (fixed-width caches written in place) a row's cache slots are its own
+from slot 0: a newcomer in a free slot starts at position 0 and the old occupant's slots past it
+are never read, so there is no self mask and nothing to cut on the left; the attention spans the
+live rows' longest position, and the buffers are as wide as the largest output limit admitted.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class DecodeBatch:
         if not engine.per_row:
             raise ValueError(f"{engine.manifest.name}: its decoder has no per-row inputs (graph contract 1)")
         self.engine = engine
+        self.static = bool(getattr(engine, "static", False))  # contract 3: caches written in place
         self.steps = 0  # decoder calls so far
         self.compactions = 0
         self._reset()
@@ -80,7 +86,11 @@ class DecodeBatch:
 
     @property
     def width(self) -> int:
-        """Cache slots per row (the same for every row; the ones a row does not own are masked)."""
+        """Cache slots per row that a step reads (the same for every row; the ones a row does not
+        own are masked). Contract 3: the live rows' longest position."""
+        if self.static:
+            live = [r for r, row in enumerate(self.slots) if row is not None]
+            return int(self.position[live].max()) if live else 0
         return self.valid.shape[1]
 
     @property
@@ -108,7 +118,10 @@ class DecodeBatch:
             return
         e = self.engine
         src, limits = e.padded(sources)
-        new = e.start(src)  # the encoder's keys/values, the source mask, empty caches
+        # the encoder's keys/values, the source mask, empty caches (contract 3: as wide as the
+        # largest limit for a new batch; none for newcomers, who write into the batch's buffers)
+        new = e.start(src, width=int(limits.max()) if not self.slots else 0) if self.static else e.start(src)
+        new.pop(graph_io.POSITION, None)  # the batch keeps every row's position itself
         rows = [Row(t, int(n), len(s), scored=scored) for t, n, s in zip(tags, limits, sources)]
         if not self.slots:
             self.state = new
@@ -120,13 +133,16 @@ class DecodeBatch:
         if src.shape[1] > self.src_width:  # a longer source than any in the batch: widen (a copy)
             for name in (*e.encoder_outputs, graph_io.SRC_MASK):
                 self.state[name] = _pad_axis(self.state[name], 2 if name != graph_io.SRC_MASK else 1, src.shape[1])
+        if self.static and int(limits.max()) > self.state[e.cache_names[0]].shape[2]:  # wider buffers (a copy)
+            for name in e.cache_names:
+                self.state[name] = _pad_axis(self.state[name], 2, int(limits.max()))
         free = [i for i, row in enumerate(self.slots) if row is None][: len(rows)]
         grow = len(rows) - len(free)
         if grow:  # no free slot left for the rest: the batch grows (a copy)
             b = len(self.slots)
             for name, value in self.state.items():
                 self.state[name] = np.concatenate([value, np.zeros((grow, *value.shape[1:]), dtype=value.dtype)])
-            self.valid = np.concatenate([self.valid, np.zeros((grow, self.width), dtype=bool)])
+            self.valid = np.concatenate([self.valid, np.zeros((grow, self.valid.shape[1]), dtype=bool)])
             self.position = np.concatenate([self.position, np.zeros(grow, dtype=np.int64)])
             self.next_ids = np.concatenate([self.next_ids, np.zeros((grow, 1), dtype=np.int64)])
             self.slots += [None] * grow
@@ -138,7 +154,8 @@ class DecodeBatch:
             self.state[name][at, :, w:] = 0
         self.state[graph_io.SRC_MASK][at, :w] = new[graph_io.SRC_MASK]
         self.state[graph_io.SRC_MASK][at, w:] = False
-        self.valid[at] = False  # the old occupant's cache slots are hidden from the newcomer
+        if not self.static:
+            self.valid[at] = False  # the old occupant's cache slots are hidden from the newcomer
         self.position[at] = 0
         self.next_ids[at] = e.bos
         for i, row in zip(free, rows):
@@ -150,13 +167,16 @@ class DecodeBatch:
             return []
         e = self.engine
         b = len(self.slots)
-        self.valid = np.concatenate([self.valid, np.ones((b, 1), dtype=bool)], axis=1)  # the slot this step appends
-        feeds = {
-            graph_io.INPUT_IDS: self.next_ids,
-            graph_io.POSITION: self.position,
-            graph_io.SELF_MASK: self.valid,
-            **self.state,
-        }
+        if self.static:  # each row writes its slot `position` of the batch's buffers
+            feeds = {graph_io.INPUT_IDS: self.next_ids, graph_io.POSITION: self.position, **self.state}
+        else:
+            self.valid = np.concatenate([self.valid, np.ones((b, 1), dtype=bool)], axis=1)  # the slot this step appends
+            feeds = {
+                graph_io.INPUT_IDS: self.next_ids,
+                graph_io.POSITION: self.position,
+                graph_io.SELF_MASK: self.valid,
+                **self.state,
+            }
         logits = e.run_step(self.state, feeds)
         self.steps += 1
         next_ids = logits.argmax(-1)
@@ -203,9 +223,12 @@ class DecodeBatch:
             self._reset()
             return
         self.position[dead] = 0
-        self.valid[dead] = False
         live = self.rows
-        unowned = self.width - int(self.position.max())
+        if self.static:  # nothing to cut on the left: every row's slots start at 0
+            unowned = 0
+        else:
+            self.valid[dead] = False
+            unowned = self.width - int(self.position.max())
         src_unused = self.src_width - max(row.src_len for row in live)
         if (
             4 * int(dead.sum()) >= len(self.slots)
@@ -226,7 +249,8 @@ class DecodeBatch:
                 self.state[name] = value[keep, :src_len]
             else:
                 self.state[name] = value[keep, :, :src_len]
-        self.valid = self.valid[keep, first:]
+        if not self.static:
+            self.valid = self.valid[keep, first:]
         self.position, self.next_ids = self.position[keep], self.next_ids[keep]
 
 

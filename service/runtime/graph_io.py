@@ -18,6 +18,13 @@ iteration-level batching needs (service/runtime/continuous.py). Bundles exported
 they are still served, without joining a running batch. `alignment`, last and optional, is where
 each step looked in the source (one layer's cross-attention weights, averaged over heads): the
 HTML path carries inline elements by it (service/html.py); bundles without it place them by words.
+Contract 3 (a static cache, since session 10): the same step without `self_mask`, its caches
+(B, N, C, H) of a fixed width C that the step writes in place: `past_k.{i}` and `present_k.{i}`
+are one buffer (the engine binds both to the same memory), a row's own slots are 0..position-1
+(right-padded, every row from slot 0), and the step writes slot `position`. No cache is copied
+into a grown one every step, and a row that joins a running batch needs no mask: it starts at
+position 0 in a free row. (onnxruntime's GroupQueryAttention, 2-2.5x faster than
+MultiHeadAttention appending to a growing cache on the CPU: BENCHMARKS.md.)
 Classifier:   ids (B, T) int64 -> probabilities (B, labels) float32
 """
 
@@ -54,21 +61,23 @@ def encoder_io(n_layers: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 
 def decoder_io(
-    n_layers: int, per_row: bool = True, alignment: bool = True
+    n_layers: int, per_row: bool = True, alignment: bool = True, static: bool = False
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The decoder step's contract; `per_row=False` is contract 1 (no position, no self_mask);
+    `static=True` contract 3 (no self_mask, fixed-width caches written in place);
     `alignment=False`: a decoder exported before the alignment output."""
+    past_len, present_len = ("cache_len", "cache_len") if static else ("past_len", "present_len")
     inputs = [
         TensorSpec(INPUT_IDS, "int64", ["batch", 1]),
-        *([TensorSpec(POSITION, "int64", ["batch"])] if per_row else []),
+        *([TensorSpec(POSITION, "int64", ["batch"])] if per_row or static else []),
         TensorSpec(SRC_MASK, "bool", ["batch", "src_len"]),
-        *([TensorSpec(SELF_MASK, "bool", ["batch", "present_len"])] if per_row else []),
-        *[_kv(past(t, i), "past_len") for i in range(n_layers) for t in "kv"],
+        *([TensorSpec(SELF_MASK, "bool", ["batch", "present_len"])] if per_row and not static else []),
+        *[_kv(past(t, i), past_len) for i in range(n_layers) for t in "kv"],
         *[_kv(cross(t, i), "src_len") for i in range(n_layers) for t in "kv"],
     ]
     outputs = [
         TensorSpec(LOGITS, "float32", ["batch", "vocab"]),
-        *[_kv(present(t, i), "present_len") for i in range(n_layers) for t in "kv"],
+        *[_kv(present(t, i), present_len) for i in range(n_layers) for t in "kv"],
         *([TensorSpec(ALIGNMENT, "float32", ["batch", "src_len"])] if alignment else []),
     ]
     return inputs, outputs
@@ -85,28 +94,33 @@ def per_row(spec: GraphSpec) -> bool:
     return any(t.name == POSITION for t in spec.inputs)
 
 
+def static_cache(spec: GraphSpec) -> bool:
+    """Whether a decoder spec is contract 3: per-row positions, fixed-width caches written in place."""
+    return per_row(spec) and not any(t.name == SELF_MASK for t in spec.inputs)
+
+
 def has_alignment(spec: GraphSpec) -> bool:
     """Whether a decoder spec has the `alignment` output."""
     return any(t.name == ALIGNMENT for t in spec.outputs)
 
 
 def expected(
-    role: str, model: dict[str, Any], rows: bool = True, alignment: bool = True
+    role: str, model: dict[str, Any], rows: bool = True, alignment: bool = True, static: bool = False
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The contract of graph `role` of a model with config `model` (the manifest's); for the
-    decoder, `rows` chooses contract 2 (per-row position and self mask) or 1, `alignment`
-    whether the alignment output is there."""
+    decoder, `rows` chooses contract 2 (per-row position and self mask) or 1, `static` contract 3,
+    `alignment` whether the alignment output is there."""
     if role == "encoder":
         return encoder_io(model["n_decoder_layers"])
     if role == "decoder":
-        return decoder_io(model["n_decoder_layers"], rows, alignment)
+        return decoder_io(model["n_decoder_layers"], rows, alignment, static)
     if role == "classifier":
         return classifier_io()
     raise BundleError(f"unknown graph role {role!r}")
 
 
-def graph_spec(role: str, model: dict[str, Any], file: str) -> GraphSpec:
-    inputs, outputs = expected(role, model)
+def graph_spec(role: str, model: dict[str, Any], file: str, static: bool = False) -> GraphSpec:
+    inputs, outputs = expected(role, model, static=static)
     return GraphSpec(file=file, inputs=inputs, outputs=outputs)
 
 
@@ -116,7 +130,7 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool
 def check_session(session: Any, spec: GraphSpec, role: str, model: dict[str, Any], where: str) -> None:
     """Refuse a graph whose manifest spec differs from the contract, or whose onnxruntime session
     differs from its spec: names and order, element types, ranks."""
-    want_in, want_out = expected(role, model, per_row(spec), has_alignment(spec))
+    want_in, want_out = expected(role, model, per_row(spec), has_alignment(spec), static_cache(spec))
     problems = []
     for side, declared, want in (("input", spec.inputs, want_in), ("output", spec.outputs, want_out)):
         for k in range(max(len(declared), len(want))):

@@ -9,6 +9,11 @@ Decoder graph:  input_ids (B, 1) int64, position (B,) int64, src_mask (B, S) boo
 Every decoder input is batch-first, so the decoding state is one dict of arrays. Each row stops
 at </s> or at a limit derived from its source length; finished rows leave the batch (their
 slices are dropped), so late steps only pay for sentences still running.
+
+A decoder of graph contract 3 (graph_io) has caches of a fixed width, allocated once per batch
+(as wide as its longest output may be) and written in place: the engine binds each cache's
+numpy buffer as both the step's past and its present (IO binding), and the state carries each
+row's `position`. Nothing is copied from one step to the next.
 """
 
 from __future__ import annotations
@@ -54,6 +59,10 @@ class Translator(BundleEngine):
         # Per-row positions and self-attention masks (contract 2): rows may join a running
         # batch (runtime/continuous.py). Contract 1 bundles decode whole batches only.
         self.per_row = graph_io.per_row(manifest.graph(self.variant, "decoder"))
+        # Contract 3: fixed-width caches written in place (bound as past and present at once);
+        # `bind_static=False` runs the same graph without binding (a copy of every cache per step).
+        self.static = graph_io.static_cache(manifest.graph(self.variant, "decoder"))
+        self.bind_static = True
         # Decoders exported since session 9 also say where each step looked in the source.
         self.aligns = graph_io.has_alignment(manifest.graph(self.variant, "decoder"))
         # On CUDA the caches stay on the device between steps (IO binding); on the CPU the
@@ -148,12 +157,12 @@ class Translator(BundleEngine):
         forced = np.full((b, steps), self.pad, dtype=np.int64)
         for i, t in enumerate(targets):
             forced[i, : len(t)] = t
-        state = self.start(src)
+        state = self.start(src, width=steps)
         tokens = np.full((b, 1), self.bos, dtype=np.int64)
         for step in range(steps):
-            feeds = self._step_feeds(state, tokens)
-            _, weights, *present = self.decoder.run([graph_io.LOGITS, graph_io.ALIGNMENT, *self.present_outputs], feeds)
-            state.update(zip(self.cache_names, present))
+            _, weights = self.run_step(state, self._step_feeds(state, tokens), extra=[graph_io.ALIGNMENT])
+            if self.static:
+                state[graph_io.POSITION] = state[graph_io.POSITION] + 1
             out[:, step] = weights
             tokens = forced[:, step : step + 1]
         for i, t in enumerate(targets):
@@ -178,9 +187,23 @@ class Translator(BundleEngine):
             return self._greedy_scored(sources)
         src, limits = self.padded(sources)
         bound = self.io_binding  # on CUDA: caches, logits and their reordering stay on the device
+        filled = [0]  # contract 3: cache slots written so far (every row of a beam search is at the same step)
+
+        def step(state: dict[str, Any], tokens: np.ndarray) -> Any:
+            logits = (self._step_bound if bound else self.step)(state, tokens)
+            filled[0] += 1
+            return logits
+
+        def take_filled(value: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            """A fixed-width cache's rows in the order `rows`: only the slots written so far are
+            copied (the others are never read: each row attends to its slots 0..position)."""
+            out = np.empty((len(rows), *value.shape[1:]), dtype=value.dtype)
+            out[:, :, : filled[0]] = value[rows, :, : filled[0]]
+            return out
+
         hyps = beam_search(
             self._start_bound if bound else self.start,
-            self._step_bound if bound else self.step,
+            step,
             src,
             limits,
             beam_size,
@@ -192,6 +215,7 @@ class Translator(BundleEngine):
             topk=self._topk_bound if bound else self.topk,
             gather=self._gather_bound if bound else take_rows,
             vocab=self.manifest.vocab_size,
+            gather_cache=take_filled if self.static and not bound else None,
         )
         if self.on_tokens:
             self.on_tokens(sum(h[0].length for h in hyps if h))
@@ -214,16 +238,24 @@ class Translator(BundleEngine):
         self.encoder.run_with_iobinding(enc)
         state: dict[str, Any] = dict(zip(self.encoder_outputs, enc.get_outputs()))
         state[graph_io.SRC_MASK] = src != self.pad
-        empty = np.zeros((src.shape[0], self.n_heads, 0, self.d_head), dtype=np.float32)
+        b = src.shape[0]
+        width = self.output_limit(src.shape[1]) if self.static else 0
+        empty = np.zeros((b, self.n_heads, width, self.d_head), dtype=np.float32)
         for name in self.cache_names:
             state[name] = ort.OrtValue.ortvalue_from_numpy(empty, dev, 0)
+        if self.static:
+            state[graph_io.POSITION] = np.zeros(b, dtype=np.int64)
         return state
 
     def _step_bound(self, state: dict[str, Any], tokens: np.ndarray) -> Any:
-        """One decoder step; the logits stay on the device (the selection reads them there)."""
+        """One decoder step; the logits stay on the device (the selection reads them there).
+        Contract 3: the caches are not shared between past and present here: onnxruntime's
+        CUDA GroupQueryAttention takes fp16/bf16 only, so an fp32 graph's attention runs on
+        the CPU provider beside it and its present comes back as a new tensor (as wide as the
+        longest row needs), which the next step reads as its past."""
         bind = self.decoder.io_binding()
         bind.bind_cpu_input(graph_io.INPUT_IDS, tokens)
-        if self.per_row:
+        if self.per_row and not self.static:
             b, past_len = tokens.shape[0], state[self.cache_names[0]].shape()[2]
             bind.bind_cpu_input(graph_io.POSITION, np.full(b, past_len, dtype=np.int64))
             bind.bind_cpu_input(graph_io.SELF_MASK, np.ones((b, past_len + 1), dtype=bool))
@@ -238,6 +270,8 @@ class Translator(BundleEngine):
         self.decoder.run_with_iobinding(bind)
         logits, *present = bind.get_outputs()
         state.update(zip(self.cache_names, present))
+        if self.static:
+            state[graph_io.POSITION] = state[graph_io.POSITION] + 1
         return logits
 
     def _topk_bound(self, logits: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -297,13 +331,22 @@ class Translator(BundleEngine):
         model's length as `encode` cuts it)."""
         return int(output_limits(np.array([min(n_tokens, self.max_len)]), self.max_len, self.ratio, self.extra)[0])
 
-    def start(self, src: np.ndarray) -> dict[str, np.ndarray]:
+    def start(self, src: np.ndarray, width: int | None = None) -> dict[str, np.ndarray]:
         """The decoder's inputs before the first step: the encoder's keys/values, the source
-        mask and empty caches; `step` keeps it up to date."""
+        mask and empty caches; `step` keeps it up to date. Contract 3: caches `width` slots wide
+        (default: the output limit of the longest source, which no row's output exceeds) and
+        every row's position (0)."""
         cross = self.encoder.run(self.encoder_outputs, {graph_io.SRC_IDS: src})
         state = dict(zip(self.encoder_outputs, cross))
         state[graph_io.SRC_MASK] = src != self.pad
-        empty = np.zeros((src.shape[0], self.n_heads, 0, self.d_head), dtype=np.float32)
+        b = src.shape[0]
+        if self.static:
+            width = self.output_limit(src.shape[1]) if width is None else width
+            for name in self.cache_names:
+                state[name] = np.zeros((b, self.n_heads, width, self.d_head), dtype=np.float32)
+            state[graph_io.POSITION] = np.zeros(b, dtype=np.int64)
+            return state
+        empty = np.zeros((b, self.n_heads, 0, self.d_head), dtype=np.float32)
         state.update(dict.fromkeys(self.cache_names, empty))
         return state
 
@@ -311,49 +354,92 @@ class Translator(BundleEngine):
         """One decoding step for `tokens` (B, 1): returns the logits (B, V) and moves the
         caches in `state` on by one position. Every row is at the cache's length and owns every
         slot (a batch that started together); runtime/continuous.py feeds its own."""
-        return self.run_step(state, self._step_feeds(state, tokens))
+        logits = self.run_step(state, self._step_feeds(state, tokens))
+        if self.static:
+            state[graph_io.POSITION] = state[graph_io.POSITION] + 1
+        return logits
 
     def _step_feeds(self, state: dict[str, np.ndarray], tokens: np.ndarray) -> dict[str, np.ndarray]:
-        """The decoder's inputs for `tokens` (B, 1), every row at the cache's length."""
+        """The decoder's inputs for `tokens` (B, 1), every row at the cache's length (contract
+        3: at the state's positions)."""
         feeds = {graph_io.INPUT_IDS: tokens, **state}
-        if self.per_row:
+        if self.per_row and not self.static:
             b, past_len = tokens.shape[0], state[self.cache_names[0]].shape[2]
             feeds[graph_io.POSITION] = np.full(b, past_len, dtype=np.int64)
             feeds[graph_io.SELF_MASK] = np.ones((b, past_len + 1), dtype=bool)
         return feeds
 
-    def run_step(self, state: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """The decoder on `feeds`; the new caches go into `state`; returns the logits."""
-        logits, *present = self.decoder.run([graph_io.LOGITS, *self.present_outputs], feeds)
-        state.update(zip(self.cache_names, present))
-        return logits
+    def run_step(self, state: dict[str, np.ndarray], feeds: dict[str, np.ndarray], extra: Sequence[str] = ()) -> Any:
+        """The decoder on `feeds`; the new caches go into `state`; returns the logits (and the
+        `extra` outputs after them, when asked: a list). Contract 3, bound: every cache of
+        `feeds` is written in place, so `state` must hold the same arrays."""
+        if self.static and self.bind_static:
+            bind = self.decoder.io_binding()
+            b = feeds[graph_io.INPUT_IDS].shape[0]
+            logits = np.empty((b, self.manifest.vocab_size), dtype=np.float32)
+            bind.bind_ortvalue_output(graph_io.LOGITS, ort.OrtValue.ortvalue_from_numpy(logits))
+            for name in extra:
+                bind.bind_output(name, "cpu")
+            caches = dict(zip(self.cache_names, self.present_outputs))
+            for name, value in feeds.items():
+                if name in caches:
+                    buffer = ort.OrtValue.ortvalue_from_numpy(value)  # the array's own memory
+                    bind.bind_ortvalue_input(name, buffer)
+                    bind.bind_ortvalue_output(caches[name], buffer)
+                else:
+                    bind.bind_cpu_input(name, value)
+            self.decoder.run_with_iobinding(bind)
+            if not extra:
+                return logits
+            return [logits, *(v.numpy() for v in bind.get_outputs()[1 : 1 + len(extra)])]
+        logits, *rest = self.decoder.run([graph_io.LOGITS, *extra, *self.present_outputs], feeds)
+        state.update(zip(self.cache_names, rest[len(extra) :]))
+        return [logits, *rest[: len(extra)]] if extra else logits
 
     def _decode(self, src: np.ndarray, limits: np.ndarray, steps: int, scores: np.ndarray | None = None):
         """Greedy loop; with `scores` (B,), adds each row's chosen tokens' log-probabilities to
         it (</s> included)."""
         b = src.shape[0]
-        state = self.start(src)
+        state = self.start(src, width=steps)
         out = np.full((b, steps), self.pad, dtype=np.int64)
         out_len = np.zeros(b, dtype=np.int64)
-        alive = np.arange(b)  # original rows still decoding, in batch order
+        alive = np.arange(b)  # each batch row's original row; -1: finished, still in the batch
+        row_limits = limits.copy()
         tokens = np.full((b, 1), self.bos, dtype=np.int64)
         for step in range(steps):
             logits = self.step(state, tokens)
             next_ids = logits.argmax(-1)
+            live = alive >= 0
             if scores is not None:
-                chosen = logits[np.arange(len(next_ids)), next_ids].astype(np.float64)
-                scores[alive] += chosen - logsumexp(logits.astype(np.float64))
+                rows = np.nonzero(live)[0]
+                chosen = logits[rows, next_ids[rows]].astype(np.float64)
+                scores[alive[rows]] += chosen - logsumexp(logits[rows].astype(np.float64))
             ended = next_ids == self.eos
-            out[alive[~ended], step] = next_ids[~ended]
-            out_len[alive[~ended]] = step + 1
-            keep = ~ended & (step + 1 < limits[alive])
-            if not keep.all():
-                if not keep.any():
-                    break
-                alive, next_ids = alive[keep], next_ids[keep]
-                state = {name: value[keep] for name, value in state.items()}
+            write = live & ~ended
+            out[alive[write], step] = next_ids[write]
+            out_len[alive[write]] = step + 1
+            alive = np.where(live & (ended | (step + 1 >= row_limits)), -1, alive)
+            dead = alive < 0
+            if dead.all():
+                break
+            # Finished rows leave when they come to a quarter of the batch: until then they
+            # compute (a row costs a few percent of a step) instead of a copy of the state at
+            # every row's end. Rows are independent: what a finished row decodes changes no other.
+            if 4 * int(dead.sum()) >= len(alive):
+                keep = ~dead
+                alive, next_ids, row_limits = alive[keep], next_ids[keep], row_limits[keep]
+                state = {name: self._keep_rows(name, value, keep, step + 1) for name, value in state.items()}
             tokens = next_ids[:, None]
         return out, out_len
+
+    def _keep_rows(self, name: str, value: np.ndarray, keep: np.ndarray, filled: int) -> np.ndarray:
+        """State entry `name` for the rows `keep` only. A fixed-width cache (contract 3): only
+        its `filled` slots are copied (no row reads past its own position)."""
+        if not (self.static and name in self.cache_names):
+            return value[keep]
+        out = np.empty((int(keep.sum()), *value.shape[1:]), dtype=value.dtype)
+        out[:, :, :filled] = value[keep, :, :filled]
+        return out
 
     def _decode_bound(self, src: np.ndarray, limits: np.ndarray, steps: int):
         """The same loop with every cache kept as an OrtValue on the session's device (the

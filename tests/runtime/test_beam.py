@@ -11,13 +11,15 @@ from service.runtime.bundle import load_manifest
 from service.runtime.preprocess import output_limits
 from service.runtime.sessions import resolve_providers
 from service.runtime.translator import Translator
+from tests.conftest import TINY_BUNDLES
 
 SENTENCES = ["hallo welt", "der hund spielt mit der katze", "ein mann", "die frau läuft rot blau", "das kind"]
 
 
-@pytest.fixture(scope="module")
-def engine(model_dir):
-    bundle = model_dir / "de-en"
+@pytest.fixture(scope="module", params=["models", "contract2"], ids=["static-cache", "contract2"])
+def engine(request):
+    # graph contract 3 (caches written in place) and the same weights with contract 2
+    bundle = TINY_BUNDLES / request.param / "de-en"
     return Translator(bundle, load_manifest(bundle), resolve_providers("cpu"), threads=1, variant="int8-static")
 
 

@@ -11,6 +11,7 @@ from service.runtime.bundle import load_manifest
 from service.runtime.continuous import DecodeBatch
 from service.runtime.sessions import resolve_providers
 from service.runtime.translator import Translator
+from tests.conftest import TINY_BUNDLES
 
 SENTENCES = [
     "hallo welt",
@@ -22,10 +23,16 @@ SENTENCES = [
 ]
 
 
-@pytest.fixture(scope="module", params=["fp32", "int8-static"])
-def engine(model_dir, request):
-    bundle = model_dir / "de-en"
-    return Translator(bundle, load_manifest(bundle), resolve_providers("cpu"), threads=1, variant=request.param)
+@pytest.fixture(
+    scope="module",
+    params=[("models", "fp32"), ("models", "int8-static"), ("contract2", "int8-static")],
+    ids=["static-cache-fp32", "static-cache-int8-static", "contract2-int8-static"],
+)
+def engine(request):
+    # graph contract 3 (caches written in place) and the same weights with contract 2
+    folder, variant = request.param
+    bundle = TINY_BUNDLES / folder / "de-en"
+    return Translator(bundle, load_manifest(bundle), resolve_providers("cpu"), threads=1, variant=variant)
 
 
 def _alone(engine, sources):

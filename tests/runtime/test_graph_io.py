@@ -17,7 +17,12 @@ def test_contract_matches_what_export_declares(model_dir):
     manifest = load_manifest(model_dir / "de-en")
     for role in ("encoder", "decoder"):
         spec = manifest.graph("fp32", role)
-        assert (spec.inputs, spec.outputs) == graph_io.expected(role, manifest.model)
+        assert (spec.inputs, spec.outputs) == graph_io.expected(role, manifest.model, static=True)
+    assert graph_io.static_cache(manifest.graph("fp32", "decoder"))
+    old = load_manifest(TINY_BUNDLES / "contract2" / "de-en")  # exported with static_cache=False
+    spec = old.graph("fp32", "decoder")
+    assert (spec.inputs, spec.outputs) == graph_io.expected("decoder", old.model)
+    assert graph_io.per_row(spec) and not graph_io.static_cache(spec)
 
 
 def test_a_graph_whose_output_was_renamed_is_refused_naming_the_tensor():

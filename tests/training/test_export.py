@@ -56,14 +56,17 @@ def test_bundle_has_graphs_tokenizer_and_checksummed_manifest(exported):
     layers = range(manifest.model["n_decoder_layers"])
     past = [f"past_{t}.{i}" for i in layers for t in "kv"]
     cross = [f"cross_{t}.{i}" for i in layers for t in "kv"]
-    assert [t.name for t in dec.inputs] == ["input_ids", "position", "src_mask", "self_mask", *past, *cross]
+    # graph contract 3: per-row positions, fixed-width caches written in place (no self mask)
+    assert [t.name for t in dec.inputs] == ["input_ids", "position", "src_mask", *past, *cross]
+    assert dec.inputs[3].shape[2] == "cache_len" and dec.outputs[1].shape[2] == "cache_len"
     assert [t.name for t in dec.outputs] == ["logits", *[p.replace("past", "present") for p in past], "alignment"]
     assert [t.name for t in loaded.graph("fp32", "encoder").outputs] == cross
-    # both graphs use onnxruntime's fused attention, one node per attention
+    # both graphs use onnxruntime's fused attention, one node per attention: the decoder's
+    # self-attention GroupQueryAttention (in place), its cross-attention MultiHeadAttention
     import onnx
 
     ops = [node.op_type for node in onnx.load(str(out / dec.file)).graph.node]
-    assert ops.count("MultiHeadAttention") == 2 * len(layers)
+    assert ops.count("MultiHeadAttention") == len(layers) and ops.count("GroupQueryAttention") == len(layers)
     enc_ops = [node.op_type for node in onnx.load(str(out / "encoder.onnx")).graph.node]
     assert enc_ops.count("MultiHeadAttention") == manifest.model["n_encoder_layers"]
     # int8-static: every product straight to float (with its bias), none requantized to uint8

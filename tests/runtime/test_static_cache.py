@@ -1,0 +1,59 @@
+"""Graph contract 3: the decoder writes fixed-width caches in place (GroupQueryAttention, past
+and present bound to one buffer). The same weights exported with contract 2 (caches grown by one
+slot a step) decode the same tokens and scores; a step writes its own slot and nothing else."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.runtime import graph_io
+from service.runtime.bundle import load_manifest
+from service.runtime.sessions import resolve_providers
+from service.runtime.translator import Translator
+from tests.conftest import TINY_BUNDLES
+
+SENTENCES = ["hallo welt", "der hund spielt mit der katze im park", "ein mann", "die frau läuft rot blau", "das"]
+
+
+def _engine(folder: str, variant: str) -> Translator:
+    bundle = TINY_BUNDLES / folder / "de-en"
+    return Translator(bundle, load_manifest(bundle), resolve_providers("cpu"), threads=1, variant=variant)
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8-static"])
+def test_contract_three_decodes_as_contract_two_does(variant):
+    static, grown = _engine("models", variant), _engine("contract2", variant)
+    assert static.static and not grown.static and grown.per_row
+    sources = static.encode(SENTENCES)
+    assert sources == grown.encode(SENTENCES)
+    assert static.generate(sources) == grown.generate(sources)
+    a, b = static.generate_nbest(sources, 4, 3), grown.generate_nbest(sources, 4, 3)
+    assert [[h.tokens for h in hs] for hs in a] == [[h.tokens for h in hs] for hs in b]
+    np.testing.assert_allclose([h.score for hs in a for h in hs], [h.score for hs in b for h in hs], atol=1e-4)
+
+
+def test_a_step_writes_its_own_slot_in_place_and_nothing_else():
+    t = _engine("models", "fp32")
+    src, _ = t.padded(t.encode(SENTENCES[:2]))
+    state = t.start(src, width=6)
+    buffers = [state[name] for name in t.cache_names]
+    assert all(b.shape[2] == 6 for b in buffers)
+    tokens = np.full((2, 1), t.bos, dtype=np.int64)
+    for step in range(3):
+        before = [b.copy() for b in buffers]
+        logits = t.step(state, tokens)
+        tokens = logits.argmax(-1)[:, None]
+        for name, old, new in zip(t.cache_names, before, buffers):
+            assert state[name] is new  # the same memory: written in place, not replaced
+            assert np.array_equal(np.delete(old, step, axis=2), np.delete(new, step, axis=2))  # other slots kept
+            assert np.abs(new[:, :, step]).sum() > 0  # its own slot written
+    assert state[graph_io.POSITION].tolist() == [3, 3]
+
+
+def test_unbound_runs_give_the_same_as_bound_ones():
+    # what the int8-static calibration records (session.run, present caches returned as copies)
+    bound, plain = _engine("models", "fp32"), _engine("models", "fp32")
+    plain.bind_static = False
+    sources = bound.encode(SENTENCES)
+    assert bound.generate(sources) == plain.generate(sources)
