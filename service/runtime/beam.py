@@ -90,7 +90,7 @@ def beam_search(
     topk: TopK = topk_numpy,
     gather: Callable[[Any, np.ndarray], Any] = take_rows,
     vocab: int | None = None,
-    gather_cache: Callable[[Any, np.ndarray], Any] | None = None,
+    gather_cache: Callable[[str, Any, np.ndarray], Any] | None = None,
 ) -> list[list[Hypothesis]]:
     """The `n_best` best hypotheses of each source row of `src`, best first.
 
@@ -102,9 +102,9 @@ def beam_search(
     leave. `topk(logits, n)`: each row's n best log-probabilities and token ids (topk_numpy).
     `gather(value, rows)`: a state entry's rows, in that order (numpy indexing; on a device, a
     gather there, with the logits and caches device tensors: `vocab` then gives V).
-    `gather_cache`: the same for the `per_beam` entries, where that can be cheaper (fixed-width
-    caches: only the slots written so far)."""
-    gather_cache = gather_cache or gather
+    `gather_cache(name, value, rows)`: the same for the `per_beam` entries, where that can be
+    cheaper (fixed-width caches: only the slots written so far, into a buffer kept for it)."""
+    take_cache = gather_cache or (lambda _name, value, rows: gather(value, rows))
     k, n_best = beam, min(n_best, beam)
     b = src.shape[0]
     state = {name: gather(value, np.repeat(np.arange(b), k)) for name, value in start(src).items()}
@@ -166,11 +166,11 @@ def beam_search(
         history = np.concatenate([history[np.arange(a)[:, None], new_beam], new_token[:, :, None]], axis=2)[keep]
         scores, active = new_scores[keep], active[keep]
         if keep.all():
-            state.update({name: gather_cache(state[name], rows) for name in per_beam})
+            state.update({name: take_cache(name, state[name], rows) for name in per_beam})
         else:
             same = np.repeat(np.nonzero(keep)[0] * k, k)  # any row of a surviving sentence
             state = {
-                name: gather_cache(value, rows) if name in per_beam else gather(value, same)
+                name: take_cache(name, value, rows) if name in per_beam else gather(value, same)
                 for name, value in state.items()
             }
         tokens = new_token[keep].reshape(-1, 1)

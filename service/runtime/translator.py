@@ -194,11 +194,19 @@ class Translator(BundleEngine):
             filled[0] += 1
             return logits
 
-        def take_filled(value: np.ndarray, rows: np.ndarray) -> np.ndarray:
-            """A fixed-width cache's rows in the order `rows`: only the slots written so far are
-            copied (the others are never read: each row attends to its slots 0..position)."""
-            out = np.empty((len(rows), *value.shape[1:]), dtype=value.dtype)
+        spare: dict[str, np.ndarray] = {}  # contract 3: each cache's second buffer
+
+        def take_filled(name: str, value: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            """A fixed-width cache's rows in the order `rows`, written into the cache's other
+            buffer (two per cache, used in turn: no allocation per step); only the slots written
+            so far are copied (no row reads past its own position)."""
+            owner = value if value.base is None else value.base  # the buffer `value` is the head of
+            other = spare.get(name)
+            if other is None or other.shape[0] < len(rows) or other.shape[1:] != value.shape[1:]:
+                other = np.empty((max(len(rows), owner.shape[0]), *value.shape[1:]), dtype=value.dtype)
+            out = other[: len(rows)]
             out[:, :, : filled[0]] = value[rows, :, : filled[0]]
+            spare[name] = owner
             return out
 
         hyps = beam_search(

@@ -73,6 +73,9 @@ def test_bundle_has_graphs_tokenizer_and_checksummed_manifest(exported):
     static = [node.op_type for node in onnx.load(str(out / "decoder.int8-static.onnx")).graph.node]
     assert static.count("MatMulIntegerToFloat") == ops.count("MatMul") and "QLinearMatMul" not in static
     assert static.count("Add") < ops.count("Add")  # the biases went into the products
+    graph = onnx.load(str(out / "decoder.int8-static.onnx")).graph
+    read = {name for node in graph.node for name in node.input}
+    assert [i.name for i in graph.initializer if i.name not in read] == []  # no scale left behind (ORT warns)
     # the encoder's padding: a sentence's keys/values do not depend on its batch-mates' lengths
     fp32 = Translator(out, manifest, resolve_providers("cpu"), variant="fp32")
     short, long_ = [5, 6, 7, 3], [9, 14, 21, 30, 11, 8, 17, 25, 40, 12, 13, 3]
