@@ -142,14 +142,21 @@ def _weights(model: Seq2SeqTransformer) -> dict[str, np.ndarray]:
     return {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
 
 
+def _packed_qkv(w: dict[str, np.ndarray], a: str) -> tuple[np.ndarray, np.ndarray]:
+    """Self-attention `a`'s Q, K and V projections stacked: weight (3D, D), bias (3D,)."""
+    return (
+        np.concatenate([w[f"{a}.{t}_proj.weight"] for t in "qkv"]),
+        np.concatenate([w[f"{a}.{t}_proj.bias"] for t in "qkv"]),
+    )
+
+
 def _self_attention_inputs(
     g: _Builder, w: dict[str, np.ndarray], a: str, hid: str, d: int, seq_axis: str | None = None
 ) -> list[str]:
     """Self-attention `a`'s Q, K and V projections as one matmul, split apart, and their packed
     bias (which MultiHeadAttention adds itself): [q, k, v, bias]. `seq_axis` first inserts the
     sequence axis the attention op wants (a decoder step's hidden state is 2-D)."""
-    qkv_w = np.concatenate([w[f"{a}.{t}_proj.weight"] for t in "qkv"])  # (3D, D)
-    qkv_b = np.concatenate([w[f"{a}.{t}_proj.bias"] for t in "qkv"])
+    qkv_w, qkv_b = _packed_qkv(w, a)
     qkv = g.linear(hid, qkv_w, None, f"{a}.qkv")
     if seq_axis is not None:
         (qkv,) = g.op("Unsqueeze", [qkv, seq_axis])
@@ -268,27 +275,25 @@ def build_decoder_step(
 
         def self_attention(hid: str, p: str = p, i: int = i) -> str:
             a = f"{p}.self_attn"
+            outs = [f"{a}.context", present("k", i), present("v", i)]  # context, then the caches
             if static_cache:
                 # packed Q|K|V (B, 1, 3D), biases added by the product (GroupQueryAttention has no bias input)
-                qkv_w = np.concatenate([w[f"{a}.{t}_proj.weight"] for t in "qkv"])
-                qkv_b = np.concatenate([w[f"{a}.{t}_proj.bias"] for t in "qkv"])
-                (qkv,) = g.op("Unsqueeze", [g.linear(hid, qkv_w, qkv_b, f"{a}.qkv"), axis1])
+                (qkv,) = g.op("Unsqueeze", [g.linear(hid, *_packed_qkv(w, a), f"{a}.qkv"), axis1])
                 (ctx, _, _) = g.op(
                     "GroupQueryAttention",
                     [qkv, "", "", past("k", i), past("v", i), seqlens, total],
-                    out=[f"{a}.context", present("k", i), present("v", i)],
+                    out=outs,
                     num_heads=n,
                     kv_num_heads=n,
                 )
-                (ctx,) = g.op("Squeeze", [ctx, axis1])
-                return g.linear(ctx, w[f"{a}.out_proj.weight"], w[f"{a}.out_proj.bias"], f"{a}.out")
-            q, k, v, bias = _self_attention_inputs(g, w, a, hid, d, seq_axis=axis1)  # (B, 1, D) each
-            (ctx, _, _) = g.op(
-                "MultiHeadAttention",
-                [q, k, v, bias, self_key_mask, "", past("k", i), past("v", i)],
-                out=[f"{a}.context", present("k", i), present("v", i)],
-                num_heads=n,
-            )
+            else:
+                q, k, v, bias = _self_attention_inputs(g, w, a, hid, d, seq_axis=axis1)  # (B, 1, D) each
+                (ctx, _, _) = g.op(
+                    "MultiHeadAttention",
+                    [q, k, v, bias, self_key_mask, "", past("k", i), past("v", i)],
+                    out=outs,
+                    num_heads=n,
+                )
             (ctx,) = g.op("Squeeze", [ctx, axis1])
             return g.linear(ctx, w[f"{a}.out_proj.weight"], w[f"{a}.out_proj.bias"], f"{a}.out")
 

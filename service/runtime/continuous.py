@@ -120,7 +120,7 @@ class DecodeBatch:
         src, limits = e.padded(sources)
         # the encoder's keys/values, the source mask, empty caches (contract 3: as wide as the
         # largest limit for a new batch; none for newcomers, who write into the batch's buffers)
-        new = e.start(src, width=int(limits.max()) if not self.slots else 0) if self.static else e.start(src)
+        new = e.start(src, width=int(limits.max()) if not self.slots else 0)
         new.pop(graph_io.POSITION, None)  # the batch keeps every row's position itself
         rows = [Row(t, int(n), len(s), scored=scored) for t, n, s in zip(tags, limits, sources)]
         if not self.slots:

@@ -160,9 +160,7 @@ class Translator(BundleEngine):
         state = self.start(src, width=steps)
         tokens = np.full((b, 1), self.bos, dtype=np.int64)
         for step in range(steps):
-            _, weights = self.run_step(state, self._step_feeds(state, tokens), extra=[graph_io.ALIGNMENT])
-            if self.static:
-                state[graph_io.POSITION] = state[graph_io.POSITION] + 1
+            _, weights = self.step(state, tokens, extra=[graph_io.ALIGNMENT])
             out[:, step] = weights
             tokens = forced[:, step : step + 1]
         for i, t in enumerate(targets):
@@ -198,16 +196,12 @@ class Translator(BundleEngine):
 
         def take_filled(name: str, value: np.ndarray, rows: np.ndarray) -> np.ndarray:
             """A fixed-width cache's rows in the order `rows`, written into the cache's other
-            buffer (two per cache, used in turn: no allocation per step); only the slots written
-            so far are copied (no row reads past its own position)."""
+            buffer (two per cache, used in turn: no allocation per step; rows only ever leave,
+            so the first buffer's rows are enough)."""
             owner = value if value.base is None else value.base  # the buffer `value` is the head of
-            other = spare.get(name)
-            if other is None or other.shape[0] < len(rows) or other.shape[1:] != value.shape[1:]:
-                other = np.empty((max(len(rows), owner.shape[0]), *value.shape[1:]), dtype=value.dtype)
-            out = other[: len(rows)]
-            out[:, :, : filled[0]] = value[rows, :, : filled[0]]
+            other = spare[name] if name in spare else np.empty_like(owner)
             spare[name] = owner
-            return out
+            return _filled_rows(value, rows, filled[0], other[: len(rows)])
 
         hyps = beam_search(
             self._start_bound if bound else self.start,
@@ -358,14 +352,15 @@ class Translator(BundleEngine):
         state.update(dict.fromkeys(self.cache_names, empty))
         return state
 
-    def step(self, state: dict[str, np.ndarray], tokens: np.ndarray) -> np.ndarray:
+    def step(self, state: dict[str, np.ndarray], tokens: np.ndarray, extra: Sequence[str] = ()) -> Any:
         """One decoding step for `tokens` (B, 1): returns the logits (B, V) and moves the
         caches in `state` on by one position. Every row is at the cache's length and owns every
-        slot (a batch that started together); runtime/continuous.py feeds its own."""
-        logits = self.run_step(state, self._step_feeds(state, tokens))
+        slot (a batch that started together); runtime/continuous.py feeds its own. `extra`: as
+        `run_step`."""
+        result = self.run_step(state, self._step_feeds(state, tokens), extra)
         if self.static:
             state[graph_io.POSITION] = state[graph_io.POSITION] + 1
-        return logits
+        return result
 
     def _step_feeds(self, state: dict[str, np.ndarray], tokens: np.ndarray) -> dict[str, np.ndarray]:
         """The decoder's inputs for `tokens` (B, 1), every row at the cache's length (contract
@@ -445,9 +440,7 @@ class Translator(BundleEngine):
         its `filled` slots are copied (no row reads past its own position)."""
         if not (self.static and name in self.cache_names):
             return value[keep]
-        out = np.empty((int(keep.sum()), *value.shape[1:]), dtype=value.dtype)
-        out[:, :, :filled] = value[keep, :, :filled]
-        return out
+        return _filled_rows(value, keep, filled, np.empty((int(keep.sum()), *value.shape[1:]), dtype=value.dtype))
 
     def _decode_bound(self, src: np.ndarray, limits: np.ndarray, steps: int):
         """The same loop with every cache kept as an OrtValue on the session's device (the
@@ -470,6 +463,14 @@ class Translator(BundleEngine):
                 break
             tokens = next_ids[:, None]
         return out, out_len
+
+
+def _filled_rows(value: np.ndarray, rows: np.ndarray, filled: int, out: np.ndarray) -> np.ndarray:
+    """`value`'s rows `rows` (indices or a mask) into `out`: of a fixed-width cache (B, N, C, H),
+    only the first `filled` slots, the ones a row may read (contract 3); the rest of `out` is
+    left as it was."""
+    out[:, :, :filled] = value[rows, :, :filled]
+    return out
 
 
 def _pieces(sp: Any, text: str) -> list[tuple[int, int, int]]:
