@@ -40,9 +40,17 @@ def build(out: Path = TINY_BUNDLES) -> Path:
         staged = tmp / "bundles"
         runs = tmp / "runs"
         _export_random(translation_config(parallel), runs / "de-en", staged / "de-en", 1)
-        # the same weights with a decoder of graph contract 2 (caches grown every step), which
-        # bundles exported before session 10 have: the engines serve both
-        _export_random(translation_config(parallel), runs / "de-en", tmp / "contract2" / "de-en", 1, static_cache=False)
+        # the same weights with a decoder of graph contract 2 (caches grown every step) that
+        # computes its alignment weights itself, as bundles exported before session 10 do: the
+        # engines serve both
+        _export_random(
+            translation_config(parallel),
+            runs / "de-en",
+            tmp / "contract2" / "de-en",
+            1,
+            static_cache=False,
+            alignment_in_graph=True,
+        )
         _export_random(translation_config(parallel, "en-de", "en", "de"), runs / "en-de", staged / "en-de", 2)
         _export_random(classification_config(tsv, epochs=15), runs / "sentiment", staged / "sentiment", 3, True)
         langid = config_from_dict(

@@ -197,7 +197,13 @@ def tsv_dir(tmp_path_factory) -> Path:
 
 
 def _export_random(
-    cfg, run_dir: Path, out: Path, seed: int, train_first: bool = False, static_cache: bool = True
+    cfg,
+    run_dir: Path,
+    out: Path,
+    seed: int,
+    train_first: bool = False,
+    static_cache: bool = True,
+    alignment_in_graph: bool = False,
 ) -> Path:
     """Tokenizer + a tiny model -> bundle. Random weights unless `train_first` (a few seconds)."""
     import torch
@@ -217,7 +223,15 @@ def _export_random(
         model = build_model(model_config(cfg, tok)).eval()
     split = "val" if cfg.task == "translation" else "valid"
     texts = [r[0] for r in make_task(cfg, tok).raw(split)[:5]]
-    export_bundle(model, cfg, run_dir / TOKENIZER_FILE, out, texts, static_cache=static_cache)
+    export_bundle(
+        model,
+        cfg,
+        run_dir / TOKENIZER_FILE,
+        out,
+        texts,
+        static_cache=static_cache,
+        alignment_in_graph=alignment_in_graph,
+    )
     return out
 
 

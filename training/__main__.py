@@ -147,6 +147,16 @@ def cmd_average(args) -> int:
     return 0
 
 
+def cmd_upgrade(args) -> int:
+    """Each bundle's decoders rewritten into today's form, translations unchanged (training/upgrade.py)."""
+    from training.upgrade import upgrade_bundle
+
+    for bundle in args.bundle:
+        done = upgrade_bundle(Path(bundle))
+        print(f"{bundle}: " + (", ".join(f"{v} (align_query.{k})" for v, k in done.items()) or "already current"))
+    return 0
+
+
 def cmd_models_table(args) -> int:
     """The README's model table, from the shipped manifests (so the README stays true)."""
     from service.runtime.bundle import find_bundles, load_manifest
@@ -235,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--kind", default="step", choices=["step", "epoch"], help="step<N>.pt snapshots or epoch<N>.pt")
     a.add_argument("--out", help="default <run-dir>/averaged.pt")
     a.set_defaults(func=cmd_average)
+
+    u = sub.add_parser("upgrade", help="rewrite a bundle's graphs into today's form (same translations)")
+    u.add_argument("--bundle", required=True, action="append", help="a bundle folder, repeatable")
+    u.set_defaults(func=cmd_upgrade)
 
     mt = sub.add_parser("models-table", help="print the README's model table from model/*/manifest.json")
     mt.add_argument("--model-dir", default="model")

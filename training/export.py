@@ -41,7 +41,7 @@ from service.runtime.translator import Translator
 from training.config import RunConfig
 from training.data import CORPORA
 from training.evaluate import encode_classifier_input, encode_source, pad_batch
-from training.onnx_graphs import build_decoder_step, build_encoder
+from training.onnx_graphs import align_layer, build_decoder_step, build_encoder
 from training.tokenizer import SPECIAL_IDS, Tokenizer
 from training.transformer import Seq2SeqTransformer, TransformerClassifier, count_parameters
 
@@ -90,18 +90,24 @@ def _export(
     return GraphSpec(file=path.name, inputs=inputs, outputs=outputs)
 
 
-def export_translation_graphs(model: Seq2SeqTransformer, out: Path, static_cache: bool = True) -> dict[str, GraphSpec]:
+def export_translation_graphs(
+    model: Seq2SeqTransformer, out: Path, static_cache: bool = True, alignment_in_graph: bool = False
+) -> dict[str, GraphSpec]:
     """The encoder and the decoder step, both built node by node with onnxruntime's fused
     attention (training.onnx_graphs), faster than what ``torch.onnx.export`` traces (BENCHMARKS.md).
     Every layer's keys and values are separate inputs and outputs. `static_cache`: the decoder
-    of graph contract 3 (fixed-width caches written in place), else contract 2."""
+    of graph contract 3 (fixed-width caches written in place), else contract 2.
+    `alignment_in_graph`: the decoder computes the `alignment` weights at every step, as bundles
+    exported before session 11 did (for tests that such bundles are still served), instead of
+    outputting the query the engine computes them from when asked."""
     model.eval()
     enc_path = out / "encoder.onnx"
     onnx.save(build_encoder(model), str(enc_path))
     enc = graph_io.graph_spec("encoder", model.cfg.to_dict(), enc_path.name)
     dec_path = out / "decoder.onnx"
-    onnx.save(build_decoder_step(model, static_cache=static_cache), str(dec_path))
-    dec = graph_io.graph_spec("decoder", model.cfg.to_dict(), dec_path.name, static=static_cache)
+    onnx.save(build_decoder_step(model, static_cache=static_cache, weights_in_graph=alignment_in_graph), str(dec_path))
+    layer = None if alignment_in_graph else align_layer(model.cfg.n_decoder_layers)
+    dec = graph_io.graph_spec("decoder", model.cfg.to_dict(), dec_path.name, static=static_cache, align_layer=layer)
     return {"encoder": enc, "decoder": dec}
 
 
@@ -374,12 +380,13 @@ def export_bundle(
     training_info: dict[str, Any] | None = None,
     calibration_texts: Sequence[str] = (),
     static_cache: bool = True,
+    alignment_in_graph: bool = False,
 ) -> tuple[Manifest, dict[str, Any]]:
     """Write a complete, verified bundle to `out_dir`. Returns its manifest and the parity
     report. Refuses to replace an existing bundle unless `force`. `calibration_texts` (default:
     the parity texts) calibrate the int8-static variant: give training text, not the text the
     variants are then judged on. `static_cache=False`: a decoder of graph contract 2 (caches
-    grown by one slot a step) instead of 3."""
+    grown by one slot a step) instead of 3; `alignment_in_graph`: export_translation_graphs."""
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise FileExistsError(f"{out_dir} exists; pass --force to overwrite it")
     tokenizer = Tokenizer(tokenizer_path)
@@ -389,7 +396,7 @@ def export_bundle(
     try:
         t0 = time.perf_counter()
         if cfg.task == "translation":
-            graphs = export_translation_graphs(model, tmp, static_cache)
+            graphs = export_translation_graphs(model, tmp, static_cache, alignment_in_graph)
         else:
             graphs = export_classifier_graph(model, tmp)
         shutil.copyfile(tokenizer_path, tmp / "spm.model")

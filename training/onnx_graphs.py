@@ -16,7 +16,8 @@ Decoder step (L decoder layers, N heads, H = head size, D = N * H):
              self_mask (B, P + 1) bool, past_k.{i}, past_v.{i} (B, N, P, H),
              cross_k.{i}, cross_v.{i} (B, N, S, H)
     outputs  logits (B, V), present_k.{i}, present_v.{i} (B, N, P + 1, H),
-             alignment (B, S): the cross-attention weights of one layer, averaged over heads
+             align_query.{L} (B, D): the query of layer L's cross-attention, from which the
+             engine computes where the step looked in the source when it wants to know
 Encoder:
     inputs   src_ids (B, S) int64
     outputs  cross_k.0, cross_v.0, cross_k.1, ... (B, N, S, H)
@@ -38,6 +39,7 @@ from service.runtime.graph_io import (
     SELF_MASK,
     SRC_IDS,
     SRC_MASK,
+    align_query,
     cross,
     past,
     present,
@@ -228,13 +230,18 @@ def align_layer(n_layers: int) -> int:
 
 
 def build_decoder_step(
-    model: Seq2SeqTransformer, alignment_layer: int | None = None, static_cache: bool = True
+    model: Seq2SeqTransformer,
+    alignment_layer: int | None = None,
+    static_cache: bool = True,
+    weights_in_graph: bool = False,
 ) -> onnx.ModelProto:
     """One greedy decoding step of `model` (eval mode: no dropout) as an ONNX model. Besides the
-    logits and caches it outputs `alignment`: where the step looked in the source (the
-    cross-attention weights of `alignment_layer`, default `align_layer`, averaged over heads),
-    which the service uses to carry inline markup (service/html.py). Its cost is one (1 x S)
-    attention score per head, beside the fused kernel that does not expose its weights.
+    logits and caches it outputs `align_query.{L}`, the query of the cross-attention of layer L
+    = `alignment_layer` (default `align_layer`): with that layer's `cross_k.{L}` the engine
+    computes where the step looked in the source (service/html.py carries inline markup by it),
+    in the one pass that asks (the fused attention kernel does not expose its weights). Until
+    session 11 the graph computed those weights itself, at a cost of 10-19% of every step:
+    `weights_in_graph` still builds that form (the `alignment` output; tests of old bundles).
 
     `static_cache` (graph contract 3, the default): each self-attention is one
     `GroupQueryAttention` over fixed-width caches that the step writes in place at each row's
@@ -300,8 +307,10 @@ def build_decoder_step(
         def cross_attention(hid: str, p: str = p, i: int = i) -> str:
             a = f"{p}.cross_attn"
             q = g.linear(hid, w[f"{a}.q_proj.weight"], w[f"{a}.q_proj.bias"], f"{a}.q")
-            if i == layer_of_alignment:
+            if i == layer_of_alignment and weights_in_graph:
                 _alignment(g, q, cross("k", i), n, h)
+            elif i == layer_of_alignment:  # the engine computes this layer's attention weights from it
+                g.op("Identity", [q], out=[align_query(i)])
             (q,) = g.op("Unsqueeze", [q, axis1])
             (ctx,) = g.op("MultiHeadAttention", [q, cross("k", i), cross("v", i), "", key_mask], num_heads=n)
             (ctx,) = g.op("Squeeze", [ctx, axis1])
@@ -331,7 +340,10 @@ def build_decoder_step(
         outputs += [_kv_spec(present(t, i), n, h, present_len) for t in "kv"]
     for i in range(cfg.n_decoder_layers):
         inputs += [_kv_spec(cross(t, i), n, h, "src_len") for t in "kv"]
-    outputs.append(helper.make_tensor_value_info(ALIGNMENT, TensorProto.FLOAT, ["batch", "src_len"]))
+    if weights_in_graph:
+        outputs.append(helper.make_tensor_value_info(ALIGNMENT, TensorProto.FLOAT, ["batch", "src_len"]))
+    else:
+        outputs.append(helper.make_tensor_value_info(align_query(layer_of_alignment), TensorProto.FLOAT, ["batch", d]))
     return _model(g, "decoder_step", inputs, outputs)
 
 

@@ -8,7 +8,8 @@ the bundle with a message naming it instead of decoding garbage.
 Encoder:      src_ids (B, S) int64 -> cross_k.{i}, cross_v.{i} (B, N, S, H) for each decoder layer i
 Decoder step: input_ids (B, 1) int64, position (B,) int64, src_mask (B, S) bool, self_mask
               (B, P+1) bool, past_k.{i}, past_v.{i} (B, N, P, H), cross_k.{i}, cross_v.{i}
-              -> logits (B, V), present_k.{i}, present_v.{i} (B, N, P+1, H)[, alignment (B, S)]
+              -> logits (B, V), present_k.{i}, present_v.{i} (B, N, P+1, H)[, align_query.{L} (B, D)
+              or, in bundles before session 11, alignment (B, S)]
 
 `position` is each row's own position (the number of tokens it has decoded) and `self_mask` marks
 the cache slots that are its own (True) and, last, the slot the step appends: rows that joined a
@@ -18,6 +19,11 @@ iteration-level batching needs (service/runtime/continuous.py). Bundles exported
 they are still served, without joining a running batch. `alignment`, last and optional, is where
 each step looked in the source (one layer's cross-attention weights, averaged over heads): the
 HTML path carries inline elements by it (service/html.py); bundles without it place them by words.
+Since session 11 the graph outputs `align_query.{L}` instead: the query of layer L's
+cross-attention (B, D), from which the engine computes those weights with `cross_k.{L}` only
+when it wants them (the forced-decoding pass of `Translator.align`). Computing the weights in
+the graph cost every step of every translation 10-19% (BENCHMARKS.md section 9) for an output
+that only that pass reads.
 Contract 3 (a static cache, since session 10): the same step without `self_mask`, its caches
 (B, N, C, H) of a fixed width C that the step writes in place: `past_k.{i}` and `present_k.{i}`
 are one buffer (the engine binds both to the same memory), a row's own slots are 0..position-1
@@ -36,6 +42,7 @@ from service.runtime.bundle import BundleError, GraphSpec, TensorSpec
 
 SRC_IDS, INPUT_IDS, SRC_MASK, LOGITS = "src_ids", "input_ids", "src_mask", "logits"
 POSITION, SELF_MASK, ALIGNMENT = "position", "self_mask", "alignment"
+ALIGN_QUERY = "align_query"
 CLASSIFIER_IDS, PROBABILITIES = "ids", "probabilities"
 
 
@@ -51,6 +58,10 @@ def present(kind: str, layer: int) -> str:
     return f"present_{kind}.{layer}"
 
 
+def align_query(layer: int) -> str:
+    return f"{ALIGN_QUERY}.{layer}"
+
+
 def _kv(name: str, length: str) -> TensorSpec:
     return TensorSpec(name, "float32", ["batch", "heads", length, "head_dim"])
 
@@ -61,11 +72,16 @@ def encoder_io(n_layers: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 
 def decoder_io(
-    n_layers: int, per_row: bool = True, alignment: bool = True, static: bool = False
+    n_layers: int,
+    per_row: bool = True,
+    alignment: bool = True,
+    static: bool = False,
+    align_layer: int | None = None,
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The decoder step's contract; `per_row=False` is contract 1 (no position, no self_mask);
     `static=True` contract 3 (no self_mask, fixed-width caches written in place);
-    `alignment=False`: a decoder exported before the alignment output."""
+    `alignment=False`: a decoder exported before the alignment output; with `align_layer` L,
+    the alignment output is `align_query.{L}` (since session 11), else `alignment`."""
     past_len, present_len = ("cache_len", "cache_len") if static else ("past_len", "present_len")
     inputs = [
         TensorSpec(INPUT_IDS, "int64", ["batch", 1]),
@@ -78,9 +94,15 @@ def decoder_io(
     outputs = [
         TensorSpec(LOGITS, "float32", ["batch", "vocab"]),
         *[_kv(present(t, i), present_len) for i in range(n_layers) for t in "kv"],
-        *([TensorSpec(ALIGNMENT, "float32", ["batch", "src_len"])] if alignment else []),
+        *([_alignment_spec(align_layer)] if alignment else []),
     ]
     return inputs, outputs
+
+
+def _alignment_spec(layer: int | None) -> TensorSpec:
+    if layer is None:
+        return TensorSpec(ALIGNMENT, "float32", ["batch", "src_len"])
+    return TensorSpec(align_query(layer), "float32", ["batch", "d_model"])
 
 
 def classifier_io() -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -100,27 +122,45 @@ def static_cache(spec: GraphSpec) -> bool:
 
 
 def has_alignment(spec: GraphSpec) -> bool:
-    """Whether a decoder spec has the `alignment` output."""
-    return any(t.name == ALIGNMENT for t in spec.outputs)
+    """Whether a decoder spec has an alignment output (`alignment` or `align_query.{L}`)."""
+    return any(t.name == ALIGNMENT for t in spec.outputs) or alignment_layer(spec) is not None
+
+
+def alignment_layer(spec: GraphSpec) -> int | None:
+    """L of a decoder spec's `align_query.{L}` output; None without one."""
+    for t in spec.outputs:
+        head, _, layer = t.name.partition(".")
+        if head == ALIGN_QUERY and layer.isdigit():
+            return int(layer)
+    return None
 
 
 def expected(
-    role: str, model: dict[str, Any], rows: bool = True, alignment: bool = True, static: bool = False
+    role: str,
+    model: dict[str, Any],
+    rows: bool = True,
+    alignment: bool = True,
+    static: bool = False,
+    align_layer: int | None = None,
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The contract of graph `role` of a model with config `model` (the manifest's); for the
     decoder, `rows` chooses contract 2 (per-row position and self mask) or 1, `static` contract 3,
-    `alignment` whether the alignment output is there."""
+    `alignment` whether the alignment output is there, `align_layer` its form (decoder_io)."""
     if role == "encoder":
         return encoder_io(model["n_decoder_layers"])
     if role == "decoder":
-        return decoder_io(model["n_decoder_layers"], rows, alignment, static)
+        if align_layer is not None and not 0 <= align_layer < model["n_decoder_layers"]:
+            raise BundleError(f"{align_query(align_layer)}: the model has {model['n_decoder_layers']} decoder layers")
+        return decoder_io(model["n_decoder_layers"], rows, alignment, static, align_layer)
     if role == "classifier":
         return classifier_io()
     raise BundleError(f"unknown graph role {role!r}")
 
 
-def graph_spec(role: str, model: dict[str, Any], file: str, static: bool = False) -> GraphSpec:
-    inputs, outputs = expected(role, model, static=static)
+def graph_spec(
+    role: str, model: dict[str, Any], file: str, static: bool = False, align_layer: int | None = None
+) -> GraphSpec:
+    inputs, outputs = expected(role, model, static=static, align_layer=align_layer)
     return GraphSpec(file=file, inputs=inputs, outputs=outputs)
 
 
@@ -130,7 +170,9 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool
 def check_session(session: Any, spec: GraphSpec, role: str, model: dict[str, Any], where: str) -> None:
     """Refuse a graph whose manifest spec differs from the contract, or whose onnxruntime session
     differs from its spec: names and order, element types, ranks."""
-    want_in, want_out = expected(role, model, per_row(spec), has_alignment(spec), static_cache(spec))
+    want_in, want_out = expected(
+        role, model, per_row(spec), has_alignment(spec), static_cache(spec), alignment_layer(spec)
+    )
     problems = []
     for side, declared, want in (("input", spec.inputs, want_in), ("output", spec.outputs, want_out)):
         for k in range(max(len(declared), len(want))):

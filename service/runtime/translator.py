@@ -63,8 +63,11 @@ class Translator(BundleEngine):
         # `bind_static=False` runs the same graph without binding (a copy of every cache per step).
         self.static = graph_io.static_cache(manifest.graph(self.variant, "decoder"))
         self.bind_static = True
-        # Decoders exported since session 9 also say where each step looked in the source.
+        # Decoders exported since session 9 also say where each step looked in the source:
+        # since session 11 by the query of one layer's cross-attention (`align_layer`), from which
+        # `attention` computes the weights; before, by the weights themselves (every step paid).
         self.aligns = graph_io.has_alignment(manifest.graph(self.variant, "decoder"))
+        self.align_layer = graph_io.alignment_layer(manifest.graph(self.variant, "decoder"))
         # On CUDA the caches stay on the device between steps (IO binding); on the CPU the
         # plain loop is faster because it can drop finished rows from the work.
         self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
@@ -148,9 +151,10 @@ class Translator(BundleEngine):
         return out
 
     def attention(self, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> np.ndarray:
-        """Forced decoding of `targets` (id lists, no </s>) from `sources` (ending in </s>): the
-        `alignment` output of the step that produces each target token, (B, T, S) for the
-        longest target T and source S (zeros past a row's own target)."""
+        """Forced decoding of `targets` (id lists, no </s>) from `sources` (ending in </s>): where
+        the step that produces each target token looked in the source (the cross-attention
+        weights of the alignment layer, averaged over heads), (B, T, S) for the longest target T
+        and source S (zeros past a row's own target)."""
         src, _ = self.padded(sources)
         b, steps = len(sources), max((len(t) for t in targets), default=0)
         out = np.zeros((b, steps, src.shape[1]), dtype=np.float32)
@@ -158,10 +162,14 @@ class Translator(BundleEngine):
         for i, t in enumerate(targets):
             forced[i, : len(t)] = t
         state = self.start(src, width=steps)
+        layer = self.align_layer
+        wanted = graph_io.ALIGNMENT if layer is None else graph_io.align_query(layer)
         tokens = np.full((b, 1), self.bos, dtype=np.int64)
         for step in range(steps):
-            _, weights = self.step(state, tokens, extra=[graph_io.ALIGNMENT])
-            out[:, step] = weights
+            _, found = self.step(state, tokens, extra=[wanted])
+            if layer is not None:
+                found = cross_attention_weights(found, state[graph_io.cross("k", layer)], state[graph_io.SRC_MASK])
+            out[:, step] = found
             tokens = forced[:, step : step + 1]
         for i, t in enumerate(targets):
             out[i, len(t) :] = 0
@@ -463,6 +471,20 @@ class Translator(BundleEngine):
                 break
             tokens = next_ids[:, None]
         return out, out_len
+
+
+def cross_attention_weights(query: np.ndarray, keys: np.ndarray, src_mask: np.ndarray) -> np.ndarray:
+    """softmax(q K^T / sqrt(H)) over each row's real source tokens, averaged over the N heads:
+    `query` (B, D) is one step's cross-attention query of a layer (the decoder's `align_query`
+    output), `keys` (B, N, S, H) that layer's `cross_k`, `src_mask` (B, S) the real tokens.
+    Returns (B, S); what the graphs before session 11 computed at every step."""
+    b, n, _, h = keys.shape
+    scores = np.matmul(keys, query.reshape(b, n, h, 1).astype(np.float32))[..., 0] / np.sqrt(h)  # (B, N, S)
+    scores = np.where(src_mask[:, None, :], scores, -np.inf)
+    scores -= scores.max(axis=-1, keepdims=True)
+    weights = np.exp(scores)
+    weights /= weights.sum(axis=-1, keepdims=True)
+    return weights.mean(axis=1)
 
 
 def _filled_rows(value: np.ndarray, rows: np.ndarray, filled: int, out: np.ndarray) -> np.ndarray:

@@ -12,6 +12,11 @@ from service.runtime import graph_io
 from service.runtime.bundle import load_manifest, sha256_file, write_manifest
 from service.runtime.sessions import resolve_providers
 from service.runtime.translator import Translator
+from tests.conftest import TINY_BUNDLES
+
+
+def _alignment(name):
+    return name == graph_io.ALIGNMENT or name.startswith(graph_io.ALIGN_QUERY + ".")
 
 
 def engine(bundle, variant="int8-static"):
@@ -54,11 +59,11 @@ def test_a_decoder_exported_before_the_alignment_output_is_served_without_it(mod
     for name, graphs in manifest.variants.items():
         dec = graphs["decoder"]
         proto = onnx.load(str(bundle / dec.file))
-        kept = [o for o in proto.graph.output if o.name != graph_io.ALIGNMENT]
+        kept = [o for o in proto.graph.output if not _alignment(o.name)]
         del proto.graph.output[:]
         proto.graph.output.extend(kept)
         onnx.save(proto, str(bundle / dec.file))
-        outputs = [o for o in dec.outputs if o.name != graph_io.ALIGNMENT]
+        outputs = [o for o in dec.outputs if not _alignment(o.name)]
         variants[name] = {**graphs, "decoder": replace(dec, outputs=outputs)}
     files = {p.name: sha256_file(p) for p in bundle.iterdir() if p.name != "manifest.json" and p.is_file()}
     write_manifest(bundle, replace(manifest, variants=variants, files=files))
@@ -66,3 +71,15 @@ def test_a_decoder_exported_before_the_alignment_output_is_served_without_it(mod
     assert not old.aligns and old.align([("ein hund", "a dog")]) == [[]]
     texts = ["ein hund läuft", "zwei katzen"]
     assert old.translate(texts) == new.translate(texts)
+
+
+def test_weights_from_the_query_equal_the_ones_old_graphs_computed():
+    # the same weights exported twice: the decoder computing the weights itself at every step
+    # (bundles before session 11; contract 2) and outputting the query the engine computes them from
+    new, old = engine(TINY_BUNDLES / "models" / "de-en", "fp32"), engine(TINY_BUNDLES / "contract2" / "de-en", "fp32")
+    assert new.align_layer is not None and old.align_layer is None and old.aligns
+    sources = new.encode(["ein hund", "zwei katzen laufen im park schnell", "x"])
+    targets = [new.encode(["a dog"])[0][:-1], new.encode(["two cats run in the park fast"])[0][:-1], [5]]
+    np.testing.assert_allclose(new.attention(sources, targets), old.attention(sources, targets), atol=1e-5)
+    pairs = [("ein hund läuft", "a dog runs"), ("zwei katzen", "two cats sleep here")]
+    assert new.align(pairs) == old.align(pairs)

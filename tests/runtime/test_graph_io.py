@@ -15,14 +15,30 @@ from tests.conftest import TINY_BUNDLES
 
 def test_contract_matches_what_export_declares(model_dir):
     manifest = load_manifest(model_dir / "de-en")
+    layer = graph_io.alignment_layer(manifest.graph("fp32", "decoder"))
+    assert layer == max(manifest.model["n_decoder_layers"] - 2, 0)  # training.onnx_graphs.align_layer
     for role in ("encoder", "decoder"):
         spec = manifest.graph("fp32", role)
-        assert (spec.inputs, spec.outputs) == graph_io.expected(role, manifest.model, static=True)
+        assert (spec.inputs, spec.outputs) == graph_io.expected(role, manifest.model, static=True, align_layer=layer)
     assert graph_io.static_cache(manifest.graph("fp32", "decoder"))
-    old = load_manifest(TINY_BUNDLES / "contract2" / "de-en")  # exported with static_cache=False
+    assert manifest.graph("fp32", "decoder").outputs[-1].name == f"align_query.{layer}"
+    # exported with static_cache=False and the alignment weights computed in the graph (as before session 11)
+    old = load_manifest(TINY_BUNDLES / "contract2" / "de-en")
     spec = old.graph("fp32", "decoder")
     assert (spec.inputs, spec.outputs) == graph_io.expected("decoder", old.model)
     assert graph_io.per_row(spec) and not graph_io.static_cache(spec)
+    assert graph_io.has_alignment(spec) and graph_io.alignment_layer(spec) is None
+    assert spec.outputs[-1].name == "alignment"
+
+
+def test_an_alignment_query_of_a_layer_the_model_lacks_is_refused(model_dir):
+    manifest = load_manifest(model_dir / "de-en")
+    dec = manifest.graph("fp32", "decoder")
+    n = manifest.model["n_decoder_layers"]
+    outputs = [*dec.outputs[:-1], replace(dec.outputs[-1], name=f"align_query.{n}")]
+    bad = replace(manifest, variants={"fp32": {**manifest.variants["fp32"], "decoder": replace(dec, outputs=outputs)}})
+    with pytest.raises(BundleError, match=f"align_query.{n}: the model has {n} decoder layers"):
+        Translator(model_dir / "de-en", bad, resolve_providers("cpu"), threads=1, variant="fp32")
 
 
 def test_a_graph_whose_output_was_renamed_is_refused_naming_the_tensor():
