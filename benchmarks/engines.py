@@ -96,6 +96,9 @@ def worker(args: argparse.Namespace) -> None:
     """One engine, one batch size: decode the split `repeats` times; print JSON."""
     threads = args.threads
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    from service.runtime.sessions import retain_freed_memory
+
+    retain_freed_memory(args.retain_freed_mb)  # the service's default, for every engine alike
     sources = json.loads(Path(args.sources).read_text())
     engine = args.worker
     if engine.startswith("torch"):
@@ -205,7 +208,19 @@ def main() -> None:
         "On the 2-vCPU Intel Xeon of session 9 CTranslate2 is 4x faster on 1 thread than on 2",
     )
     p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="passes over the split per worker run")
+    p.add_argument(
+        "--retain-freed-mb",
+        type=int,
+        default=64,
+        help="glibc malloc retention in every worker, as the service (0: off)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="worker runs per engine, interleaved (each round runs every engine once; medians over all passes)",
+    )
     p.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
     p.add_argument(
         "--thread-pool",
@@ -285,34 +300,56 @@ def main() -> None:
         for engine in args.engines
         for t in ((args.ct2_threads or [args.threads]) if engine.startswith("ct2") else [args.threads])
     ]
+
+    def measure(engine: str, threads: int, batch: int, repeats: int) -> dict:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            engine,
+            "--batch",
+            str(batch),
+            "--threads",
+            str(threads),
+            "--repeats",
+            str(repeats),
+            "--thread-pool",
+            args.thread_pool,
+            "--beam",
+            str(args.beam),
+            "--retain-freed-mb",
+            str(args.retain_freed_mb),
+            *extra,
+        ]
+        out = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
     for batch in args.batch:
+        # Rounds: every engine once per round, in turn, so that a slow minute of this shared
+        # machine falls on all of them (one engine's passes in a row were up to 25% apart from
+        # the same engine's later in the run, session 11); a discarded first pass warms it up.
+        if args.rounds > 1:
+            measure(*runs[0], batch, 1)
+        measured: dict[tuple[str, int], dict] = {}
+        for _ in range(args.rounds):
+            for engine, threads in runs:
+                r = measure(engine, threads, batch, args.repeats)
+                if (engine, threads) in measured:
+                    measured[engine, threads]["seconds"] += r["seconds"]
+                    measured[engine, threads]["peak_rss_mb"] = max(
+                        measured[engine, threads]["peak_rss_mb"], r["peak_rss_mb"]
+                    )
+                else:
+                    measured[engine, threads] = r
         for engine, threads in runs:
             name = engine if threads == args.threads else f"{engine}@{threads}t"
-            cmd = [
-                sys.executable,
-                __file__,
-                "--worker",
-                engine,
-                "--batch",
-                str(batch),
-                "--threads",
-                str(threads),
-                "--repeats",
-                str(args.repeats),
-                "--thread-pool",
-                args.thread_pool,
-                "--beam",
-                str(args.beam),
-                *extra,
-            ]
-            out = subprocess.run(
-                cmd,
-                capture_output=True,
-                text=True,
-                check=True,
-                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-            )
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r = measured[engine, threads]
             r.update(engine=name, threads=threads)
             median = statistics.median(r["seconds"])
             m = translation_metrics(r["hypotheses"], [x[1] for x in rows], target)

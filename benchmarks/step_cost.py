@@ -16,7 +16,7 @@ import numpy as np
 
 from service.runtime import graph_io
 from service.runtime.bundle import load_manifest
-from service.runtime.sessions import resolve_providers, share_thread_pool
+from service.runtime.sessions import resolve_providers, retain_freed_memory, share_thread_pool
 from service.runtime.translator import Translator
 
 
@@ -28,6 +28,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, nargs="+", default=[8, 32])
     args = p.parse_args()
     share_thread_pool(args.threads)
+    retain_freed_memory(64)  # as the service (TRANSERVE_RETAIN_FREED_MB)
     manifest = load_manifest(args.bundle)
     engine = Translator(args.bundle, manifest, resolve_providers("cpu"), threads=args.threads, variant=args.variant)
     if not engine.per_row:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from service.runtime.bundle import BundleError, Manifest, find_bundles, load_manifest
 from service.runtime.classifier import Classifier
-from service.runtime.sessions import resolve_providers, share_thread_pool
+from service.runtime.sessions import resolve_providers, retain_freed_memory, share_thread_pool
 from service.runtime.translator import Translator
 from service.settings import Settings
 
@@ -84,6 +84,8 @@ def load_registry(settings: Settings) -> Registry:
     providers = resolve_providers(settings.provider)
     if settings.thread_pool == "shared":
         share_thread_pool(settings.threads)
+    if settings.retain_freed_mb and not retain_freed_memory(settings.retain_freed_mb):
+        log.info("retain_freed_mb: not glibc's malloc here; its defaults stay")
     registry = Registry()
     for orphan in orphans:
         registry.models[orphan.name] = LoadedModel(orphan.name, None, error="no manifest.json in the bundle folder")

@@ -31,6 +31,13 @@ class Settings(BaseSettings):
         False,
         description="onnxruntime CPU memory arena; off keeps resident memory flat under load at the same speed",
     )
+    retain_freed_mb: int = Field(
+        64,
+        ge=0,
+        le=1024,
+        description="glibc malloc: arrays below this many MB come from the heap, and up to twice that of freed "
+        "memory is kept for reuse (no page faults on each decoder step's large arrays); 0 = glibc's defaults",
+    )
     beam_size: int = Field(1, ge=1, le=16, description="beam size when a request names none (1 = greedy)")
     max_beam_size: int = Field(8, ge=1, le=16, description="largest beam_size a request may ask for")
     max_alternatives: int = Field(5, ge=0, le=15, description="most alternatives a request may ask for")
