@@ -485,53 +485,70 @@ MIX = {"tatoeba": 0.4, "multi30k": 0.25, "news": 0.2, "paragraph16": 0.15}
 
 
 async def poisson(args: argparse.Namespace, _sentences: list[str]) -> dict:
-    """Both schedulers on the same open-loop loads (rates from the old batcher's capacity)."""
+    """Both schedulers on the same open-loop loads (rates from the old batcher's capacity), one
+    server each, both up for the whole run and loaded in turn: the capacities alternate, then
+    each load level runs on one server and then the other, then each one's side tests. (Run one
+    after the other, the two schedulers met different minutes of this shared VM: in session 11
+    the second server's capacity came out 22% below what it measured alone minutes later.)"""
     pools = load_pools(args.data_root)
-    result: dict = {"mode": "poisson", "mix": MIX, "runs": {}}
-    reference: float | None = None
-    for scheduler in args.schedulers:
-        server = Server(args.model_dir, args.threads, scheduler=scheduler, max_inflight_requests=1024)
-        run: dict = {}
-        try:
+    result: dict = {"mode": "poisson", "mix": MIX, "runs": {}, "order": "interleaved by level"}
+    servers = {
+        s: Server(args.model_dir, args.threads, scheduler=s, max_inflight_requests=1024) for s in args.schedulers
+    }
+    runs: dict[str, dict] = {s: {"levels": {}} for s in args.schedulers}
+    loads: dict[str, MixLoad] = {}
+    try:
+        for scheduler, server in servers.items():
             await warm_up(server.base, pools["tatoeba"])
-            load = MixLoad(server.base, pools, MIX, seed=7)
-            run["capacity_requests_per_s"] = round(await load.saturate(64, args.seconds), 2)
-            reference = args.reference_capacity or reference or run["capacity_requests_per_s"]
-            run["levels"] = {}
-            for fraction in args.fractions:
+            loads[scheduler] = MixLoad(server.base, pools, MIX, seed=7)
+        for scheduler in args.schedulers:
+            runs[scheduler]["capacity_requests_per_s"] = round(await loads[scheduler].saturate(64, args.seconds), 2)
+            print(scheduler, "capacity", runs[scheduler]["capacity_requests_per_s"], flush=True)
+        reference = args.reference_capacity or runs[args.schedulers[0]]["capacity_requests_per_s"]
+        for fraction in args.fractions:
+            for scheduler, server in servers.items():
                 before = schedule_totals(server.base)
-                row = await load.poisson(fraction * reference, args.seconds)
+                row = await loads[scheduler].poisson(fraction * reference, args.seconds)
                 row["rss_mb"] = round(server.rss_mb(), 1)
                 row["schedule_mean_ms"] = schedule_means(before, schedule_totals(server.base))
-                run["levels"][str(fraction)] = row
+                runs[scheduler]["levels"][str(fraction)] = row
                 print(scheduler, fraction, json.dumps({k: v for k, v in row.items() if k != "by_kind"}), flush=True)
-            # short requests alone, then beside a stream of paragraphs (at 60% of capacity in paragraphs)
-            short = MixLoad(server.base, pools, {"tatoeba": 1.0}, seed=3)
-            run["short_idle"] = await short.poisson(2.0, args.seconds / 2)
-            paragraphs = MixLoad(server.base, pools, {"paragraph16": 1.0}, seed=5)
-            para_rate = 0.6 * reference * _sentences_per_request(MIX) / 16
-            stream = asyncio.create_task(paragraphs.poisson(para_rate, args.seconds))
-            await asyncio.sleep(2)
-            beside = asyncio.create_task(short.poisson(2.0, args.seconds - 4))
-            if args.detect:  # classification beside the same stream: one batch between decoder steps
-                run["detect_beside_paragraphs"] = await _detect(server.base, pools["tatoeba"], 2.0, args.seconds - 4)
-            run["short_beside_paragraphs"] = await beside
-            run["paragraphs"] = await stream
-            if args.detect:
-                run["detect_idle"] = await _detect(server.base, pools["tatoeba"], 2.0, args.seconds / 2)
-            idle, busy = run["short_idle"]["p50_ms"], run["short_beside_paragraphs"]["p50_ms"]
-            run["short_slowdown"] = round(busy / idle, 2) if idle and busy else None
-            print(scheduler, "short idle", idle, "beside paragraphs", busy, flush=True)
-            # 300 clients give up on their 16-sentence paragraphs; then one request
-            run["abandoned"] = await _abandon(server.base, pools, 300)
-            print(scheduler, "after abandoned:", run["abandoned"], flush=True)
-            await load.close()
-            await short.close()
-            await paragraphs.close()
-        finally:
+        for scheduler, server in servers.items():
+            await _side_tests(args, server, pools, reference, runs[scheduler], scheduler)
+            await loads[scheduler].close()
+    finally:
+        for server in servers.values():
             server.stop()
-        result["runs"][scheduler] = run
+    result["runs"] = runs
     return result
+
+
+async def _side_tests(
+    args: argparse.Namespace, server: Server, pools: dict, reference: float, run: dict, name: str
+) -> None:
+    """Short requests alone, then beside a stream of paragraphs (at 60% of capacity in
+    paragraphs), /detect beside them, and the next request after 300 abandoned paragraphs."""
+    short = MixLoad(server.base, pools, {"tatoeba": 1.0}, seed=3)
+    run["short_idle"] = await short.poisson(2.0, args.seconds / 2)
+    paragraphs = MixLoad(server.base, pools, {"paragraph16": 1.0}, seed=5)
+    para_rate = 0.6 * reference * _sentences_per_request(MIX) / 16
+    stream = asyncio.create_task(paragraphs.poisson(para_rate, args.seconds))
+    await asyncio.sleep(2)
+    beside = asyncio.create_task(short.poisson(2.0, args.seconds - 4))
+    if args.detect:  # classification beside the same stream: one batch between decoder steps
+        run["detect_beside_paragraphs"] = await _detect(server.base, pools["tatoeba"], 2.0, args.seconds - 4)
+    run["short_beside_paragraphs"] = await beside
+    run["paragraphs"] = await stream
+    if args.detect:
+        run["detect_idle"] = await _detect(server.base, pools["tatoeba"], 2.0, args.seconds / 2)
+    idle, busy = run["short_idle"]["p50_ms"], run["short_beside_paragraphs"]["p50_ms"]
+    run["short_slowdown"] = round(busy / idle, 2) if idle and busy else None
+    print(name, "short idle", idle, "beside paragraphs", busy, flush=True)
+    # 300 clients give up on their 16-sentence paragraphs; then one request
+    run["abandoned"] = await _abandon(server.base, pools, 300)
+    print(name, "after abandoned:", run["abandoned"], flush=True)
+    await short.close()
+    await paragraphs.close()
 
 
 def metric_samples(base: str, names: tuple[str, ...]) -> list[tuple[str, dict[str, str], float]]:

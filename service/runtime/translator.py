@@ -417,8 +417,10 @@ class Translator(BundleEngine):
         alive = np.arange(b)  # each batch row's original row; -1: finished, still in the batch
         row_limits = limits.copy()
         tokens = np.full((b, 1), self.bos, dtype=np.int64)
+        bound = self.static and self.bind_static
+        run = self._bound_step(state) if bound else None
         for step in range(steps):
-            logits = self.step(state, tokens)
+            logits = run(tokens) if run else self.step(state, tokens)
             next_ids = logits.argmax(-1)
             live = alive >= 0
             if scores is not None:
@@ -440,8 +442,38 @@ class Translator(BundleEngine):
                 keep = ~dead
                 alive, next_ids, row_limits = alive[keep], next_ids[keep], row_limits[keep]
                 state = {name: self._keep_rows(name, value, keep, step + 1) for name, value in state.items()}
+                run = self._bound_step(state) if bound else None
             tokens = next_ids[:, None]
         return out, out_len
+
+    def _bound_step(self, state: dict[str, np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+        """Contract 3: `step` for `state` with every array bound to the decoder once, not at
+        every step: the token ids are copied into a bound buffer, the logits come back in one,
+        the caches are written in place and the positions advanced in place. Valid while
+        `state` holds the same arrays (the greedy loop makes a new one when rows leave). At
+        batch 1, binding 20 arrays a step was a fifth of the step (BENCHMARKS.md section 9)."""
+        b = state[graph_io.POSITION].shape[0]
+        bind = self.decoder.io_binding()
+        ids = np.empty((b, 1), dtype=np.int64)
+        logits = np.empty((b, self.manifest.vocab_size), dtype=np.float32)
+        position = state[graph_io.POSITION]
+        values = {graph_io.INPUT_IDS: ids, **state, graph_io.POSITION: position}
+        held = [ort.OrtValue.ortvalue_from_numpy(logits)]  # the OrtValues share the arrays' memory
+        bind.bind_ortvalue_output(graph_io.LOGITS, held[0])
+        caches = dict(zip(self.cache_names, self.present_outputs))
+        for name, value in values.items():
+            held.append(ort.OrtValue.ortvalue_from_numpy(value))
+            bind.bind_ortvalue_input(name, held[-1])
+            if name in caches:
+                bind.bind_ortvalue_output(caches[name], held[-1])
+
+        def run(tokens: np.ndarray, _held: list = held) -> np.ndarray:  # the OrtValues live with it
+            ids[:] = tokens
+            self.decoder.run_with_iobinding(bind)
+            np.add(position, 1, out=position)
+            return logits
+
+        return run
 
     def _keep_rows(self, name: str, value: np.ndarray, keep: np.ndarray, filled: int) -> np.ndarray:
         """State entry `name` for the rows `keep` only. A fixed-width cache (contract 3): only
