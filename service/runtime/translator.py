@@ -18,6 +18,7 @@ row's `position`. Nothing is copied from one step to the next.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ class Translator(BundleEngine):
         # `bind_static=False` runs the same graph without binding (a copy of every cache per step).
         self.static = graph_io.static_cache(manifest.graph(self.variant, "decoder"))
         self.bind_static = True
+        self._bound_local = threading.local()  # run_step's last binding, per calling thread
         # Decoders exported since session 9 also say where each step looked in the source:
         # since session 11 by the query of one layer's cross-attention (`align_layer`), from which
         # `attention` computes the weights; before, by the weights themselves (every step paid).
@@ -383,7 +385,22 @@ class Translator(BundleEngine):
     def run_step(self, state: dict[str, np.ndarray], feeds: dict[str, np.ndarray], extra: Sequence[str] = ()) -> Any:
         """The decoder on `feeds`; the new caches go into `state`; returns the logits (and the
         `extra` outputs after them, when asked: a list). Contract 3, bound: every cache of
-        `feeds` is written in place, so `state` must hold the same arrays."""
+        `feeds` is written in place, so `state` must hold the same arrays; and while the feeds
+        are the same arrays as the last call's (a running batch between joins and leaves), the
+        binding of the last call is used again (no array bound anew: `_bound_step`), its logits
+        buffer too: read the logits before the next call."""
+        if self.static and self.bind_static and not extra:
+            arrays = {k: v for k, v in feeds.items() if k != graph_io.INPUT_IDS}
+            key = tuple((k, id(v)) for k, v in arrays.items())
+            cached = getattr(self._bound_local, "last", None)
+            if cached is None or cached[0] != key:
+                if not all(v.flags.c_contiguous for v in arrays.values()):
+                    cached = None
+                else:  # the binding holds the arrays it reads: no id is reused while it is kept
+                    cached = (key, self._bound_step(arrays, advance=False))
+                self._bound_local.last = cached
+            if cached is not None:
+                return cached[1](feeds[graph_io.INPUT_IDS])
         if self.static and self.bind_static:
             bind = self.decoder.io_binding()
             b = feeds[graph_io.INPUT_IDS].shape[0]
@@ -446,12 +463,16 @@ class Translator(BundleEngine):
             tokens = next_ids[:, None]
         return out, out_len
 
-    def _bound_step(self, state: dict[str, np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-        """Contract 3: `step` for `state` with every array bound to the decoder once, not at
-        every step: the token ids are copied into a bound buffer, the logits come back in one,
-        the caches are written in place and the positions advanced in place. Valid while
-        `state` holds the same arrays (the greedy loop makes a new one when rows leave). At
-        batch 1, binding 20 arrays a step was a fifth of the step (BENCHMARKS.md section 9)."""
+    def _bound_step(self, state: dict[str, np.ndarray], advance: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+        """Contract 3: `step` for `state` (its caches, cross keys/values, source mask and
+        positions) with every array bound to the decoder once, not at every step: the token ids
+        are copied into a bound buffer, the logits come back in one (the same buffer each call),
+        the caches are written in place and, with `advance`, the positions advanced in place.
+        Valid while `state` holds the same arrays, written in place only (the greedy loop makes
+        a new state when rows leave; runtime/continuous.py binds again when its arrays change).
+        At batch 1, binding 20 arrays a step was a fifth of the step (BENCHMARKS.md section 9)."""
+        if not all(v.flags.c_contiguous for v in state.values()):
+            raise ValueError("a bound step needs C-contiguous arrays (they are bound as they are)")
         b = state[graph_io.POSITION].shape[0]
         bind = self.decoder.io_binding()
         ids = np.empty((b, 1), dtype=np.int64)
@@ -470,7 +491,8 @@ class Translator(BundleEngine):
         def run(tokens: np.ndarray, _held: list = held) -> np.ndarray:  # the OrtValues live with it
             ids[:] = tokens
             self.decoder.run_with_iobinding(bind)
-            np.add(position, 1, out=position)
+            if advance:
+                np.add(position, 1, out=position)
             return logits
 
         return run
