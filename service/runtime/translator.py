@@ -19,6 +19,7 @@ row's `position`. Nothing is copied from one step to the next.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,10 @@ from service.runtime.sessions import BundleEngine, create_session
 ALIGN_SEP = "\x1f"  # joins a source and its translation into one batcher item (runner option `align`)
 BEAM_TOPK = Path(__file__).parent / "graphs" / "beam_topk.onnx"
 ROWS_GATHER = Path(__file__).parent / "graphs" / "rows_gather.onnx"
+
+
+# run_step's bindings kept per thread: a running batch per length lane and a spare (each holds its arrays)
+BINDINGS_KEPT = 4
 
 
 class Translator(BundleEngine):
@@ -64,7 +69,7 @@ class Translator(BundleEngine):
         # `bind_static=False` runs the same graph without binding (a copy of every cache per step).
         self.static = graph_io.static_cache(manifest.graph(self.variant, "decoder"))
         self.bind_static = True
-        self._bound_local = threading.local()  # run_step's last binding, per calling thread
+        self._bound_local = threading.local()  # run_step's last bindings, per calling thread
         # Decoders exported since session 9 also say where each step looked in the source:
         # since session 11 by the query of one layer's cross-attention (`align_layer`), from which
         # `attention` computes the weights; before, by the weights themselves (every step paid).
@@ -385,22 +390,23 @@ class Translator(BundleEngine):
     def run_step(self, state: dict[str, np.ndarray], feeds: dict[str, np.ndarray], extra: Sequence[str] = ()) -> Any:
         """The decoder on `feeds`; the new caches go into `state`; returns the logits (and the
         `extra` outputs after them, when asked: a list). Contract 3, bound: every cache of
-        `feeds` is written in place, so `state` must hold the same arrays; and while the feeds
-        are the same arrays as the last call's (a running batch between joins and leaves), the
-        binding of the last call is used again (no array bound anew: `_bound_step`), its logits
-        buffer too: read the logits before the next call."""
+        `feeds` is written in place, so `state` must hold the same arrays; and when the feeds
+        are the same arrays as one of the last few calls' (a running batch between joins and
+        leaves; one per length lane), that call's binding is used again (no array bound anew:
+        `_bound_step`), its logits buffer too: read the logits before the next call."""
         if self.static and self.bind_static and not extra:
             arrays = {k: v for k, v in feeds.items() if k != graph_io.INPUT_IDS}
             key = tuple((k, id(v)) for k, v in arrays.items())
-            cached = getattr(self._bound_local, "last", None)
-            if cached is None or cached[0] != key:
-                if not all(v.flags.c_contiguous for v in arrays.values()):
-                    cached = None
-                else:  # the binding holds the arrays it reads: no id is reused while it is kept
-                    cached = (key, self._bound_step(arrays, advance=False))
-                self._bound_local.last = cached
-            if cached is not None:
-                return cached[1](feeds[graph_io.INPUT_IDS])
+            cache = self._bound_local.__dict__.setdefault("bindings", OrderedDict())
+            run = cache.get(key)
+            if run is None and all(v.flags.c_contiguous for v in arrays.values()):
+                # the binding holds the arrays it reads: no id in a key is reused while it is kept
+                run = cache[key] = self._bound_step(arrays, advance=False)
+                while len(cache) > BINDINGS_KEPT:
+                    cache.popitem(last=False)
+            if run is not None:
+                cache.move_to_end(key)
+                return run(feeds[graph_io.INPUT_IDS])
         if self.static and self.bind_static:
             bind = self.decoder.io_binding()
             b = feeds[graph_io.INPUT_IDS].shape[0]

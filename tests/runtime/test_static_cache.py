@@ -57,3 +57,41 @@ def test_unbound_runs_give_the_same_as_bound_ones():
     plain.bind_static = False
     sources = bound.encode(SENTENCES)
     assert bound.generate(sources) == plain.generate(sources)
+
+
+def test_run_step_binds_each_running_batchs_arrays_once(monkeypatch):
+    # two running batches (length lanes) stepped in turn: each one's arrays are bound once, and
+    # every step gives what a step bound afresh gives (a second engine, its bindings forgotten)
+    t, ref = _engine("models", "int8-static"), _engine("models", "int8-static")
+    built = []
+    real = t._bound_step
+    monkeypatch.setattr(t, "_bound_step", lambda arrays, advance=True: built.append(1) or real(arrays, advance))
+
+    def lanes(e):
+        out = []
+        for texts in (SENTENCES[:2], SENTENCES[2:]):
+            src, _ = e.padded(e.encode(texts))
+            state = e.start(src, width=8)
+            out.append((state, np.full((src.shape[0], 1), e.bos, dtype=np.int64)))
+        return out
+
+    kept, fresh = lanes(t), lanes(ref)
+    for _ in range(4):
+        for (state, ids), (state2, ids2) in zip(kept, fresh):
+            got = t.run_step(state, {graph_io.INPUT_IDS: ids, **state}).copy()
+            want = ref.run_step(state2, {graph_io.INPUT_IDS: ids2, **state2}).copy()
+            ref._bound_local.bindings.clear()  # bound anew at every step
+            np.testing.assert_array_equal(got, want)
+            for s in (state, state2):  # the positions advance in place, as runtime/continuous.py does
+                s[graph_io.POSITION] += 1
+            ids[:] = got.argmax(-1)[:, None]
+            ids2[:] = want.argmax(-1)[:, None]
+    for (state, _), (state2, _) in zip(kept, fresh):
+        for name in t.cache_names:
+            np.testing.assert_array_equal(state[name], state2[name])
+    assert len(built) == 2  # one binding per lane, reused at its 3 later steps
+    # a lane whose arrays changed (rows left: new arrays) is bound again
+    state, ids = kept[0]
+    smaller = {k: v[:1].copy() for k, v in state.items()}
+    t.run_step(smaller, {graph_io.INPUT_IDS: ids[:1].copy(), **smaller})
+    assert len(built) == 3
