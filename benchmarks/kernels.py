@@ -31,10 +31,6 @@ from service.runtime import graph_io
 from service.runtime.bundle import load_manifest
 
 
-def _alignment(name: str) -> bool:
-    return name == graph_io.ALIGNMENT or name.startswith(graph_io.ALIGN_QUERY + ".")
-
-
 def _median_ms(fn, n: int = 200) -> float:
     for _ in range(20):
         fn()
@@ -78,7 +74,9 @@ def profile(decoder: str, model: dict, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         session = _session(decoder, threads, profile=os.path.join(tmp, "profile"))
         feeds = step_feeds(model, 32, static=_static(session))
-        outputs = [o.name for o in session.get_outputs() if not _alignment(o.name)]  # as the engine asks
+        outputs = [
+            o.name for o in session.get_outputs() if not graph_io.is_alignment_output(o.name)
+        ]  # as the engine asks
         median = _median_ms(lambda: session.run(outputs, feeds), 300)
         events = json.loads(Path(session.end_profiling()).read_text())
     by_op: dict[str, float] = defaultdict(float)

@@ -105,7 +105,9 @@ def export_translation_graphs(
     onnx.save(build_encoder(model), str(enc_path))
     enc = graph_io.graph_spec("encoder", model.cfg.to_dict(), enc_path.name)
     dec_path = out / "decoder.onnx"
-    onnx.save(build_decoder_step(model, static_cache=static_cache, weights_in_graph=alignment_in_graph), str(dec_path))
+    onnx.save(
+        build_decoder_step(model, static_cache=static_cache, alignment_in_graph=alignment_in_graph), str(dec_path)
+    )
     layer = None if alignment_in_graph else align_layer(model.cfg.n_decoder_layers)
     dec = graph_io.graph_spec("decoder", model.cfg.to_dict(), dec_path.name, static=static_cache, align_layer=layer)
     return {"encoder": enc, "decoder": dec}

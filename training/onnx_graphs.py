@@ -233,7 +233,7 @@ def build_decoder_step(
     model: Seq2SeqTransformer,
     alignment_layer: int | None = None,
     static_cache: bool = True,
-    weights_in_graph: bool = False,
+    alignment_in_graph: bool = False,
 ) -> onnx.ModelProto:
     """One greedy decoding step of `model` (eval mode: no dropout) as an ONNX model. Besides the
     logits and caches it outputs `align_query.{L}`, the query of the cross-attention of layer L
@@ -241,7 +241,7 @@ def build_decoder_step(
     computes where the step looked in the source (service/html.py carries inline markup by it),
     in the one pass that asks (the fused attention kernel does not expose its weights). Until
     session 11 the graph computed those weights itself, at a cost of 10-19% of every step:
-    `weights_in_graph` still builds that form (the `alignment` output; tests of old bundles).
+    `alignment_in_graph` still builds that form (the `alignment` output; tests of old bundles).
 
     `static_cache` (graph contract 3, the default): each self-attention is one
     `GroupQueryAttention` over fixed-width caches that the step writes in place at each row's
@@ -307,7 +307,7 @@ def build_decoder_step(
         def cross_attention(hid: str, p: str = p, i: int = i) -> str:
             a = f"{p}.cross_attn"
             q = g.linear(hid, w[f"{a}.q_proj.weight"], w[f"{a}.q_proj.bias"], f"{a}.q")
-            if i == layer_of_alignment and weights_in_graph:
+            if i == layer_of_alignment and alignment_in_graph:
                 _alignment(g, q, cross("k", i), n, h)
             elif i == layer_of_alignment:  # the engine computes this layer's attention weights from it
                 g.op("Identity", [q], out=[align_query(i)])
@@ -340,7 +340,7 @@ def build_decoder_step(
         outputs += [_kv_spec(present(t, i), n, h, present_len) for t in "kv"]
     for i in range(cfg.n_decoder_layers):
         inputs += [_kv_spec(cross(t, i), n, h, "src_len") for t in "kv"]
-    if weights_in_graph:
+    if alignment_in_graph:
         outputs.append(helper.make_tensor_value_info(ALIGNMENT, TensorProto.FLOAT, ["batch", "src_len"]))
     else:
         outputs.append(helper.make_tensor_value_info(align_query(layer_of_alignment), TensorProto.FLOAT, ["batch", d]))

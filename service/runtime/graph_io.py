@@ -121,17 +121,22 @@ def static_cache(spec: GraphSpec) -> bool:
     return per_row(spec) and not any(t.name == SELF_MASK for t in spec.inputs)
 
 
+def is_alignment_output(name: str) -> bool:
+    """Whether a decoder output is the alignment output, in either form."""
+    head, _, layer = name.partition(".")
+    return name == ALIGNMENT or (head == ALIGN_QUERY and layer.isdigit())
+
+
 def has_alignment(spec: GraphSpec) -> bool:
     """Whether a decoder spec has an alignment output (`alignment` or `align_query.{L}`)."""
-    return any(t.name == ALIGNMENT for t in spec.outputs) or alignment_layer(spec) is not None
+    return any(is_alignment_output(t.name) for t in spec.outputs)
 
 
 def alignment_layer(spec: GraphSpec) -> int | None:
     """L of a decoder spec's `align_query.{L}` output; None without one."""
     for t in spec.outputs:
-        head, _, layer = t.name.partition(".")
-        if head == ALIGN_QUERY and layer.isdigit():
-            return int(layer)
+        if is_alignment_output(t.name) and t.name != ALIGNMENT:
+            return int(t.name.partition(".")[2])
     return None
 
 

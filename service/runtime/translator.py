@@ -28,7 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.runtime import graph_io
-from service.runtime.beam import Hypothesis, beam_search, logsumexp, take_rows
+from service.runtime.beam import Hypothesis, beam_search, log_softmax, logsumexp, take_rows
 from service.runtime.bundle import Manifest
 from service.runtime.preprocess import DECODING, output_limits, source_ids
 from service.runtime.sessions import BundleEngine, create_session
@@ -394,38 +394,19 @@ class Translator(BundleEngine):
         are the same arrays as one of the last few calls' (a running batch between joins and
         leaves; one per length lane), that call's binding is used again (no array bound anew:
         `_bound_step`), its logits buffer too: read the logits before the next call."""
-        if self.static and self.bind_static and not extra:
+        if self.static and self.bind_static:
             arrays = {k: v for k, v in feeds.items() if k != graph_io.INPUT_IDS}
+            if extra or not all(v.flags.c_contiguous for v in arrays.values()):
+                return self._bound_step(arrays, advance=False, extra=extra)(feeds[graph_io.INPUT_IDS])
             key = tuple((k, id(v)) for k, v in arrays.items())
             cache = self._bound_local.__dict__.setdefault("bindings", OrderedDict())
             run = cache.get(key)
-            if run is None and all(v.flags.c_contiguous for v in arrays.values()):
-                # the binding holds the arrays it reads: no id in a key is reused while it is kept
+            if run is None:  # the binding holds the arrays it reads: no id in a key is reused while it is kept
                 run = cache[key] = self._bound_step(arrays, advance=False)
                 while len(cache) > BINDINGS_KEPT:
                     cache.popitem(last=False)
-            if run is not None:
-                cache.move_to_end(key)
-                return run(feeds[graph_io.INPUT_IDS])
-        if self.static and self.bind_static:
-            bind = self.decoder.io_binding()
-            b = feeds[graph_io.INPUT_IDS].shape[0]
-            logits = np.empty((b, self.manifest.vocab_size), dtype=np.float32)
-            bind.bind_ortvalue_output(graph_io.LOGITS, ort.OrtValue.ortvalue_from_numpy(logits))
-            for name in extra:
-                bind.bind_output(name, "cpu")
-            caches = dict(zip(self.cache_names, self.present_outputs))
-            for name, value in feeds.items():
-                if name in caches:
-                    buffer = ort.OrtValue.ortvalue_from_numpy(value)  # the array's own memory
-                    bind.bind_ortvalue_input(name, buffer)
-                    bind.bind_ortvalue_output(caches[name], buffer)
-                else:
-                    bind.bind_cpu_input(name, value)
-            self.decoder.run_with_iobinding(bind)
-            if not extra:
-                return logits
-            return [logits, *(v.numpy() for v in bind.get_outputs()[1 : 1 + len(extra)])]
+            cache.move_to_end(key)
+            return run(feeds[graph_io.INPUT_IDS])
         logits, *rest = self.decoder.run([graph_io.LOGITS, *extra, *self.present_outputs], feeds)
         state.update(zip(self.cache_names, rest[len(extra) :]))
         return [logits, *rest[: len(extra)]] if extra else logits
@@ -469,37 +450,42 @@ class Translator(BundleEngine):
             tokens = next_ids[:, None]
         return out, out_len
 
-    def _bound_step(self, state: dict[str, np.ndarray], advance: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+    def _bound_step(
+        self, state: dict[str, np.ndarray], advance: bool = True, extra: Sequence[str] = ()
+    ) -> Callable[[np.ndarray], Any]:
         """Contract 3: `step` for `state` (its caches, cross keys/values, source mask and
         positions) with every array bound to the decoder once, not at every step: the token ids
-        are copied into a bound buffer, the logits come back in one (the same buffer each call),
-        the caches are written in place and, with `advance`, the positions advanced in place.
-        Valid while `state` holds the same arrays, written in place only (the greedy loop makes
-        a new state when rows leave; runtime/continuous.py binds again when its arrays change).
-        At batch 1, binding 20 arrays a step was a fifth of the step (BENCHMARKS.md section 9)."""
-        if not all(v.flags.c_contiguous for v in state.values()):
-            raise ValueError("a bound step needs C-contiguous arrays (they are bound as they are)")
+        are copied into a bound buffer, the logits come back in one (the same buffer each call;
+        with `extra`, a list of the logits and those outputs), the caches are written in place
+        and, with `advance`, the positions advanced in place. Valid while `state` holds the same
+        arrays, written in place only (the greedy loop makes a new state when rows leave;
+        `run_step` keeps one per running batch). Inputs that are not C-contiguous are bound as
+        contiguous copies (caches must be: they are written in place). At batch 1, binding 20
+        arrays a step was a fifth of the step (BENCHMARKS.md section 9)."""
         b = state[graph_io.POSITION].shape[0]
         bind = self.decoder.io_binding()
         ids = np.empty((b, 1), dtype=np.int64)
         logits = np.empty((b, self.manifest.vocab_size), dtype=np.float32)
         position = state[graph_io.POSITION]
-        values = {graph_io.INPUT_IDS: ids, **state, graph_io.POSITION: position}
         held = [ort.OrtValue.ortvalue_from_numpy(logits)]  # the OrtValues share the arrays' memory
         bind.bind_ortvalue_output(graph_io.LOGITS, held[0])
+        for name in extra:
+            bind.bind_output(name, "cpu")
         caches = dict(zip(self.cache_names, self.present_outputs))
-        for name, value in values.items():
-            held.append(ort.OrtValue.ortvalue_from_numpy(value))
+        for name, value in {graph_io.INPUT_IDS: ids, **state}.items():
+            held.append(ort.OrtValue.ortvalue_from_numpy(value if name in caches else np.ascontiguousarray(value)))
             bind.bind_ortvalue_input(name, held[-1])
             if name in caches:
                 bind.bind_ortvalue_output(caches[name], held[-1])
 
-        def run(tokens: np.ndarray, _held: list = held) -> np.ndarray:  # the OrtValues live with it
+        def run(tokens: np.ndarray, _held: list = held) -> Any:  # the OrtValues live with it
             ids[:] = tokens
             self.decoder.run_with_iobinding(bind)
             if advance:
                 np.add(position, 1, out=position)
-            return logits
+            if not extra:
+                return logits
+            return [logits, *(v.numpy() for v in bind.get_outputs()[1 : 1 + len(extra)])]
 
         return run
 
@@ -541,10 +527,7 @@ def cross_attention_weights(query: np.ndarray, keys: np.ndarray, src_mask: np.nd
     b, n, _, h = keys.shape
     scores = np.matmul(keys, query.reshape(b, n, h, 1).astype(np.float32))[..., 0] / np.sqrt(h)  # (B, N, S)
     scores = np.where(src_mask[:, None, :], scores, -np.inf)
-    scores -= scores.max(axis=-1, keepdims=True)
-    weights = np.exp(scores)
-    weights /= weights.sum(axis=-1, keepdims=True)
-    return weights.mean(axis=1)
+    return np.exp(log_softmax(scores)).mean(axis=1)
 
 
 def _filled_rows(value: np.ndarray, rows: np.ndarray, filled: int, out: np.ndarray) -> np.ndarray:

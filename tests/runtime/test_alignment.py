@@ -15,10 +15,6 @@ from service.runtime.translator import Translator
 from tests.conftest import TINY_BUNDLES
 
 
-def _alignment(name):
-    return name == graph_io.ALIGNMENT or name.startswith(graph_io.ALIGN_QUERY + ".")
-
-
 def engine(bundle, variant="int8-static"):
     return Translator(bundle, load_manifest(bundle), resolve_providers("cpu"), threads=1, variant=variant)
 
@@ -59,11 +55,11 @@ def test_a_decoder_exported_before_the_alignment_output_is_served_without_it(mod
     for name, graphs in manifest.variants.items():
         dec = graphs["decoder"]
         proto = onnx.load(str(bundle / dec.file))
-        kept = [o for o in proto.graph.output if not _alignment(o.name)]
+        kept = [o for o in proto.graph.output if not graph_io.is_alignment_output(o.name)]
         del proto.graph.output[:]
         proto.graph.output.extend(kept)
         onnx.save(proto, str(bundle / dec.file))
-        outputs = [o for o in dec.outputs if not _alignment(o.name)]
+        outputs = [o for o in dec.outputs if not graph_io.is_alignment_output(o.name)]
         variants[name] = {**graphs, "decoder": replace(dec, outputs=outputs)}
     files = {p.name: sha256_file(p) for p in bundle.iterdir() if p.name != "manifest.json" and p.is_file()}
     write_manifest(bundle, replace(manifest, variants=variants, files=files))
