@@ -292,19 +292,22 @@ class MixLoad(Load):
 
     def __init__(self, base: str, pools: dict[str, list[str]], weights: dict[str, float], seed: int = 1) -> None:
         super().__init__(base, pools["tatoeba"], 1, seed)
-        self.pools, self.weights = pools, weights
+        self.seed, self.pools, self.weights = seed, pools, weights
         self.by_kind: dict[str, Tally] = {k: Tally() for k in weights}
 
     def pick(self) -> str:
         kinds = [k for k in self.weights if self.weights[k] > 0]
         return self.rng.choices(kinds, [self.weights[k] for k in kinds])[0]
 
-    async def one_of(self, kind: str, tally: Tally, due: float | None = None) -> None:
+    def body_of(self, kind: str, rng: random.Random | None = None) -> dict:
+        rng = rng or self.rng
         if kind == "paragraph16":
-            picked = [self.rng.choice(self.pools["tatoeba"] + self.pools["news"]) for _ in range(16)]
-            body = {"q": " ".join(picked), "source": "de", "target": "en"}
-        else:
-            body = {"q": self.rng.choice(self.pools[kind]), "source": "de", "target": "en"}
+            picked = [rng.choice(self.pools["tatoeba"] + self.pools["news"]) for _ in range(16)]
+            return {"q": " ".join(picked), "source": "de", "target": "en"}
+        return {"q": rng.choice(self.pools[kind]), "source": "de", "target": "en"}
+
+    async def one_of(self, kind: str, tally: Tally, due: float | None = None, body: dict | None = None) -> None:
+        body = body or self.body_of(kind)
         t0 = due if due is not None else time.perf_counter()
         try:
             status, headers, data = await asyncio.wait_for(self.client.post_json("/translate", body), 300)
@@ -319,17 +322,29 @@ class MixLoad(Load):
         tally.add(str(status), latency, n)
         self.by_kind[kind].add(str(status), latency, n)
 
+    def plan(self, rate: float, seconds: float) -> list[tuple[float, str, dict]]:
+        """The arrivals (seconds from the start, kind, body) of a Poisson load: drawn from the
+        seed, the rate and the length alone, so that every server given the same load gets the
+        same requests at the same moments (drawn while sending, they depended on the timing)."""
+        rng = random.Random(f"{self.seed}:{rate:.6f}:{seconds}")
+        kinds = [k for k in self.weights if self.weights[k] > 0]
+        plan, at = [], 0.0
+        while (at := at + rng.expovariate(rate)) < seconds:
+            kind = rng.choices(kinds, [self.weights[k] for k in kinds])[0]
+            plan.append((at, kind, self.body_of(kind, rng)))
+        return plan
+
     async def poisson(self, rate: float, seconds: float) -> dict:
-        """Open loop: requests at exponential intervals of mean 1/`rate`, each sent when due."""
+        """Open loop: requests at exponential intervals of mean 1/`rate`, each sent when due (the
+        same requests for the same seed, rate and length: `plan`)."""
         tally, tasks = Tally(), []
         self.by_kind = {k: Tally() for k in self.weights}
         t0 = time.perf_counter()
-        due = t0
-        while (due := due + self.rng.expovariate(rate)) < t0 + seconds:
-            delay = due - time.perf_counter()
+        for offset, kind, body in self.plan(rate, seconds):
+            delay = t0 + offset - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(self.one_of(self.pick(), tally, due)))
+            tasks.append(asyncio.create_task(self.one_of(kind, tally, t0 + offset, body)))
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - t0
         kinds = {
