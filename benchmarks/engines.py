@@ -39,6 +39,7 @@ ENGINES = [
     "ort-int8",
     "ort-int8-blockwise",
     "ort-int8-static",
+    "ort-fv-int8-static",  # the served graphs with the full vocabulary (no target vocabularies)
     "ort-c2-fp32",  # the same graphs with the decoder of graph contract 2 (caches grown every step)
     "ort-c2-int8-static",
     "ct2-fp32",
@@ -126,10 +127,17 @@ def worker(args: argparse.Namespace) -> None:
 
         if args.thread_pool == "shared":  # as the service does by default
             share_thread_pool(threads)
-        contract2 = engine.startswith("ort-c2-")
+        contract2, full_vocab = engine.startswith("ort-c2-"), engine.startswith("ort-fv-")
         bundle = Path(args.bundle_c2 if contract2 else args.bundle)
-        variant = engine.removeprefix("ort-c2-") if contract2 else engine.split("-", 1)[1]
-        tr = Translator(bundle, load_manifest(bundle), resolve_providers("cpu"), threads=threads, variant=variant)
+        variant = engine.removeprefix("ort-c2-").removeprefix("ort-fv-") if contract2 or full_vocab else engine[4:]
+        tr = Translator(
+            bundle,
+            load_manifest(bundle),
+            resolve_providers("cpu"),
+            threads=threads,
+            variant=variant,
+            target_vocab=not full_vocab,
+        )
         encoded = tr.encode(sources)
 
         def run(batch: list[int]) -> list[list[int]]:
@@ -275,6 +283,12 @@ def main() -> None:
         model = model_from_checkpoint(args.checkpoint)
         texts = [r[0] for r in rows[:20]]
         export_bundle(model, cfg, args.tokenizer, work / "bundle", texts, calibration_texts=calibration_texts(cfg))
+        if cfg.task == "translation":  # as the release does: each target language's vocabulary
+            from training.tasks import target_texts
+            from training.tokenizer import Tokenizer
+            from training.vocab import target_pieces, write_target_vocab
+
+            write_target_vocab(work / "bundle", target_pieces(Tokenizer(args.tokenizer).sp.encode, target_texts(cfg)))
         extra += ["--bundle", str(work / "bundle")]
         if any(e.startswith("ort-c2-") for e in args.engines):
             export_bundle(

@@ -80,11 +80,27 @@ class ContinuousBatcher(Batcher):
         """`decoders`: the translators (runtime/translator.Translator with per-row inputs) whose
         greedy requests are decoded continuously; `runners` run everything else. `cost(model,
         text)` is a text's source tokens (default: its length in characters). `lanes`: source
-        lengths (tokens) that split each model's sentences into running batches of their own."""
+        lengths (tokens) that split each model's sentences into running batches of their own.
+        A translator with target vocabularies (runtime/vocab.py) has a set of lanes per target
+        language too: a batch's rows share its decoder, and each language has its own."""
         self.decoders = decoders
         self.lanes = sorted(lanes)
         self.order = order
-        self.batches = {(n, k): DecodeBatch(e) for n, e in decoders.items() for k in range(len(self.lanes) + 1)}
+        # lane k of model m: target language targets[m][k // per_target], length lane k % per_target
+        self.per_target = len(self.lanes) + 1
+        self.targets = {
+            n: [None, *(sorted(e.target_vocab.ids) if getattr(e, "target_vocab", None) else [])]
+            for n, e in decoders.items()
+        }
+        # a model's lanes of the full vocabulary from the start; a target language's at first use
+        # (then a full set of lanes does not mean that nothing can join: a new language's can)
+        self.fixed_lanes = all(len(t) == 1 for t in self.targets.values())
+        self.batches = {
+            (n, k): DecodeBatch(e)
+            for n, e in decoders.items()
+            if len(self.targets[n]) == 1
+            for k in range(self.per_target)
+        }
         self.max_batch_tokens = max_batch_tokens
         self.max_queue_tokens = max_queue_tokens
         self.cost = cost or (lambda model, text: len(text))
@@ -112,7 +128,7 @@ class ContinuousBatcher(Batcher):
     @property
     def running(self) -> int:
         """Rows in the running batches."""
-        return sum(len(b) for b in self.batches.values())
+        return sum(len(b) for b in list(self.batches.values()))
 
     def _job(
         self, model: str, texts: Sequence[str], options: dict[str, Any] | None, loop: asyncio.AbstractEventLoop
@@ -172,7 +188,7 @@ class ContinuousBatcher(Batcher):
                     self._queued_tokens -= sum(j.tokens for j in other)
             for key, items in joins.items():
                 self._join(key, items)
-            for key, batch in self.batches.items():
+            for key, batch in list(self.batches.items()):
                 if batch:
                     self._advance(key, batch)
             if other:
@@ -203,13 +219,12 @@ class ContinuousBatcher(Batcher):
         """Sentences to join the running batches now, one per waiting request in turn, each into
         its length lane, within the lane's rows and the model's token budget (holds the lock)."""
         joins: dict[tuple[str, int], list[tuple[_Request, int]]] = defaultdict(list)
-        if all(len(b) >= self.max_batch_size for b in self.batches.values()):
+        if self.fixed_lanes and all(len(b) >= self.max_batch_size for b in self.batches.values()):
             return joins  # every lane is full: nothing can join (the common case under load)
         held = {m: self._hold(m) for m in self.decoders}
         waiting = [j for j in self._jobs if isinstance(j, _Request) and not held[j.model]]
         planned: dict[tuple[str, int], list[tuple[int, int]]] = defaultdict(list)  # (source, limit) of newcomers
         full: set[tuple[str, int]] = set()
-        n_lanes = len(self.lanes) + 1
 
         def admit_one(job: _Request) -> bool:
             """Admit `job`'s next sentence; False when its lane has no room."""
@@ -217,14 +232,14 @@ class ContinuousBatcher(Batcher):
             if job.texts[i].strip():
                 engine = self.decoders[m]
                 src = min(job.costs[i], engine.max_len)
-                key = (m, bisect.bisect_left(self.lanes, src))
+                target = self.targets[m].index(engine.target_of(job.ids[i])) if len(self.targets[m]) > 1 else 0
+                key = (m, target * self.per_target + bisect.bisect_left(self.lanes, src))
                 if key in full:
                     return False
                 row = (src, engine.output_limit(src))
-                rows = len(self.batches[key]) + len(planned[key])
+                rows = len(self.batch(key)) + len(planned[key])
                 tokens = sum(
-                    self.batches[(m, k)].bound([*planned[(m, k)], *([row] if (m, k) == key else [])])
-                    for k in range(n_lanes)
+                    b.bound([*planned[k], *([row] if k == key else [])]) for k, b in self.batches.items() if k[0] == m
                 )
                 if rows and (rows >= self.max_batch_size or tokens > self.max_batch_tokens):
                     full.add(key)
@@ -265,6 +280,23 @@ class ContinuousBatcher(Batcher):
         # requests all of whose sentences are in a running batch (or answered) leave the queue
         self._jobs = deque(j for j in self._jobs if not (isinstance(j, _Request) and j.admitted == len(j.texts)))
         return joins
+
+    def engine(self, key: tuple[str, int]) -> Any:
+        """The translator (or its view of one target vocabulary) that lane `key` decodes with."""
+        model, k = key
+        return (
+            self.decoders[model].view(self.targets[model][k // self.per_target])
+            if k >= self.per_target
+            else self.decoders[model]
+        )
+
+    def batch(self, key: tuple[str, int]) -> DecodeBatch:
+        """Lane `key`'s running batch (made on first use: a target language's lanes when a
+        sentence into it first comes)."""
+        found = self.batches.get(key)
+        if found is None:
+            found = self.batches[key] = DecodeBatch(self.engine(key))
+        return found
 
     def _hold(self, model: str) -> bool:
         """Whether `model`'s waiting sentences wait one more step, to join together: an encoder
@@ -343,4 +375,4 @@ class ContinuousBatcher(Batcher):
         """Fail every request with a row in running batch `key`, and start that batch afresh."""
         for job in {id(r.tag[0]): r.tag[0] for r in self.batches[key].rows}.values():
             self._fail(job, exc)
-        self.batches[key] = DecodeBatch(self.decoders[key[0]])
+        self.batches[key] = DecodeBatch(self.engine(key))

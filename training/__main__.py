@@ -157,6 +157,23 @@ def cmd_upgrade(args) -> int:
     return 0
 
 
+def cmd_vocab(args) -> int:
+    """Each target language's vocabulary from the config's training targets, into the bundle
+    (training/vocab.py)."""
+    import sentencepiece as spm
+
+    from service.runtime.bundle import load_manifest
+    from training.tasks import target_texts
+    from training.vocab import target_pieces, write_target_vocab
+
+    cfg = _config(args)
+    bundle = Path(args.bundle)
+    sp = spm.SentencePieceProcessor(model_file=str(bundle / load_manifest(bundle).tokenizer))
+    manifest = write_target_vocab(bundle, target_pieces(sp.encode, target_texts(cfg)))
+    print(json.dumps({"bundle": str(bundle), **manifest.target_vocab}))
+    return 0
+
+
 def cmd_models_table(args) -> int:
     """The README's model table, from the shipped manifests (so the README stays true)."""
     from service.runtime.bundle import find_bundles, load_manifest
@@ -249,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("upgrade", help="rewrite a bundle's graphs into today's form (same translations)")
     u.add_argument("--bundle", required=True, action="append", help="a bundle folder, repeatable")
     u.set_defaults(func=cmd_upgrade)
+
+    v = with_config(sub.add_parser("vocab", help="add each target language's vocabulary to a bundle"))
+    v.add_argument("--bundle", required=True, help="a translation bundle folder")
+    v.set_defaults(func=cmd_vocab)
 
     mt = sub.add_parser("models-table", help="print the README's model table from model/*/manifest.json")
     mt.add_argument("--model-dir", default="model")

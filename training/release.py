@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.runtime.bundle import load_manifest, sha256_file, write_manifest
+from service.runtime.bundle import Manifest, load_manifest, sha256_file, write_manifest
 from service.runtime.classifier import Classifier
 from service.runtime.sessions import resolve_providers
 from service.runtime.translator import Translator
@@ -26,9 +26,10 @@ from training.config import RunConfig
 from training.devices import cpuinfo
 from training.evaluate import classification_metrics, format_confusion
 from training.export import export_bundle
-from training.tasks import TOKENIZER_FILE, make_task, split_names
+from training.tasks import TOKENIZER_FILE, make_task, split_names, target_texts
 from training.tokenizer import Tokenizer
 from training.train import train
+from training.vocab import keep_variant_vocab, target_pieces, write_target_vocab
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +131,19 @@ def keep_only_variant(bundle_dir: Path, variant: str) -> None:
             if g.file not in served:
                 (bundle_dir / g.file).unlink(missing_ok=True)
     files = {n: s for n, s in manifest.files.items() if (bundle_dir / n).exists()}
+    vocab = manifest.target_vocab
+    if vocab:  # the other variants' projections leave the target vocabularies' file too
+        vocab = keep_variant_vocab(bundle_dir, vocab, variant)
+        files[vocab["file"]] = sha256_file(bundle_dir / vocab["file"])
     write_manifest(
         bundle_dir,
-        replace(manifest, variants={variant: manifest.variants[variant]}, default_variant=variant, files=files),
+        replace(
+            manifest,
+            variants={variant: manifest.variants[variant]},
+            default_variant=variant,
+            files=files,
+            target_vocab=vocab,
+        ),
     )
 
 
@@ -178,6 +189,9 @@ def release(
         training_info={"checkpoint": ckpt.name, **summary, "hardware": hardware(trained_threads(ckpt))},
         calibration_texts=calibration_texts(cfg),
     )
+    if cfg.task == "translation":  # before the evaluation: the served engine decodes with them
+        pieces = target_pieces(Tokenizer(run_dir / TOKENIZER_FILE).sp.encode, target_texts(cfg))
+        manifest = write_target_vocab(out_dir, pieces)
     valid = {v: evaluate_bundle(out_dir, cfg, valid_split, v, invariance=True) for v in manifest.variants}
     served = choose_variant(valid, metric)
     tests = list(cfg.data.test_splits)
@@ -297,6 +311,16 @@ def hardware(threads: int = 0) -> str:
     return f"CPU ({name}), {n} thread{'s' if n > 1 else ''}"
 
 
+def vocab_line(manifest: Manifest) -> str:
+    """The card's line on the target vocabularies (training/vocab.py)."""
+    spec = manifest.target_vocab
+    return (
+        f"- Target vocabularies ({', '.join(spec['languages'])}): each sentence is decoded with the output projection "
+        "cut to the pieces its target language's training targets contain (`target_vocab.npz`, "
+        f"variants {', '.join(sorted(spec['projection'])) or 'none'}; docs/architecture.md)."
+    )
+
+
 def model_card(
     manifest, results: list[dict[str, Any]], parity: dict[str, Any], cfg: RunConfig, curves: bool = True
 ) -> str:
@@ -325,6 +349,7 @@ def model_card(
         f"{'pre' if m['pre_norm'] else 'post'}-LayerNorm, vocabulary {manifest.vocab_size} "
         f"(SentencePiece {cfg.tokenizer.model_type}), {m['parameters']:,} parameters.",
         f"- Served variant: `{manifest.default_variant}` ({t.get('served_variant_reason', '')}).",
+        *([vocab_line(manifest)] if manifest.target_vocab else []),
         "",
         "## Training",
         "",

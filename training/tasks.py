@@ -295,6 +295,18 @@ def split_names(cfg: RunConfig) -> tuple[str, str]:
     return "train", "valid"
 
 
+def target_texts(cfg: RunConfig) -> list[tuple[str, str]]:
+    """A translation config's training targets, each text once, with its language (the
+    target vocabularies, training/vocab.py)."""
+    d = cfg.data
+    if d.directions:
+        once = [" ".join(f for f in spec.split() if not f.startswith("repeat=")) for spec in d.train_sets]
+        rows = load_directions(once, d.directions, tags=False)
+        return list(dict.fromkeys((r[1], r[2].split("-")[1]) for r in rows))
+    pairs = load_parallel(Path(d.dir), d.train_split, d.source_lang, d.target_lang)
+    return list(dict.fromkeys((t, d.target_lang) for _, t in pairs))
+
+
 def tokenizer_texts(cfg: RunConfig) -> list[str]:
     """The training texts the tokenizer is learned from (train split only, both sides)."""
     if cfg.task == "translation" and cfg.data.directions:

@@ -76,6 +76,9 @@ class Manifest:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    # Each target language's pieces and the output projection they cut (runtime/vocab.py):
+    # {"file": npz, "languages": [...], "projection": {variant: {initializer: vocabulary axis}}}
+    target_vocab: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def graph(self, variant: str, role: str) -> GraphSpec:
@@ -179,6 +182,15 @@ def parse_manifest(raw: dict[str, Any], where: str = MANIFEST) -> Manifest:
         problems.append(f"default_variant {raw['default_variant']!r} not in {sorted(raw['variants'])}")
     if raw["tokenizer"] not in raw["files"]:
         problems.append(f"tokenizer {raw['tokenizer']!r} has no checksum in files")
+    vocab = raw.get("target_vocab") or {}
+    if vocab:
+        if vocab.get("file") not in raw["files"]:
+            problems.append(f"target_vocab file {vocab.get('file')!r} has no checksum in files")
+        if not vocab.get("languages"):
+            problems.append("target_vocab lists no languages")
+        for vname in vocab.get("projection") or {}:
+            if vname not in raw["variants"]:
+                problems.append(f"target_vocab projection for {vname!r}, not a variant")
     if problems:
         raise BundleError(f"{where}: " + "; ".join(problems))
     known = {k: raw[k] for k in Manifest.__dataclass_fields__ if k in raw and k != "variants"}

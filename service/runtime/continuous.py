@@ -179,11 +179,12 @@ class DecodeBatch:
             }
         logits = e.run_step(self.state, feeds)
         self.steps += 1
-        next_ids = logits.argmax(-1)
+        best = logits.argmax(-1)
+        next_ids = e.tokens_of(best)  # the engine's view of one target vocabulary: its columns' pieces
         live = [(r, row) for r, row in enumerate(self.slots) if row is not None]
         scored = any(row.scored for _, row in live)  # the softmax only where someone reads it
         if scored:
-            chosen = logits[np.arange(b), next_ids].astype(np.float64)
+            chosen = logits[np.arange(b), best].astype(np.float64)
             logprobs = chosen - logsumexp(logits.astype(np.float64))
         done = []
         for r, row in live:

@@ -6,6 +6,7 @@ import ctypes
 import logging
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import sentencepiece as spm
 
@@ -76,9 +77,16 @@ def share_thread_pool(threads: int) -> None:
     _shared_pool_threads = threads
 
 
-def create_session(path: Path, providers: list[str], threads: int, memory_arena: bool = False) -> ort.InferenceSession:
+def create_session(
+    path: Path,
+    providers: list[str],
+    threads: int,
+    memory_arena: bool = False,
+    initializers: dict[str, np.ndarray] | None = None,
+) -> ort.InferenceSession:
     """A session on the shared pool when share_thread_pool() ran, else on its own pool of
-    `threads` threads (0 = one per core) that sleep between nodes."""
+    `threads` threads (0 = one per core) that sleep between nodes. `initializers` replace the
+    graph's of the same names (a target vocabulary's projection, runtime/vocab.py)."""
     global _sessions_created
     opts = ort.SessionOptions()
     # The CPU arena keeps every chunk it ever allocated and grows in steps with new batch
@@ -98,7 +106,12 @@ def create_session(path: Path, providers: list[str], threads: int, memory_arena:
         # (ARCHITECTURE.md).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
+    held = []
+    for name, value in (initializers or {}).items():
+        held.append(ort.OrtValue.ortvalue_from_numpy(value))  # the session reads it at creation
+        opts.add_initializer(name, held[-1])
     session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    session._transerve_initializers = held  # type: ignore[attr-defined] # their memory is the session's weights
     _sessions_created += 1
     return session
 
@@ -116,10 +129,12 @@ class BundleEngine:
         self.max_len = manifest.max_len
         self.provider = ""
 
-    def session(self, role: str, providers: list[str], threads: int) -> ort.InferenceSession:
+    def session(
+        self, role: str, providers: list[str], threads: int, initializers: dict[str, np.ndarray] | None = None
+    ) -> ort.InferenceSession:
         """The session of graph `role`, checked against the graph contract (graph_io)."""
         spec = self.manifest.graph(self.variant, role)
-        session = create_session(self.bundle_dir / spec.file, providers, threads, self.memory_arena)
+        session = create_session(self.bundle_dir / spec.file, providers, threads, self.memory_arena, initializers)
         check_session(session, spec, role, self.manifest.model, f"{self.bundle_dir}/{spec.file}")
         self.provider = session.get_providers()[0]
         return session

@@ -18,6 +18,7 @@ row's `position`. Nothing is copied from one step to the next.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from service.runtime.beam import Hypothesis, beam_search, log_softmax, logsumexp
 from service.runtime.bundle import Manifest
 from service.runtime.preprocess import DECODING, output_limits, source_ids
 from service.runtime.sessions import BundleEngine, create_session
+from service.runtime.vocab import load_target_vocab, tag_languages
 
 ALIGN_SEP = "\x1f"  # joins a source and its translation into one batcher item (runner option `align`)
 BEAM_TOPK = Path(__file__).parent / "graphs" / "beam_topk.onnx"
@@ -54,6 +56,7 @@ class Translator(BundleEngine):
         max_output_extra: int | None = None,
         io_binding: bool | None = None,
         memory_arena: bool = False,
+        target_vocab: bool = True,
     ) -> None:
         super().__init__(bundle_dir, manifest, variant, memory_arena)
         self.encoder = self.session("encoder", providers, threads)
@@ -98,6 +101,16 @@ class Translator(BundleEngine):
         # present_k.{i} becomes the next step's past_k.{i}: the cache entries of the state
         self.cache_names = [graph_io.past(t, i) for i in layers for t in "kv"]
         self.on_tokens: Callable[[int], None] | None = None  # told how many tokens each call made
+        # Target vocabularies (runtime/vocab.py): a sentence is decoded by its target language's
+        # view of this translator, whose decoder computes only that language's logits; column j
+        # of the logits is piece `logit_ids[j]` (None: every piece, in order).
+        self.logit_ids: np.ndarray | None = None
+        self.n_logits = manifest.vocab_size
+        self.target_vocab = load_target_vocab(bundle_dir, manifest, self.variant) if target_vocab else None
+        self._tag_langs = tag_languages(manifest, self.sp.piece_to_id) if manifest.target_tags else {}
+        self._views: dict[str, Translator] = {}
+        self._views_lock = threading.Lock()
+        self._providers, self._threads = providers, threads
 
     # -- text level -------------------------------------------------------------------------
 
@@ -196,6 +209,13 @@ class Translator(BundleEngine):
     ) -> list[list[Hypothesis]]:
         """Beam search over a batch of source id lists (runtime/beam.py), n-best per source.
         Beam 1 is the greedy loop itself (the same output as `generate`), with scores."""
+        return self._by_target(
+            sources, lambda engine, part: engine._generate_nbest(part, beam_size, n_best, length_penalty)
+        )
+
+    def _generate_nbest(
+        self, sources: Sequence[Sequence[int]], beam_size: int, n_best: int, length_penalty: float
+    ) -> list[list[Hypothesis]]:
         if beam_size == 1:
             return self._greedy_scored(sources)
         src, limits = self.padded(sources)
@@ -231,7 +251,7 @@ class Translator(BundleEngine):
             per_beam=set(self.cache_names),
             topk=self._topk_bound if bound else self.topk,
             gather=self._gather_bound if bound else take_rows,
-            vocab=self.manifest.vocab_size,
+            vocab=self.n_logits,
             gather_cache=take_filled if self.static and not bound else None,
         )
         if self.on_tokens:
@@ -241,7 +261,7 @@ class Translator(BundleEngine):
     def topk(self, logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Each row's `k` best log-probabilities and token ids (beam.topk_numpy's contract)."""
         values, ids = self._topk.run(None, {"logits": logits, "k": np.array([k], dtype=np.int64)})
-        return values, ids
+        return values, self.tokens_of(ids)
 
     # -- beam search with IO binding: the device-resident state is a dict of OrtValues (the
     # encoder's keys/values, the caches) and numpy arrays (the source mask, bound from the CPU)
@@ -300,7 +320,7 @@ class Translator(BundleEngine):
         bind.bind_output("indices", "cpu")
         self._topk_dev.run_with_iobinding(bind)
         values, ids = bind.copy_outputs_to_cpu()
-        return values, ids
+        return values, self.tokens_of(ids)
 
     def _gather_bound(self, value: Any, rows: np.ndarray) -> Any:
         if isinstance(value, np.ndarray):
@@ -313,8 +333,61 @@ class Translator(BundleEngine):
         self._gather.run_with_iobinding(bind)
         return bind.get_outputs()[0]
 
+    def target_of(self, source: Sequence[int]) -> str | None:
+        """The target language whose vocabulary decodes `source` (its tag, the first piece
+        after the leading space; a single-target bundle's target); None: the full vocabulary."""
+        if self.target_vocab is None:
+            return None
+        if not self.manifest.target_tags:
+            lang = self.manifest.target_lang or self.manifest.pairs()[0][1]
+            return lang if lang in self.target_vocab.ids else None
+        for piece in source[:2]:
+            if piece in self._tag_langs:
+                return self._tag_langs[piece]
+        return None
+
+    def view(self, lang: str | None) -> Translator:
+        """This translator decoding into `lang`'s vocabulary only (made on first use: a decoder
+        session of the same graph with the projection cut to the language's pieces); None:
+        itself. A view shares the encoder, the tokenizer and the settings."""
+        if lang is None or self.target_vocab is None:
+            return self
+        with self._views_lock:
+            found = self._views.get(lang)
+            if found is None:
+                found = copy.copy(self)
+                found.decoder = self.session(
+                    "decoder", self._providers, self._threads, self.target_vocab.initializers(lang)
+                )
+                found.logit_ids = self.target_vocab.ids[lang]
+                found.n_logits = len(found.logit_ids)
+                found.target_vocab, found._views = None, {}
+                found._bound_local = threading.local()
+                self._views[lang] = found
+            return found
+
+    def tokens_of(self, columns: np.ndarray) -> np.ndarray:
+        """The piece ids of logit columns."""
+        return columns if self.logit_ids is None else self.logit_ids[columns]
+
+    def _by_target(self, sources: Sequence[Sequence[int]], decode: Callable[[Translator, list], list]) -> list:
+        """`decode(view, part)` for each target language's part of `sources`, in their order."""
+        groups: dict[str | None, list[int]] = {}
+        for i, s in enumerate(sources):
+            groups.setdefault(self.target_of(s), []).append(i)
+        if len(groups) <= 1:
+            return decode(self.view(next(iter(groups), None)), list(sources))
+        out: list = [None] * len(sources)
+        for lang, idx in groups.items():
+            for i, result in zip(idx, decode(self.view(lang), [sources[i] for i in idx])):
+                out[i] = result
+        return out
+
     def generate(self, sources: Sequence[Sequence[int]]) -> list[list[int]]:
         """Greedy decoding of a batch of source id lists (each ending in </s>)."""
+        return self._by_target(sources, lambda engine, part: engine._generate(part))
+
+    def _generate(self, sources: Sequence[Sequence[int]]) -> list[list[int]]:
         b = len(sources)
         src, limits = self.padded(sources)
         steps = int(limits.max())
@@ -425,11 +498,12 @@ class Translator(BundleEngine):
         run = self._bound_step(state) if bound else None
         for step in range(steps):
             logits = run(tokens) if run else self.step(state, tokens)
-            next_ids = logits.argmax(-1)
+            best = logits.argmax(-1)
+            next_ids = self.tokens_of(best)
             live = alive >= 0
             if scores is not None:
                 rows = np.nonzero(live)[0]
-                chosen = logits[rows, next_ids[rows]].astype(np.float64)
+                chosen = logits[rows, best[rows]].astype(np.float64)
                 scores[alive[rows]] += chosen - logsumexp(logits[rows].astype(np.float64))
             ended = next_ids == self.eos
             write = live & ~ended
@@ -465,7 +539,7 @@ class Translator(BundleEngine):
         b = state[graph_io.POSITION].shape[0]
         bind = self.decoder.io_binding()
         ids = np.empty((b, 1), dtype=np.int64)
-        logits = np.empty((b, self.manifest.vocab_size), dtype=np.float32)
+        logits = np.empty((b, self.n_logits), dtype=np.float32)
         position = state[graph_io.POSITION]
         held = [ort.OrtValue.ortvalue_from_numpy(logits)]  # the OrtValues share the arrays' memory
         bind.bind_ortvalue_output(graph_io.LOGITS, held[0])
@@ -508,7 +582,7 @@ class Translator(BundleEngine):
         done = np.zeros(b, dtype=bool)
         tokens = np.full((b, 1), self.bos, dtype=np.int64)
         for step in range(steps):
-            next_ids = self._step_bound(state, tokens).numpy().argmax(-1)
+            next_ids = self.tokens_of(self._step_bound(state, tokens).numpy().argmax(-1))
             active = ~done & (next_ids != self.eos)
             out[active, step] = next_ids[active]
             out_len[active] = step + 1
