@@ -146,5 +146,13 @@ def _engine(bundle_dir: Path, manifest: Manifest, providers: list[str], settings
         )
     arena = settings.memory_arena
     if manifest.task == "translation":
-        return Translator(bundle_dir, manifest, providers, settings.threads, variant, memory_arena=arena)
+        return Translator(
+            bundle_dir,
+            manifest,
+            providers,
+            settings.threads,
+            variant,
+            memory_arena=arena,
+            target_vocab=settings.target_vocab,
+        )
     return Classifier(bundle_dir, manifest, providers, settings.threads, variant, memory_arena=arena)

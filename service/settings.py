@@ -38,6 +38,11 @@ class Settings(BaseSettings):
         description="glibc malloc: arrays below this many MB come from the heap, and up to twice that of freed "
         "memory is kept for reuse (no page faults on each decoder step's large arrays); 0 = glibc's defaults",
     )
+    target_vocab: bool = Field(
+        True,
+        description="decode each sentence with the output projection cut to its target language's pieces, where "
+        "the bundle has target vocabularies (runtime/vocab.py); false = every piece of the vocabulary",
+    )
     beam_size: int = Field(1, ge=1, le=16, description="beam size when a request names none (1 = greedy)")
     max_beam_size: int = Field(8, ge=1, le=16, description="largest beam_size a request may ask for")
     max_alternatives: int = Field(5, ge=0, le=15, description="most alternatives a request may ask for")

@@ -157,3 +157,16 @@ def test_a_manifest_whose_vocabulary_file_has_no_checksum_is_refused(bundle):
 def test_target_pieces_are_gathered_per_language():
     encode = lambda texts: [[len(w) for w in t.split()] for t in texts]  # noqa: E731
     assert target_pieces(encode, [("a bb", "en"), ("ccc", "de"), ("dddd a", "en")]) == {"en": {1, 2, 4}, "de": {3}}
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_the_setting_turns_them_off_for_the_service(bundle, monkeypatch, on):
+    from service.registry import _engine
+    from service.settings import Settings
+
+    monkeypatch.setenv("TRANSERVE_TARGET_VOCAB", str(on).lower())
+    manifest = load_manifest(bundle)
+    engine = _engine(bundle, manifest, resolve_providers("cpu"), Settings(variant="int8-static"))
+    assert (engine.target_vocab is not None) is on
+    source = sources(engine)[0]
+    assert engine.view(engine.target_of(source)).n_logits == (52 - 4 + 2 if on else manifest.vocab_size)
