@@ -72,9 +72,10 @@ class Settings(BaseSettings):
         8192, ge=128, description="max tokens (padded sources + cache slots) in a running decode batch"
     )
     decode_lanes: Annotated[list[int], NoDecode] = Field(
-        default_factory=lambda: [24],
+        default_factory=list,
         description="source lengths (tokens) splitting each model's sentences into running batches of their own "
-        "(short sentences do not pay for the long ones' widths); empty = one batch",
+        "(short sentences do not pay for the long ones' widths); empty (the default since session 13: 25% more "
+        "capacity than [24], BENCHMARKS.md section 10) = one batch per model and target language",
     )
     admission: Literal["hybrid", "fifo", "round-robin", "shortest-first"] = Field(
         "hybrid",
