@@ -284,11 +284,9 @@ def main() -> None:
         texts = [r[0] for r in rows[:20]]
         export_bundle(model, cfg, args.tokenizer, work / "bundle", texts, calibration_texts=calibration_texts(cfg))
         if cfg.task == "translation":  # as the release does: each target language's vocabulary
-            from training.tasks import target_texts
-            from training.tokenizer import Tokenizer
-            from training.vocab import target_pieces, write_target_vocab
+            from training.vocab import add_target_vocab
 
-            write_target_vocab(work / "bundle", target_pieces(Tokenizer(args.tokenizer).sp.encode, target_texts(cfg)))
+            add_target_vocab(work / "bundle", cfg, args.tokenizer)
         extra += ["--bundle", str(work / "bundle")]
         if any(e.startswith("ort-c2-") for e in args.engines):
             export_bundle(

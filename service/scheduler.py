@@ -232,7 +232,7 @@ class ContinuousBatcher(Batcher):
             if job.texts[i].strip():
                 engine = self.decoders[m]
                 src = min(job.costs[i], engine.max_len)
-                target = self.targets[m].index(engine.target_of(job.ids[i])) if len(self.targets[m]) > 1 else 0
+                target = self.targets[m].index(engine.target_of(job.ids[i]))  # 0: the full vocabulary
                 key = (m, target * self.per_target + bisect.bisect_left(self.lanes, src))
                 if key in full:
                     return False
@@ -284,11 +284,7 @@ class ContinuousBatcher(Batcher):
     def engine(self, key: tuple[str, int]) -> Any:
         """The translator (or its view of one target vocabulary) that lane `key` decodes with."""
         model, k = key
-        return (
-            self.decoders[model].view(self.targets[model][k // self.per_target])
-            if k >= self.per_target
-            else self.decoders[model]
-        )
+        return self.decoders[model].view(self.targets[model][k // self.per_target])  # None: itself
 
     def batch(self, key: tuple[str, int]) -> DecodeBatch:
         """Lane `key`'s running batch (made on first use: a target language's lanes when a

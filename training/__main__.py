@@ -160,16 +160,11 @@ def cmd_upgrade(args) -> int:
 def cmd_vocab(args) -> int:
     """Each target language's vocabulary from the config's training targets, into the bundle
     (training/vocab.py)."""
-    import sentencepiece as spm
-
     from service.runtime.bundle import load_manifest
-    from training.tasks import target_texts
-    from training.vocab import target_pieces, write_target_vocab
+    from training.vocab import add_target_vocab
 
-    cfg = _config(args)
     bundle = Path(args.bundle)
-    sp = spm.SentencePieceProcessor(model_file=str(bundle / load_manifest(bundle).tokenizer))
-    manifest = write_target_vocab(bundle, target_pieces(sp.encode, target_texts(cfg)))
+    manifest = add_target_vocab(bundle, _config(args), bundle / load_manifest(bundle).tokenizer)
     print(json.dumps({"bundle": str(bundle), **manifest.target_vocab}))
     return 0
 

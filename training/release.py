@@ -26,10 +26,10 @@ from training.config import RunConfig
 from training.devices import cpuinfo
 from training.evaluate import classification_metrics, format_confusion
 from training.export import export_bundle
-from training.tasks import TOKENIZER_FILE, make_task, split_names, target_texts
+from training.tasks import TOKENIZER_FILE, make_task, split_names
 from training.tokenizer import Tokenizer
 from training.train import train
-from training.vocab import keep_variant_vocab, target_pieces, write_target_vocab
+from training.vocab import add_target_vocab, keep_variant_vocab
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,7 @@ def release(
         calibration_texts=calibration_texts(cfg),
     )
     if cfg.task == "translation":  # before the evaluation: the served engine decodes with them
-        pieces = target_pieces(Tokenizer(run_dir / TOKENIZER_FILE).sp.encode, target_texts(cfg))
-        manifest = write_target_vocab(out_dir, pieces)
+        manifest = add_target_vocab(out_dir, cfg, run_dir / TOKENIZER_FILE)
     valid = {v: evaluate_bundle(out_dir, cfg, valid_split, v, invariance=True) for v in manifest.variants}
     served = choose_variant(valid, metric)
     tests = list(cfg.data.test_splits)

@@ -4,9 +4,9 @@
 
 A language's vocabulary is every piece its training targets contain, with </s> and <unk>: the
 pieces the model was ever taught to produce in that language (the multilingual bundle: English
-6,255 of 16,000 pieces, German 6,640, Chinese 2,004). The bundle gets `target_vocab.npz`: those
-ids, and each variant's output-projection initializers in full (the engine cuts them per
-language when it loads). A variant gets a projection only when its decoder's logits come from
+6,327 of 16,000 pieces, German 6,714, French 6,736, Czech 5,470, Chinese 2,006). The bundle
+gets `target_vocab.npz`: those ids, and each variant's output-projection initializers in full
+(the engine cuts them per language when it loads). A variant gets a projection only when its decoder's logits come from
 initializers with a vocabulary-sized axis and a session with them cut gives exactly the full
 graph's logits on those columns (checked here, on random inputs, for every language).
 """
@@ -20,12 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import sentencepiece as spm
 from onnx import helper, numpy_helper
 
 from service.runtime import graph_io
 from service.runtime.bundle import Manifest, load_manifest, sha256_file, write_manifest
 from service.runtime.sessions import create_session
 from service.runtime.vocab import TargetVocab
+from training.config import RunConfig
+from training.tasks import target_texts
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +99,7 @@ def symbolic_vocab(proto: onnx.ModelProto) -> bool:
     return True
 
 
-def _check(path: Path, vocab: TargetVocab, manifest: Manifest) -> str | None:
+def _check(path: Path, vocab: TargetVocab) -> str | None:
     """Why a session with `vocab`'s cut projection does not give the full graph's logits on
     the kept columns (random inputs, every language), or None."""
     full = create_session(path, ["CPUExecutionProvider"], 1)
@@ -144,7 +147,7 @@ def write_target_vocab(bundle_dir: Path, pieces: dict[str, set[int]]) -> Manifes
             onnx.save(proto, str(path))
             files[path.name] = sha256_file(path)
         vocab = TargetVocab({k: v.astype(np.int64) for k, v in ids.items()}, projection)
-        why = _check(path, vocab, manifest)
+        why = _check(path, vocab)
         if why:
             log.warning("%s %s: %s; it keeps the full vocabulary", bundle_dir, variant, why)
             continue
@@ -158,6 +161,14 @@ def write_target_vocab(bundle_dir: Path, pieces: dict[str, set[int]]) -> Manifes
     for lang, a in sorted(ids.items()):
         log.info("%s: %s %d of %d pieces", bundle_dir, lang, len(a), manifest.vocab_size)
     return out
+
+
+def add_target_vocab(bundle_dir: Path, cfg: RunConfig, tokenizer: Path) -> Manifest:
+    """`write_target_vocab` with the pieces of `cfg`'s training targets, as `tokenizer` (the
+    bundle's SentencePiece model) splits them: what the release, `python -m training vocab` and
+    the engine benchmark's export do."""
+    encode = spm.SentencePieceProcessor(model_file=str(tokenizer)).encode
+    return write_target_vocab(bundle_dir, target_pieces(encode, target_texts(cfg)))
 
 
 def keep_variant_vocab(bundle_dir: Path, spec: dict, variant: str) -> dict:

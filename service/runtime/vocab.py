@@ -9,8 +9,8 @@ same graph whose projection initializers are replaced (onnxruntime's `add_initia
 their columns for that language: the same integer products for those columns, so the same
 logits as the full graph's there; fewer columns to compute, to write out and to search (the
 argmax, beam search's log-softmax and top-k). What changes: no piece outside the language's
-training targets can be produced (on the validation splits the full graph's output never used
-one in 99.5% of sentences, BENCHMARKS.md section 10), and a confidence is normalised over the
+training targets can be produced (on Tatoeba validation sentences the full graph's output used
+none in 89-100% of them, by direction; BENCHMARKS.md section 10), and a confidence is normalised over the
 language's pieces.
 
 Every row of a decode batch uses its own target's session: a sentence's output does not depend
