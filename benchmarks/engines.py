@@ -215,6 +215,13 @@ def main() -> None:
         help="CTranslate2's intra-op threads, each a run of its own (default: --threads); its best counts. "
         "On the 2-vCPU Intel Xeon of session 9 CTranslate2 is 4x faster on 1 thread than on 2",
     )
+    p.add_argument(
+        "--ort-threads",
+        type=int,
+        nargs="+",
+        help="our engines' intra-op threads, each a run of its own (default: --threads). On session 14's "
+        "2-vCPU AMD EPYC (Zen 4) a second thread slowed batch 1 down (the two vCPUs share a core's time)",
+    )
     p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     p.add_argument("--repeats", type=int, default=3, help="passes over the split per worker run")
     p.add_argument(
@@ -310,7 +317,13 @@ def main() -> None:
     runs = [
         (engine, t)
         for engine in args.engines
-        for t in ((args.ct2_threads or [args.threads]) if engine.startswith("ct2") else [args.threads])
+        for t in (
+            (args.ct2_threads or [args.threads])
+            if engine.startswith("ct2")
+            else (args.ort_threads or [args.threads])
+            if engine.startswith("ort")
+            else [args.threads]
+        )
     ]
 
     def measure(engine: str, threads: int, batch: int, repeats: int) -> dict:

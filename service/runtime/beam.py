@@ -9,7 +9,13 @@ sentences (rows = sentences x beams). Each step:
    best each, so only k x 2k candidates are ranked, not k x V;
 2. per sentence, the best 2k of those; the ones ending in </s> within the first k become
    finished hypotheses, the best k others stay live;
-3. the caches are reordered to the surviving beams' rows (a gather along the batch axis).
+3. the caches are reordered to the surviving beams' rows (a gather along the batch axis; on the
+   CPU, Translator does it in place, only for the rows whose beam changed).
+
+The selection is vectorised over sentences (Python touches only the hypotheses that finish). A
+sentence that stops keeps its rows in the batch, idle (its outputs ignored, its caches left as
+they are), until a quarter of the blocks have stopped; then they all leave at once: dropping
+rows costs a gather of every state entry (and, bound, a new binding), as in the greedy loop.
 
 A sentence stops when it has k finished hypotheses and its best live one, ranked as finished
 ones are (score / length ** length_penalty, length counting </s>), is below the worst of its k
@@ -112,12 +118,23 @@ def beam_search(
     scores[:, 0] = 0.0  # one live beam to begin with: the others are copies of it
     history = np.zeros((b, k, 0), dtype=np.int64)
     finished: list[list[Hypothesis]] = [[] for _ in range(b)]
-    active = np.arange(b)  # original sentence of each live block of k rows
+    ranks: list[list[float]] = [[] for _ in range(b)]  # rank() of each finished hypothesis
+    kth = np.full(b, -np.inf)  # each sentence's k-th best finished rank (-inf: fewer than k)
+    active = np.arange(b)  # original sentence of each block of k rows
+    running = np.ones(b, dtype=bool)  # per block: still searching (else its rows idle until dropped)
     tokens = np.full((b * k, 1), bos, dtype=np.int64)
     steps = int(limits.max())
+    identity = np.arange(k)
 
     def rank(h: Hypothesis) -> float:
         return h.score / max(h.length, 1) ** length_penalty
+
+    def finish(s: Any, h: Hypothesis) -> None:
+        i = active[s]
+        finished[i].append(h)
+        ranks[i].append(rank(h))
+        if len(ranks[i]) >= k:
+            kth[i] = sorted(ranks[i])[-k]
 
     for t in range(steps):
         logits = step(state, tokens)  # (a * k, V) float32
@@ -125,55 +142,58 @@ def beam_search(
         w = min(2 * k, vocab)  # candidates per row
         width = min(2 * k, k * vocab)  # per sentence
         logprobs, ids = topk(logits, w)  # (a * k, w), each row best first
-        cand = (scores.reshape(-1)[:, None] + logprobs).reshape(a, k * w)
+        cand = (scores.reshape(-1)[:, None] + logprobs).reshape(a, k * w)  # stopped blocks: all -inf
         # Ties (quantized logits have many) go to the lowest beam, then the lowest token id, as
         # argmax does: beam 1 is then exactly greedy decoding. The candidates are beam-major and
         # each beam's in ascending id order among equals, so a stable sort keeps that order.
         order = np.argsort(-cand, axis=1, kind="stable")[:, :width]
-        top_scores = np.take_along_axis(cand, order, axis=1)
-        src_beam, token = order // w, np.take_along_axis(ids.reshape(a, k * w), order, axis=1)
-        new_scores = np.full((a, k), -np.inf)
-        new_beam = np.zeros((a, k), dtype=np.int64)
-        new_token = np.full((a, k), eos, dtype=np.int64)
-        at_limit = t + 1 >= limits[active]
-        keep = np.ones(a, dtype=bool)
-        for s in range(a):
-            done = finished[active[s]]
-            live = 0
-            for r in range(width):
-                sc = top_scores[s, r]
-                if not np.isfinite(sc):
-                    break
-                if token[s, r] == eos:
-                    if r < k:
-                        done.append(Hypothesis(history[s, src_beam[s, r]].tolist(), float(sc), t + 1))
-                    continue
-                if live < k:
-                    new_scores[s, live], new_beam[s, live], new_token[s, live] = sc, src_beam[s, r], token[s, r]
-                    live += 1
-            if at_limit[s]:  # cut here: the live ones end with their last token
-                for j in range(live):
-                    tokens_j = history[s, new_beam[s, j]].tolist() + [int(new_token[s, j])]
-                    done.append(Hypothesis(tokens_j, float(new_scores[s, j]), t + 1))
-                keep[s] = False
-            elif len(done) >= k and (
-                live == 0 or new_scores[s, 0] / (t + 1) ** length_penalty < sorted(map(rank, done))[-k]
-            ):
-                keep[s] = False
-        if not keep.any():
+        by_row = np.arange(a)[:, None]
+        top_scores = cand[by_row, order]
+        src_beam, token = order // w, ids.reshape(a, k * w)[by_row, order]
+        # Of each sentence's `width` best: an </s> among the first k finishes a hypothesis; the k
+        # best others stay live (each row offers one </s> at most, so k others are always there).
+        finite, ends = np.isfinite(top_scores), token == eos
+        goes_on = finite & ~ends
+        live_pick = goes_on & (np.cumsum(goes_on, axis=1) <= k)
+        n_live = live_pick.sum(axis=1)
+        at = np.argsort(~live_pick, axis=1, kind="stable")[:, :k]  # the picked positions, in order
+        picked = live_pick[by_row, at]
+        new_scores = np.where(picked, top_scores[by_row, at], -np.inf)
+        new_beam = np.where(picked, src_beam[by_row, at], identity)
+        new_token = np.where(picked, token[by_row, at], eos)
+        for s, r in zip(*np.nonzero(finite[:, :k] & ends[:, :k])):
+            finish(s, Hypothesis(history[s, src_beam[s, r]].tolist(), float(top_scores[s, r]), t + 1))
+        at_limit = running & (t + 1 >= limits[active])
+        for s in np.nonzero(at_limit)[0]:  # cut here: the live ones end with their last token
+            for j in range(n_live[s]):
+                tokens_j = history[s, new_beam[s, j]].tolist() + [int(new_token[s, j])]
+                finish(s, Hypothesis(tokens_j, float(new_scores[s, j]), t + 1))
+        best_live = new_scores[:, 0] / (t + 1) ** length_penalty  # -inf where none is live
+        stop = at_limit | (running & (kth[active] > -np.inf) & ((n_live == 0) | (best_live < kth[active])))
+        running &= ~stop
+        if not running.any():
             break
-        rows = (np.arange(a)[:, None] * k + new_beam)[keep].reshape(-1)  # surviving beams' rows
-        history = np.concatenate([history[np.arange(a)[:, None], new_beam], new_token[:, :, None]], axis=2)[keep]
-        scores, active = new_scores[keep], active[keep]
-        if keep.all():
-            state.update({name: take_cache(name, state[name], rows) for name in per_beam})
+        # A stopped sentence's rows stay in the batch (their outputs ignored, their caches left as
+        # they are) until a quarter of the blocks have stopped: dropping rows costs a gather of
+        # every state entry, as the greedy loop finds (Translator._decode).
+        new_scores[~running], new_beam[~running], new_token[~running] = -np.inf, identity, eos
+        rows = by_row * k + new_beam  # each row's source row (a, k)
+        history = np.concatenate([history[by_row, new_beam], new_token[:, :, None]], axis=2)
+        scores = new_scores
+        if 4 * int((~running).sum()) < a:
+            flat = rows.reshape(-1)
+            state.update({name: take_cache(name, state[name], flat) for name in per_beam})
         else:
-            same = np.repeat(np.nonzero(keep)[0] * k, k)  # any row of a surviving sentence
+            keep = running
+            same = np.repeat(np.nonzero(keep)[0] * k, k)  # any row of a kept sentence
+            flat = rows[keep].reshape(-1)
             state = {
-                name: take_cache(name, value, rows) if name in per_beam else gather(value, same)
+                name: take_cache(name, value, flat) if name in per_beam else gather(value, same)
                 for name, value in state.items()
             }
-        tokens = new_token[keep].reshape(-1, 1)
+            history, scores, active, running = history[keep], scores[keep], active[keep], running[keep]
+            new_token = new_token[keep]
+        tokens = new_token.reshape(-1, 1)
     out = []
     for hyps in finished:
         ranked = sorted(hyps, key=lambda h: -rank(h))

@@ -220,6 +220,8 @@ class Translator(BundleEngine):
             return self._greedy_scored(sources)
         src, limits = self.padded(sources)
         bound = self.io_binding  # on CUDA: caches, logits and their reordering stay on the device
+        if self.static and self.bind_static and not bound:
+            return self._beam_in_place(src, limits, beam_size, n_best, length_penalty)
         filled = [0]  # contract 3: cache slots written so far (every row of a beam search is at the same step)
 
         def step(state: dict[str, Any], tokens: np.ndarray) -> Any:
@@ -233,7 +235,9 @@ class Translator(BundleEngine):
             """A fixed-width cache's rows in the order `rows`, written into the cache's other
             buffer (two per cache, used in turn: no allocation per step; rows only ever leave,
             so the first buffer's rows are enough)."""
-            owner = value if value.base is None else value.base  # the buffer `value` is the head of
+            # the buffer `value` is the head of (not the memory of an array onnxruntime returned)
+            base = value.base
+            owner = base if isinstance(base, np.ndarray) and base.shape[1:] == value.shape[1:] else value
             other = spare[name] if name in spare else np.empty_like(owner)
             spare[name] = owner
             return _filled_rows(value, rows, filled[0], other[: len(rows)])
@@ -254,9 +258,63 @@ class Translator(BundleEngine):
             vocab=self.n_logits,
             gather_cache=take_filled if self.static and not bound else None,
         )
+        return self._counted(hyps)
+
+    def _counted(self, hyps: list[list[Hypothesis]]) -> list[list[Hypothesis]]:
         if self.on_tokens:
             self.on_tokens(sum(h[0].length for h in hyps if h))
         return hyps
+
+    def _beam_in_place(
+        self, src: np.ndarray, limits: np.ndarray, beam_size: int, n_best: int, length_penalty: float
+    ) -> list[list[Hypothesis]]:
+        """Beam search on the CPU, contract 3, with every state entry kept in one array for the
+        whole search: the caches are reordered in place (only the rows whose beam changed, only
+        the slots written so far), the rows of stopped sentences leave by moving the kept ones to
+        the front (a prefix of the same arrays), and the decoder's binding (`_bound_step`) is
+        made again only then, not at every step. Before (session 13's profile of beam 4 at batch
+        32): every step copied every cache into a second buffer and bound 20 arrays anew."""
+        filled = [0]  # cache slots written so far (every row of a beam search is at the same step)
+        bound: list[Callable[[np.ndarray], Any] | None] = [None]  # None: bind the state's arrays anew
+        moved: list = [None, None]  # the last `rows` seen and its rows that change (one per step)
+
+        def step(state: dict[str, Any], tokens: np.ndarray) -> Any:
+            run = bound[0]
+            if run is None:
+                run = bound[0] = self._bound_step(state, advance=True)
+            filled[0] += 1
+            return run(tokens)
+
+        def move(value: np.ndarray, rows: np.ndarray, slots: int | None) -> np.ndarray:
+            if moved[0] is not rows:
+                moved[:] = rows, np.nonzero(rows != np.arange(len(rows)))[0]
+            if len(rows) < len(value):  # fewer rows: a prefix, bound anew
+                bound[0] = None
+            return _moved_rows(value, rows, slots, moved[1])
+
+        def gather(value: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            if len(rows) > len(value):  # the start: each sentence's row repeated for its beams
+                bound[0] = None
+                return value[rows]
+            return move(value, rows, None)
+
+        hyps = beam_search(
+            self.start,
+            step,
+            src,
+            limits,
+            beam_size,
+            n_best,
+            self.bos,
+            self.eos,
+            length_penalty,
+            per_beam=set(self.cache_names),
+            topk=self.topk,
+            gather=gather,
+            vocab=self.n_logits,
+            gather_cache=lambda _name, value, rows: move(value, rows, filled[0]),
+        )
+        return self._counted(hyps)
 
     def topk(self, logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Each row's `k` best log-probabilities and token ids (beam.topk_numpy's contract)."""
@@ -602,6 +660,21 @@ def cross_attention_weights(query: np.ndarray, keys: np.ndarray, src_mask: np.nd
     scores = np.matmul(keys, query.reshape(b, n, h, 1).astype(np.float32))[..., 0] / np.sqrt(h)  # (B, N, S)
     scores = np.where(src_mask[:, None, :], scores, -np.inf)
     return np.exp(log_softmax(scores)).mean(axis=1)
+
+
+def _moved_rows(value: np.ndarray, rows: np.ndarray, filled: int | None, moved: np.ndarray) -> np.ndarray:
+    """`value`'s rows in the order `rows` (len(rows) <= len(value)), in place: the first
+    len(rows) rows of the same array. Only the rows `moved` (those whose source differs) are
+    written (read first, so that no row is overwritten before it is read); of a fixed-width
+    cache (B, N, C, H), with `filled`, only the first `filled` slots (contract 3: no row reads
+    past its position)."""
+    n = len(rows)
+    if len(moved):
+        if filled is None:
+            value[moved] = value[rows[moved]]
+        else:
+            value[moved, :, :filled] = value[rows[moved], :, :filled]
+    return value if n == len(value) else value[:n]
 
 
 def _filled_rows(value: np.ndarray, rows: np.ndarray, filled: int, out: np.ndarray) -> np.ndarray:
