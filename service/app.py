@@ -88,6 +88,8 @@ def _load(state: ServiceState) -> None:
                 on_dropped=lambda model, n, where: state.metrics.dropped.labels(model, where).inc(n),
                 on_done=state.metrics.scheduled,
                 in_flight=state.inflight,
+                # beam search (alternatives, beam_size > 1) one decoder step per worker turn
+                steppers={n: e.translate_nbest_steps for n, e in decoders.items()},
             )
         else:
             state.batcher = Batcher(

@@ -248,10 +248,18 @@ class Batcher:
                 for it in live:
                     failed[id(it[0])] = exc
                 continue
-            if self.on_batch:
-                self.on_batch(model, len(live), time.perf_counter() - t0)
-            for (job, i, _), out in zip(live, outputs):
-                results[id(job)][i] = out
+            self._chunk_done(model, live, outputs, time.perf_counter() - t0, results)
+        self._settle(jobs, results, failed)
+
+    def _chunk_done(self, model: str, chunk: list, outputs: Sequence[Any], seconds: float, results: dict) -> None:
+        """A chunk's outputs into its jobs' `results` (by job id), and the batch metric."""
+        if self.on_batch:
+            self.on_batch(model, len(chunk), seconds)
+        for (job, i, _), out in zip(chunk, outputs):
+            results[id(job)][i] = out
+
+    def _settle(self, jobs: list[_Job], results: dict, failed: dict) -> None:
+        """Answer each job: its results, or the failure of one of its chunks."""
         for job in jobs:
             if id(job) in failed:
                 self._resolve(job, exc=failed[id(job)])

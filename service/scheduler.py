@@ -13,15 +13,19 @@ The worker thread loops; each turn, under the lock, it
    a request's later passes keep its place), while the batch has fewer than ``max_batch_size``
    rows and fewer than ``max_batch_tokens`` tokens (sources + cache slots, runtime/continuous.py);
    (`order`: also plain round robin, fifo, shortest-first);
-3. takes at most **one other batch**: classification (/detect, /classify), beam search, and
+3. takes at most **one other batch**: classification (/detect, /classify), word alignment and
    translators without per-row decoder inputs run as whole batches, as in batcher.py, between
-   two decoder steps.
+   two decoder steps; beam search (beam_size > 1, alternatives) starts a **stepped batch**
+   (`steppers`: one per model at a time, chunks of ``max_batch_size`` sentences) that takes one
+   decoder step per turn from then on, beside the running batches.
 
 Then, without the lock: the newcomers are encoded and join, every running batch takes one step,
 finished requests are answered, and the other batch (if any) runs. So a long translation stream
 delays a classification by at most one decoder step per model (~5-30 ms here), and a
-classification delays the decoders by its own length; beam search, which holds its batch to the
-end, is bounded by ``max_batch_size`` sentences per call.
+classification delays the decoders by its own length; a beam search delays them by one of its
+steps per turn (before session 14 it ran whole between two steps: one greedy sentence beside a
+stream of 32-sentence beam-4 requests waited p50 1,190 ms instead of 7; stepped, 78 ms), and a
+beam batch whose requests were all abandoned stops at its next step.
 
 Greedy requests (no options, or beam_size 1 and one hypothesis) are decoded continuously; a
 request for scores gets them from the same running batch. The queue is bounded in sentences
@@ -35,7 +39,7 @@ import bisect
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,13 +80,17 @@ class ContinuousBatcher(Batcher):
         on_dropped: Callable[[str, int, str], None] | None = None,
         on_done: Callable[[str, int, float, float, float], None] | None = None,
         in_flight: Callable[[], int] | None = None,
+        steppers: dict[str, Callable[..., Generator[None, None, Sequence[Any]]]] | None = None,
     ) -> None:
         """`decoders`: the translators (runtime/translator.Translator with per-row inputs) whose
         greedy requests are decoded continuously; `runners` run everything else. `cost(model,
         text)` is a text's source tokens (default: its length in characters). `lanes`: source
         lengths (tokens) that split each model's sentences into running batches of their own.
         A translator with target vocabularies (runtime/vocab.py) has a set of lanes per target
-        language too: a batch's rows share its decoder, and each language has its own."""
+        language too: a batch's rows share its decoder, and each language has its own.
+        `steppers[model](texts, **options)`: the model's runner for beam search as a generator
+        that yields between decoder steps and returns the results (Translator.translate_nbest_steps):
+        such a batch advances one step per worker turn beside the running batches."""
         self.decoders = decoders
         self.lanes = sorted(lanes)
         self.order = order
@@ -107,6 +115,8 @@ class ContinuousBatcher(Batcher):
         self.on_dropped = on_dropped
         self.on_done = on_done  # (model, sentences, queue s, admission s, decode s) of each answered request
         self._queued_tokens = 0
+        self.steppers = steppers or {}
+        self._stepping: list[tuple[Generator[None, None, None], list[_Job]]] = []  # beam batches under way
         super().__init__(
             runners,
             max_batch_size,
@@ -170,7 +180,7 @@ class ContinuousBatcher(Batcher):
     def _work(self) -> None:
         while True:
             with self._cv:
-                while not self._jobs and not self.running:
+                while not self._jobs and not self.running and not self._stepping:
                     if self._stopping:
                         return
                     self._cv.wait()
@@ -179,20 +189,82 @@ class ContinuousBatcher(Batcher):
                     self._fail_queued()
                     for key in self.batches:
                         self._fail_batch(key, BatcherStopped())
+                    for steps, jobs in self._stepping:
+                        steps.close()
+                        for job in jobs:
+                            self._resolve(job, exc=BatcherStopped())
+                    self._stepping.clear()
                     continue
                 joins = self._admit()
                 other = None
-                if any(not isinstance(j, _Request) for j in self._jobs):
-                    idle = not self.running and not joins
-                    other = self._take_locked(lambda j: not isinstance(j, _Request), wait=idle)
+                if any(self._other(j) for j in self._jobs):
+                    idle = not self.running and not joins and not self._stepping
+                    other = self._take_locked(self._other, wait=idle)
                     self._queued_tokens -= sum(j.tokens for j in other)
             for key, items in joins.items():
                 self._join(key, items)
             for key, batch in list(self.batches.items()):
                 if batch:
                     self._advance(key, batch)
+            if other and self._stepped(other[0]):
+                self._stepping.append((self._run_steps(other), other))
+                other = None
+            for entry in list(self._stepping):  # each beam batch one decoder step
+                try:
+                    next(entry[0])
+                except StopIteration:
+                    self._stepping.remove(entry)
             if other:
                 self._run(other)
+
+    def _stepped(self, job: _Job) -> bool:
+        """Whether `job` runs stepped beside the running batches (beam search, n-best)."""
+        return job.model in self.steppers and not dict(job.options).get("align")
+
+    def _other(self, job: _Job) -> bool:
+        """Whether `job` may be taken as this turn's other batch: not a sentence of the running
+        batches, and, stepped, its model has no stepped batch under way (one per model: the
+        memory of one beam batch; the others wait in the queue, in order)."""
+        if isinstance(job, _Request):
+            return False
+        return not self._stepped(job) or all(jobs[0].model != job.model for _, jobs in self._stepping)
+
+    def _run_steps(self, jobs: list[_Job]) -> Generator[None, None, None]:
+        """`Batcher._run` for a stepped model: the same chunks of `max_batch_size` texts, each
+        run by the model's stepper, one decoder step per `next`; a chunk whose requests were all
+        abandoned stops at the next step (counted by `on_dropped`)."""
+        model, options = jobs[0].model, dict(jobs[0].options)
+        items = sorted(((j, i, t) for j in jobs for i, t in enumerate(j.texts)), key=lambda it: self.length(it[2]))
+        results: dict[int, list[Any]] = {id(j): [None] * len(j.texts) for j in jobs}
+        failed: dict[int, BaseException] = {}
+        for start in range(0, len(items), self.max_batch_size):
+            chunk = [it for it in items[start : start + self.max_batch_size] if id(it[0]) not in failed]
+            if not chunk or all(it[0].abandoned for it in chunk):
+                continue
+            steps = self.steppers[model]([it[2] for it in chunk], **options)
+            seconds, outputs = 0.0, None
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    outputs = done.value
+                except Exception as exc:  # noqa: BLE001 - any model failure fails this chunk only
+                    log.error("model %s failed on a batch of %d texts: %r", model, len(chunk), exc)
+                    for it in chunk:
+                        failed[id(it[0])] = exc
+                seconds += time.perf_counter() - t0
+                if outputs is not None or id(chunk[0][0]) in failed:
+                    break
+                yield
+                if all(it[0].abandoned for it in chunk):  # nobody waits for these any more
+                    steps.close()
+                    if self.on_dropped:
+                        self.on_dropped(model, len(chunk), "running")
+                    break
+            if outputs is not None:
+                self._chunk_done(model, chunk, outputs, seconds, results)
+        self._settle(jobs, results, failed)
 
     def _prune(self) -> None:
         """Drop the queued work of abandoned requests (holds the lock)."""

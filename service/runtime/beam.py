@@ -35,7 +35,7 @@ scores do not depend on its batch-mates.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +82,24 @@ def take_rows(value: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return value[rows]
 
 
-def beam_search(
+Steps = Generator[None, None, Any]  # yields after each decoder step; returns its result
+
+
+def drain(steps: Steps) -> Any:
+    """Run a stepped computation (`beam_steps`, Translator.translate_nbest_steps) to its end."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def beam_search(*args: Any, **kwargs: Any) -> list[list[Hypothesis]]:
+    """`beam_steps` run to its end."""
+    return drain(beam_steps(*args, **kwargs))
+
+
+def beam_steps(
     start: Callable[[np.ndarray], dict[str, np.ndarray]],
     step: Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray],
     src: np.ndarray,
@@ -97,8 +114,10 @@ def beam_search(
     gather: Callable[[Any, np.ndarray], Any] = take_rows,
     vocab: int | None = None,
     gather_cache: Callable[[str, Any, np.ndarray], Any] | None = None,
-) -> list[list[Hypothesis]]:
-    """The `n_best` best hypotheses of each source row of `src`, best first.
+) -> Generator[None, None, list[list[Hypothesis]]]:
+    """The `n_best` best hypotheses of each source row of `src`, best first; a generator that
+    yields after each decoder step (so that a scheduler can run other work between two steps:
+    service/scheduler.py) and returns them.
 
     `start(src)` gives the decoder state for the sources (batch-first arrays); `step(state,
     tokens)` runs one decoder step on `tokens` (R, 1) and returns the logits (R, V), updating the
@@ -137,6 +156,8 @@ def beam_search(
             kth[i] = sorted(ranks[i])[-k]
 
     for t in range(steps):
+        if t:
+            yield  # between two steps (nothing of this search is held in a shared buffer here)
         logits = step(state, tokens)  # (a * k, V) float32
         a, vocab = len(active), vocab or logits.shape[-1]
         w = min(2 * k, vocab)  # candidates per row

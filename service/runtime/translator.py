@@ -29,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.runtime import graph_io
-from service.runtime.beam import Hypothesis, beam_search, log_softmax, logsumexp, take_rows
+from service.runtime.beam import Hypothesis, Steps, beam_steps, drain, log_softmax, logsumexp, take_rows
 from service.runtime.bundle import Manifest
 from service.runtime.preprocess import DECODING, output_limits, source_ids
 from service.runtime.sessions import BundleEngine, create_session
@@ -138,10 +138,18 @@ class Translator(BundleEngine):
         """The `n_best` best translations of each sentence (beam search; beam_size 1 is greedy),
         best first, each as (text, sum of its tokens' log-probabilities with </s>, tokens with
         </s>); an empty text gives [("", 0.0, 0)]."""
+        return drain(self.translate_nbest_steps(texts, beam_size, n_best, length_penalty))
+
+    def translate_nbest_steps(
+        self, texts: Sequence[str], beam_size: int = 4, n_best: int = 1, length_penalty: float = 1.0
+    ) -> Steps:
+        """`translate_nbest` as a generator that yields between two decoder steps and returns
+        its result: the scheduler advances a beam batch one step per turn, beside the running
+        greedy batches, instead of holding them for the whole search (service/scheduler.py)."""
         out: list[list[tuple[str, float, int]]] = [[("", 0.0, 0)] for _ in texts]
         idx, sources = self._by_length(texts)
         if idx:
-            results = self.generate_nbest(sources, beam_size, n_best, length_penalty)
+            results = yield from self.generate_nbest_steps(sources, beam_size, n_best, length_penalty)
             decoded = iter(self.sp.decode([h.tokens for hyps in results for h in hyps]))  # one call
             for i, hyps in zip(idx, results):
                 out[i] = [(next(decoded), h.score, h.length) for h in hyps]
@@ -209,13 +217,26 @@ class Translator(BundleEngine):
     ) -> list[list[Hypothesis]]:
         """Beam search over a batch of source id lists (runtime/beam.py), n-best per source.
         Beam 1 is the greedy loop itself (the same output as `generate`), with scores."""
-        return self._by_target(
-            sources, lambda engine, part: engine._generate_nbest(part, beam_size, n_best, length_penalty)
-        )
+        return drain(self.generate_nbest_steps(sources, beam_size, n_best, length_penalty))
+
+    def generate_nbest_steps(
+        self, sources: Sequence[Sequence[int]], beam_size: int, n_best: int = 1, length_penalty: float = 1.0
+    ) -> Steps:
+        """`generate_nbest` stepped (`translate_nbest_steps`): each target language's part in turn."""
+        groups: dict[str | None, list[int]] = {}
+        for i, s in enumerate(sources):
+            groups.setdefault(self.target_of(s), []).append(i)
+        out: list = [None] * len(sources)
+        for lang, idx in groups.items():
+            part = [sources[i] for i in idx]
+            found = yield from self.view(lang)._generate_nbest(part, beam_size, n_best, length_penalty)
+            for i, result in zip(idx, found):
+                out[i] = result
+        return out
 
     def _generate_nbest(
         self, sources: Sequence[Sequence[int]], beam_size: int, n_best: int, length_penalty: float
-    ) -> list[list[Hypothesis]]:
+    ) -> Steps:
         if beam_size == 1:
             return self._greedy_scored(sources)
         src, limits = self.padded(sources)
@@ -225,7 +246,7 @@ class Translator(BundleEngine):
             start, step, topk, gather, gather_cache = self._beam_in_place()
         else:
             start, step, topk, gather, gather_cache = self._beam_plain()
-        hyps = beam_search(
+        hyps = yield from beam_steps(
             start,
             step,
             src,

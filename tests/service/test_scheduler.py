@@ -281,3 +281,99 @@ def test_each_answered_request_reports_where_its_time_went(engine, monkeypatch):
     _, _, queue, admission, decode = by_size[5]
     # two rows for five sentences: its last sentence joined well after its first, then decoded
     assert queue >= 0 and admission > 0.004 and decode > 0.002
+
+
+def stepped(engine, **kw) -> ContinuousBatcher:
+    """The app's wiring: beam requests stepped beside the running batches."""
+    return make(engine, steppers={"t": lambda texts, **o: engine.translate_nbest_steps(texts, **o)}, **kw)
+
+
+def test_a_stepped_beam_batch_gives_what_the_whole_run_gives(engine):
+    texts = paragraph(7) + ["", SHORT]
+    b = stepped(engine, max_batch_size=4)  # chunks of 4 texts, each stepped to its end
+
+    async def main():
+        return await asyncio.gather(
+            b.submit("t", texts, {"beam_size": 4, "n_best": 3}), b.submit("t", texts[:2], {"beam_size": 2})
+        )
+
+    four, two = asyncio.run(main())
+    b.stop()
+    assert four == engine.translate_nbest(texts, beam_size=4, n_best=3)
+    assert two == engine.translate_nbest(texts[:2], beam_size=2)
+
+
+def test_greedy_requests_are_answered_while_a_beam_batch_steps(engine, monkeypatch):
+    # Before (a beam batch run whole between two decoder steps), every greedy request waited for
+    # the whole beam search at each of its steps; stepped, it needs only its own steps.
+    real = engine.translate_nbest_steps
+    steps = [0]
+
+    def counted(*args, **kw):
+        gen = real(*args, **kw)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as done:
+                return done.value
+            steps[0] += 1
+            time.sleep(0.003)
+            yield
+
+    monkeypatch.setattr(engine, "translate_nbest_steps", counted)
+    b = stepped(engine)
+    order: list[str] = []
+
+    async def main():
+        async def one(name, texts, options=None):
+            out = await b.submit("t", texts, options)
+            order.append(name)
+            return out
+
+        beam = asyncio.ensure_future(one("beam", paragraph(8), {"beam_size": 4, "n_best": 4}))
+        await asyncio.sleep(0.02)
+        greedy = await one("greedy", [SHORT])
+        at = steps[0]
+        await beam
+        return greedy, at
+
+    greedy, at = asyncio.run(main())
+    b.stop()
+    assert order == ["greedy", "beam"] and greedy == engine.translate([SHORT])
+    assert 0 < at < steps[0]  # answered mid-way through the beam search
+
+
+def test_an_abandoned_beam_batch_stops_at_the_next_step(engine, monkeypatch):
+    real = engine.translate_nbest_steps
+    closed = []
+
+    def slow(*args, **kw):
+        gen = real(*args, **kw)
+        try:
+            while True:
+                try:
+                    next(gen)
+                except StopIteration as done:
+                    return done.value
+                time.sleep(0.01)
+                yield
+        except GeneratorExit:
+            closed.append(1)
+            raise
+
+    monkeypatch.setattr(engine, "translate_nbest_steps", slow)
+    dropped: list[tuple[str, int, str]] = []
+    b = stepped(engine, on_dropped=lambda m, n, where: dropped.append((m, n, where)))
+
+    async def main():
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(b.submit("t", paragraph(6), {"beam_size": 4}), 0.05)
+        t0 = time.monotonic()
+        out = await b.submit("t", [SHORT], {"beam_size": 2})
+        return out, time.monotonic() - t0
+
+    out, seconds = asyncio.run(main())
+    b.stop()
+    assert out == engine.translate_nbest([SHORT], beam_size=2)
+    assert closed == [1] and ("t", 6, "running") in dropped
+    assert seconds < 1.0
