@@ -17,6 +17,10 @@ that the server, not the client, is what gets measured). Three modes:
     # requests beside a stream of long paragraphs; 300 abandoned paragraphs
     python benchmarks/load.py poisson --model-dir model --seconds 30 --out benchmarks/results/poisson.json
 
+    # one-sentence greedy requests beside requests with alternatives (beam search): beam batches
+    # stepped beside the running batches vs run whole between two of their steps
+    python benchmarks/load.py beam-beside --model-dir model --seconds 8 --out benchmarks/results/beam-beside.json
+
 Requests are de->en sentences of test_2016_flickr (`--data`), either one sentence per request
 (`single`) or 16 per request (`batch16`). Closed loop for `sweep` (each of `c` clients sends
 its next request when the last one is answered); open loop (requests at a fixed rate, whatever
@@ -538,6 +542,66 @@ async def poisson(args: argparse.Namespace, _sentences: list[str]) -> dict:
     return result
 
 
+async def beam_beside(args: argparse.Namespace, _sentences: list[str]) -> dict:
+    """One-sentence greedy requests (Tatoeba de-en) every 25 ms beside 0, 1 or 2 clients that each
+    keep a request of 32 texts with `alternatives: 3` going (beam search; what LibreTranslate
+    clients asking for alternatives send), on two continuous servers: beam batches stepped (one
+    decoder step per worker turn, the default) and run whole between two decoder steps
+    (`TRANSERVE_BEAM_STEPPED=false`, as before session 14); each load on one and then the other."""
+    pools = load_pools(args.data_root)
+    texts = pools["tatoeba"]
+    servers = {
+        "stepped": Server(args.model_dir, args.threads, beam_stepped="true"),
+        "whole": Server(args.model_dir, args.threads, beam_stepped="false"),
+    }
+    rows = []
+    try:
+        for server in servers.values():
+            await warm_up(server.base, texts)
+        for clients in (0, 1, 2):
+            for name, server in servers.items():
+                rows.append(
+                    {"beam_batches": name, "beam_clients": clients, **await _beside(server, texts, clients, args)}
+                )
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+    return {"mode": "beam-beside", "rows": rows}
+
+
+async def _beside(server: Server, texts: list[str], clients: int, args: argparse.Namespace) -> dict:
+    client = RawHTTP(server.base, 64)
+    greedy, beam = Tally(), Tally()
+    stop = time.perf_counter() + args.seconds
+
+    async def beam_client(k: int) -> None:
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            start = (32 * k) % (len(texts) - 32)
+            body = {"q": texts[start : start + 32], "source": "de", "target": "en", "alternatives": 3}
+            status, _, _ = await client.post_json("/translate", body)
+            beam.add(str(status), time.perf_counter() - t0, 32)
+
+    async def one(i: int) -> None:
+        t0 = time.perf_counter()
+        status, _, _ = await client.post_json(
+            "/translate", {"q": texts[i % len(texts)], "source": "de", "target": "en"}
+        )
+        greedy.add(str(status), time.perf_counter() - t0, 1)
+
+    loads = [asyncio.create_task(beam_client(k)) for k in range(clients)]
+    singles, i, t0 = [], 0, time.perf_counter()
+    while time.perf_counter() < stop:
+        singles.append(asyncio.create_task(one(i)))
+        i += 1
+        await asyncio.sleep(0.025)
+    await asyncio.gather(*singles, *loads)
+    seconds = time.perf_counter() - t0
+    await client.close()
+    return {"greedy": greedy.summary(seconds), "beam": beam.summary(seconds), "rss_mb": round(server.rss_mb(), 1)}
+
+
 async def _side_tests(
     args: argparse.Namespace, server: Server, pools: dict, reference: float, run: dict, name: str
 ) -> None:
@@ -715,7 +779,7 @@ def plot_sweep(result: dict, out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["sweep", "overload", "soak", "poisson"])
+    p.add_argument("mode", choices=["sweep", "overload", "soak", "poisson", "beam-beside"])
     p.add_argument("--model-dir", type=Path, default=ROOT / "model")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/multi30k/test_2016_flickr.de.gz")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads in the server")
@@ -743,7 +807,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="write the JSON result here")
     args = p.parse_args()
     sentences = load_sentences(args.data)
-    modes = {"sweep": sweep, "overload": overload, "soak": soak, "poisson": poisson}
+    modes = {"sweep": sweep, "overload": overload, "soak": soak, "poisson": poisson, "beam-beside": beam_beside}
     result = asyncio.run(modes[args.mode](args, sentences))
     result["command"] = "python benchmarks/load.py " + " ".join(sys.argv[1:])
     result["machine"] = describe()

@@ -89,7 +89,7 @@ def _load(state: ServiceState) -> None:
                 on_done=state.metrics.scheduled,
                 in_flight=state.inflight,
                 # beam search (alternatives, beam_size > 1) one decoder step per worker turn
-                steppers={n: e.translate_nbest_steps for n, e in decoders.items()},
+                steppers={n: e.translate_nbest_steps for n, e in decoders.items()} if s.beam_stepped else None,
             )
         else:
             state.batcher = Batcher(

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
         "in turn, then longer ones in arrival order; round-robin: one per waiting request in turn; fifo: in "
         "arrival order; shortest-first: the requests with the fewest sentences left (over 1 s waiting: first)",
     )
+    beam_stepped: bool = Field(
+        True,
+        description="continuous scheduler: a beam-search batch (beam_size > 1, alternatives) takes one decoder step "
+        "per worker turn beside the running batches; false: it runs whole between two of their steps (before "
+        "session 14; greedy requests beside beam traffic waited p50 0.76 s instead of 0.07, BENCHMARKS.md 11)",
+    )
     html_alignment: bool = Field(
         True,
         description="format=html: carry inline elements by the model's word alignment (forced decoding of the "
