@@ -128,7 +128,8 @@ def beam_steps(
     `gather(value, rows)`: a state entry's rows, in that order (numpy indexing; on a device, a
     gather there, with the logits and caches device tensors: `vocab` then gives V).
     `gather_cache(name, value, rows)`: the same for the `per_beam` entries, where that can be
-    cheaper (fixed-width caches: only the slots written so far, into a buffer kept for it)."""
+    cheaper (fixed-width caches: only the slots written so far; on the CPU in place, only the rows
+    that change). Both may return a prefix of the same array when rows leave."""
     take_cache = gather_cache or (lambda _name, value, rows: gather(value, rows))
     k, n_best = beam, min(n_best, beam)
     b = src.shape[0]
