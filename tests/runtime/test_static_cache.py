@@ -129,3 +129,19 @@ def test_beam_search_in_place_gives_what_the_two_buffer_loop_gives(monkeypatch):
         np.testing.assert_allclose([h.score for hs in a for h in hs], [h.score for hs in b for h in hs], atol=1e-5)
     steps = max(h.length for hs in a for h in hs)
     assert 2 <= len(built) < steps // 2  # bound again only when rows left, not at every step
+
+
+def test_a_running_batch_keeps_one_binding_when_its_arrays_change():
+    # a batch that grows or compacts gets new arrays: its old binding (which holds the old
+    # arrays, caches included) is replaced, not kept beside the new one
+    t = _engine("models", "int8-static")
+    src, _ = t.padded(t.encode(SENTENCES[:2]))
+    state = t.start(src, width=6)
+    tokens = np.full((2, 1), t.bos, dtype=np.int64)
+    t.step(state, tokens)
+    for width in (8, 10):  # the same batch (the same state dict), wider buffers
+        state.update(t.start(src, width=width))
+        t.step(state, tokens)
+    other = t.start(src, width=6)  # a second running batch has its own
+    t.step(other, tokens)
+    assert len(t._bound_local.bindings) == 2
