@@ -288,6 +288,31 @@ def stepped(engine, **kw) -> ContinuousBatcher:
     return make(engine, steppers={"t": lambda texts, **o: engine.translate_nbest_steps(texts, **o)}, **kw)
 
 
+def paced(engine, seconds: float, steps: list | None = None, closed: list | None = None):
+    """`engine.translate_nbest_steps` with each decoder step taking at least `seconds`; counts its
+    steps into steps[0] and notes in `closed` when it was closed mid-way."""
+    real = engine.translate_nbest_steps
+
+    def run(*args, **kw):
+        gen = real(*args, **kw)
+        try:
+            while True:
+                try:
+                    next(gen)
+                except StopIteration as done:
+                    return done.value
+                if steps is not None:
+                    steps[0] += 1
+                time.sleep(seconds)
+                yield
+        except GeneratorExit:
+            if closed is not None:
+                closed.append(1)
+            raise
+
+    return run
+
+
 def test_a_stepped_beam_batch_gives_what_the_whole_run_gives(engine):
     texts = paragraph(7) + ["", SHORT]
     b = stepped(engine, max_batch_size=4)  # chunks of 4 texts, each stepped to its end
@@ -306,21 +331,8 @@ def test_a_stepped_beam_batch_gives_what_the_whole_run_gives(engine):
 def test_greedy_requests_are_answered_while_a_beam_batch_steps(engine, monkeypatch):
     # Before (a beam batch run whole between two decoder steps), every greedy request waited for
     # the whole beam search at each of its steps; stepped, it needs only its own steps.
-    real = engine.translate_nbest_steps
     steps = [0]
-
-    def counted(*args, **kw):
-        gen = real(*args, **kw)
-        while True:
-            try:
-                next(gen)
-            except StopIteration as done:
-                return done.value
-            steps[0] += 1
-            time.sleep(0.003)
-            yield
-
-    monkeypatch.setattr(engine, "translate_nbest_steps", counted)
+    monkeypatch.setattr(engine, "translate_nbest_steps", paced(engine, 0.003, steps=steps))
     b = stepped(engine)
     order: list[str] = []
 
@@ -344,24 +356,8 @@ def test_greedy_requests_are_answered_while_a_beam_batch_steps(engine, monkeypat
 
 
 def test_an_abandoned_beam_batch_stops_at_the_next_step(engine, monkeypatch):
-    real = engine.translate_nbest_steps
-    closed = []
-
-    def slow(*args, **kw):
-        gen = real(*args, **kw)
-        try:
-            while True:
-                try:
-                    next(gen)
-                except StopIteration as done:
-                    return done.value
-                time.sleep(0.01)
-                yield
-        except GeneratorExit:
-            closed.append(1)
-            raise
-
-    monkeypatch.setattr(engine, "translate_nbest_steps", slow)
+    closed: list[int] = []
+    monkeypatch.setattr(engine, "translate_nbest_steps", paced(engine, 0.01, closed=closed))
     dropped: list[tuple[str, int, str]] = []
     b = stepped(engine, on_dropped=lambda m, n, where: dropped.append((m, n, where)))
 
@@ -377,3 +373,23 @@ def test_an_abandoned_beam_batch_stops_at_the_next_step(engine, monkeypatch):
     assert out == engine.translate_nbest([SHORT], beam_size=2)
     assert closed == [1] and ("t", 6, "running") in dropped
     assert seconds < 1.0
+
+
+def test_a_stepped_beam_batch_past_the_drain_deadline_fails_with_batcher_stopped(engine, monkeypatch):
+    # shutting down: once the drain time is over, a beam batch under way is closed and its
+    # callers get BatcherStopped (a 503), not a hang; the worker then finishes
+    from service.batcher import BatcherStopped
+
+    monkeypatch.setattr(engine, "translate_nbest_steps", paced(engine, 0.01))
+    b = stepped(engine)
+
+    async def main():
+        beam = asyncio.ensure_future(b.submit("t", paragraph(6), {"beam_size": 4}))
+        await asyncio.sleep(0.05)  # under way
+        b.drain(0.0)
+        with pytest.raises(BatcherStopped):
+            await asyncio.wait_for(beam, 5)
+
+    asyncio.run(main())
+    b.stop(5)
+    assert not b._thread.is_alive() and not b._stepping
