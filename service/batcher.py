@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,17 +228,20 @@ class Batcher:
                 continue
             self._run(jobs)
 
+    def _chunks(self, jobs: list[_Job], failed: dict[int, BaseException]) -> Iterator[list[tuple[_Job, int, str]]]:
+        """Every text of `jobs` as (job, index, text), shortest first (less padding), in chunks of
+        `max_batch_size`; a chunk leaves out the texts of jobs already `failed` (none left: skipped)."""
+        items = sorted(((j, i, t) for j in jobs for i, t in enumerate(j.texts)), key=lambda it: self.length(it[2]))
+        for start in range(0, len(items), self.max_batch_size):
+            live = [it for it in items[start : start + self.max_batch_size] if id(it[0]) not in failed]
+            if live:
+                yield live
+
     def _run(self, jobs: list[_Job]) -> None:
         model, options = jobs[0].model, dict(jobs[0].options)
-        items = [(j, i, t) for j in jobs for i, t in enumerate(j.texts)]
-        items.sort(key=lambda it: self.length(it[2]))
         results: dict[int, list[Any]] = {id(j): [None] * len(j.texts) for j in jobs}
         failed: dict[int, BaseException] = {}
-        for start in range(0, len(items), self.max_batch_size):
-            chunk = items[start : start + self.max_batch_size]
-            live = [it for it in chunk if id(it[0]) not in failed]
-            if not live:
-                continue
+        for live in self._chunks(jobs, failed):
             t0 = time.perf_counter()
             try:
                 outputs = self.runners[model]([it[2] for it in live], **options)

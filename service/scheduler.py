@@ -234,12 +234,10 @@ class ContinuousBatcher(Batcher):
         run by the model's stepper, one decoder step per `next`; a chunk whose requests were all
         abandoned stops at the next step (counted by `on_dropped`)."""
         model, options = jobs[0].model, dict(jobs[0].options)
-        items = sorted(((j, i, t) for j in jobs for i, t in enumerate(j.texts)), key=lambda it: self.length(it[2]))
         results: dict[int, list[Any]] = {id(j): [None] * len(j.texts) for j in jobs}
         failed: dict[int, BaseException] = {}
-        for start in range(0, len(items), self.max_batch_size):
-            chunk = [it for it in items[start : start + self.max_batch_size] if id(it[0]) not in failed]
-            if not chunk or all(it[0].abandoned for it in chunk):
+        for chunk in self._chunks(jobs, failed):
+            if all(it[0].abandoned for it in chunk):
                 continue
             steps = self.steppers[model]([it[2] for it in chunk], **options)
             seconds, outputs = 0.0, None

@@ -224,11 +224,8 @@ class Translator(BundleEngine):
         self, sources: Sequence[Sequence[int]], beam_size: int, n_best: int = 1, length_penalty: float = 1.0
     ) -> Steps:
         """`generate_nbest` stepped (`translate_nbest_steps`): each target language's part in turn."""
-        groups: dict[str | None, list[int]] = {}
-        for i, s in enumerate(sources):
-            groups.setdefault(self.target_of(s), []).append(i)
         out: list = [None] * len(sources)
-        for lang, idx in groups.items():
+        for lang, idx in self._target_groups(sources).items():
             part = [sources[i] for i in idx]
             found = yield from self.view(lang)._generate_nbest(part, beam_size, n_best, length_penalty)
             for i, result in zip(idx, found):
@@ -443,11 +440,16 @@ class Translator(BundleEngine):
         """The piece ids of logit columns."""
         return columns if self.logit_ids is None else self.logit_ids[columns]
 
-    def _by_target(self, sources: Sequence[Sequence[int]], decode: Callable[[Translator, list], list]) -> list:
-        """`decode(view, part)` for each target language's part of `sources`, in their order."""
+    def _target_groups(self, sources: Sequence[Sequence[int]]) -> dict[str | None, list[int]]:
+        """The indices of `sources` by the target language whose vocabulary decodes them."""
         groups: dict[str | None, list[int]] = {}
         for i, s in enumerate(sources):
             groups.setdefault(self.target_of(s), []).append(i)
+        return groups
+
+    def _by_target(self, sources: Sequence[Sequence[int]], decode: Callable[[Translator, list], list]) -> list:
+        """`decode(view, part)` for each target language's part of `sources`, in their order."""
+        groups = self._target_groups(sources)
         if len(groups) <= 1:
             return decode(self.view(next(iter(groups), None)), list(sources))
         out: list = [None] * len(sources)
