@@ -503,6 +503,13 @@ def load_pools(data: Path) -> dict[str, list[str]]:
 MIX = {"tatoeba": 0.4, "multi30k": 0.25, "news": 0.2, "paragraph16": 0.15}
 
 
+def scheduler_settings(name: str) -> dict[str, object]:
+    """The server settings of a `--schedulers` name: batch, continuous, or continuous:W (W decode
+    workers; plain continuous: the service's default)."""
+    scheduler, _, workers = name.partition(":")
+    return {"scheduler": scheduler, **({"decode_workers": int(workers)} if workers else {})}
+
+
 async def poisson(args: argparse.Namespace, _sentences: list[str]) -> dict:
     """Both schedulers on the same open-loop loads (rates from the old batcher's capacity), one
     server each, both up for the whole run and loaded in turn: the capacities alternate, then
@@ -512,7 +519,8 @@ async def poisson(args: argparse.Namespace, _sentences: list[str]) -> dict:
     pools = load_pools(args.data_root)
     result: dict = {"mode": "poisson", "mix": MIX, "runs": {}, "order": "interleaved by level"}
     servers = {
-        s: Server(args.model_dir, args.threads, scheduler=s, max_inflight_requests=1024) for s in args.schedulers
+        s: Server(args.model_dir, args.threads, max_inflight_requests=1024, **scheduler_settings(s))
+        for s in args.schedulers
     }
     runs: dict[str, dict] = {s: {"levels": {}} for s in args.schedulers}
     loads: dict[str, MixLoad] = {}
@@ -782,7 +790,9 @@ def main() -> None:
     p.add_argument("mode", choices=["sweep", "overload", "soak", "poisson", "beam-beside"])
     p.add_argument("--model-dir", type=Path, default=ROOT / "model")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/multi30k/test_2016_flickr.de.gz")
-    p.add_argument("--threads", type=int, default=2, help="onnxruntime threads in the server")
+    p.add_argument(
+        "--threads", type=int, default=0, help="onnxruntime threads in the server (0: the service's default)"
+    )
     p.add_argument("--seconds", type=float, default=15, help="per sweep point / burst length")
     p.add_argument("--max-requests", type=int, default=20_000, help="per sweep point")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
@@ -799,7 +809,12 @@ def main() -> None:
     )
     p.add_argument("--sample-seconds", type=float, default=30, help="soak: one sample per this many seconds")
     p.add_argument("--data-root", type=Path, default=ROOT.parent / "shared/data", help="poisson: the corpora")
-    p.add_argument("--schedulers", nargs="+", default=["batch", "continuous"], choices=["batch", "continuous"])
+    p.add_argument(
+        "--schedulers",
+        nargs="+",
+        default=["batch", "continuous"],
+        help="poisson: batch, continuous, continuous:W (W decode workers); the first one's capacity sets the rates",
+    )
     p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.8, 0.95], help="poisson: load levels")
     p.add_argument("--reference-capacity", type=float, help="poisson: rates from this, not the first capacity")
     p.add_argument("--detect", action="store_true", help="poisson: also time /detect (needs a langid bundle)")

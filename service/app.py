@@ -90,6 +90,7 @@ def _load(state: ServiceState) -> None:
                 in_flight=state.inflight,
                 # beam search (alternatives, beam_size > 1) one decoder step per worker turn
                 steppers={n: e.translate_nbest_steps for n, e in decoders.items()} if s.beam_stepped else None,
+                workers=s.workers(registry.cuda),
             )
         else:
             state.batcher = Batcher(

@@ -40,6 +40,7 @@ class Registry:
     pairs: dict[tuple[str, str], str] = field(default_factory=dict)
     # pairs whose only bundle failed to load -> that bundle
     failed_pairs: dict[tuple[str, str], str] = field(default_factory=dict)
+    cuda: bool = False  # the sessions run on the CUDA provider
 
     def tasks_missing(self) -> list[str]:
         """Tasks that some bundle serves (by its manifest) but no loaded model does."""
@@ -82,11 +83,13 @@ def load_registry(settings: Settings) -> Registry:
     if not bundles and not orphans:
         raise ModelDirError(f"model directory {model_dir} holds no bundle (no */manifest.json)")
     providers = resolve_providers(settings.provider)
+    cuda = providers[0] == "CUDAExecutionProvider"
+    threads = settings.intra_threads(cuda)  # the cores divided among the decode workers
     if settings.thread_pool == "shared":
-        share_thread_pool(settings.threads)
+        share_thread_pool(threads)
     if settings.retain_freed_mb and not retain_freed_memory(settings.retain_freed_mb):
         log.info("retain_freed_mb: not glibc's malloc here; its defaults stay")
-    registry = Registry()
+    registry = Registry(cuda=cuda)
     for orphan in orphans:
         registry.models[orphan.name] = LoadedModel(orphan.name, None, error="no manifest.json in the bundle folder")
         log.error("refused bundle %s: no manifest.json", orphan)
@@ -95,7 +98,7 @@ def load_registry(settings: Settings) -> Registry:
         loaded = LoadedModel(name=name, manifest=None)
         try:
             loaded.manifest = load_manifest(bundle_dir, verify=True)
-            loaded.engine = _engine(bundle_dir, loaded.manifest, providers, settings)
+            loaded.engine = _engine(bundle_dir, loaded.manifest, providers, settings, threads)
         except Exception as e:  # noqa: BLE001 - one broken bundle must not stop the others
             # BundleError (manifest, checksums), OSError, and onnxruntime's own Fail /
             # InvalidGraph / InvalidProtobuf for a graph it cannot load.
@@ -134,7 +137,9 @@ def load_registry(settings: Settings) -> Registry:
     return registry
 
 
-def _engine(bundle_dir: Path, manifest: Manifest, providers: list[str], settings: Settings):
+def _engine(bundle_dir: Path, manifest: Manifest, providers: list[str], settings: Settings, threads: int | None = None):
+    """The engine of one bundle; `threads`: intra-op threads (default: the settings')."""
+    threads = settings.intra_threads(providers[0] == "CUDAExecutionProvider") if threads is None else threads
     variant = settings.variant if settings.variant in manifest.variants else None
     if settings.variant and variant is None:
         log.warning(
@@ -150,9 +155,9 @@ def _engine(bundle_dir: Path, manifest: Manifest, providers: list[str], settings
             bundle_dir,
             manifest,
             providers,
-            settings.threads,
+            threads,
             variant,
             memory_arena=arena,
             target_vocab=settings.target_vocab,
         )
-    return Classifier(bundle_dir, manifest, providers, settings.threads, variant, memory_arena=arena)
+    return Classifier(bundle_dir, manifest, providers, threads, variant, memory_arena=arena)

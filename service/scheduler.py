@@ -27,6 +27,17 @@ steps per turn (before session 14 it ran whole between two steps: one greedy sen
 stream of 32-text requests with alternatives waited p50 762 ms instead of 9; stepped, 74 ms), and a
 beam batch whose requests were all abandoned stops at its next step.
 
+**Workers** (`workers`, TRANSERVE_DECODE_WORKERS; 2 by default on a CPU of 2 or more cores):
+each worker thread runs the loop above on running batches of its own, all taking from the one
+queue, and each runs its onnxruntime calls on its share of the cores (settings.intra_threads).
+At the small matrices of a decoder step, onnxruntime's intra-op threads barely add up (on 2
+vCPUs one 32-row step: 3.0 ms on 1 thread, 3.2 on 2), while two steps on one thread each do
+(1.3-1.5x the rows per second), and the encoder calls, classification batches and beam steps of
+one worker run beside the other's steps too. A worker admits its even share of the rows running
+and waiting (at least one when it runs none): a paragraph that arrives at an idle server is
+decoded on every worker, and no worker takes rows while another has fewer. Each worker's running
+batches have the token budget (``max_batch_tokens``) and their own beam batch per model.
+
 Greedy requests (no options, or beam_size 1 and one hypothesis) are decoded continuously; a
 request for scores gets them from the same running batch. The queue is bounded in sentences
 (``max_queue``) and in source tokens (``max_queue_tokens``): beyond either, `QueueFull`.
@@ -37,6 +48,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import math
+import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Generator, Sequence
@@ -56,11 +69,25 @@ class _Request(_Job):
     costs: list[int] = field(default_factory=list)  # each text's source tokens
     ids: list[list[int]] = field(default_factory=list)  # each text's source ids (pieces + </s>)
     admitted: int = 0  # texts handed to the running batch (or answered at once: blank ones)
+    order: list[int] = field(default_factory=list)  # the order they are handed in: longest source first
     remaining: int = 0  # texts not finished yet
     results: list[Any] = field(default_factory=list)
     scored: bool = False  # answer (text, score, length) lists, as translate_nbest does
     first_in: float = 0.0  # when its first sentence joined a running batch (time.monotonic)
     all_in: float = 0.0  # when its last one did
+
+
+@dataclass
+class _Worker:
+    """One worker thread's own running batches (lane key -> batch) and beam batches under way."""
+
+    index: int
+    batches: dict[tuple[str, int], DecodeBatch] = field(default_factory=dict)
+    stepping: list[tuple[Generator[None, None, None], list[_Job]]] = field(default_factory=list)
+
+    @property
+    def running(self) -> int:
+        return sum(len(b) for b in list(self.batches.values()))
 
 
 class ContinuousBatcher(Batcher):
@@ -81,6 +108,7 @@ class ContinuousBatcher(Batcher):
         on_done: Callable[[str, int, float, float, float], None] | None = None,
         in_flight: Callable[[], int] | None = None,
         steppers: dict[str, Callable[..., Generator[None, None, Sequence[Any]]]] | None = None,
+        workers: int = 1,
     ) -> None:
         """`decoders`: the translators (runtime/translator.Translator with per-row inputs) whose
         greedy requests are decoded continuously; `runners` run everything else. `cost(model,
@@ -90,7 +118,8 @@ class ContinuousBatcher(Batcher):
         language too: a batch's rows share its decoder, and each language has its own.
         `steppers[model](texts, **options)`: the model's runner for beam search as a generator
         that yields between decoder steps and returns the results (Translator.translate_nbest_steps):
-        such a batch advances one step per worker turn beside the running batches."""
+        such a batch advances one step per worker turn beside the running batches. `workers`:
+        worker threads, each with running batches of its own (see the module docstring)."""
         self.decoders = decoders
         self.lanes = sorted(lanes)
         self.order = order
@@ -103,12 +132,19 @@ class ContinuousBatcher(Batcher):
         # a model's lanes of the full vocabulary from the start; a target language's at first use
         # (then a full set of lanes does not mean that nothing can join: a new language's can)
         self.fixed_lanes = all(len(t) == 1 for t in self.targets.values())
-        self.batches = {
-            (n, k): DecodeBatch(e)
-            for n, e in decoders.items()
-            if len(self.targets[n]) == 1
-            for k in range(self.per_target)
-        }
+        self.workers = [
+            _Worker(
+                w,
+                {
+                    (n, k): DecodeBatch(e)
+                    for n, e in decoders.items()
+                    if len(self.targets[n]) == 1
+                    for k in range(self.per_target)
+                },
+            )
+            for w in range(max(1, workers))
+        ]
+        self._finishing = threading.Lock()  # a request's sentences may finish on two workers at once
         self.max_batch_tokens = max_batch_tokens
         self.max_queue_tokens = max_queue_tokens
         self.cost = cost or (lambda model, text: len(text))
@@ -116,7 +152,6 @@ class ContinuousBatcher(Batcher):
         self.on_done = on_done  # (model, sentences, queue s, admission s, decode s) of each answered request
         self._queued_tokens = 0
         self.steppers = steppers or {}
-        self._stepping: list[tuple[Generator[None, None, None], list[_Job]]] = []  # beam batches under way
         super().__init__(
             runners,
             max_batch_size,
@@ -125,7 +160,22 @@ class ContinuousBatcher(Batcher):
             on_batch=on_batch,
             merge=True,
             in_flight=in_flight,
-        )
+        )  # starts the first worker's thread (Batcher._thread); the others' here
+        self._threads = [self._thread] + [
+            threading.Thread(target=self._work, args=(w,), name=f"batcher-{w.index}", daemon=True)
+            for w in self.workers[1:]
+        ]
+        for thread in self._threads[1:]:
+            thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish every job already accepted, then end the workers."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def continuous(self, model: str, options: dict[str, Any] | None) -> bool:
         o = options or {}
@@ -137,8 +187,8 @@ class ContinuousBatcher(Batcher):
 
     @property
     def running(self) -> int:
-        """Rows in the running batches."""
-        return sum(len(b) for b in list(self.batches.values()))
+        """Rows in the running batches (every worker's)."""
+        return sum(w.running for w in self.workers)
 
     def _job(
         self, model: str, texts: Sequence[str], options: dict[str, Any] | None, loop: asyncio.AbstractEventLoop
@@ -165,6 +215,9 @@ class ContinuousBatcher(Batcher):
             costs=costs,
             ids=ids,
             remaining=len(costs),
+            # longest first: a request is done when its longest sentence is, and that one takes the
+            # most steps (admitted last when rows are short, it would finish last by that much)
+            order=sorted(range(len(costs)), key=lambda i: -costs[i]),
             results=[None] * len(costs),
             scored=bool(options),
         )
@@ -177,43 +230,50 @@ class ContinuousBatcher(Batcher):
 
     # -- worker -----------------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _work(self, w: _Worker | None = None) -> None:
+        w = w or self.workers[0]
         while True:
             with self._cv:
-                while not self._jobs and not self.running and not self._stepping:
+                while not self._jobs and not w.running and not w.stepping:
                     if self._stopping:
                         return
                     self._cv.wait()
                 self._prune()
                 if self._past_drain():  # shutting down and out of time: what is left gets 503
                     self._fail_queued()
-                    for key in self.batches:
-                        self._fail_batch(key, BatcherStopped())
-                    for steps, jobs in self._stepping:
+                    for key in w.batches:
+                        self._fail_batch(w, key, BatcherStopped())
+                    for steps, jobs in w.stepping:
                         steps.close()
                         for job in jobs:
                             self._resolve(job, exc=BatcherStopped())
-                    self._stepping.clear()
+                    w.stepping.clear()
                     continue
-                joins = self._admit()
+                joins = self._admit(w)
                 other = None
-                if any(self._other(j) for j in self._jobs):
-                    idle = not self.running and not joins and not self._stepping
-                    other = self._take_locked(self._other, wait=idle)
+                if any(self._other(w, j) for j in self._jobs):
+                    idle = not w.running and not joins and not w.stepping
+                    other = self._take_locked(lambda j: self._other(w, j), wait=idle)
                     self._queued_tokens -= sum(j.tokens for j in other)
+                if not (joins or other or w.running or w.stepping):
+                    # what waits is another worker's to take (its share, module docstring): wait for a change
+                    self._cv.wait(self.max_wait or 0.005)
+                    continue
+                if self._jobs and len(self.workers) > 1:
+                    self._cv.notify()  # work left: an idle worker may take it
             for key, items in joins.items():
-                self._join(key, items)
-            for key, batch in list(self.batches.items()):
+                self._join(w, key, items)
+            for key, batch in list(w.batches.items()):
                 if batch:
-                    self._advance(key, batch)
+                    self._advance(w, key, batch)
             if other and self._stepped(other[0]):
-                self._stepping.append((self._run_steps(other), other))
+                w.stepping.append((self._run_steps(other), other))
                 other = None
-            for entry in list(self._stepping):  # each beam batch one decoder step
+            for entry in list(w.stepping):  # each beam batch one decoder step
                 try:
                     next(entry[0])
                 except StopIteration:
-                    self._stepping.remove(entry)
+                    w.stepping.remove(entry)
             if other:
                 self._run(other)
 
@@ -221,13 +281,13 @@ class ContinuousBatcher(Batcher):
         """Whether `job` runs stepped beside the running batches (beam search, n-best)."""
         return job.model in self.steppers and not dict(job.options).get("align")
 
-    def _other(self, job: _Job) -> bool:
-        """Whether `job` may be taken as this turn's other batch: not a sentence of the running
-        batches, and, stepped, its model has no stepped batch under way (one per model: the
-        memory of one beam batch; the others wait in the queue, in order)."""
+    def _other(self, w: _Worker, job: _Job) -> bool:
+        """Whether `job` may be taken as worker `w`'s other batch this turn: not a sentence of the
+        running batches, and, stepped, its model has no stepped batch under way on `w` (one per
+        model and worker: the memory of one beam batch; the others wait in the queue, in order)."""
         if isinstance(job, _Request):
             return False
-        return not self._stepped(job) or all(jobs[0].model != job.model for _, jobs in self._stepping)
+        return not self._stepped(job) or all(jobs[0].model != job.model for _, jobs in w.stepping)
 
     def _run_steps(self, jobs: list[_Job]) -> Generator[None, None, None]:
         """`Batcher._run` for a stepped model: the same chunks of `max_batch_size` texts, each
@@ -276,7 +336,7 @@ class ContinuousBatcher(Batcher):
                 continue
             if isinstance(job, _Request):
                 left = len(job.texts) - job.admitted
-                self._queued_tokens -= sum(job.costs[job.admitted :])
+                self._queued_tokens -= sum(job.costs[i] for i in job.order[job.admitted :])
             else:
                 left = len(job.texts)
                 self._queued_tokens -= job.tokens
@@ -285,21 +345,25 @@ class ContinuousBatcher(Batcher):
                 self.on_dropped(job.model, left, "queue")
         self._jobs = kept
 
-    def _admit(self) -> dict[tuple[str, int], list[tuple[_Request, int]]]:
-        """Sentences to join the running batches now, one per waiting request in turn, each into
-        its length lane, within the lane's rows and the model's token budget (holds the lock)."""
+    def _admit(self, w: _Worker) -> dict[tuple[str, int], list[tuple[_Request, int]]]:
+        """Sentences to join worker `w`'s running batches now, one per waiting request in turn,
+        each into its length lane, within the lane's rows, `w`'s token budget for the model and
+        `w`'s share of the rows (holds the lock)."""
         joins: dict[tuple[str, int], list[tuple[_Request, int]]] = defaultdict(list)
-        if self.fixed_lanes and all(len(b) >= self.max_batch_size for b in self.batches.values()):
+        if self.fixed_lanes and all(len(b) >= self.max_batch_size for b in w.batches.values()):
             return joins  # every lane is full: nothing can join (the common case under load)
-        held = {m: self._hold(m) for m in self.decoders}
+        held = {m: self._hold(w, m) for m in self.decoders}
         waiting = [j for j in self._jobs if isinstance(j, _Request) and not held[j.model]]
+        share = self._share(w, waiting)
         planned: dict[tuple[str, int], list[tuple[int, int]]] = defaultdict(list)  # (source, limit) of newcomers
         full: set[tuple[str, int]] = set()
 
         def admit_one(job: _Request) -> bool:
-            """Admit `job`'s next sentence; False when its lane has no room."""
-            m, i = job.model, job.admitted
+            """Admit `job`'s next sentence; False when its lane has no room (or `w` its share)."""
+            m, i = job.model, job.order[job.admitted]
             if job.texts[i].strip():
+                if sum(len(p) for p in planned.values()) >= share:
+                    return False
                 engine = self.decoders[m]
                 src = min(job.costs[i], engine.max_len)
                 target = self.targets[m].index(engine.target_of(job.ids[i]))  # 0: the full vocabulary
@@ -307,9 +371,9 @@ class ContinuousBatcher(Batcher):
                 if key in full:
                     return False
                 row = (src, engine.output_limit(src))
-                rows = len(self.batch(key)) + len(planned[key])
+                rows = len(self.batch(w, key)) + len(planned[key])
                 tokens = sum(
-                    b.bound([*planned[k], *([row] if k == key else [])]) for k, b in self.batches.items() if k[0] == m
+                    b.bound([*planned[k], *([row] if k == key else [])]) for k, b in w.batches.items() if k[0] == m
                 )
                 if rows and (rows >= self.max_batch_size or tokens > self.max_batch_tokens):
                     full.add(key)
@@ -351,25 +415,37 @@ class ContinuousBatcher(Batcher):
         self._jobs = deque(j for j in self._jobs if not (isinstance(j, _Request) and j.admitted == len(j.texts)))
         return joins
 
+    def _share(self, w: _Worker, waiting: list[_Request]) -> int:
+        """The most sentences worker `w` admits this turn: all it has room for when it is the only
+        worker; else its even share of the rows running on every worker and waiting (at least one
+        when it runs none), so that a paragraph arriving at an idle server is decoded on every
+        worker, each on its own cores, and no worker takes rows while another has fewer."""
+        if len(self.workers) == 1:
+            return 1 << 30
+        rows = sum(x.running for x in self.workers)
+        pending = sum(len(j.texts) - j.admitted for j in waiting)
+        share = math.ceil((rows + pending) / len(self.workers)) - w.running
+        return max(share, 0 if w.running else 1)
+
     def engine(self, key: tuple[str, int]) -> Any:
         """The translator (or its view of one target vocabulary) that lane `key` decodes with."""
         model, k = key
         return self.decoders[model].view(self.targets[model][k // self.per_target])  # None: itself
 
-    def batch(self, key: tuple[str, int]) -> DecodeBatch:
-        """Lane `key`'s running batch (made on first use: a target language's lanes when a
-        sentence into it first comes)."""
-        found = self.batches.get(key)
+    def batch(self, w: _Worker, key: tuple[str, int]) -> DecodeBatch:
+        """Worker `w`'s running batch of lane `key` (made on first use: a target language's lanes
+        when a sentence into it first comes)."""
+        found = w.batches.get(key)
         if found is None:
-            found = self.batches[key] = DecodeBatch(self.engine(key))
+            found = w.batches[key] = DecodeBatch(self.engine(key))
         return found
 
-    def _hold(self, model: str) -> bool:
+    def _hold(self, w: _Worker, model: str) -> bool:
         """Whether `model`'s waiting sentences wait one more step, to join together: an encoder
         call for one or two sentences costs a fifth of a decoder step. They wait only while every
         lane is at least half full, fewer than 4 wait, and none has waited `max_wait_ms` (holds
         the lock)."""
-        lanes = [b for (m, _), b in self.batches.items() if m == model]
+        lanes = [b for (m, _), b in w.batches.items() if m == model]
         if any(2 * len(b) < self.max_batch_size for b in lanes):
             return False
         jobs = [j for j in self._jobs if isinstance(j, _Request) and j.model == model]
@@ -377,7 +453,7 @@ class ContinuousBatcher(Batcher):
             return False
         return all(time.monotonic() - j.enqueued < self.max_wait for j in jobs)
 
-    def _join(self, key: tuple[str, int], items: list[tuple[_Request, int]]) -> None:
+    def _join(self, w: _Worker, key: tuple[str, int], items: list[tuple[_Request, int]]) -> None:
         model = key[0]
         items = [(job, i) for job, i in items if not job.abandoned]
         if not items:
@@ -387,13 +463,13 @@ class ContinuousBatcher(Batcher):
             for scored in (False, True):
                 part = [(k, it) for k, it in enumerate(items) if it[0].scored == scored]
                 if part:
-                    self.batches[key].add([sources[k] for k, _ in part], [it for _, it in part], scored=scored)
+                    w.batches[key].add([sources[k] for k, _ in part], [it for _, it in part], scored=scored)
         except Exception as exc:  # noqa: BLE001 - the encoder failed: these requests fail
             log.error("model %s failed to encode %d sentences: %r", model, len(items), exc)
             for job in {id(j): j for j, _ in items}.values():
                 self._fail(job, exc)
 
-    def _advance(self, key: tuple[str, int], batch: DecodeBatch) -> None:
+    def _advance(self, w: _Worker, key: tuple[str, int], batch: DecodeBatch) -> None:
         model = key[0]
         gone = batch.drop(lambda tag: tag[0].abandoned)
         if gone and self.on_dropped:
@@ -406,7 +482,7 @@ class ContinuousBatcher(Batcher):
             done = batch.step()
         except Exception as exc:  # noqa: BLE001 - a failed step fails the requests in the batch
             log.error("model %s failed on a decode step of %d rows: %r", model, rows, exc)
-            self._fail_batch(key, exc)
+            self._fail_batch(w, key, exc)
             return
         if self.on_batch:
             self.on_batch(model, rows, time.perf_counter() - t0)
@@ -423,9 +499,11 @@ class ContinuousBatcher(Batcher):
             self._finish_one(job, i, [(text, row.score, row.length)] if job.scored else text)
 
     def _finish_one(self, job: _Request, i: int, result: Any) -> None:
-        job.results[i] = result
-        job.remaining -= 1
-        if job.remaining == 0 and not job.abandoned:
+        with self._finishing:
+            job.results[i] = result
+            job.remaining -= 1
+            last = job.remaining == 0
+        if last and not job.abandoned:
             self._resolve(job, result=job.results)
             if self.on_done:  # where its time went: waiting, joining sentence by sentence, decoding
                 now = time.monotonic()
@@ -437,8 +515,8 @@ class ContinuousBatcher(Batcher):
         job.abandoned = True  # its other rows leave at the next step
         self._resolve(job, exc=exc)
 
-    def _fail_batch(self, key: tuple[str, int], exc: BaseException) -> None:
-        """Fail every request with a row in running batch `key`, and start that batch afresh."""
-        for job in {id(r.tag[0]): r.tag[0] for r in self.batches[key].rows}.values():
+    def _fail_batch(self, w: _Worker, key: tuple[str, int], exc: BaseException) -> None:
+        """Fail every request with a row in worker `w`'s running batch `key`, and start that batch afresh."""
+        for job in {id(r.tag[0]): r.tag[0] for r in w.batches[key].rows}.values():
             self._fail(job, exc)
-        self.batches[key] = DecodeBatch(self.engine(key))
+        w.batches[key] = DecodeBatch(self.engine(key))

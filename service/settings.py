@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import math
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def cores() -> int:
+    """The CPU cores this process may use: those it may run on, within a cgroup (v2) CPU limit
+    (a container's `--cpus`, a pod's `limits.cpu`), rounded up."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
 
 
 class Settings(BaseSettings):
@@ -17,7 +35,13 @@ class Settings(BaseSettings):
 
     model_dir: Path = Field(Path("model"), description="folder of model bundles (one per sub-folder)")
     provider: Literal["auto", "cpu", "cuda"] = Field("auto", description="onnxruntime execution provider")
-    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads, shared or per session (0 = all cores)")
+    threads: int = Field(
+        0,
+        ge=0,
+        description="cores the onnxruntime calls use, divided among the continuous scheduler's decode workers "
+        "(each call's intra-op threads: threads / workers); 0 = the cores this process may use (its CPU limit "
+        "included) divided so, or with one worker onnxruntime's own default",
+    )
     variant: Literal["", "fp32", "int8", "int8-blockwise", "int8-static"] = Field(
         "",
         description="bundle variant to load where a bundle has it (a bundle without it serves its default, with "
@@ -76,6 +100,14 @@ class Settings(BaseSettings):
         description="source lengths (tokens) splitting each model's sentences into running batches of their own "
         "(short sentences do not pay for the long ones' widths); empty (the default since session 13: 25% more "
         "capacity than [24], BENCHMARKS.md section 10) = one batch per model and target language",
+    )
+    decode_workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="continuous scheduler: worker threads, each stepping running batches of its own on its "
+        "share of the cores (0 = auto: 2 on a CPU of 2 or more cores, else 1; 1 on CUDA). On 2 vCPUs two "
+        "1-thread workers decode 1.3-1.5x the rows of one 2-thread worker (BENCHMARKS.md section 12)",
     )
     admission: Literal["hybrid", "fifo", "round-robin", "shortest-first"] = Field(
         "hybrid",
@@ -155,6 +187,23 @@ class Settings(BaseSettings):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     access_log: bool = Field(True, description="one log line per request (method, path, status, ms, client)")
+
+    def workers(self, cuda: bool = False) -> int:
+        """The continuous scheduler's decode workers (`decode_workers`, 0 = auto)."""
+        if self.scheduler != "continuous" or not self.batching:
+            return 1
+        if self.decode_workers:
+            return self.decode_workers
+        return 1 if cuda or cores() < 2 else 2
+
+    def intra_threads(self, cuda: bool = False) -> int:
+        """onnxruntime intra-op threads per session call: `threads` (or, 0, the cores this
+        process may use) divided among the decode workers; 0 (onnxruntime's own default) when
+        `threads` is 0 and there is one worker."""
+        workers = self.workers(cuda)
+        if not self.threads and workers == 1:
+            return 0
+        return max(1, (self.threads or cores()) // workers)
 
     @field_validator("decode_lanes", mode="before")
     @classmethod

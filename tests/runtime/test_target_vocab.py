@@ -141,7 +141,7 @@ def test_the_scheduler_gives_each_target_language_its_lanes(bundle):
         return await asyncio.gather(b.submit("m", texts[:2]), b.submit("m", texts[2:]))
 
     out = asyncio.run(main())
-    lanes = sorted(k for k in b.batches if k[0] == "m")
+    lanes = sorted(k for k in b.workers[0].batches if k[0] == "m")
     b.stop()
     assert [*out[0], *out[1]] == [tv.translate([t])[0] for t in texts]
     assert {b.targets["m"][k // b.per_target] for _, k in lanes} == {"en", "de"}

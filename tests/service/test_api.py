@@ -268,7 +268,7 @@ def test_concurrent_requests_are_batched_and_equal_unbatched(model_dir):
 
 
 def test_queue_full_answers_503_with_retry_after(model_dir):
-    with make_client(model_dir, max_queue=1, max_wait_ms=0) as c:
+    with make_client(model_dir, max_queue=1, max_wait_ms=0, decode_workers=1) as c:  # one call held at a time
         wait_ready(c)
         state = c.app.state.service
         body = {"q": "hallo welt", "source": "de", "target": "en"}

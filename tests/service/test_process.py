@@ -75,7 +75,8 @@ def test_thread_pool_setting_shares_one_pool_across_sessions(model_dir):
     # session owns a worker thread; shared, one worker serves them all. Same translations.
     counts, answers = {}, {}
     for pool in ("per-session", "shared"):
-        with running_server(model_dir, "--threads", "2", env={"TRANSERVE_THREAD_POOL": pool}) as server:
+        env = {"TRANSERVE_THREAD_POOL": pool, "TRANSERVE_DECODE_WORKERS": "1"}  # 2 threads a call
+        with running_server(model_dir, "--threads", "2", env=env) as server:
             r = httpx.post(f"{server.base}/translate", json={"q": "der hund", "source": "de", "target": "en"})
             assert r.status_code == 200, r.text
             answers[pool] = r.json()["translatedText"]

@@ -42,12 +42,25 @@ def slowed(engine, seconds: float):
     return step
 
 
+WORKERS = [1]  # worker threads of the batchers `make` builds: every test runs with one and with two
+
+
+@pytest.fixture(autouse=True, params=[1, 2], ids=["1-worker", "2-workers"])
+def workers(request):
+    WORKERS[0] = request.param
+    yield request.param
+    WORKERS[0] = 1
+
+
 def make(engine, runners=None, **kw) -> ContinuousBatcher:
     def translate(texts, **options):  # the app's runner: beam requests run as whole batches
         return engine.translate_nbest(texts, **options) if options else engine.translate(texts)
 
     return ContinuousBatcher(
-        {"t": translate, **(runners or {})}, {"t": engine}, cost=lambda m, t: engine.n_tokens(t), **kw
+        {"t": translate, **(runners or {})},
+        {"t": engine},
+        cost=lambda m, t: engine.n_tokens(t),
+        **{"workers": WORKERS[0], **kw},
     )
 
 
@@ -150,7 +163,7 @@ def test_beam_requests_run_beside_the_running_batch(engine):
     assert greedy == engine.translate(texts)
 
 
-def test_abandoned_requests_leave_the_queue_and_the_running_batch(engine, monkeypatch):
+def test_abandoned_requests_leave_the_queue_and_the_running_batch(engine, monkeypatch, workers):
     monkeypatch.setattr(engine, "run_step", slowed(engine, 0.005))
     dropped: list[tuple[str, int, str]] = []
     b = make(engine, max_batch_size=8, on_dropped=lambda m, n, where: dropped.append((m, n, where)))
@@ -166,7 +179,7 @@ def test_abandoned_requests_leave_the_queue_and_the_running_batch(engine, monkey
     b.stop()
     assert out == engine.translate([SHORT])
     where = {w: n for _, n, w in dropped}
-    assert where.get("queue") == 16 and where.get("running", 0) >= 1
+    assert where.get("queue") == 24 - 8 * workers and where.get("running", 0) >= 1  # 8 rows on each worker
     assert sum(where.values()) <= 24
     assert seconds < 2.0  # not behind the abandoned paragraph
     assert b.running == 0 and b.queued == 0 and b.queued_tokens == 0
@@ -176,10 +189,10 @@ def test_the_running_batch_stays_within_its_row_and_token_budget(engine, monkeyp
     seen: list[int] = []
     b = make(engine, max_batch_size=5, max_batch_tokens=200, on_batch=lambda m, rows, s: seen.append(rows))
     widths: list[int] = []
-    for batch in b.batches.values():
+    for batch in b.workers[0].batches.values():
 
         def step(real=batch.step):
-            widths.append(sum(x.tokens for x in b.batches.values()))  # every lane of the model
+            widths.append(sum(x.tokens for x in b.workers[0].batches.values()))  # every lane of the model
             return real()
 
         monkeypatch.setattr(batch, "step", step)
@@ -392,4 +405,66 @@ def test_a_stepped_beam_batch_past_the_drain_deadline_fails_with_batcher_stopped
 
     asyncio.run(main())
     b.stop(5)
-    assert not b._thread.is_alive() and not b._stepping
+    assert not b._thread.is_alive() and not b.workers[0].stepping
+
+
+def test_two_workers_share_a_paragraph_and_translate_as_alone(engine, monkeypatch):
+    texts = paragraph(10)
+    alone = engine.translate(texts)
+    monkeypatch.setattr(engine, "run_step", slowed(engine, 0.002))
+    threads: dict[str, int] = {}
+    real = engine.run_step
+
+    def step(*args):
+        name = threading.current_thread().name
+        threads[name] = threads.get(name, 0) + 1
+        return real(*args)
+
+    monkeypatch.setattr(engine, "run_step", step)
+    b = make(engine, workers=2)
+
+    async def main():
+        return await b.submit("t", texts)
+
+    out = asyncio.run(main())
+    b.stop()
+    assert out == alone
+    assert len(threads) == 2 and all(n > 1 for n in threads.values())  # both workers decoded rows of it
+
+
+def test_many_requests_on_two_workers_are_each_answered_once_and_right(engine):
+    requests = [paragraph(1 + k % 7, seed=k) for k in range(40)]
+    alone = {t: engine.translate([t])[0] for r in requests for t in r}
+    b = make(engine, workers=2, max_batch_size=6)
+
+    async def main():
+        return await asyncio.gather(*[b.submit("t", r) for r in requests])
+
+    out = asyncio.run(main())
+    b.stop()
+    assert out == [[alone[t] for t in r] for r in requests]
+    assert b.running == 0 and b.queued == 0 and not any(t.is_alive() for t in b._threads)
+
+
+def test_a_requests_longest_sentences_join_first(engine, monkeypatch):
+    from service.runtime.continuous import DecodeBatch
+
+    joined: list[int] = []
+    real = DecodeBatch.add
+
+    def add(self, sources, tags, scored=False):
+        joined.extend(len(s) for s in sources)
+        return real(self, sources, tags, scored=scored)
+
+    monkeypatch.setattr(DecodeBatch, "add", add)
+    monkeypatch.setattr(engine, "run_step", slowed(engine, 0.002))
+    texts = [" ".join(WORDS[: 2 + (k * 5) % 11]) for k in range(8)]  # lengths out of order
+    b = make(engine, max_batch_size=3, workers=1)
+
+    async def main():
+        return await b.submit("t", texts)
+
+    out = asyncio.run(main())
+    b.stop()
+    assert out == engine.translate(texts)
+    assert joined == sorted(joined, reverse=True) and len(set(joined)) > 3

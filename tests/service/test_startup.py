@@ -163,7 +163,7 @@ def test_scheduler_setting_chooses_the_worker_and_both_translate_alike(model_dir
             assert isinstance(batcher, ContinuousBatcher) == (scheduler == "continuous")
             if scheduler == "continuous":  # every translator of contract 2, in three length lanes each
                 assert set(batcher.decoders) == {"de-en", "en-de"} and batcher.lanes == [8, 30]
-                assert len(batcher.batches) == 6
+                assert all(len(w.batches) == 6 for w in batcher.workers)
             r = c.post("/translate", json=body)
         assert r.status_code == 200
         answers[scheduler] = r.json()["translatedText"]
@@ -179,3 +179,34 @@ def test_lanes_and_admission_settings_from_the_environment(monkeypatch):
     assert s.decode_lanes == [16, 40] and s.admission == "fifo"
     monkeypatch.setenv("TRANSERVE_DECODE_LANES", "")
     assert Settings().decode_lanes == []
+
+
+def test_decode_workers_divide_the_cores_and_auto_takes_two_on_a_cpu(monkeypatch):
+    import service.settings as settings_module
+    from service.settings import Settings
+
+    monkeypatch.setattr(settings_module, "cores", lambda: 8)
+    auto = Settings()
+    assert auto.workers() == 2 and auto.intra_threads() == 4  # two workers, each on half the cores
+    assert auto.workers(cuda=True) == 1 and auto.intra_threads(cuda=True) == 0  # one stream of GPU calls
+    assert Settings(decode_workers=3).intra_threads() == 2
+    assert Settings(threads=2).intra_threads() == 1  # the 2 cores it is given, one per worker
+    assert Settings(decode_workers=4, threads=1).intra_threads() == 1
+    assert Settings(scheduler="batch", threads=3).intra_threads() == 3
+    assert Settings(scheduler="batch").workers() == 1 and Settings(scheduler="batch").intra_threads() == 0
+    monkeypatch.setattr(settings_module, "cores", lambda: 1)
+    assert Settings().workers() == 1 and Settings().intra_threads() == 0
+
+
+def test_cores_stay_within_the_cgroup_cpu_limit(monkeypatch, tmp_path):
+    import service.settings as settings_module
+
+    limit = tmp_path / "cpu.max"
+    monkeypatch.setattr(settings_module, "Path", lambda _: limit)
+    monkeypatch.setattr(settings_module.os, "sched_getaffinity", lambda _: set(range(16)))
+    limit.write_text("150000 100000\n")  # --cpus 1.5
+    assert settings_module.cores() == 2
+    limit.write_text("max 100000\n")  # no limit
+    assert settings_module.cores() == 16
+    limit.unlink()  # cgroup v1 or none
+    assert settings_module.cores() == 16
