@@ -96,10 +96,11 @@ class Settings(BaseSettings):
         8192, ge=128, description="max tokens (padded sources + cache slots) in a running decode batch"
     )
     decode_lanes: Annotated[list[int], NoDecode] = Field(
-        default_factory=list,
+        default_factory=lambda: [24],
         description="source lengths (tokens) splitting each model's sentences into running batches of their own "
-        "(short sentences do not pay for the long ones' widths); empty (the default since session 13: 25% more "
-        "capacity than [24], BENCHMARKS.md section 10) = one batch per model and target language",
+        "(short sentences do not pay for the long ones' widths); empty = one batch per model and target language "
+        "(the default in sessions 13-14: 25% more capacity than [24] on one worker; with two decode workers the "
+        "same capacity and a shorter tail, BENCHMARKS.md section 12)",
     )
     decode_workers: int = Field(
         0,
