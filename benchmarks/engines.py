@@ -14,12 +14,17 @@ is its own. Sentences are sorted by length and cut into batches of `batch` sente
 engine alike. Reported: sentences/s, target tokens/s, peak RSS, BLEU (cased sacreBLEU and
 lowercased tokenized), and agreement with ort-fp32 (identical
 greedy outputs). Ratios to the best CTranslate2 engine are printed in the same run.
+
+`--workers 1 2`: each batch also cut into W parts of neighbouring lengths decoded at once, each on a
+thread of its own with the run's threads (ours: as the service's decode workers share a request;
+CTranslate2: `inter_threads=W` and `max_batch_size` = batch / W, its own parallel sub-batches).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -28,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.machine import describe
@@ -82,6 +88,20 @@ def workload(batches: list[list[int]], src_lengths: list[int], outputs: list) ->
             m = str(sum(n > t for n in steps))
             dec[m] = dec.get(m, 0) + 1
     return {"encoder_calls": enc, "decoder_steps": dec}
+
+
+def in_parallel(run, workers: int):
+    """`run` over a batch cut into `workers` parts (of neighbouring lengths), each on a thread of
+    its own at once, as the service's decode workers share a request's sentences (and as
+    CTranslate2 runs the sub-batches of one translate_batch call with inter_threads)."""
+    pool = ThreadPoolExecutor(workers)
+
+    def parallel(batch: list[int]) -> list:
+        k = math.ceil(len(batch) / workers)
+        parts = [batch[i : i + k] for i in range(0, len(batch), k)]
+        return [out for part in pool.map(run, parts) for out in part]
+
+    return parallel
 
 
 def peak_rss_mb() -> float:
@@ -159,7 +179,7 @@ def worker(args: argparse.Namespace) -> None:
             model_dir,
             device="cpu",
             intra_threads=threads,
-            inter_threads=1,
+            inter_threads=args.parts,  # its sub-batches (max_batch_size below) in parallel
             compute_type="int8" if engine == "ct2-int8" else "float32",
         )
         pieces = [sp.encode(s, out_type=str) for s in sources]
@@ -172,13 +192,15 @@ def worker(args: argparse.Namespace) -> None:
                 beam_size=args.beam,
                 length_penalty=1.0,
                 max_decoding_length=limit,
-                max_batch_size=len(batch),
+                max_batch_size=math.ceil(len(batch) / args.parts),
             )
             return [[sp.piece_to_id(t) for t in r.hypotheses[0]] for r in res]
 
         def decode(ids: list[int]) -> str:
             return sp.decode(ids)
 
+    if args.parts > 1 and not engine.startswith("ct2"):  # CTranslate2 splits a batch itself
+        run = in_parallel(run, args.parts)
     size = args.batch[0]
     batches = length_batches(len(sources), lengths, size)
     times, outputs = timed(run, batches, len(sources), args.repeats)
@@ -222,6 +244,14 @@ def main() -> None:
         help="our engines' intra-op threads, each a run of its own (default: --threads). On session 14's "
         "2-vCPU AMD EPYC (Zen 4) a second thread slowed batch 1 down (the two vCPUs share a core's time)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="batches cut into W parts decoded at once, each on a thread of its own with the run's threads "
+        "(ours: as the service's decode workers; CTranslate2: inter_threads=W); each W a run of its own",
+    )
     p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     p.add_argument("--repeats", type=int, default=3, help="passes over the split per worker run")
     p.add_argument(
@@ -245,6 +275,7 @@ def main() -> None:
     )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/engines.json"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--parts", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--sources", help=argparse.SUPPRESS)
     p.add_argument("--bundle", help=argparse.SUPPRESS)
     p.add_argument("--bundle-c2", help=argparse.SUPPRESS)
@@ -315,7 +346,7 @@ def main() -> None:
 
     results, signature = [], ""
     runs = [
-        (engine, t)
+        (engine, t, w)
         for engine in args.engines
         for t in (
             (args.ct2_threads or [args.threads])
@@ -324,9 +355,10 @@ def main() -> None:
             if engine.startswith("ort")
             else [args.threads]
         )
+        for w in (args.workers if engine.startswith(("ort", "ct2")) else [1])
     ]
 
-    def measure(engine: str, threads: int, batch: int, repeats: int) -> dict:
+    def measure(engine: str, threads: int, workers: int, batch: int, repeats: int) -> dict:
         cmd = [
             sys.executable,
             __file__,
@@ -336,6 +368,8 @@ def main() -> None:
             str(batch),
             "--threads",
             str(threads),
+            "--parts",
+            str(workers),
             "--repeats",
             str(repeats),
             "--thread-pool",
@@ -361,21 +395,20 @@ def main() -> None:
         # the same engine's later in the run, session 11); a discarded first pass warms it up.
         if args.rounds > 1:
             measure(*runs[0], batch, 1)
-        measured: dict[tuple[str, int], dict] = {}
+        measured: dict[tuple[str, int, int], dict] = {}
         for _ in range(args.rounds):
-            for engine, threads in runs:
-                r = measure(engine, threads, batch, args.repeats)
-                if (engine, threads) in measured:
-                    measured[engine, threads]["seconds"] += r["seconds"]
-                    measured[engine, threads]["peak_rss_mb"] = max(
-                        measured[engine, threads]["peak_rss_mb"], r["peak_rss_mb"]
-                    )
+            for run in runs:
+                r = measure(*run, batch, args.repeats)
+                if run in measured:
+                    measured[run]["seconds"] += r["seconds"]
+                    measured[run]["peak_rss_mb"] = max(measured[run]["peak_rss_mb"], r["peak_rss_mb"])
                 else:
-                    measured[engine, threads] = r
-        for engine, threads in runs:
+                    measured[run] = r
+        for engine, threads, workers in runs:
             name = engine if threads == args.threads else f"{engine}@{threads}t"
-            r = measured[engine, threads]
-            r.update(engine=name, threads=threads)
+            name += f"x{workers}w" if workers > 1 else ""
+            r = measured[engine, threads, workers]
+            r.update(engine=name, threads=threads, workers=workers)
             median = statistics.median(r["seconds"])
             m = translation_metrics(r["hypotheses"], [x[1] for x in rows], target)
             signature = m["bleu_signature"]

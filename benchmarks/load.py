@@ -504,10 +504,10 @@ MIX = {"tatoeba": 0.4, "multi30k": 0.25, "news": 0.2, "paragraph16": 0.15}
 
 
 def scheduler_settings(name: str) -> dict[str, object]:
-    """The server settings of a `--schedulers` name: batch, continuous, or continuous:W (W decode
-    workers; plain continuous: the service's default)."""
-    scheduler, _, workers = name.partition(":")
-    return {"scheduler": scheduler, **({"decode_workers": int(workers)} if workers else {})}
+    """The server settings of a `--schedulers` name: `batch`, `continuous`, or either with
+    settings after colons, e.g. `continuous:decode_workers=1:decode_lanes=24` (TRANSERVE_*)."""
+    scheduler, *pairs = name.split(":")
+    return {"scheduler": scheduler, **dict(p.split("=", 1) for p in pairs)}
 
 
 async def poisson(args: argparse.Namespace, _sentences: list[str]) -> dict:
@@ -813,7 +813,8 @@ def main() -> None:
         "--schedulers",
         nargs="+",
         default=["batch", "continuous"],
-        help="poisson: batch, continuous, continuous:W (W decode workers); the first one's capacity sets the rates",
+        help="poisson: batch, continuous, or either with settings, e.g. continuous:decode_workers=1 (TRANSERVE_*); "
+        "the first one's capacity sets the rates",
     )
     p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.8, 0.95], help="poisson: load levels")
     p.add_argument("--reference-capacity", type=float, help="poisson: rates from this, not the first capacity")

@@ -63,3 +63,29 @@ def test_our_graphs_run_inside_onnxruntimes_beam_search_op(model_dir):
     sequences, scores = session.run(None, feeds)
     assert sequences.shape[:2] == (2, 2) and sequences.shape[2] <= 6 and (sequences[:, :, 0] == 2).all()
     assert scores.shape == (2, 2) and (scores[:, 0] >= scores[:, 1]).all()
+
+
+def test_in_parallel_cuts_a_batch_into_neighbouring_parts_and_keeps_the_order():
+    import threading
+
+    from benchmarks.engines import in_parallel
+
+    seen: list[tuple[list[int], str]] = []
+
+    def run(batch: list[int]) -> list[int]:
+        seen.append((batch, threading.current_thread().name))
+        return [10 * i for i in batch]
+
+    assert in_parallel(run, 2)([5, 6, 7, 8, 9]) == [50, 60, 70, 80, 90]
+    assert sorted(b for b, _ in seen) == [[5, 6, 7], [8, 9]]  # neighbouring lengths together
+
+
+def test_load_scheduler_names_carry_settings():
+    from benchmarks.load import scheduler_settings
+
+    assert scheduler_settings("batch") == {"scheduler": "batch"}
+    assert scheduler_settings("continuous:decode_workers=1:decode_lanes=24") == {
+        "scheduler": "continuous",
+        "decode_workers": "1",
+        "decode_lanes": "24",
+    }
