@@ -92,6 +92,11 @@ def _load(state: ServiceState) -> None:
                 steppers={n: e.translate_nbest_steps for n, e in decoders.items()} if s.beam_stepped else None,
                 workers=s.workers(registry.cuda),
             )
+            log.info(
+                "continuous scheduler: %d decode workers, %s intra-op threads per call",
+                len(state.batcher.workers),
+                s.intra_threads(registry.cuda) or "onnxruntime's default of",
+            )
         else:
             state.batcher = Batcher(
                 runners,
