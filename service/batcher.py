@@ -65,9 +65,10 @@ class _Job:
     arrived: float = 0.0  # when its HTTP request arrived (`arrived`): its place in the queue
     abandoned: bool = False  # its caller stopped waiting (deadline, disconnect): drop its work
     tokens: int = 0  # what it costs in the queue's token bound (scheduler.py)
+    part: int = 0  # which part of a request cut into parts for several workers (scheduler.py)
 
-    def key(self) -> tuple[str, tuple[tuple[str, Any], ...]]:
-        return self.model, self.options
+    def key(self) -> tuple[str, tuple[tuple[str, Any], ...], int]:
+        return self.model, self.options, self.part
 
 
 class Batcher:

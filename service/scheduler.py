@@ -36,7 +36,9 @@ vCPUs one 32-row step: 3.0 ms on 1 thread, 3.2 on 2), while two steps on one thr
 one worker run beside the other's steps too. A worker admits its even share of the rows running
 and waiting (at least one when it runs none): a paragraph that arrives at an idle server is
 decoded on every worker, and no worker takes rows while another has fewer. Each worker's running
-batches have the token budget (``max_batch_tokens``) and their own beam batch per model.
+batches have the token budget (``max_batch_tokens``) and their own beam batch per model; a beam
+request of several texts is cut into one part per worker (`submit`), so that alone at an idle
+server it runs on every core too (32 texts with 3 alternatives: 0.125 s, whole on one worker 0.22 s).
 
 Greedy requests (no options, or beam_size 1 and one hypothesis) are decoded continuously; a
 request for scores gets them from the same running batch. The queue is bounded in sentences
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextvars
 import logging
 import math
 import threading
@@ -60,6 +63,9 @@ from service.batcher import Batcher, BatcherStopped, RunFn, TooBig, _Job
 from service.runtime.continuous import DecodeBatch, Row
 
 log = logging.getLogger(__name__)
+
+# which part of a request cut for several workers the job being made is (ContinuousBatcher.submit)
+_part: contextvars.ContextVar[int] = contextvars.ContextVar("transerve_part", default=0)
 
 
 @dataclass
@@ -177,6 +183,39 @@ class ContinuousBatcher(Batcher):
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
+    async def submit(self, model: str, texts: Sequence[str], options: dict[str, Any] | None = None) -> list[Any]:
+        """`Batcher.submit`; a beam request (stepped) of several texts with several workers is cut
+        into one part per worker (texts of neighbouring lengths together), queued as jobs that
+        no batch merges (`_Job.part`), so that each worker steps one part beside its running
+        batches: a beam request alone at an idle server runs on every core. Its answer is the
+        parts' in the texts' order (a text's n-best does not depend on its batch-mates)."""
+        if len(self.workers) == 1 or len(texts) < 2 or not self._stepped_request(model, options):
+            return await super().submit(model, texts, options)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        size = math.ceil(len(texts) / len(self.workers))
+        parts = [order[i : i + size] for i in range(0, len(order), size)]
+
+        async def part(k: int, indices: list[int]) -> list[Any]:
+            _part.set(k)  # this task's own context: read by _job
+            return await Batcher.submit(self, model, [texts[i] for i in indices], options)
+
+        tasks = [asyncio.ensure_future(part(k, p)) for k, p in enumerate(parts)]
+        try:
+            done = await asyncio.gather(*tasks)
+        except BaseException:  # a part refused (queue full) or failed, or the caller left: drop the others
+            for task in tasks:
+                task.cancel()
+            raise
+        results: list[Any] = [None] * len(texts)
+        for indices, out in zip(parts, done):
+            for i, r in zip(indices, out):
+                results[i] = r
+        return results
+
+    def _stepped_request(self, model: str, options: dict[str, Any] | None) -> bool:
+        """Whether a request of `model` with `options` runs as a stepped beam batch."""
+        return model in self.steppers and not self.continuous(model, options) and not (options or {}).get("align")
+
     def continuous(self, model: str, options: dict[str, Any] | None) -> bool:
         o = options or {}
         return model in self.decoders and o.get("beam_size", 1) == 1 and o.get("n_best", 1) == 1 and not o.get("align")
@@ -205,6 +244,7 @@ class ContinuousBatcher(Batcher):
         if not continuous:
             job = super()._job(model, texts, options, loop)
             job.tokens = tokens
+            job.part = _part.get()
             return job
         return _Request(
             model,

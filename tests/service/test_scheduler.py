@@ -368,7 +368,7 @@ def test_greedy_requests_are_answered_while_a_beam_batch_steps(engine, monkeypat
     assert 0 < at < steps[0]  # answered mid-way through the beam search
 
 
-def test_an_abandoned_beam_batch_stops_at_the_next_step(engine, monkeypatch):
+def test_an_abandoned_beam_batch_stops_at_the_next_step(engine, monkeypatch, workers):
     closed: list[int] = []
     monkeypatch.setattr(engine, "translate_nbest_steps", paced(engine, 0.01, closed=closed))
     dropped: list[tuple[str, int, str]] = []
@@ -384,7 +384,8 @@ def test_an_abandoned_beam_batch_stops_at_the_next_step(engine, monkeypatch):
     out, seconds = asyncio.run(main())
     b.stop()
     assert out == engine.translate_nbest([SHORT], beam_size=2)
-    assert closed == [1] and ("t", 6, "running") in dropped
+    # one batch per worker: the request's parts (two workers: 3 texts each), every one closed mid-way
+    assert closed == [1] * workers and sum(n for _, n, w in dropped if w == "running") == 6
     assert seconds < 1.0
 
 
@@ -468,3 +469,57 @@ def test_a_requests_longest_sentences_join_first(engine, monkeypatch):
     b.stop()
     assert out == engine.translate(texts)
     assert joined == sorted(joined, reverse=True) and len(set(joined)) > 3
+
+
+def test_a_beam_request_on_two_workers_is_stepped_in_parts_on_both(engine, monkeypatch):
+    texts = paragraph(9) + ["", SHORT]
+    whole = engine.translate_nbest(texts, beam_size=3, n_best=2)
+    threads: dict[str, int] = {}
+    real = engine.translate_nbest_steps
+
+    def steps(*args, **kw):
+        gen = real(*args, **kw)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as done:
+                return done.value
+            name = threading.current_thread().name
+            threads[name] = threads.get(name, 0) + 1
+            time.sleep(0.001)
+            yield
+
+    b = make(engine, steppers={"t": steps}, workers=2, max_batch_size=16)
+
+    async def main():
+        return await b.submit("t", texts, {"beam_size": 3, "n_best": 2})
+
+    out = asyncio.run(main())
+    b.stop()
+    assert out == whole  # each text's n-best as in one whole batch, in the texts' order
+    assert len(threads) == 2 and all(n > 1 for n in threads.values())  # a part stepped on each worker
+    assert b.queued == 0 and b.queued_tokens == 0
+
+
+def test_a_beam_request_whose_part_is_refused_gets_queue_full_and_leaves_nothing_queued(engine, monkeypatch):
+    gate = threading.Event()
+    real = engine.translate_nbest_steps
+
+    def held(*args, **kw):
+        gate.wait(10)
+        return (yield from real(*args, **kw))
+
+    b = make(engine, steppers={"t": held}, workers=2, max_queue=6)
+
+    async def main():
+        first = asyncio.ensure_future(b.submit("t", paragraph(4), {"beam_size": 2}))  # both workers held
+        await asyncio.sleep(0.05)
+        with pytest.raises(QueueFull):
+            await b.submit("t", paragraph(10, seed=3), {"beam_size": 2})  # parts of 5: the second is refused
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await first
+
+    assert asyncio.run(main()) == engine.translate_nbest(paragraph(4), beam_size=2)
+    b.stop()
+    assert b.queued == 0
