@@ -73,6 +73,11 @@ class Registry:
         return {n: m.engine for n, m in self.models.items() if isinstance(m.engine, Classifier)}
 
 
+def on_cuda(providers: list[str]) -> bool:
+    """Whether sessions made with `providers` (resolve_providers) run on the CUDA provider."""
+    return providers[0] == "CUDAExecutionProvider"
+
+
 def load_registry(settings: Settings) -> Registry:
     model_dir = settings.model_dir
     if not model_dir.is_dir():
@@ -83,7 +88,7 @@ def load_registry(settings: Settings) -> Registry:
     if not bundles and not orphans:
         raise ModelDirError(f"model directory {model_dir} holds no bundle (no */manifest.json)")
     providers = resolve_providers(settings.provider)
-    cuda = providers[0] == "CUDAExecutionProvider"
+    cuda = on_cuda(providers)
     threads = settings.intra_threads(cuda)  # the cores divided among the decode workers
     if settings.thread_pool == "shared":
         share_thread_pool(threads)
@@ -139,7 +144,7 @@ def load_registry(settings: Settings) -> Registry:
 
 def _engine(bundle_dir: Path, manifest: Manifest, providers: list[str], settings: Settings, threads: int | None = None):
     """The engine of one bundle; `threads`: intra-op threads (default: the settings')."""
-    threads = settings.intra_threads(providers[0] == "CUDAExecutionProvider") if threads is None else threads
+    threads = settings.intra_threads(on_cuda(providers)) if threads is None else threads
     variant = settings.variant if settings.variant in manifest.variants else None
     if settings.variant and variant is None:
         log.warning(

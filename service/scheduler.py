@@ -191,6 +191,9 @@ class ContinuousBatcher(Batcher):
         parts' in the texts' order (a text's n-best does not depend on its batch-mates)."""
         if len(self.workers) == 1 or len(texts) < 2 or not self._stepped_request(model, options):
             return await super().submit(model, texts, options)
+        # the whole request against the queue's token bound, as unsplit (each part's _job costs its
+        # texts again: a tokenization, next to a beam search's decoder steps)
+        self._check_size(sum(self.cost(model, t) for t in texts))
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         size = math.ceil(len(texts) / len(self.workers))
         parts = [order[i : i + size] for i in range(0, len(order), size)]
@@ -213,8 +216,14 @@ class ContinuousBatcher(Batcher):
         return results
 
     def _stepped_request(self, model: str, options: dict[str, Any] | None) -> bool:
-        """Whether a request of `model` with `options` runs as a stepped beam batch."""
+        """Whether a request of `model` with `options` runs stepped beside the running batches
+        (beam search, n-best)."""
         return model in self.steppers and not self.continuous(model, options) and not (options or {}).get("align")
+
+    def _check_size(self, tokens: int) -> None:
+        """TooBig for a request of `tokens` source tokens that the queue could never hold."""
+        if tokens > self.max_queue_tokens:
+            raise TooBig(f"request of {tokens} source tokens; at most {self.max_queue_tokens} can be queued")
 
     def continuous(self, model: str, options: dict[str, Any] | None) -> bool:
         o = options or {}
@@ -239,8 +248,7 @@ class ContinuousBatcher(Batcher):
         ids = self.decoders[model].encode(texts) if continuous else []
         costs = [len(x) for x in ids] if continuous else [self.cost(model, t) for t in texts]
         tokens = sum(costs)
-        if tokens > self.max_queue_tokens:
-            raise TooBig(f"request of {tokens} source tokens; at most {self.max_queue_tokens} can be queued")
+        self._check_size(tokens)
         if not continuous:
             job = super()._job(model, texts, options, loop)
             job.tokens = tokens
@@ -318,8 +326,8 @@ class ContinuousBatcher(Batcher):
                 self._run(other)
 
     def _stepped(self, job: _Job) -> bool:
-        """Whether `job` runs stepped beside the running batches (beam search, n-best)."""
-        return job.model in self.steppers and not dict(job.options).get("align")
+        """Whether `job` runs stepped beside the running batches (`_stepped_request`)."""
+        return self._stepped_request(job.model, dict(job.options))
 
     def _other(self, w: _Worker, job: _Job) -> bool:
         """Whether `job` may be taken as worker `w`'s other batch this turn: not a sentence of the

@@ -523,3 +523,17 @@ def test_a_beam_request_whose_part_is_refused_gets_queue_full_and_leaves_nothing
     assert asyncio.run(main()) == engine.translate_nbest(paragraph(4), beam_size=2)
     b.stop()
     assert b.queued == 0
+
+
+def test_a_beam_request_beyond_the_queue_is_too_big_as_a_whole_not_in_parts(engine):
+    texts = paragraph(8)
+    tokens = sum(engine.n_tokens(t) for t in texts)
+    b = make(engine, steppers={"t": engine.translate_nbest_steps}, workers=2, max_queue_tokens=tokens - 1)
+
+    async def main():
+        with pytest.raises(TooBig, match=f"request of {tokens} source tokens"):
+            await b.submit("t", texts, {"beam_size": 2})  # each part alone would fit
+
+    asyncio.run(main())
+    b.stop()
+    assert b.queued == 0
