@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint install install-dev docker-smoke clean
+.PHONY: run test lint install install-dev docker-smoke bench-engines clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ lint: $(VENV)/.dev
 
 test: $(VENV)/.dev lint
 	$(BIN)/python -m pytest
+
+# Our served engine against CTranslate2 on the shipped weights, greedy and beam 4, batch 1 and 32, each
+# engine on 1 and 2 threads and 1 and 2 parallel parts (its best counts), our fp32 graphs as the BLEU
+# reference; rows in $(ENGINES_OUT). About 30 minutes on 2 cores.
+ENGINES_OUT ?= benchmarks/results/engines-bundle.json
+bench-engines: $(VENV)/.dev
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python -m benchmarks.engines --bundle model/multi --direction de-en --limit 300 --beam 1 4 \
+		--batch 1 32 --engines served ort-fp32 ct2 --threads 1 --ort-threads 1 2 --ct2-threads 1 2 --workers 1 2 \
+		--repeats 1 --rounds 2 --out $(ENGINES_OUT)
 
 docker-smoke:
 	../shared/tools/docker-smoke --path /ready --then deploy/container-checks.sh .

@@ -45,6 +45,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from benchmarks.engines import result_rows
+
 
 def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     opts = ort.SessionOptions()
@@ -201,7 +203,7 @@ def main() -> None:
         "command": "python benchmarks/roofline.py " + " ".join(sys.argv[1:]),
     }
     if args.workload:
-        runs = json.loads(args.workload.read_text())["results"]
+        runs = result_rows(json.loads(args.workload.read_text()))
         run = next(r for r in runs if r["engine"] == args.engine and r["batch"] == b and "workload" in r)
         result["workload"] = workload_limit(cfg, vocab, run, args.threads)
         w = result["workload"]

@@ -89,3 +89,18 @@ def test_load_scheduler_names_carry_settings():
         "decode_workers": "1",
         "decode_lanes": "24",
     }
+
+
+def test_matmul_macs_counts_encoder_positions_and_decoder_row_steps():
+    from benchmarks.engines import matmul_macs
+
+    work = {"encoder_calls": {"2,6": 1, "1,3": 1}, "decoder_steps": {"2": 1, "1": 4}}  # 15 positions, 6 row-steps
+    d, f, vocab = 4, 8, 10
+    macs = matmul_macs(work, d, f, enc_layers=2, dec_layers=3, logits=vocab)
+    # per position: 2 encoder layers x (QKV + output: 4 d^2, feed-forward: 2 d f) + 3 decoder layers' cross K, V (2 d^2)
+    assert macs["encoder"] == 15 * (2 * (4 * d * d + 2 * d * f) + 3 * 2 * d * d)
+    # per row-step: 3 layers x (self QKV + output, cross Q + output: 6 d^2, feed-forward) + the projection
+    assert macs["decoder"] == 6 * (3 * (6 * d * d + 2 * d * f) + d * vocab)
+    # a target vocabulary cuts only the projection's share
+    cut = matmul_macs(work, d, f, enc_layers=2, dec_layers=3, logits=5)
+    assert macs["decoder"] - cut["decoder"] == 6 * d * 5 and cut["encoder"] == macs["encoder"]
