@@ -210,12 +210,13 @@ def quantize_graphs(
                     quant_format=QuantFormat.QOperator,
                     op_types_to_quantize=["MatMul"],
                     per_channel=True,
+                    reduce_range=True,  # 7-bit weights: see _dynamic_int8
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax,
                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
                 )
-            _dynamic_int8(target, target, op_types=["Gather"])  # the embedding table, weight-only
+            _dynamic_int8(target, target, op_types=["Gather"], reduce_range=False)  # the embedding, weight-only
             _integer_to_float(target)
         else:
             config = matmul_nbits_quantizer.DefaultWeightOnlyQuantConfig(
@@ -231,7 +232,7 @@ def quantize_graphs(
             quantizer.model.save_model_to_file(str(target), False)
             # The embedding table (Gather) as int8 too, weight-only (one fixed scale, then
             # DequantizeLinear on the gathered rows): 4x smaller, still batch-invariant.
-            _dynamic_int8(target, target, op_types=["Gather"])
+            _dynamic_int8(target, target, op_types=["Gather"], reduce_range=False)
         result[role] = GraphSpec(file=target.name, inputs=g.inputs, outputs=g.outputs)
     return result
 
@@ -290,8 +291,14 @@ def _integer_to_float(path: Path) -> int:
     return len(replace_by)
 
 
-def _dynamic_int8(source: Path, target: Path, op_types: list[str] | None = None) -> None:
-    """onnxruntime's dynamic quantization, int8 weights per tensor; `op_types` limits it."""
+def _dynamic_int8(source: Path, target: Path, op_types: list[str] | None = None, reduce_range: bool = True) -> None:
+    """onnxruntime's dynamic quantization, int8 weights per tensor; `op_types` limits it.
+
+    Weights are quantized to 7 bits (`reduce_range`, |w| <= 64): on x86 CPUs without VNNI (AVX2
+    only, e.g. AMD Zen 1-3), onnxruntime's uint8 x int8 kernel adds pairs of products in int16
+    with saturation (VPMADDUBSW): 255 x 127 x 2 does not fit, 255 x 64 x 2 does; a product of such weights came
+    out half its value there (session 16, Zen 1). With 7-bit weights no pair can saturate, so the
+    int8 graphs compute the same on every x86 CPU. A table read by Gather (no product) keeps 8."""
     with _quiet():
         quantize_dynamic(
             str(source),
@@ -299,7 +306,7 @@ def _dynamic_int8(source: Path, target: Path, op_types: list[str] | None = None)
             weight_type=QuantType.QInt8,
             op_types_to_quantize=op_types,
             per_channel=False,
-            reduce_range=False,
+            reduce_range=reduce_range,
             # shape inference cannot see through the contrib attention op: every tensor is float
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )

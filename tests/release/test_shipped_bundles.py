@@ -21,6 +21,19 @@ GOLDEN = json.loads((Path(__file__).parent / "golden.json").read_text(encoding="
 pytestmark = pytest.mark.release
 
 
+def int8_saturates() -> bool:
+    """An x86 CPU without VNNI (AVX2 only): onnxruntime's uint8 x int8 kernel adds pairs of
+    products in saturating int16 there, so a bundle whose int8 weights use the full 8 bits (every
+    one exported before session 16; the exporter now writes 7-bit weights) computes some products
+    differently than on a VNNI CPU. A case's `output_no_vnni` is its output there."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni"}
+
+
 def test_every_expected_bundle_is_shipped_and_every_shipped_bundle_has_goldens():
     shipped = {p.name for p in find_bundles(MODEL_DIR)}
     assert shipped == set(GOLDEN), f"shipped {sorted(shipped)} vs golden.json {sorted(GOLDEN)}"
@@ -34,7 +47,8 @@ def test_bundle_golden_outputs(name):
     cases = GOLDEN[name]
     if manifest.task == "translation":
         engine = Translator(bundle, manifest, providers, threads=1)
-        expected = [c["output"] for c in cases]
+        key = "output_no_vnni" if int8_saturates() else "output"
+        expected = [c.get(key, c["output"]) for c in cases]
         # a multilingual bundle's cases name their target (the source then carries its tag)
         inputs = [manifest.model_input(c["input"], c.get("target", manifest.target_lang)) for c in cases]
         # Alone and batched together: a shipped variant's answer must not depend on batch-mates.

@@ -134,6 +134,52 @@ def test_int8_variants_run_and_are_close(exported, variant):
     assert (out / f"decoder.{variant}.onnx").stat().st_size < (out / "decoder.onnx").stat().st_size
 
 
+@pytest.mark.parametrize("variant", ["int8", "int8-static"])
+def test_int8_product_weights_are_7_bit_so_avx2_cannot_saturate(exported, variant):
+    # onnxruntime's uint8 x int8 kernel on x86 without VNNI adds product pairs in saturating
+    # int16: 255 x 127 x 2 overflows, 255 x 64 x 2 does not. Every product's int8 weights: |w| <= 64.
+    import onnx
+    from onnx import numpy_helper
+
+    _, _, _, out, _, _, _ = exported
+    for graph in ("encoder", "decoder"):
+        proto = onnx.load(str(out / f"{graph}.{variant}.onnx"))
+        inits = {t.name: t for t in proto.graph.initializer}
+        b_input = {"MatMulInteger": 1, "MatMulIntegerToFloat": 1, "QLinearMatMul": 3}
+        names = [n.input[b_input[n.op_type]] for n in proto.graph.node if n.op_type in b_input]
+        weights = [numpy_helper.to_array(inits[name]) for name in names if name in inits]
+        assert weights, f"{graph}.{variant}: no quantized products"
+        for w in weights:
+            assert w.dtype == np.int8 and np.abs(w.astype(np.int32)).max() <= 64, (graph, w.min(), w.max())
+
+
+def test_onnxruntime_int8_products_saturate_exactly_where_the_goldens_expect_it():
+    # The kernel itself: uint8 255 x int8 w summed over 256, exact in int32 unless pairs saturate in int16.
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from tests.release.test_shipped_bundles import int8_saturates
+
+    def product(w: int) -> int:
+        b = helper.make_tensor("b", TensorProto.INT8, [256, 8], np.full((256, 8), w, np.int8).tobytes(), raw=True)
+        graph = helper.make_graph(
+            [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
+            "probe",
+            [helper.make_tensor_value_info("a", TensorProto.UINT8, [4, 256])],
+            [helper.make_tensor_value_info("y", TensorProto.INT32, [4, 8])],
+            initializer=[b],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return int(session.run(None, {"a": np.full((4, 256), 255, np.uint8)})[0][0, 0])
+
+    assert product(64) == 255 * 64 * 256  # 7-bit weights: exact on every CPU
+    assert (product(127) != 255 * 127 * 256) == int8_saturates()  # 8-bit: saturates on AVX2 without VNNI
+
+
 def test_only_dynamic_int8_depends_on_the_batch(exported):
     # A row's encoder output alone vs beside a row of much larger activations (a long, different
     # sentence): per-tensor dynamic int8 shares one activation scale across the batch, blockwise
