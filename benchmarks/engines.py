@@ -275,9 +275,9 @@ def worker(args: argparse.Namespace) -> None:
     )
 
 
-def bundle_defaults(args: argparse.Namespace) -> None:
+def bundle_defaults(args: argparse.Namespace) -> dict:
     """With --bundle: the config, checkpoint and tokenizer it was released from, where not given
-    (its manifest's training config, its `weights.pt`, its tokenizer)."""
+    (its manifest's training config, its `weights.pt`, its tokenizer); returns the manifest."""
     bundle = Path(args.bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     if args.config is None:
@@ -291,6 +291,7 @@ def bundle_defaults(args: argparse.Namespace) -> None:
         args.checkpoint = bundle / "weights.pt"
     if args.tokenizer is None:
         args.tokenizer = bundle / manifest["tokenizer"]
+    return manifest
 
 
 def default_split(cfg) -> str:
@@ -372,9 +373,8 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    if args.bundle:
-        bundle_defaults(args)
-    elif args.checkpoint is None or args.tokenizer is None:
+    manifest = bundle_defaults(args) if args.bundle else None
+    if manifest is None and (args.checkpoint is None or args.tokenizer is None):
         raise SystemExit("give --bundle, or --checkpoint and --tokenizer")
     args.config = args.config or "training/configs/multi30k-de-en.toml"
     args.engines = engine_names(args.engines or (["served", "ct2"] if args.bundle else ENGINES[1:]))
@@ -442,8 +442,8 @@ def main() -> None:
         convert(args.checkpoint, args.tokenizer, work / "ct2-int8", quantization="int8")
         extra += ["--ct2-fp32", str(work / "ct2-fp32"), "--ct2-int8", str(work / "ct2-int8")]
 
-    if args.bundle:  # the model's sizes, for the products' count (matmul_macs)
-        mc = json.loads((Path(args.bundle) / "manifest.json").read_text())["model"]
+    if manifest:  # the model's sizes, for the products' count (matmul_macs)
+        mc = manifest["model"]
     else:
         from training.checkpoint import load_checkpoint
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.machine import describe
 from service.runtime.bundle import find_bundles, load_manifest
 from service.runtime.classifier import Classifier
 from service.runtime.sessions import resolve_providers
@@ -26,11 +27,7 @@ def int8_saturates() -> bool:
     products in saturating int16 there, so a bundle whose int8 weights use the full 8 bits (every
     one exported before session 16; the exporter now writes 7-bit weights) computes some products
     differently than on a VNNI CPU. A case's `output_no_vnni` is its output there."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    flags = set(describe()["flags"])  # the CPU flags every benchmark result records
     return "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni"}
 
 
