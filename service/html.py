@@ -13,7 +13,8 @@ Zeit." -> "I have no time <b>today</b>." (the exact search alone fell back to "I
 <b>This is today</b> There's no time."). Left untouched: `script`, `style`, `code`,
 `pre`, `textarea`, comments, and every element marked `translate="no"` or `class="notranslate"`.
 Translations are inserted as text, never as markup, so the output holds no tag or attribute that
-was not in the input.
+was not in the input. Blocks nested more than MAX_DEPTH deep are refused (400); the walk itself
+needs no recursion.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from bs4 import BeautifulSoup, Comment, NavigableString, Tag
 from bs4.element import Declaration, Doctype, ProcessingInstruction
+
+from service.errors import bad_request
 
 SKIP = {"script", "style", "code", "pre", "textarea", "template", "svg", "math", "noscript"}
 INLINE = {
@@ -31,6 +35,10 @@ INLINE = {
     "samp", "small", "span", "strong", "sub", "sup", "time", "u", "var", "del", "ins",
 }  # fmt: skip
 _NOT_TEXT = (Comment, Declaration, Doctype, ProcessingInstruction)
+T = TypeVar("T")
+# Blocks nested deeper are refused: Chromium's parser stops nesting at 512 too. (Python's
+# html.parser does not close a <p> at the next one, so 512 unclosed paragraphs reach it.)
+MAX_DEPTH = 512
 
 
 def _skipped(tag: Tag) -> bool:
@@ -59,7 +67,9 @@ class _Run:
 
 
 def _runs(root: Tag) -> list[_Run]:
-    """Every run of translatable inline content under `root`, in document order."""
+    """Every run of translatable inline content under `root`, in document order. The walk keeps
+    its own stack (no recursion: a page nested thousands deep cannot exhaust Python's), and a
+    block nested more than `MAX_DEPTH` elements deep is refused (400)."""
     runs: list[_Run] = []
     current: list[NavigableString | Tag] = []
 
@@ -68,26 +78,28 @@ def _runs(root: Tag) -> list[_Run]:
             runs.append(_Run(list(current)))
         current.clear()
 
-    def visit(node: Tag) -> None:
-        for child in list(node.children):
-            if isinstance(child, _NOT_TEXT):
-                continue
-            if isinstance(child, NavigableString):
-                current.append(child)
-            elif isinstance(child, Tag):
-                if _skipped(child):
-                    flush()
-                elif child.name in INLINE and not any(
-                    isinstance(d, Tag) and (d.name not in INLINE or _skipped(d)) for d in child.descendants
-                ):
-                    current.append(child)  # an inline element of text and inline elements only
-                else:
-                    flush()
-                    visit(child)
-                    flush()
-        flush()
-
-    visit(root)
+    stack = [iter(list(root.children))]  # the children still to visit of each open block
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:  # the end of a block
+            stack.pop()
+            flush()
+        elif isinstance(child, _NOT_TEXT):
+            continue
+        elif isinstance(child, NavigableString):
+            current.append(child)
+        elif isinstance(child, Tag):
+            if _skipped(child):
+                flush()
+            elif child.name in INLINE and not any(
+                isinstance(d, Tag) and (d.name not in INLINE or _skipped(d)) for d in child.descendants
+            ):
+                current.append(child)  # an inline element of text and inline elements only
+            else:
+                if len(stack) >= MAX_DEPTH:
+                    raise bad_request(f"HTML nested more than {MAX_DEPTH} elements deep (an unclosed <p> nests too)")
+                flush()
+                stack.append(iter(list(child.children)))
     return runs
 
 
@@ -103,35 +115,61 @@ Links = list[tuple[int, int, int, int]]  # (translation start, end, source start
 Align = Callable[[list[tuple[str, str]]], Awaitable[list[Links]]]
 
 
+Offload = Callable[..., Awaitable[Any]]  # (function, *args) -> its result, computed off the event loop
+
+
+async def inline(function: Callable[..., T], *args: Any) -> T:
+    """An `Offload` that runs `function` at once, here."""
+    return function(*args)
+
+
 async def translate_html(
-    html: str, translate: Callable[[list[str]], Awaitable[list[str]]], align: Align | None = None
+    html: str,
+    translate: Callable[[list[str]], Awaitable[list[str]]],
+    align: Align | None = None,
+    offload: Offload | None = None,
 ) -> str:
     """`html` with its text translated by `translate` (one call for the whole fragment).
     `align` (source, translation) -> the word alignment of each pair, where the model gives one
     (forced decoding, runtime/translator.align): inline elements go around the words aligned
-    with theirs first, then where the word search finds them."""
-    soup = BeautifulSoup(html, "html.parser")
-    runs = _runs(soup)
-    # One batch: each run's whole text and, where it has inline elements, each of its text nodes
-    # (to place the elements, or for the fallback); a run of plain text is translated once.
-    wholes = [r.text() for r in runs]
-    nodes = [[str(s) for s in r.strings()] if r.has_tags() else [] for r in runs]
-    texts = wholes + [t for ts in nodes for t in ts]
+    with theirs first, then where the word search finds them. `offload(function, *args)` runs
+    the parsing and the writing back elsewhere (a file's page: in the file job's thread); without
+    it they run inline."""
+    run_sync = offload or inline
+    soup, runs, texts, n_wholes, nodes = await run_sync(_read, html)
     todo = [t.strip() for t in texts if t.strip()]
     done = iter(await translate(todo) if todo else [])
     out = [next(done) if t.strip() else t for t in texts]
-    rest = iter(out[len(wholes) :])
+    rest = iter(out[n_wholes:])
     tagged = [
         (run, whole.strip(), [next(rest) for _ in originals], originals)
-        for run, whole, originals in zip(runs, out[: len(wholes)], nodes)
+        for run, whole, originals in zip(runs, out[:n_wholes], nodes)
     ]
     pairs = [(run.text().strip(), whole) for run, whole, originals, _ in tagged if originals and whole]
-    links = iter(await align(pairs) if align and pairs else [])
+    links = await align(pairs) if align and pairs else []
+    return await run_sync(_write_back, soup, tagged, links)
+
+
+def _read(html: str) -> tuple[BeautifulSoup, list[_Run], list[str], int, list[list[str]]]:
+    """The parsed page, its runs, and the texts to translate in one batch: each run's whole text
+    and, where it has inline elements, each of its text nodes (to place the elements, or for the
+    fallback; a run of plain text is translated once); how many are whole runs; each run's nodes."""
+    soup = BeautifulSoup(html, "html.parser")
+    runs = _runs(soup)
+    wholes = [r.text() for r in runs]
+    nodes = [[str(s) for s in r.strings()] if r.has_tags() else [] for r in runs]
+    return soup, runs, wholes + [t for ts in nodes for t in ts], len(wholes), nodes
+
+
+def _write_back(soup: BeautifulSoup, tagged: list[tuple[_Run, str, list[str], list[str]]], links: list[Links]) -> str:
+    """Each run replaced by its translation (`tagged`: run, whole translation, its text nodes'
+    translations, their originals), the inline elements placed; the page's markup."""
+    aligned = iter(links)
     for run, whole, translated, originals in tagged:
         if not originals:  # plain text: its translation replaces it
             _write(run, whole, [])
             continue
-        spans = _aligned(run, whole, next(links, [])) if whole else None
+        spans = _aligned(run, whole, next(aligned, [])) if whole else None
         spans = spans or _searched(run, whole, translated)
         if spans is not None:
             _write(run, whole, spans)
