@@ -11,13 +11,23 @@ its own words), and written back as runs/spans with the formatting they came fro
 
 Bounded before anything is parsed: the upload size (the body limit), the uncompressed size and
 compression ratio of the zip members of .docx/.odt (a zip bomb is refused), no DTD in their XML
-(no entity expansion, no external entities), and then the characters and units to translate.
-Results live in one temporary folder of the process, each under a random name, and are deleted
-after `ttl_s` (or at shutdown).
+(no entity expansion, no external entities), the XML elements of their members counted by lxml
+(paragraphs, runs, cells, empty ones too: a few MB of empty paragraphs would otherwise cost
+python-docx or odfpy tens of seconds and hundreds of MB), and then the characters and units to
+translate.
+
+Parsing and writing happen in worker threads of their own (`Jobs`), never on the event loop,
+with at most `max_file_jobs` files in progress (beyond: 503 + Retry-After); after each job the
+memory it freed is handed back to the system. Results live in one temporary folder of the
+process, each under a random name, and are deleted after `ttl_s` (or at shutdown).
 """
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
+import functools
+import gc
 import html
 import io
 import re
@@ -26,11 +36,14 @@ import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from service.errors import ServiceError, bad_request, too_large
+from service.html import Offload, T, inline
 
 FORMATS = [".txt", ".html", ".srt", ".docx", ".odt"]
 Translate = Callable[[list[str]], Awaitable[list[str]]]  # texts -> translations (same order)
@@ -42,8 +55,8 @@ MAX_RATIO = 100  # uncompressed / compressed, per member
 
 
 class Limits:
-    def __init__(self, max_chars: int, max_units: int) -> None:
-        self.max_chars, self.max_units = max_chars, max_units
+    def __init__(self, max_chars: int, max_units: int, max_elements: int) -> None:
+        self.max_chars, self.max_units, self.max_elements = max_chars, max_units, max_elements
 
     def check(self, units: list[str]) -> None:
         if len(units) > self.max_units:
@@ -53,14 +66,19 @@ class Limits:
             raise too_large(f"file has {chars} characters of text; at most {self.max_chars}")
 
 
-async def translate_file(data: bytes, filename: str, translate_as: TranslateAs, limits: Limits) -> bytes:
-    """The translated file's bytes."""
+async def translate_file(
+    data: bytes, filename: str, translate_as: TranslateAs, limits: Limits, offload: Offload | None = None
+) -> bytes:
+    """The translated file's bytes. `offload(function, *args)` runs the parsing and writing of a
+    .docx/.odt (the slow part) away from the event loop; without it they run inline."""
     ext = Path(filename).suffix.lower()
     if ext not in FORMATS:
         raise bad_request(f"unsupported file type {ext or filename!r}; supported: {', '.join(FORMATS)}")
     if ext in (".docx", ".odt"):
-        _check_zip(data)
-        return await (_docx if ext == ".docx" else _odt)(data, translate_as, limits)
+        run = offload or inline
+        paragraphs, write = await run(_docx if ext == ".docx" else _odt, data, limits)
+        done = await paragraphs.translate(translate_as)
+        return await run(lambda: write(paragraphs.pieces(*done)))
 
     async def translate(texts: list[str]) -> list[str]:
         return await translate_as(texts, ext == ".html")
@@ -144,8 +162,10 @@ def _wrap(text: str, lines: int) -> list[str]:
     return [*out, current]
 
 
-def _check_zip(data: bytes) -> None:
-    """A readable zip, not a bomb, and no DTD in any of its XML members."""
+def _check_zip(data: bytes, max_elements: int) -> None:
+    """A readable zip, not a bomb, no DTD in any of its XML members, and at most `max_elements`
+    XML elements in them all (counted by lxml as they are parsed, before any document library
+    sees them: empty paragraphs count toward no other limit)."""
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
         infos = z.infolist()
@@ -158,58 +178,106 @@ def _check_zip(data: bytes) -> None:
             raise too_large(f"file unpacks to more than {MAX_UNZIPPED // (1024 * 1024)} MB")
         if info.compress_size and info.file_size / info.compress_size > MAX_RATIO and info.file_size > 1_000_000:
             raise too_large(f"file member {info.filename!r} is compressed {info.file_size // info.compress_size}:1")
+    elements = 0
     with z:
         for info in infos:
-            if info.filename.endswith((".xml", ".rels")) and re.search(rb"<!(doctype|entity)", z.read(info), re.I):
+            if not info.filename.endswith((".xml", ".rels")):
+                continue
+            member = z.read(info)
+            if re.search(rb"<!(doctype|entity)", member, re.I):
                 raise bad_request(f"file member {info.filename!r} declares a DTD or entities")
+            elements += _count_elements(member, max_elements - elements)
+            if elements > max_elements:
+                raise too_large(
+                    f"file has more than {max_elements} XML elements (paragraphs, runs, table cells; empty ones count)"
+                )
 
 
-async def _paragraphs(units: list[list[tuple[str, Any]]], translate_as: TranslateAs, limits: Limits) -> list:
-    """Translate paragraphs given as their runs, [(text, format)], where `format` is a hashable
-    key of the run's formatting; returns each paragraph as [(text, format)] to write back. A
-    paragraph of one formatting comes back as one run of it; one of several, through HTML: the
-    runs of its main formatting (the most characters) as bare text, every other run as a
-    `<span id="rN">`; the translation's bare text takes the main formatting, each span its run's."""
-    limits.check(["".join(t for t, _ in runs) for runs in units])
-    plain, marked, fragments = [], [], []
-    for k, runs in enumerate(units):
-        formats = {f for _, f in runs}
-        if len(formats) == 1:
-            plain.append(k)
-            continue
-        weight: dict[Any, int] = {}
-        for t, f in runs:
-            weight[f] = weight.get(f, 0) + len(t)
-        main = max(weight, key=lambda f: weight[f])
-        esc = [html.escape(t, quote=False) for t, _ in runs]
-        fragments.append(
-            "".join(e if f == main else f'<span id="r{i}">{e}</span>' for i, (e, (_, f)) in enumerate(zip(esc, runs)))
-        )
-        marked.append((k, main))
-    out: list[list[tuple[str, Any]]] = [[] for _ in units]
-    texts = ["".join(t for t, _ in units[k]) for k in plain]
-    for k, tr in zip(plain, await translate_as(texts, False) if texts else []):
-        out[k] = [(tr, units[k][0][1])]
-    from bs4 import BeautifulSoup, NavigableString, Tag
+def _count_elements(xml: bytes, most: int) -> int:
+    """The elements of an XML document, counted up to `most` + 1 (where the count stops); one
+    that is not well-formed XML counts 0 here and is refused by its document library."""
+    from lxml import etree
 
-    for (k, main), tr in zip(marked, await translate_as(fragments, True) if fragments else []):
-        pieces = []
-        for node in BeautifulSoup(tr, "html.parser").contents:
-            if isinstance(node, NavigableString):
-                pieces.append((str(node), main))
-            elif isinstance(node, Tag):  # a span we made: its run's formatting
-                i = int(str(node.get("id", "r0"))[1:] or 0)
-                pieces.append((node.get_text(), units[k][i][1] if i < len(units[k]) else main))
-        out[k] = [(t, f) for t, f in pieces if t]
-    return out
+    n = 0
+    try:
+        for _ in etree.iterparse(io.BytesIO(xml), events=("start",), resolve_entities=False, no_network=True):
+            n += 1
+            if n > most:  # the tree built so far holds at most `most` elements: bounded
+                break
+    except etree.XMLSyntaxError:
+        return 0
+    return n
 
 
-async def _docx(data: bytes, translate_as: TranslateAs, limits: Limits) -> bytes:
+Runs = list[tuple[str, Any]]  # a paragraph as its runs: (text, a hashable key of the run's formatting)
+
+
+class _Paragraphs:
+    """Paragraphs to translate, given as their runs. A paragraph of one formatting comes back as
+    one run of it; one of several, through HTML: the runs of its main formatting (the most
+    characters) as bare text, every other run as a `<span id="rN">`; the translation's bare text
+    takes the main formatting, each span its run's. Made and read back (`pieces`) in the file
+    job's thread; only `translate` runs on the event loop."""
+
+    def __init__(self, units: list[Runs], limits: Limits) -> None:
+        limits.check(["".join(t for t, _ in runs) for runs in units])
+        self.units = units
+        self.plain: list[int] = []
+        self.marked: list[tuple[int, Any]] = []  # (paragraph, its main formatting)
+        self.fragments: list[str] = []
+        for k, runs in enumerate(units):
+            formats = {f for _, f in runs}
+            if len(formats) == 1:
+                self.plain.append(k)
+                continue
+            weight: dict[Any, int] = {}
+            for t, f in runs:
+                weight[f] = weight.get(f, 0) + len(t)
+            main = max(weight, key=lambda f: weight[f])
+            esc = [html.escape(t, quote=False) for t, _ in runs]
+            self.fragments.append(
+                "".join(
+                    e if f == main else f'<span id="r{i}">{e}</span>' for i, (e, (_, f)) in enumerate(zip(esc, runs))
+                )
+            )
+            self.marked.append((k, main))
+
+    async def translate(self, translate_as: TranslateAs) -> tuple[list[str], list[str]]:
+        """The translations of the plain paragraphs' texts and of the marked ones' fragments."""
+        texts = ["".join(t for t, _ in self.units[k]) for k in self.plain]
+        plain = await translate_as(texts, False) if texts else []
+        return plain, await translate_as(self.fragments, True) if self.fragments else []
+
+    def pieces(self, plain: list[str], fragments: list[str]) -> list[Runs]:
+        """Each paragraph as [(text, format)] to write back, from `translate`'s answer."""
+        from bs4 import BeautifulSoup, NavigableString, Tag
+
+        out: list[Runs] = [[] for _ in self.units]
+        for k, tr in zip(self.plain, plain):
+            out[k] = [(tr, self.units[k][0][1])]
+        for (k, main), tr in zip(self.marked, fragments):
+            runs, got = self.units[k], []
+            for node in BeautifulSoup(tr, "html.parser").contents:
+                if isinstance(node, NavigableString):
+                    got.append((str(node), main))
+                elif isinstance(node, Tag):  # a span we made: its run's formatting
+                    i = int(str(node.get("id", "r0"))[1:] or 0)
+                    got.append((node.get_text(), runs[i][1] if i < len(runs) else main))
+            out[k] = [(t, f) for t, f in got if t]
+        return out
+
+
+Write = Callable[[list[Runs]], bytes]  # each paragraph's translated runs -> the file's bytes
+
+
+def _docx(data: bytes, limits: Limits) -> tuple[_Paragraphs, Write]:
+    """A .docx's paragraphs (body and table cells) and how to write their translations back."""
     import copy
 
     import docx  # python-docx
     from docx.text.run import Run
 
+    _check_zip(data, limits.max_elements)
     try:
         document = docx.Document(io.BytesIO(data))
     except Exception:  # noqa: BLE001 - any parse failure of the upload is the client's
@@ -222,20 +290,23 @@ async def _docx(data: bytes, translate_as: TranslateAs, limits: Limits) -> bytes
     todo = [(p, runs) for p in paragraphs if p.text.strip() and (runs := [r for r in p.runs if r.text])]
     # a run's formatting: its properties element as XML (runs of equal properties look alike)
     units = [[(r.text, _rpr_key(r)) for r in runs] for _, runs in todo]
-    done = await _paragraphs(units, translate_as, limits)
-    for (p, runs), unit, pieces in zip(todo, units, done):
-        template: dict[str, Any] = {}
-        for r, (_, key) in zip(runs, unit):
-            template.setdefault(key, r)
-        for text, key in pieces:  # new runs before the first, each a copy of a run of its format
-            element = copy.deepcopy(template[key]._r)
-            runs[0]._r.addprevious(element)
-            Run(element, p).text = text
-        for r in runs:
-            r.text = ""
-    out = io.BytesIO()
-    document.save(out)
-    return out.getvalue()
+
+    def write(done: list[Runs]) -> bytes:
+        for (p, runs), unit, pieces in zip(todo, units, done):
+            template: dict[str, Any] = {}
+            for r, (_, key) in zip(runs, unit):
+                template.setdefault(key, r)
+            for text, key in pieces:  # new runs before the first, each a copy of a run of its format
+                element = copy.deepcopy(template[key]._r)
+                runs[0]._r.addprevious(element)
+                Run(element, p).text = text
+            for r in runs:
+                r.text = ""
+        out = io.BytesIO()
+        document.save(out)
+        return out.getvalue()
+
+    return _Paragraphs(units, limits), write
 
 
 def _rpr_key(run: Any) -> str:
@@ -245,11 +316,13 @@ def _rpr_key(run: Any) -> str:
     return "" if rpr is None else etree.tostring(rpr).decode()
 
 
-async def _odt(data: bytes, translate_as: TranslateAs, limits: Limits) -> bytes:
+def _odt(data: bytes, limits: Limits) -> tuple[_Paragraphs, Write]:
+    """An .odt's paragraphs and headings and how to write their translations back."""
     from odf import teletype, text
     from odf.element import Element
     from odf.opendocument import load
 
+    _check_zip(data, limits.max_elements)
     try:
         document = load(io.BytesIO(data))
     except Exception:  # noqa: BLE001 - any parse failure of the upload is the client's
@@ -264,19 +337,22 @@ async def _odt(data: bytes, translate_as: TranslateAs, limits: Limits) -> bytes:
             style = child.getAttribute("stylename") if getattr(child, "qname", None) == span else ""
             runs.append((teletype.extractText(child) if child.nodeType == child.ELEMENT_NODE else str(child), style))
         units.append([(t, f or "") for t, f in runs if t])
-    done = await _paragraphs(units, translate_as, limits)
-    for p, pieces in zip(todo, done):
-        _empty(p)
-        for piece, style in pieces:
-            if style:
-                element: Element = text.Span(stylename=style)
-                teletype.addTextToElement(element, piece)
-                p.appendChild(element)
-            else:
-                teletype.addTextToElement(p, piece)
-    out = io.BytesIO()
-    document.write(out)
-    return out.getvalue()
+
+    def write(done: list[Runs]) -> bytes:
+        for p, pieces in zip(todo, done):
+            _empty(p)
+            for piece, style in pieces:
+                if style:
+                    element: Element = text.Span(stylename=style)
+                    teletype.addTextToElement(element, piece)
+                    p.appendChild(element)
+                else:
+                    teletype.addTextToElement(p, piece)
+        out = io.BytesIO()
+        document.write(out)
+        return out.getvalue()
+
+    return _Paragraphs(units, limits), write
 
 
 def _empty(element) -> None:
@@ -294,7 +370,7 @@ def store(state: Any) -> Store:
     temporary folder still serves everything else; file translation then answers 503."""
     if state.files is None:
         try:
-            state.files = Store(state.settings.file_ttl_s)
+            state.files = Store(state.settings.file_ttl_s, state.settings.max_file_jobs)
         except OSError as exc:
             raise ServiceError(
                 503, f"file translation needs a writable temporary folder (a tmpfs at /tmp, or TMPDIR): {exc.strerror}"
@@ -302,26 +378,92 @@ def store(state: Any) -> Store:
     return state.files
 
 
+class Jobs:
+    """The file jobs in progress: at most `limit` at once (`slot`; beyond it 503 + Retry-After at
+    once), their parsing and writing (`run`) in `limit` threads of their own, so the event loop
+    goes on answering (the probes, other requests) meanwhile. After each job its objects are
+    collected (odfpy's tree is full of reference cycles) and the memory freed is handed back to
+    the system: a job's peak stays no longer than the job."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.running = limit, 0
+        self.pool = ThreadPoolExecutor(limit, thread_name_prefix="file-job")
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if self.running >= self.limit:
+            raise ServiceError(503, "file translation busy, retry later", headers={"Retry-After": "1"})
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            self.pool.submit(_release_memory)
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)` in one of the jobs' threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(function, *args))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _release_memory() -> None:
+    """Collect garbage and return the heap's free pages to the system (glibc's malloc_trim; the
+    service keeps up to 2 x `retain_freed_mb` of freed heap otherwise, and a file job's
+    documents can free hundreds of MB)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+MAX_NAME_BYTES = 128  # a stored file's name, in UTF-8 (file systems allow 255, some 143)
+
+
+def safe_name(name: str) -> str:
+    """The name a translated file is stored and downloaded under: the upload's last path part,
+    with every character but letters, digits, `_`, `.` and `-` replaced, shortened to
+    MAX_NAME_BYTES bytes of UTF-8 (never inside a character) with its extension kept."""
+    safe = re.sub(r"[^\w.-]", "_", Path(name).name).strip(".") or "file"
+    ext = Path(safe).suffix if len(Path(safe).suffix) <= 16 else ""
+    stem = safe[: len(safe) - len(ext)].encode()[: MAX_NAME_BYTES - len(ext.encode())]
+    return (stem.decode("utf-8", "ignore") or "file") + ext
+
+
 class Store:
     """Translated files, each in the process's own temporary folder under a random token, deleted
-    `ttl_s` after it was written."""
+    `ttl_s` after it was written; and the file `jobs` that make them."""
 
-    def __init__(self, ttl_s: float) -> None:
+    def __init__(self, ttl_s: float, max_jobs: int = 2) -> None:
         self.ttl_s = ttl_s
         self.root = Path(tempfile.mkdtemp(prefix="transerve-files-"))
+        self.jobs = Jobs(max_jobs)
 
     def put(self, name: str, data: bytes) -> tuple[str, str]:
+        """Store `data` as `name` (made safe: `safe_name`); its token and stored name. Nothing is
+        left behind when writing fails."""
         self.expire()
         token = secrets.token_urlsafe(16)
-        safe = re.sub(r"[^\w.-]", "_", Path(name).name)[-100:] or "file"
+        safe = safe_name(name)
         folder = self.root / token
         folder.mkdir()
-        (folder / safe).write_bytes(data)
+        try:
+            (folder / safe).write_bytes(data)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return token, safe
 
     def get(self, token: str, name: str) -> Path:
         self.expire()
-        if not re.fullmatch(r"[\w-]{16,64}", token) or not re.fullmatch(r"[\w.-]{1,100}", name) or name in (".", ".."):
+        if (
+            not re.fullmatch(r"[\w-]{16,64}", token)
+            or not re.fullmatch(r"[\w.-]+", name)
+            or len(name.encode()) > MAX_NAME_BYTES
+            or name in (".", "..")
+        ):
             raise ServiceError(404, "no such file (or it expired)")
         path = self.root / token / name
         if not path.is_file():
@@ -335,4 +477,5 @@ class Store:
                 shutil.rmtree(folder, ignore_errors=True)
 
     def close(self) -> None:
+        self.jobs.close()
         shutil.rmtree(self.root, ignore_errors=True)

@@ -81,6 +81,20 @@ class Settings(BaseSettings):
         100_000, ge=1, description="/translate_file: characters of text in one file; beyond, 413"
     )
     max_file_paragraphs: int = Field(5000, ge=1, description="/translate_file: paragraphs (lines, cues) in one file")
+    max_file_elements: int = Field(
+        200_000,
+        ge=1,
+        description="/translate_file: XML elements of a .docx/.odt (paragraphs, runs, table cells and the rest, "
+        "empty ones included; an empty Word document has 18,600 in its styles), counted before the document is parsed; "
+        "beyond, 413",
+    )
+    max_file_jobs: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="/translate_file: files in progress at once, each parsed and written in a thread of its own "
+        "(never on the event loop); beyond, 503 + Retry-After",
+    )
     file_ttl_s: float = Field(
         600.0, gt=0, description="a translated file can be downloaded this long, then it is deleted"
     )

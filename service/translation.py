@@ -13,7 +13,7 @@ from bs4 import BeautifulSoup
 
 from service import protect
 from service.errors import ServiceError, bad_request, too_large
-from service.html import translate_html
+from service.html import Offload, translate_html
 from service.languages import translation_code
 from service.runtime.translator import ALIGN_SEP
 from service.scheduling import run_batched
@@ -97,9 +97,13 @@ async def translate(
     target: str,
     how: Decoding = Decoding(),
     charge: Callable[[int], None] | None = None,
+    capped: bool = True,
 ) -> Translated:
     """Translations of `texts` from `source` ("auto": detected per text) into `target`, the
     detected languages when `source` is auto, and the alternatives and confidences `how` asks for.
+    `capped`: more sentences than one request may hold (`max_pieces`, at most the queue) are
+    refused (413); a file's texts are not capped so (its own limits bound them): they go to the
+    scheduler in parts of at most that many sentences, one after the other.
 
     A text's confidence is 100 x exp(mean log-probability per token) over all its sentences'
     tokens (</s> included): the geometric mean of the probabilities the model gave its own
@@ -137,8 +141,8 @@ async def translate(
         limit = engine.max_len - 3  # room for </s> and a target tag
         split[src] = (idx, [split_text(texts[i], limit, engine.n_tokens) for i in idx])
     total = sum(translatable(seg.text) for _, segmented in split.values() for segs in segmented for seg in segs)
-    most = min(state.settings.max_pieces, state.settings.max_queue)
-    if total > most:  # could never be queued whole: "retry later" would be a lie
+    most = _most(state)
+    if capped and total > most:  # could never be queued whole: "retry later" would be a lie
         raise too_large(f"too many sentences: {total} > {most} per request")
     if charge:  # the rate limit counts the sentences (429 before any work when it has not got them)
         charge(total)
@@ -191,12 +195,12 @@ async def _through(state: ServiceState, route, pieces: list[str], how: Decoding)
     for n, (model, _, tgt) in enumerate(route):
         inputs = [_model_input(registry, model, p, tgt) for p in pieces]
         if how.plain:  # greedy text only
-            pieces = await run_batched(state, model, inputs)
+            pieces = await _batched(state, model, inputs)
             nbest = [[(p, 0.0, 0)] for p in pieces]
             continue
         last = n == len(route) - 1
         options = {"beam_size": how.beam_size, "n_best": how.alternatives + 1 if last else 1}
-        nbest = await run_batched(state, model, inputs, options)
+        nbest = await _batched(state, model, inputs, options)
         if not last:  # the best English goes on, its confidence multiplies
             factor = [f * _confidence([h[0]]) / 100 for f, h in zip(factor, nbest)]
             pieces = [h[0][0] for h in nbest]
@@ -243,6 +247,22 @@ async def _keep_protected(
         at += n
 
 
+def _most(state: ServiceState) -> int:
+    """The most sentences one submission to the scheduler may hold: a request's cap, which the
+    queue must be able to take whole."""
+    return min(state.settings.max_pieces, state.settings.max_queue)
+
+
+async def _batched(state: ServiceState, model: str, inputs: list[str], options: dict | None = None) -> list:
+    """`run_batched` in parts of at most `_most` items, one after the other (one part for any
+    capped request)."""
+    most = _most(state)
+    out: list = []
+    for at in range(0, len(inputs), most):
+        out += await run_batched(state, model, inputs[at : at + most], options)
+    return out
+
+
 def _refuse_failed(registry, source: str, target: str) -> None:
     """A pair whose bundle failed to load is a server fault (503 naming it), not a bad request."""
     name = registry.failed_pairs.get((source, target))
@@ -275,12 +295,15 @@ async def translate_markup(
     target: str,
     how: Decoding = Decoding(),
     charge: Callable[[int], None] | None = None,
+    capped: bool = True,
+    offload: Offload | None = None,
 ) -> Translated:
     """`format: "html"`: each text's markup kept, its text translated (service/html.py). With
     `source: "auto"` the language is detected on the visible text. Inline elements are carried
     by the model's word alignment where the pair has a direct model that gives one (through
     English: by the word search alone). Alternatives are not given for markup (an empty list
-    each); a confidence is the mean of its text pieces'."""
+    each); a confidence is the mean of its text pieces'. `capped` as for `translate`; `offload`
+    parses and writes the markup away from the event loop (a file's pages)."""
     detected: list[DetectedLanguage] | None = None
     if source == "auto":
         visible = [BeautifulSoup(t, "html.parser").get_text(" ").strip() or t for t in texts]
@@ -293,14 +316,14 @@ async def translate_markup(
         seen: list[float] = []
 
         async def run(parts: list[str], src: str = src, seen: list[float] = seen) -> list[str]:
-            done = await translate(state, parts, src, target, pieces_how, charge)
+            done = await translate(state, parts, src, target, pieces_how, charge, capped)
             seen += done.confidence or []
             return done.texts
 
         async def align(pairs: list[tuple[str, str]], src: str = src) -> list[list[tuple[int, int, int, int]]]:
             return await _align(state, pairs, src, target)
 
-        out.texts.append(await translate_html(text, run, align if state.settings.html_alignment else None))
+        out.texts.append(await translate_html(text, run, align if state.settings.html_alignment else None, offload))
         confidences.append(round(sum(seen) / len(seen), 2) if seen else 100.0)
     if how.alternatives:
         out.alternatives = [[] for _ in texts]
@@ -326,7 +349,7 @@ async def _align(
     todo = [k for k, (s, t) in enumerate(pairs) if ALIGN_SEP not in s + t]
     inputs = [_model_input(registry, model, pairs[k][0], tgt) for k in todo]
     items = [f"{x}{ALIGN_SEP}{pairs[k][1]}" for k, x in zip(todo, inputs)]
-    found = await run_batched(state, model, items, {"align": True}) if items else []
+    found = await _batched(state, model, items, {"align": True})
     for k, x, links in zip(todo, inputs, found):
         shift = len(x) - len(pairs[k][0])  # the target tag before the text
         none[k] = [(a, b, c - shift, d - shift) for a, b, c, d in links if c >= shift]

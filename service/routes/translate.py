@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile
@@ -114,23 +116,34 @@ async def _translate_upload(request: Request, state: ServiceState, form) -> dict
         if s.rate_limit_by == "sentences":
             charge(state, identity, sentences)
 
-    async def run(texts: list[str], html: bool) -> list[str]:
-        out: list[str] = []
-        chunk: list[str] = []
-        for text in [*texts, None]:  # chunks within one request's limits
-            if text is None or len(chunk) >= s.max_items or sum(map(len, chunk)) + len(text) > s.max_chars:
-                if chunk:
-                    go = translation.translate_markup if html else translation.translate
-                    out += (await go(state, chunk, src, tgt, translation.Decoding(), charge_file)).texts
-                chunk = []
-            if text is not None:
-                chunk.append(text)
-        return out
+    files = store(state)
+    with files.jobs.slot():  # 503 + Retry-After when max_file_jobs files are in progress
 
-    data = await upload.read()
-    translated = await translate_file(data, upload.filename, run, Limits(s.max_file_chars, s.max_file_paragraphs))
-    token, name = store(state).put(upload.filename, translated)
-    return {"translatedFileUrl": f"{str(request.base_url).rstrip('/')}/download_file/{token}/{name}"}
+        async def run(texts: list[str], html: bool) -> list[str]:
+            # in chunks within one request's item and character limits; the sentence cap of a
+            # /translate request does not apply (the file's own limits bound its work)
+            out: list[str] = []
+            chunk: list[str] = []
+            for text in [*texts, None]:
+                if text is None or len(chunk) >= s.max_items or sum(map(len, chunk)) + len(text) > s.max_chars:
+                    if chunk:
+                        if html:
+                            done = await translation.translate_markup(
+                                state, chunk, src, tgt, charge=charge_file, capped=False, offload=files.jobs.run
+                            )
+                        else:
+                            done = await translation.translate(state, chunk, src, tgt, charge=charge_file, capped=False)
+                        out += done.texts
+                    chunk = []
+                if text is not None:
+                    chunk.append(text)
+            return out
+
+        data = await upload.read()
+        limits = Limits(s.max_file_chars, s.max_file_paragraphs, s.max_file_elements)
+        translated = await translate_file(data, upload.filename, run, limits, files.jobs.run)
+        token, name = await files.jobs.run(files.put, upload.filename, translated)
+    return {"translatedFileUrl": f"{str(request.base_url).rstrip('/')}/download_file/{token}/{quote(name)}"}
 
 
 @router.get("/download_file/{token}/{name}", include_in_schema=False)
