@@ -3,7 +3,12 @@
 * a cap on model requests in flight: beyond it, 503 + Retry-After before anything is read;
 * the request body size limit, enforced before any parsing (413);
 * request metrics, and one access-log line per request (method, path, status, milliseconds,
-  client address: never a header, a query string or a body, so API keys cannot reach the log).
+  client address: never a header, a query string or a body, so API keys cannot reach the log);
+* the last word on an unexpected exception: 500 `{"error": "internal error", "request_id": ...}`
+  with `Connection: close` and the security headers, counted and logged like any other answer
+  (the traceback in the service log under the same id). Inside this layer a route's own errors
+  have their handlers; anything else would otherwise reach Starlette's outermost error layer,
+  past the metrics, the log and the headers, and uvicorn would drop the connection after it.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ import ipaddress
 import json
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 
 from service.batcher import arrived
 from service.metrics import Metrics
 
 access_log = logging.getLogger("service.access")
+log = logging.getLogger("service")
 
 
 class InFlight:
@@ -120,49 +127,65 @@ class BodyLimitAndMetrics:
         endpoint = scope["path"] if scope["path"] in _KNOWN else "other"
         start = time.perf_counter()
         status = {"code": 500}
+        started = False
 
         page = scope["path"] == "/"
 
         async def send_wrapper(message):
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 status["code"] = message["status"]
                 message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
                 if page:
                     message["headers"].append((b"content-security-policy", PAGE_CSP))
             await send(message)
 
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        too_big = declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes
-        model_request = endpoint in _MODEL_ENDPOINTS
-        if too_big:
-            await _reject(send_wrapper, self.max_body_bytes)
-        elif model_request:
-            await self._model_request(scope, receive, send_wrapper, status)
-        else:
-            received = 0
-
-            async def limited_receive():
-                nonlocal received
-                message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > self.max_body_bytes:
-                        raise _BodyTooLarge()
-                return message
-
-            self.inflight.count += model_request
-            try:
-                await self.app(scope, limited_receive, send_wrapper)
-            except _BodyTooLarge:
+        try:
+            declared = dict(scope.get("headers") or []).get(b"content-length")
+            too_big = declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes
+            model_request = endpoint in _MODEL_ENDPOINTS
+            if too_big:
                 await _reject(send_wrapper, self.max_body_bytes)
-            finally:
-                self.inflight.count -= model_request
-        seconds = time.perf_counter() - start
-        self.metrics.requests.labels(endpoint, str(status["code"])).inc()
+            elif model_request:
+                await self._model_request(scope, receive, send_wrapper, status)
+            else:
+                received = 0
+
+                async def limited_receive():
+                    nonlocal received
+                    message = await receive()
+                    if message["type"] == "http.request":
+                        received += len(message.get("body", b""))
+                        if received > self.max_body_bytes:
+                            raise _BodyTooLarge()
+                    return message
+
+                self.inflight.count += model_request
+                try:
+                    await self.app(scope, limited_receive, send_wrapper)
+                except _BodyTooLarge:
+                    await _reject(send_wrapper, self.max_body_bytes)
+                finally:
+                    self.inflight.count -= model_request
+        except Exception as exc:
+            status["code"] = 500
+            request_id = uuid.uuid4().hex[:12]
+            log.error("request %s %s failed (request_id=%s)", scope["method"], scope["path"], request_id, exc_info=exc)
+            if started:  # part of an answer is out: only dropping the connection tells the client
+                self._count(scope, endpoint, 500, time.perf_counter() - start)
+                raise
+            error = {"error": "internal error", "request_id": request_id}
+            await _reply(send_wrapper, 500, error, [(b"connection", b"close")])
+        self._count(scope, endpoint, status["code"], time.perf_counter() - start)
+
+    def _count(self, scope, endpoint: str, code: int, seconds: float) -> None:
+        """The request in the metrics and (probes aside) the access log."""
+        self.metrics.requests.labels(endpoint, str(code)).inc()
         self.metrics.latency.labels(endpoint).observe(seconds)
         if self.log_requests and endpoint not in ("/health", "/ready", "/metrics"):  # not the probes
             client = _ip((scope.get("client") or ("-", 0))[0])
-            access_log.info("%s %s %d %.1fms %s", scope["method"], endpoint, status["code"], seconds * 1000, client)
+            access_log.info("%s %s %d %.1fms %s", scope["method"], endpoint, code, seconds * 1000, client)
 
 
 SECURITY_HEADERS = [

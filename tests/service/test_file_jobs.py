@@ -7,6 +7,7 @@ UTF-8 bytes, and an unexpected exception is a counted, logged 500 that closes th
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import time
 from urllib.parse import unquote
@@ -152,3 +153,26 @@ def test_safe_names_keep_the_extension_and_whole_characters():
     assert files.safe_name("..") == "file"
     long = files.safe_name("é" * 200 + ".docx")
     assert long == "é" * 61 + ".docx" and len(long.encode()) == 127  # 122 bytes of stem: no half "é"
+
+
+def test_an_unexpected_exception_is_a_500_counted_logged_and_closing(model_dir, monkeypatch, caplog):
+    from service import translation
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    with make_client(model_dir) as c:
+        wait_ready(c)
+        monkeypatch.setattr(translation, "translate", broken)
+        with caplog.at_level(logging.INFO):
+            r = c.post("/translate", json={"q": "der hund", "source": "de", "target": "en"})
+        assert r.status_code == 500
+        body = r.json()
+        assert body["error"] == "internal error" and len(body["request_id"]) == 12
+        assert "simulated bug" not in r.text
+        assert r.headers["connection"] == "close" and r.headers["x-content-type-options"] == "nosniff"
+        record = next(x for x in caplog.records if body["request_id"] in x.getMessage())
+        assert record.exc_info and "simulated bug" in str(record.exc_info[1])
+        assert any(x.name == "service.access" and "POST /translate 500" in x.getMessage() for x in caplog.records)
+        metrics = c.get("/metrics").text
+        assert 'transerve_requests_total{endpoint="/translate",status="500"} 1.0' in metrics
