@@ -386,7 +386,7 @@ class Jobs:
     the system: a job's peak stays no longer than the job."""
 
     def __init__(self, limit: int) -> None:
-        self.limit, self.running = limit, 0
+        self.limit, self.running, self.closed = limit, 0, False
         self.pool = ThreadPoolExecutor(limit, thread_name_prefix="file-job")
 
     @contextmanager
@@ -398,13 +398,16 @@ class Jobs:
             yield
         finally:
             self.running -= 1
-            self.pool.submit(_release_memory)
+            if not self.closed:
+                self.pool.submit(_release_memory)
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
         """`function(*args)` in one of the jobs' threads."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(function, *args))
 
     def close(self) -> None:
+        """At shutdown: jobs not started are dropped; one still running ends with its request."""
+        self.closed = True
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
