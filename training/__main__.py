@@ -30,6 +30,23 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from training.catalogs import gettext_pairs, write_corpus, xliff_pairs
+
+    inputs = [Path(p) for p in args.inputs]
+    if args.format == "gettext":
+        pairs = gettext_pairs(inputs, lang=args.lang, source=args.source)
+    else:
+        pairs = xliff_pairs(inputs, source=args.source)
+    counts = write_corpus(pairs, Path(args.out), valid=args.valid, test=args.test)
+    if not counts:
+        raise ValueError(f"no translated entries with English on one side in {args.inputs}")
+    for pair, splits in counts.items():
+        shown = ", ".join(f"{split} {n}" for split, n in splits.items())
+        print(f'{args.out}: {pair}: {shown}  (data.train_sets line: "{pair} {args.out} train.{pair}")')
+    return 0
+
+
 def cmd_tokenizer(args) -> int:
     from training.tasks import prepare_tokenizer
 
@@ -213,6 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dest", required=True)
     d.add_argument("--force", action="store_true")
     d.set_defaults(func=cmd_download)
+
+    data = sub.add_parser("data", help="build a parallel corpus from translation catalogs (gettext, XLIFF)")
+    data_sub = data.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    for fmt, what in (
+        ("gettext", ".po/.mo files, folders of them, or .deb packages (their locale/*/LC_MESSAGES catalogs)"),
+        ("xliff", "XLIFF 1.2 or 2.x files or folders of them"),
+    ):
+        df = data_sub.add_parser(fmt, help=what)
+        df.add_argument("inputs", nargs="+", help=what)
+        df.add_argument("--out", required=True, help="corpus folder: <split>.<xx>-en.{xx,en,source}.gz")
+        df.add_argument("--valid", type=int, default=0, help="pairs per language pair held out as valid")
+        df.add_argument("--test", type=int, default=0, help="pairs per language pair held out as test")
+        df.add_argument("--source", help="name every pair's catalog this (default: each file's domain)")
+        if fmt == "gettext":
+            df.add_argument("--lang", help="the catalogs' language when neither header nor path says it")
+        df.set_defaults(func=cmd_data, lang=None)
 
     t = with_config(sub.add_parser("tokenizer", help="train the SentencePiece model on the train split"))
     t.add_argument("--force", action="store_true", help="retrain even if the run has one")

@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from service.runtime.bundle import sha256_file, tag_source
 
@@ -226,27 +227,58 @@ def load_parallel(data_dir: Path, split: str, src: str, tgt: str) -> list[tuple[
 
 @dataclass(frozen=True)
 class ParallelSet:
-    """One line of data.train_sets / data.valid_sets: ``a-b DIR SPLIT [repeat=N] [limit=N]``."""
+    """One line of data.train_sets / data.valid_sets:
+    ``a-b DIR SPLIT [repeat=N] [limit=N] [only=SRC,SRC] [drop=SRC,SRC]``.
+
+    ``only``/``drop`` keep or remove the pairs whose line in ``<SPLIT>.source[.gz]`` (one source
+    name per line, as ../shared/data/l10n has) is one of the names: a corpus's sources can be
+    weighted (the same set twice with different ``only`` and ``repeat``) or held apart."""
 
     langs: tuple[str, str]
     dir: Path
     split: str
     repeat: int = 1
     limit: int = 0
+    only: tuple[str, ...] = ()
+    drop: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, spec: str) -> ParallelSet:
         fields = spec.split()
         if len(fields) < 3 or fields[0].count("-") != 1:
-            raise ValueError(f"parallel set {spec!r} must look like 'de-en DIR SPLIT [repeat=N] [limit=N]'")
+            raise ValueError(
+                f"parallel set {spec!r} must look like 'de-en DIR SPLIT [repeat=N] [limit=N] [only=A,B] [drop=A,B]'"
+            )
         a, b = fields[0].split("-")
-        options: dict[str, int] = {}
+        options: dict[str, Any] = {}
         for opt in fields[3:]:
             key, _, value = opt.partition("=")
-            if key not in ("repeat", "limit") or not value.isdigit():
-                raise ValueError(f"parallel set {spec!r}: unknown option {opt!r} (repeat=N, limit=N)")
-            options[key] = int(value)
+            if key in ("repeat", "limit") and value.isdigit():
+                options[key] = int(value)
+            elif key in ("only", "drop") and value:
+                options[key] = tuple(v for v in value.split(",") if v)
+            else:
+                raise ValueError(
+                    f"parallel set {spec!r}: unknown option {opt!r} (repeat=N, limit=N, only=A,B, drop=A,B)"
+                )
         return cls((a, b), Path(fields[1]), fields[2], **options)
+
+    def load(self) -> list[tuple[str, str]]:
+        """The set's non-empty pairs in file order, source-filtered, then limited (not repeated)."""
+        pairs = load_parallel(self.dir, self.split, *self.langs)
+        keep = [bool(s and t) for s, t in pairs]
+        if self.only or self.drop:
+            names = read_lines(find_split_file(self.dir, self.split, "source"))
+            if len(names) != len(pairs):
+                raise ValueError(f"{self.dir}/{self.split}: {len(names)} source names for {len(pairs)} pairs")
+            unknown = sorted(set(self.only + self.drop) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"{self.dir}/{self.split}: no pairs from source(s) {unknown}; it has {sorted(set(names))}"
+                )
+            keep = [k and (not self.only or n in self.only) and n not in self.drop for k, n in zip(keep, names)]
+        kept = [p for p, k in zip(pairs, keep) if k]
+        return kept[: self.limit] if self.limit else kept
 
 
 def load_directions(sets: Sequence[str], directions: Sequence[str], tags: bool) -> list[tuple[str, str, str]]:
@@ -260,10 +292,7 @@ def load_directions(sets: Sequence[str], directions: Sequence[str], tags: bool) 
         used = [(s, t) for s, t in wanted if {s, t} == set(ps.langs)]
         if not used:
             raise ValueError(f"parallel set {spec!r} matches none of the directions {list(directions)}")
-        pairs = load_parallel(ps.dir, ps.split, *ps.langs)
-        pairs = [p for p in pairs if p[0] and p[1]]
-        if ps.limit:
-            pairs = pairs[: ps.limit]
+        pairs = ps.load()
         for s, t in used:
             oriented = pairs if (s, t) == ps.langs else [(b, a) for a, b in pairs]
             for src, tgt in oriented * ps.repeat:
