@@ -48,6 +48,7 @@ class DataConfig:
     dir: str = ""
     corpus: str = ""  # a key of training.data.CORPORA: license text, download source
     license: str = ""  # overrides the corpus's license text (e.g. for mixed corpora)
+    limits: str = ""  # what the model is weak at, in plain words: the model card's "Limits" section
     # translation
     source_lang: str = ""
     target_lang: str = ""
@@ -56,7 +57,8 @@ class DataConfig:
     test_splits: tuple[str, ...] = ()  # evaluated at release (classification: e.g. valid_short)
     max_tokens_per_sentence: int = 128
     # Multilingual translation: parallel sets, one per line "<a>-<b> <dir> <split> [repeat=N]
-    # [limit=N]" (files <dir>/<split>.<a|b>[.gz]); each is used in every listed direction
+    # [limit=N] [only=SRC,..] [drop=SRC,..]" (files <dir>/<split>.<a|b>[.gz], sources in
+    # <dir>/<split>.source[.gz]); each is used in every listed direction
     # between a and b. With target_tags, the source starts with the tag <2xx> of its target.
     directions: tuple[str, ...] = ()
     train_sets: tuple[str, ...] = ()

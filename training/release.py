@@ -161,6 +161,7 @@ def release(
     average of snapshots: `python -m training average`)."""
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise FileExistsError(f"{out_dir} exists; pass --force to overwrite it")
+    earlier = prior_stages(cfg)  # before the export: init_from may name the bundle being replaced
     metric = "bleu" if cfg.task == "translation" else "accuracy"
     if checkpoint is None:
         summary = train(cfg, run_dir, resume=(run_dir / "last.pt").exists(), device=device)
@@ -226,11 +227,13 @@ def release(
     if cfg.task == "translation":  # not served (not in the manifest's files, not in the image)
         export_weights(ckpt, out_dir / WEIGHTS_FILE)
     manifest = load_manifest(out_dir)
+    stage = stage_record(cfg, run_dir, manifest.training)
     manifest = replace(
         manifest,
         metrics=metrics,
         training={
             **manifest.training,
+            "stages": [s for s in earlier if s.get("run") != stage["run"]] + [stage],
             "parity": parity,
             "served_variant_reason": (
                 f"fastest batch-invariant variant within {VARIANT_TOLERANCE} {metric} of fp32 on {valid_split}"
@@ -295,6 +298,64 @@ def checkpoint_summary(ckpt: Path, last: Path) -> dict[str, Any]:
     }
 
 
+def prior_stages(cfg: RunConfig) -> list[dict[str, Any]]:
+    """The training stages behind `train.init_from`: the stages recorded in the manifest of the
+    bundle those weights belong to (one stage built from its training record when it has none);
+    nothing for a run from random weights. The model card sums them: a fine-tuned model's card
+    tells the whole history, not only its last stage."""
+    if not cfg.train.init_from:
+        return []
+    path = Path(cfg.train.init_from).parent / "manifest.json"
+    if not path.exists():
+        return [{"config": "", "init": cfg.train.init_from, "note": "weights from outside a bundle: history unknown"}]
+    training = json.loads(path.read_text(encoding="utf-8")).get("training", {})
+    if training.get("stages"):
+        return list(training["stages"])
+    return [stage_record(None, None, training)]
+
+
+def stage_record(cfg: RunConfig | None, run_dir: Path | None, training: dict[str, Any]) -> dict[str, Any]:
+    """One stage of a model's training: its config, data, steps, time and hardware, and the run
+    folder it came from (a second release from the same run replaces its stage, never adds one)."""
+    config = training.get("config", {})
+    data = config.get("data", {}) if cfg is None else cfg.to_dict()["data"]
+    return {
+        "config": config.get("source", "") if cfg is None else cfg.source,
+        "run": str(run_dir.resolve()) if run_dir else training.get("run", ""),
+        "init_from": (config.get("train", {}) if cfg is None else cfg.to_dict()["train"]).get("init_from", ""),
+        "train_sets": list(data.get("train_sets", [])) or [f"{data.get('dir', '')} ({data.get('corpus', '')})"],
+        "steps": training.get("steps"),
+        "train_seconds": training.get("train_seconds", 0.0),
+        "hardware": training.get("hardware", ""),
+        "checkpoint": training.get("checkpoint", ""),
+    }
+
+
+def history_lines(stages: list[dict[str, Any]]) -> list[str]:
+    """The card's training history: one row per stage, then the totals."""
+    if not stages:
+        return []
+    lines = [
+        "| stage | config | started from | steps | hours | hardware | released checkpoint |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, st in enumerate(stages, 1):
+        hours = (st.get("train_seconds") or 0.0) / 3600
+        start = f"`{st['init_from']}`" if st.get("init_from") else "random weights"
+        lines.append(
+            f"| {i} | `{st.get('config') or '?'}` | {start} | {st.get('steps') or '?'} | {hours:.2f} "
+            f"| {st.get('hardware') or '?'} | `{st.get('checkpoint') or '?'}` |"
+        )
+    steps = sum(st.get("steps") or 0 for st in stages)
+    hours = sum(st.get("train_seconds") or 0.0 for st in stages) / 3600
+    lines += ["", f"In all: {len(stages)} stages, {steps:,} steps, {hours:.1f} hours of training."]
+    sets = [s for s in stages[-1].get("train_sets", [])]
+    if sets:
+        lines += ["", "Data of the last stage (`pair folder split [options]`):", ""]
+        lines += [f"- `{s}`" for s in sets]
+    return lines
+
+
 def trained_threads(ckpt: Path) -> int:
     return int(load_checkpoint(ckpt)["run_config"]["train"].get("threads", 0))
 
@@ -350,12 +411,15 @@ def model_card(
         f"- Served variant: `{manifest.default_variant}` ({t.get('served_variant_reason', '')}).",
         *([vocab_line(manifest)] if manifest.target_vocab else []),
         "",
+        *(["## Limits", "", cfg.data.limits, ""] if cfg.data.limits else []),
         "## Training",
         "",
-        f"- {t.get('epochs')} epochs, {t.get('steps')} steps, {t.get('train_seconds', 0) / 60:.1f} min "
+        f"- This stage: {t.get('epochs')} epochs, {t.get('steps')} steps, {t.get('train_seconds', 0) / 60:.1f} min "
         f"on {t.get('hardware')}; checkpoint `{t.get('checkpoint')}`.",
         f"- PyTorch/onnxruntime parity (fp32): {parity}",
         "",
+        *history_lines(t.get("stages", [])),
+        *([""] if t.get("stages") else []),
         "## Metrics",
         "",
         "| split | variant | metric | value |",

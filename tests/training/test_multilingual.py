@@ -140,3 +140,29 @@ def test_release_of_a_given_checkpoint_does_not_train(tmp_path):
     release(cfg, tmp_path / "run", tmp_path / "bundle", checkpoint=snaps[-1])
     assert not (tmp_path / "run" / "last.pt").exists(), "release with a checkpoint must not train"
     assert load_manifest(tmp_path / "bundle").training["checkpoint"] == snaps[-1].name
+
+
+def test_a_fine_tuned_release_cards_its_whole_training_history(tmp_path):
+    from dataclasses import replace
+
+    from training.release import release
+
+    dirs = make_multilingual(tmp_path / "data", n=80)
+    cfg = multilingual_config(dirs, epochs=1)
+    bundle = tmp_path / "bundle"
+    release(cfg, tmp_path / "run", bundle)
+    first = load_manifest(bundle).training["stages"]
+    assert len(first) == 1 and first[0]["init_from"] == "" and first[0]["steps"] > 0
+    tuned = replace(
+        cfg,
+        data=replace(cfg.data, limits="Short toy sentences only."),
+        train=replace(cfg.train, init_from=str(bundle / "weights.pt")),
+    )
+    for _ in range(2):  # the second release of the same run replaces its stage, never adds one
+        release(tuned, tmp_path / "run-ft", bundle, force=True)
+        stages = load_manifest(bundle).training["stages"]
+        assert [s["init_from"] for s in stages] == ["", str(bundle / "weights.pt")]
+    card = (bundle / "README.md").read_text()
+    total = stages[0]["steps"] + stages[1]["steps"]
+    assert f"In all: 2 stages, {total:,} steps" in card
+    assert "## Limits" in card and "Short toy sentences only." in card
