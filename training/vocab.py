@@ -167,8 +167,22 @@ def add_target_vocab(bundle_dir: Path, cfg: RunConfig, tokenizer: Path) -> Manif
     """`write_target_vocab` with the pieces of `cfg`'s training targets, as `tokenizer` (the
     bundle's SentencePiece model) splits them: what the release, `python -m training vocab` and
     the engine benchmark's export do."""
-    encode = spm.SentencePieceProcessor(model_file=str(tokenizer)).encode
-    return write_target_vocab(bundle_dir, target_pieces(encode, target_texts(cfg)))
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
+    return write_target_vocab(bundle_dir, with_continuation_bytes(target_pieces(sp.encode, target_texts(cfg)), sp))
+
+
+def with_continuation_bytes(pieces: dict[str, set[int]], sp: spm.SentencePieceProcessor) -> dict[str, set[int]]:
+    """Each language's pieces plus every UTF-8 continuation byte piece (0x80-0xBF) when it has a
+    lead byte of a multi-byte character: a vocabulary with the lead byte of a rare character
+    but not the continuation bytes that complete it makes the decoder spell half a character
+    (U+FFFD in the output). At most 64 more columns."""
+    value = {i: int(sp.id_to_piece(i)[1:-1], 16) for i in range(sp.get_piece_size()) if sp.is_byte(i)}
+    continuation = {i for i, v in value.items() if 0x80 <= v <= 0xBF}
+    out = {}
+    for lang, ids in pieces.items():
+        leads = any(value.get(i, 0) >= 0xC2 for i in ids)
+        out[lang] = ids | continuation if leads else set(ids)
+    return out
 
 
 def keep_variant_vocab(bundle_dir: Path, spec: dict, variant: str) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,3 +171,16 @@ def test_the_setting_turns_them_off_for_the_service(bundle, monkeypatch, on):
     assert (engine.target_vocab is not None) is on
     source = sources(engine)[0]
     assert engine.view(engine.target_of(source)).n_logits == (52 - 4 + 2 if on else manifest.vocab_size)
+
+
+def test_a_language_with_a_lead_byte_keeps_every_continuation_byte():
+    import sentencepiece as spm
+
+    from training.vocab import with_continuation_bytes
+
+    sp = spm.SentencePieceProcessor(model_file=str(Path(__file__).resolve().parents[2] / "model/multi/spm.model"))
+    byte = {int(sp.id_to_piece(i)[1:-1], 16): i for i in range(sp.get_piece_size()) if sp.is_byte(i)}
+    word = sp.piece_to_id("▁the")
+    got = with_continuation_bytes({"zh": {word, byte[0xE5], byte[0x80]}, "en": {word, byte[0x3D]}}, sp)
+    assert got["en"] == {word, byte[0x3D]}  # no multi-byte lead: nothing to complete
+    assert got["zh"] == {word, byte[0xE5]} | {byte[v] for v in range(0x80, 0xC0)}

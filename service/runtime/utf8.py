@@ -1,0 +1,45 @@
+"""Whole UTF-8 characters out of byte-fallback pieces.
+
+A SentencePiece model with byte fallback spells a character it has no piece for as its UTF-8
+bytes (`<0xE5>`, `<0xAE>`, `<0xAB>`). A decoder may emit a lead byte without its continuation
+bytes (or stray continuation bytes); SentencePiece then decodes each broken sequence as U+FFFD.
+`complete_bytes` drops exactly the bytes that form no whole character, so a translation never
+contains a replacement character that its own decoding made up."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sentencepiece as spm
+
+
+class ByteRepair:
+    """Per-tokenizer tables: which ids are byte pieces, and each one's byte value."""
+
+    def __init__(self, sp: spm.SentencePieceProcessor) -> None:
+        self.sp = sp
+        self.value: dict[int, int] = {}
+        for i in range(sp.get_piece_size()):
+            if sp.is_byte(i):
+                self.value[i] = int(sp.id_to_piece(i)[1:-1], 16)
+        self.id_of = {v: i for i, v in self.value.items()}
+
+    def complete_bytes(self, ids: Sequence[int]) -> list[int]:
+        """`ids` with every byte piece that is not part of a whole UTF-8 character removed."""
+        out: list[int] = []
+        run: list[int] = []
+        for i in list(ids) + [-1]:
+            if i in self.value:
+                run.append(self.value[i])
+                continue
+            if run:
+                whole = bytes(run).decode("utf-8", errors="ignore").encode("utf-8")
+                out.extend(self.id_of[b] for b in whole)
+                run = []
+            if i != -1:
+                out.append(i)
+        return out
+
+    def decode(self, rows: Sequence[Sequence[int]]) -> list[str]:
+        """SentencePiece's batch decode of `rows`, broken byte sequences dropped first."""
+        return self.sp.decode([self.complete_bytes(r) for r in rows])

@@ -1,0 +1,28 @@
+"""Byte-fallback pieces never decode to U+FFFD (service/runtime/utf8.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sentencepiece as spm
+
+from service.runtime.utf8 import ByteRepair
+
+SPM = Path(__file__).resolve().parents[2] / "model" / "multi" / "spm.model"
+
+
+def test_broken_byte_sequences_are_dropped_whole_ones_kept():
+    sp = spm.SentencePieceProcessor(model_file=str(SPM))
+    fix = ByteRepair(sp)
+    b = {v: i for i, v in fix.value.items()}
+    hello = sp.encode("Hallo")
+    rare = "\U0001f600"  # no piece of its own: spelled as 4 byte pieces
+    whole = [b[x] for x in rare.encode("utf-8")]
+    assert sp.decode(hello + whole) == "Hallo" + rare
+    assert fix.decode([hello + whole]) == ["Hallo" + rare]
+    lead_only = hello + [b[0xE5]] + hello  # a 3-byte lead byte and no continuation
+    assert "\ufffd" in sp.decode(lead_only)  # what SentencePiece alone gives
+    assert fix.decode([lead_only]) == [sp.decode(hello + hello)]
+    stray = [b[0xAE], b[0xAB]] + whole + [b[0xE5], b[0xAE]]  # continuation bytes, a char, a cut tail
+    assert fix.decode([stray]) == [rare]
+    assert fix.complete_bytes(hello) == hello
