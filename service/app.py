@@ -14,6 +14,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
+from prometheus_client import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.batcher import Batcher
@@ -59,6 +60,10 @@ def _load(state: ServiceState) -> None:
             state.metrics.batch_size.labels(model).observe(size)
             state.metrics.batch_seconds.labels(model).observe(seconds)
 
+        def restarted() -> None:
+            if state.worker_restarts is not None:
+                state.worker_restarts.inc()
+
         translators = registry.translators()
         decoders = {n: e for n, e in translators.items() if getattr(e, "per_row", False)}
         if s.scheduler == "continuous" and s.batching:
@@ -91,6 +96,7 @@ def _load(state: ServiceState) -> None:
                 # beam search (alternatives, beam_size > 1) one decoder step per worker turn
                 steppers={n: e.translate_nbest_steps for n, e in decoders.items()} if s.beam_stepped else None,
                 workers=s.workers(registry.cuda),
+                on_restart=restarted,
             )
             log.info(
                 "continuous scheduler: %d decode workers, %s intra-op threads per call",
@@ -106,6 +112,7 @@ def _load(state: ServiceState) -> None:
                 on_batch=on_batch,
                 merge=s.batching,
                 in_flight=state.inflight,
+                on_restart=restarted,
             )
         state.registry = registry
         state.ready_seconds = round(time.monotonic() - state.started, 3)
@@ -124,11 +131,18 @@ def _load(state: ServiceState) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
+    # a batcher worker whose loop failed and started again (Batcher._supervise): beside Metrics'
+    # own, on its registry
+    worker_restarts = Counter(
+        "transerve_worker_restarts_total",
+        "batcher (decode) worker loops that failed, failing the requests they held, and started again",
+        registry=metrics.registry,
+    )
     inflight = InFlight()  # shared by the middleware (counts) and the batcher (reads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state = ServiceState(settings=settings, metrics=metrics, inflight=inflight)
+        state = ServiceState(settings=settings, metrics=metrics, inflight=inflight, worker_restarts=worker_restarts)
         if settings.rate_limit_per_minute:
             state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
         app.state.service = state

@@ -18,6 +18,11 @@ chunks of at most ``max_batch_size`` of its own texts.
 The queue is bounded in texts: when it is full, ``submit`` raises ``QueueFull`` at once (the
 route answers 503 with Retry-After) instead of letting memory grow. An exception inside one
 model call fails only the jobs of that call.
+
+The worker is **supervised** (`_supervise`): an exception that escapes its loop anyway (a bug
+outside any one model call) fails the work it held (`_recover`), is logged, counted
+(`on_restart`) and the loop starts again; a worker that ended would leave every later request
+waiting for its deadline.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ log = logging.getLogger(__name__)
 arrived: contextvars.ContextVar[float | None] = contextvars.ContextVar("transerve_arrived", default=None)
 
 RunFn = Callable[..., Sequence[Any]]  # runner(texts, **options) -> one result per text
+
+RESTART_PAUSE = 0.1  # seconds a worker waits after it failed before its loop starts again (no busy crash loop)
 
 
 class QueueFull(Exception):
@@ -82,7 +89,9 @@ class Batcher:
         on_batch: Callable[[str, int, float], None] | None = None,
         merge: bool = True,
         in_flight: Callable[[], int] | None = None,
+        on_restart: Callable[[], None] | None = None,
     ) -> None:
+        """`on_restart()`: told each time a worker's loop failed and starts again (`_supervise`)."""
         self.runners = runners
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
@@ -91,6 +100,8 @@ class Batcher:
         self.on_batch = on_batch
         self.merge = merge
         self.in_flight = in_flight
+        self.on_restart = on_restart
+        self.restarts = 0  # worker loops started again after a failure
         self._jobs: deque[_Job] = deque()
         self._queued = 0  # texts waiting
         self._callers = 0  # submit() calls not yet returned
@@ -98,7 +109,7 @@ class Batcher:
         self._drain_until: float | None = None  # set by drain(): past it, what is left fails
         self._cv = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._work, name="batcher", daemon=True)
+        self._thread = threading.Thread(target=self._supervise, name="batcher", daemon=True)
         self._thread.start()
 
     @property
@@ -126,8 +137,9 @@ class Batcher:
         finally:
             with self._cv:
                 self._callers -= 1
-                # cancelled (the request's deadline, or its client left): nobody reads the result
-                job.abandoned = job.future.cancelled() or not job.future.done()
+                # cancelled (the request's deadline, or its client left): nobody reads the result;
+                # failed (`abandoned` already): what is left of it is not worth decoding either
+                job.abandoned = job.abandoned or job.future.cancelled() or not job.future.done()
                 self._abandoned += job.abandoned
                 self._cv.notify()
 
@@ -219,6 +231,31 @@ class Batcher:
         self._queued -= size
         return taken
 
+    def _supervise(self, *args: Any) -> None:
+        """A worker thread: `_work(*args)` until it returns (stopped); when it raises instead,
+        the work it held fails (`_recover`: its callers answer 500 at once, not 504 at their
+        deadline), the failure is logged and counted (`on_restart`), and the loop starts again
+        after `RESTART_PAUSE`, with the queue as it is."""
+        while True:
+            try:
+                self._work(*args)
+                return
+            except Exception as exc:  # a worker must outlive any bug in one turn
+                name = threading.current_thread().name
+                log.critical("batcher worker %s failed; restarting it", name, exc_info=exc)
+                try:
+                    self._recover(exc, *args)
+                except Exception as again:  # noqa: BLE001 - the restart must not depend on it
+                    log.critical("batcher worker %s: failing its work failed too: %r", name, again)
+                self.restarts += 1
+                if self.on_restart:
+                    self.on_restart()
+                time.sleep(RESTART_PAUSE)
+
+    def _recover(self, exc: BaseException, *args: Any) -> None:
+        """After the worker's loop failed: fail the work it held. Here that is none: `_work`
+        answers the jobs it took whatever their batch raised."""
+
     def _work(self) -> None:
         while (jobs := self._take()) is not None:
             if self._past_drain():
@@ -227,7 +264,12 @@ class Batcher:
                 with self._cv:
                     self._fail_queued()
                 continue
-            self._run(jobs)
+            try:
+                self._run(jobs)
+            except Exception as exc:  # noqa: BLE001 - past the model call (results, metrics): these jobs fail
+                log.error("model %s: a batch of %d requests failed: %r", jobs[0].model, len(jobs), exc)
+                for job in jobs:
+                    self._resolve(job, exc=exc)
 
     def _chunks(self, jobs: list[_Job], failed: dict[int, BaseException]) -> Iterator[list[tuple[_Job, int, str]]]:
         """Every text of `jobs` as (job, index, text), shortest first (less padding), in chunks of

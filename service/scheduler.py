@@ -40,6 +40,13 @@ batches have the token budget (``max_batch_tokens``) and their own beam batch pe
 request of several texts is cut into one part per worker (`submit`), so that alone at an idle
 server it runs on every core too (32 texts with 3 alternatives: 0.125 s, whole on one worker 0.22 s).
 
+**Failures** stay with the requests involved: a sentence whose admission raises fails its request
+(the others are admitted), a failed encoder call the requests it encoded, a failed step (or its
+answers) the requests with a row in that batch, a failed beam step its batch's requests, a failed
+other batch its jobs; each caller gets the exception (the route answers 500 with a request id)
+and the worker goes on. Anything else that escapes a worker's turn fails every request with work
+on that worker (`_recover`) and its loop starts again (`Batcher._supervise`, counted).
+
 Greedy requests (no options, or beam_size 1 and one hypothesis) are decoded continuously; a
 request for scores gets them from the same running batch. The queue is bounded in sentences
 (``max_queue``) and in source tokens (``max_queue_tokens``): beyond either, `QueueFull`.
@@ -49,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import contextvars
 import logging
 import math
@@ -90,6 +98,10 @@ class _Worker:
     index: int
     batches: dict[tuple[str, int], DecodeBatch] = field(default_factory=dict)
     stepping: list[tuple[Generator[None, None, None], list[_Job]]] = field(default_factory=list)
+    # this turn's work not yet in a batch: the sentences admitted (lane key -> (request, index)) and
+    # the other batch taken; a failed turn fails them too (`ContinuousBatcher._recover`)
+    joins: dict[tuple[str, int], list[tuple[_Request, int]]] = field(default_factory=dict)
+    other: list[_Job] = field(default_factory=list)
 
     @property
     def running(self) -> int:
@@ -115,6 +127,7 @@ class ContinuousBatcher(Batcher):
         in_flight: Callable[[], int] | None = None,
         steppers: dict[str, Callable[..., Generator[None, None, Sequence[Any]]]] | None = None,
         workers: int = 1,
+        on_restart: Callable[[], None] | None = None,
     ) -> None:
         """`decoders`: the translators (runtime/translator.Translator with per-row inputs) whose
         greedy requests are decoded continuously; `runners` run everything else. `cost(model,
@@ -125,7 +138,8 @@ class ContinuousBatcher(Batcher):
         `steppers[model](texts, **options)`: the model's runner for beam search as a generator
         that yields between decoder steps and returns the results (Translator.translate_nbest_steps):
         such a batch advances one step per worker turn beside the running batches. `workers`:
-        worker threads, each with running batches of its own (see the module docstring)."""
+        worker threads, each with running batches of its own (see the module docstring).
+        `on_restart()`: told each time a worker's loop failed and starts again."""
         self.decoders = decoders
         self.lanes = sorted(lanes)
         self.order = order
@@ -166,9 +180,10 @@ class ContinuousBatcher(Batcher):
             on_batch=on_batch,
             merge=True,
             in_flight=in_flight,
+            on_restart=on_restart,
         )  # starts the first worker's thread (Batcher._thread); the others' here
         self._threads = [self._thread] + [
-            threading.Thread(target=self._work, args=(w,), name=f"batcher-{w.index}", daemon=True)
+            threading.Thread(target=self._supervise, args=(w,), name=f"batcher-{w.index}", daemon=True)
             for w in self.workers[1:]
         ]
         for thread in self._threads[1:]:
@@ -298,10 +313,10 @@ class ContinuousBatcher(Batcher):
                     w.stepping.clear()
                     continue
                 joins = self._admit(w)
-                other = None
+                other: list[_Job] = []
                 if any(self._other(w, j) for j in self._jobs):
                     idle = not w.running and not joins and not w.stepping
-                    other = self._take_locked(lambda j: self._other(w, j), wait=idle)
+                    other = w.other = self._take_locked(lambda j: self._other(w, j), wait=idle)
                     self._queued_tokens -= sum(j.tokens for j in other)
                 if not (joins or other or w.running or w.stepping):
                     # what waits is another worker's to take (its share, module docstring): wait for a change
@@ -309,21 +324,33 @@ class ContinuousBatcher(Batcher):
                     continue
                 if self._jobs and len(self.workers) > 1:
                     self._cv.notify()  # work left: an idle worker may take it
-            for key, items in joins.items():
-                self._join(w, key, items)
+            for key in list(joins):
+                self._join(w, key, joins[key])
+                del joins[key]
             for key, batch in list(w.batches.items()):
                 if batch:
                     self._advance(w, key, batch)
             if other and self._stepped(other[0]):
                 w.stepping.append((self._run_steps(other), other))
-                other = None
+                other = w.other = []
             for entry in list(w.stepping):  # each beam batch one decoder step
                 try:
                     next(entry[0])
                 except StopIteration:
                     w.stepping.remove(entry)
+                except Exception as exc:  # noqa: BLE001 - past the model call (_run_steps catches those)
+                    log.error("model %s: a beam batch failed: %r", entry[1][0].model, exc)
+                    w.stepping.remove(entry)
+                    for job in entry[1]:
+                        self._fail(job, exc)
             if other:
-                self._run(other)
+                try:
+                    self._run(other)
+                except Exception as exc:  # noqa: BLE001 - past the model call (_run catches those)
+                    log.error("model %s: a batch of %d requests failed: %r", other[0].model, len(other), exc)
+                    for job in other:
+                        self._fail(job, exc)
+                w.other = []
 
     def _stepped(self, job: _Job) -> bool:
         """Whether `job` runs stepped beside the running batches (`_stepped_request`)."""
@@ -398,6 +425,7 @@ class ContinuousBatcher(Batcher):
         each into its length lane, within the lane's rows, `w`'s token budget for the model and
         `w`'s share of the rows (holds the lock)."""
         joins: dict[tuple[str, int], list[tuple[_Request, int]]] = defaultdict(list)
+        w.joins = joins  # the turn's admissions so far, should the turn fail (`_recover`)
         if self.fixed_lanes and all(len(b) >= self.max_batch_size for b in w.batches.values()):
             return joins  # every lane is full: nothing can join (the common case under load)
         held = {m: self._hold(w, m) for m in self.decoders}
@@ -407,7 +435,20 @@ class ContinuousBatcher(Batcher):
         full: set[tuple[str, int]] = set()
 
         def admit_one(job: _Request) -> bool:
-            """Admit `job`'s next sentence; False when its lane has no room (or `w` its share)."""
+            """Admit `job`'s next sentence; False when its lane has no room (or `w` its share), or
+            when its admission failed: then the request fails (`_fail`) and leaves the queue at
+            the next prune, and the others are admitted as if it had not come."""
+            if job.abandoned:
+                return False
+            try:
+                return admit(job)
+            except Exception as exc:  # noqa: BLE001 - e.g. its lane's decoder could not be made: it fails alone
+                log.error("model %s failed to admit a sentence: %r", job.model, exc)
+                self._fail(job, exc)
+                self._abandoned += 1
+                return False
+
+        def admit(job: _Request) -> bool:
             m, i = job.model, job.order[job.admitted]
             if job.texts[i].strip():
                 if sum(len(p) for p in planned.values()) >= share:
@@ -524,18 +565,19 @@ class ContinuousBatcher(Batcher):
             self.on_dropped(model, len(gone), "running")
         if not batch:
             return
-        rows = len(batch)
+        rows = batch.rows
         t0 = time.perf_counter()
         try:
             done = batch.step()
-        except Exception as exc:  # noqa: BLE001 - a failed step fails the requests in the batch
-            log.error("model %s failed on a decode step of %d rows: %r", model, rows, exc)
-            self._fail_batch(w, key, exc)
-            return
-        if self.on_batch:
-            self.on_batch(model, rows, time.perf_counter() - t0)
-        if done:
-            self._deliver(model, done)
+            if self.on_batch:
+                self.on_batch(model, len(rows), time.perf_counter() - t0)
+            if done:
+                self._deliver(model, done)
+        except Exception as exc:  # noqa: BLE001 - a failed step (or its answers) fails the requests in the batch
+            log.error("model %s failed on a decode step of %d rows: %r", model, len(rows), exc)
+            for job in {id(r.tag[0]): r.tag[0] for r in rows}.values():  # finished rows' too: unanswered
+                self._fail(job, exc)
+            w.batches[key] = DecodeBatch(batch.engine)
 
     def _deliver(self, model: str, rows: list[Row]) -> None:
         engine = self.decoders[model]
@@ -562,6 +604,29 @@ class ContinuousBatcher(Batcher):
     def _fail(self, job: _Job, exc: BaseException) -> None:
         job.abandoned = True  # its other rows leave at the next step
         self._resolve(job, exc=exc)
+
+    def _recover(self, exc: BaseException, w: _Worker | None = None) -> None:
+        """After worker `w`'s turn failed outside any one request's work (`Batcher._supervise`):
+        every request with work on `w` fails (rows in its running batches, its beam batches,
+        the sentences admitted and the other batch taken this turn: their state is not to be
+        trusted), and `w` starts again with empty batches; the queue is left as it is."""
+        w = w or self.workers[0]
+        jobs: dict[int, _Job] = {}
+        for batch in w.batches.values():
+            jobs.update((id(r.tag[0]), r.tag[0]) for r in batch.rows)
+        for steps, stepped in w.stepping:
+            with contextlib.suppress(Exception):  # its own cleanup may fail as its step did
+                steps.close()
+            jobs.update((id(j), j) for j in stepped)
+        for items in w.joins.values():
+            jobs.update((id(j), j) for j, _ in items)
+        jobs.update((id(j), j) for j in w.other)
+        with self._cv:
+            for job in jobs.values():
+                self._fail(job, exc)
+            self._abandoned += len(jobs)  # what is left of them in the queue leaves at the next prune
+            w.batches = {key: DecodeBatch(b.engine) for key, b in w.batches.items()}
+            w.stepping, w.joins, w.other = [], {}, []
 
     def _fail_batch(self, w: _Worker, key: tuple[str, int], exc: BaseException) -> None:
         """Fail every request with a row in worker `w`'s running batch `key`, and start that batch afresh."""

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Counter
+
 from service.batcher import Batcher
 from service.metrics import Metrics
 from service.middleware import InFlight
@@ -29,6 +31,8 @@ class ServiceState:
     started: float = field(default_factory=time.monotonic)
     ready_seconds: float | None = None
     load_error: str | None = None
+    # transerve_worker_restarts_total: batcher worker loops that failed and started again (app.py)
+    worker_restarts: Counter | None = None
 
     def info(self) -> dict[str, Any]:
         return {"loading": self.loading, "ready_seconds": self.ready_seconds}

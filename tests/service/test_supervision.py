@@ -1,0 +1,110 @@
+"""Decode workers that cannot die (service/scheduler.py, service/batcher.py): an exception while
+a worker admits or steps a request fails that request alone with a 500 and the worker goes on; a
+worker whose loop fails anyway fails the requests it held, starts again and is counted."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.service.conftest import make_client, wait_ready
+
+TIMEOUT = 5.0  # the servers' request timeout: a failed request must be answered well before it
+GOOD = {"q": "der hund spielt mit der katze", "source": "de", "target": "en"}
+BAD = {"q": "ein mann und eine frau", "source": "de", "target": "en"}
+
+
+def restarts(client) -> float:
+    """transerve_worker_restarts_total as /metrics says it."""
+    line = next(x for x in client.get("/metrics").text.splitlines() if x.startswith("transerve_worker_restarts_total"))
+    return float(line.split()[1])
+
+
+def failed_at_once(response, started: float) -> bool:
+    """A model failure's answer: 500 with the stable message and a request id, before the deadline."""
+    body = response.json()
+    return (
+        response.status_code == 500
+        and body["error"] == "internal error"
+        and len(body["request_id"]) == 12
+        and time.monotonic() - started < TIMEOUT / 2
+    )
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+@pytest.mark.parametrize("where", ["admitting", "stepping"])
+def test_a_request_that_fails_in_a_worker_gets_500_and_the_worker_goes_on(model_dir, workers, where):
+    with make_client(model_dir, decode_workers=workers, max_wait_ms=0, request_timeout_s=TIMEOUT) as c:
+        wait_ready(c)
+        batcher = c.app.state.service.batcher
+        engine = c.app.state.service.registry.translators()["de-en"]
+        bad = engine.encode([BAD["q"]])[0]
+        if where == "admitting":  # the sentence's lane cannot be chosen (its decoder could not be made)
+            real = engine.target_of
+
+            def target_of(source):
+                if list(source) == bad:
+                    raise OSError(24, "Too many open files")
+                return real(source)
+
+            engine.target_of = target_of
+        else:  # the step's answers cannot be handed out
+            counted, fail = engine.on_tokens, [True]
+
+            def on_tokens(n):
+                if fail[0]:
+                    raise RuntimeError("simulated failure after a decoder step")
+                counted(n)
+
+            engine.on_tokens = on_tokens
+        for _ in range(3):  # more failures than workers: none of them is lost
+            t0 = time.monotonic()
+            assert failed_at_once(c.post("/translate", json=BAD), t0)
+        if where == "stepping":
+            fail[0] = False
+        r = c.post("/translate", json=GOOD)
+        assert r.status_code == 200 and "translatedText" in r.json()
+        assert all(t.is_alive() for t in batcher._threads) and restarts(c) == 0  # no worker had to restart
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+def test_a_worker_whose_loop_fails_is_restarted_and_counted(model_dir, workers):
+    with make_client(model_dir, decode_workers=workers, max_wait_ms=0, request_timeout_s=TIMEOUT) as c:
+        wait_ready(c)
+        batcher = c.app.state.service.batcher
+        # a fault outside any one request's work (here: pruning the queue), twice: each worker's loop
+        # fails at its next turn; the request waiting in the queue is decoded once one has restarted
+        real_prune, faults, lock = batcher._prune, [2], threading.Lock()
+
+        def prune():
+            with lock:
+                if faults[0]:
+                    faults[0] -= 1
+                    raise RuntimeError("simulated bug in a worker's turn")
+            real_prune()
+
+        batcher._prune = prune
+        r = c.post("/translate", json=GOOD)
+        assert r.status_code == 200 and "translatedText" in r.json()
+        assert restarts(c) == 2
+
+        # the loop fails while a request has rows running: that request fails at once, the next works
+        real_hold, once = batcher._hold, [True]
+
+        def hold(w, model):
+            with lock:
+                if w.running and once[0]:
+                    once[0] = False
+                    raise RuntimeError("simulated bug in a worker's turn")
+            return real_hold(w, model)
+
+        batcher._hold = hold
+        t0 = time.monotonic()
+        long = {"q": [f"der hund spielt mit der katze im park {i}" for i in range(8)], "source": "de", "target": "en"}
+        assert failed_at_once(c.post("/translate", json=long), t0)
+        assert restarts(c) == 3
+        r = c.post("/translate", json=long)
+        assert r.status_code == 200 and len(r.json()["translatedText"]) == 8
+        assert all(t.is_alive() for t in batcher._threads)
