@@ -111,7 +111,16 @@ class Translator(BundleEngine):
         self._tag_langs = tag_languages(manifest, self.sp.piece_to_id) if manifest.target_tags else {}
         self._views: dict[str, Translator] = {}
         self._views_lock = threading.Lock()
-        self._providers, self._threads = providers, threads
+        # Every language's decoder session is opened (and checked) here, at load: one opened at
+        # the language's first sentence would read the graph from disk then, and a file replaced
+        # or truncated since, or a process out of file descriptors, would fail that sentence in
+        # a decode worker instead of refusing the bundle at load.
+        vocab = self.target_vocab
+        self._view_decoders = (
+            {lang: self.session("decoder", providers, threads, vocab.initializers(lang)) for lang in vocab.ids}
+            if vocab
+            else {}
+        )
 
     # -- text level -------------------------------------------------------------------------
 
@@ -417,21 +426,19 @@ class Translator(BundleEngine):
         return None
 
     def view(self, lang: str | None) -> Translator:
-        """This translator decoding into `lang`'s vocabulary only (made on first use: a decoder
-        session of the same graph with the projection cut to the language's pieces); None:
-        itself. A view shares the encoder, the tokenizer and the settings."""
+        """This translator decoding into `lang`'s vocabulary only: its decoder session of the same
+        graph with the projection cut to the language's pieces (opened at load); None: itself. A
+        view shares the encoder, the tokenizer and the settings (as they are at its first use)."""
         if lang is None or self.target_vocab is None:
             return self
         with self._views_lock:
             found = self._views.get(lang)
             if found is None:
                 found = copy.copy(self)
-                found.decoder = self.session(
-                    "decoder", self._providers, self._threads, self.target_vocab.initializers(lang)
-                )
+                found.decoder = self._view_decoders[lang]
                 found.logit_ids = self.target_vocab.ids[lang]
                 found.n_logits = len(found.logit_ids)
-                found.target_vocab, found._views = None, {}
+                found.target_vocab, found._views, found._view_decoders = None, {}, {}
                 found._bound_local = threading.local()
                 self._views[lang] = found
             return found

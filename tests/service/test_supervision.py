@@ -1,14 +1,21 @@
 """Decode workers that cannot die (service/scheduler.py, service/batcher.py): an exception while
 a worker admits or steps a request fails that request alone with a 500 and the worker goes on; a
-worker whose loop fails anyway fails the requests it held, starts again and is counted."""
+worker whose loop fails anyway fails the requests it held, starts again and is counted; and a
+bundle's sessions are all opened at load, so that a graph replaced on disk later changes nothing,
+while a bundle that cannot open them is refused and said so by /ready and /models."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
+from dataclasses import replace
 
+import numpy as np
 import pytest
 
+from service.runtime.bundle import load_manifest, sha256_file, write_manifest
+from tests.conftest import TINY_BUNDLES
 from tests.service.conftest import make_client, wait_ready
 
 TIMEOUT = 5.0  # the servers' request timeout: a failed request must be answered well before it
@@ -108,3 +115,54 @@ def test_a_worker_whose_loop_fails_is_restarted_and_counted(model_dir, workers):
         r = c.post("/translate", json=long)
         assert r.status_code == 200 and len(r.json()["translatedText"]) == 8
         assert all(t.is_alive() for t in batcher._threads)
+
+
+# -- sessions opened at load --------------------------------------------------------------------
+
+VOCAB = {"en": set(range(4, 52)), "de": set(range(28, 80))}  # pieces of the tiny tokenizer (80)
+
+
+@pytest.fixture
+def vocab_models(tmp_path):
+    """A model directory with the tiny multilingual bundle given target vocabularies (a decoder
+    session per target language)."""
+    pytest.importorskip("onnx", reason="writing target vocabularies needs the onnx package (training extras)")
+    from training.vocab import write_target_vocab
+
+    root = tmp_path / "models"
+    shutil.copytree(TINY_BUNDLES / "multilingual", root)
+    write_target_vocab(root / "multi", VOCAB)
+    return root
+
+
+def test_graphs_truncated_on_disk_after_load_change_nothing(vocab_models):
+    with make_client(vocab_models, max_wait_ms=0, request_timeout_s=TIMEOUT) as c:
+        assert wait_ready(c)["status"] == "ready"
+        for graph in (vocab_models / "multi").glob("*.onnx"):  # an operator's copy cut short
+            graph.write_bytes(graph.read_bytes()[:1000])
+        for source, target in (("en", "de"), ("de", "en"), ("fr", "en")):  # no sentence into either yet
+            r = c.post("/translate", json={"q": "hallo welt", "source": source, "target": target})
+            assert r.status_code == 200 and "translatedText" in r.json(), r.text
+        assert c.get("/ready").status_code == 200 and restarts(c) == 0
+
+
+def test_a_bundle_whose_language_decoder_cannot_be_opened_is_refused_at_load(vocab_models):
+    bundle = vocab_models / "multi"
+    manifest = load_manifest(bundle)
+    npz = bundle / manifest.target_vocab["file"]
+    with np.load(npz) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["ids/de"] = np.append(arrays["ids/de"], 999).astype(arrays["ids/de"].dtype)  # beyond the 80 pieces
+    np.savez(npz, **arrays)
+    write_manifest(bundle, replace(manifest, files={**manifest.files, npz.name: sha256_file(npz)}))
+    shutil.copytree(TINY_BUNDLES / "models" / "langid", vocab_models / "langid")  # a classifier serves
+    with make_client(vocab_models, request_timeout_s=TIMEOUT) as c:
+        ready = wait_ready(c)
+        assert c.get("/ready").status_code == 503  # no translation bundle serves
+        assert ready["status"] == "failed" and ready["error"] == "no model loaded for: translation"
+        assert "999" in ready["failed"]["multi"]
+        models = {m["name"]: m for m in c.get("/models").json()}
+        assert models["multi"]["status"] == "failed" and models["multi"]["error"] == ready["failed"]["multi"]
+        assert models["langid"]["status"] == "ready" and c.post("/detect", json={"q": "der hund"}).status_code == 200
+        r = c.post("/translate", json={"q": "hello world", "source": "en", "target": "de"})
+        assert r.status_code == 503 and r.json()["error"].startswith("model multi for en->de failed to load")
