@@ -581,7 +581,7 @@ class ContinuousBatcher(Batcher):
 
     def _deliver(self, model: str, rows: list[Row]) -> None:
         engine = self.decoders[model]
-        texts = [engine.sp.decode(row.tokens) for row in rows]  # a list call costs a thread pool
+        texts = [engine.text.decode_one(row.tokens) for row in rows]  # a list call costs a thread pool
         if engine.on_tokens:
             engine.on_tokens(sum(len(row.tokens) for row in rows))
         for row, text in zip(rows, texts):

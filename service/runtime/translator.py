@@ -33,6 +33,7 @@ from service.runtime.beam import Hypothesis, Steps, beam_steps, drain, log_softm
 from service.runtime.bundle import Manifest
 from service.runtime.preprocess import DECODING, output_limits, source_ids
 from service.runtime.sessions import BundleEngine, create_session
+from service.runtime.utf8 import ByteRepair
 from service.runtime.vocab import load_target_vocab, tag_languages
 
 ALIGN_SEP = "\x1f"  # joins a source and its translation into one batcher item (runner option `align`)
@@ -60,6 +61,7 @@ class Translator(BundleEngine):
         target_vocab: bool = True,
     ) -> None:
         super().__init__(bundle_dir, manifest, variant, memory_arena)
+        self.text = ByteRepair(self.sp)  # ids -> text, never half a UTF-8 character
         self.encoder = self.session("encoder", providers, threads)
         self.decoder = self.session("decoder", providers, threads)
         # Beam search's per-step selection (runtime/beam.py) and, where the caches stay on the
@@ -138,7 +140,7 @@ class Translator(BundleEngine):
         out = [""] * len(texts)
         idx, sources = self._by_length(texts)
         if idx:
-            for i, text in zip(idx, self.sp.decode(self.generate(sources))):
+            for i, text in zip(idx, self.text.decode(self.generate(sources))):
                 out[i] = text
         return out
 
@@ -160,7 +162,7 @@ class Translator(BundleEngine):
         idx, sources = self._by_length(texts)
         if idx:
             results = yield from self.generate_nbest_steps(sources, beam_size, n_best, length_penalty)
-            decoded = iter(self.sp.decode([h.tokens for hyps in results for h in hyps]))  # one call
+            decoded = iter(self.text.decode([h.tokens for hyps in results for h in hyps]))  # one call
             for i, hyps in zip(idx, results):
                 out[i] = [(next(decoded), h.score, h.length) for h in hyps]
         return out

@@ -26,6 +26,8 @@ class ByteRepair:
 
     def complete_bytes(self, ids: Sequence[int]) -> list[int]:
         """`ids` with every byte piece that is not part of a whole UTF-8 character removed."""
+        if not any(i in self.value for i in ids):
+            return list(ids)
         out: list[int] = []
         run: list[int] = []
         for i in list(ids) + [-1]:
@@ -41,5 +43,9 @@ class ByteRepair:
         return out
 
     def decode(self, rows: Sequence[Sequence[int]]) -> list[str]:
-        """SentencePiece's batch decode of `rows`, broken byte sequences dropped first."""
+        """SentencePiece's batch decode of `rows` (one call), broken byte sequences dropped first."""
         return self.sp.decode([self.complete_bytes(r) for r in rows])
+
+    def decode_one(self, ids: Sequence[int]) -> str:
+        """One row: SentencePiece's list call would start a thread pool for it."""
+        return self.sp.decode(self.complete_bytes(ids))

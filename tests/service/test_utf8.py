@@ -26,3 +26,17 @@ def test_broken_byte_sequences_are_dropped_whole_ones_kept():
     stray = [b[0xAE], b[0xAB]] + whole + [b[0xE5], b[0xAE]]  # continuation bytes, a char, a cut tail
     assert fix.decode([stray]) == [rare]
     assert fix.complete_bytes(hello) == hello
+
+
+def test_the_shipped_translator_never_outputs_half_characters():
+    from service.runtime.bundle import load_manifest, tag_source
+    from service.runtime.sessions import resolve_providers
+    from service.runtime.translator import Translator
+
+    bundle = SPM.parent
+    engine = Translator(bundle, load_manifest(bundle), resolve_providers("cpu"), threads=1)
+    words = ["Hallo", "Hello", "Hi!", "Good morning", "Thanks a lot", "Bonjour", "Dobrý den", "Guten Morgen"]
+    words += [f"The {x} is on the {y}." for x in ("cat", "book", "kettle", "quasar") for y in ("table", "roof")]
+    words += ["Zyxt qwomp flarn.", "Ngorongoro", "Ljubljana and Reykjavík", "Grüße aus Köln"]
+    outputs = engine.translate([tag_source(w, "zh") for w in words])
+    assert all(outputs) and not [o for o in outputs if "\ufffd" in o]
