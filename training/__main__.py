@@ -47,6 +47,16 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_backtranslate(args) -> int:
+    from training.backtranslate import backtranslate
+
+    result = backtranslate(
+        Path(args.bundle), args.into, [Path(p) for p in args.input], Path(args.out), args.limit, args.threads
+    )
+    print(json.dumps(result))
+    return 0
+
+
 def cmd_tokenizer(args) -> int:
     from training.tasks import prepare_tokenizer
 
@@ -246,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
         if fmt == "gettext":
             df.add_argument("--lang", help="the catalogs' language when neither header nor path says it")
         df.set_defaults(func=cmd_data, lang=None)
+    bt = data_sub.add_parser("backtranslate", help="English monolingual text -> synthetic xx-en pairs with a bundle")
+    bt.add_argument("--bundle", required=True, help="a translation bundle with the en->xx direction")
+    bt.add_argument("--into", required=True, help="the language to translate the English into (de, fr, cs, zh)")
+    bt.add_argument("--input", required=True, nargs="+", help="English text files, one sentence a line (.gz too)")
+    bt.add_argument("--out", required=True, help="corpus folder: train.<xx>-en.{xx,en,source}.gz, appended")
+    bt.add_argument("--limit", type=int, default=10000, help="English lines to translate (3-80 words each)")
+    bt.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: its default)")
+    bt.set_defaults(func=cmd_backtranslate)
 
     t = with_config(sub.add_parser("tokenizer", help="train the SentencePiece model on the train split"))
     t.add_argument("--force", action="store_true", help="retrain even if the run has one")
