@@ -25,6 +25,8 @@ RESUMABLE_CHANGES = {
     "train.threads",
     "train.valid_bleu_sentences",
     "data.test_splits",
+    "data.limits",
+    "data.license",
     "data.eval_sets",
     "source",
 }
