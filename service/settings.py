@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -97,6 +98,18 @@ class Settings(BaseSettings):
     )
     file_ttl_s: float = Field(
         600.0, gt=0, description="a translated file can be downloaded this long, then it is deleted"
+    )
+    file_store_mb: int = Field(
+        256,
+        ge=1,
+        description="/translate_file: the translated files kept for download, in MB all together; a file that "
+        "does not fit (or a full disk) is 503 + Retry-After until the oldest expire, nothing of it kept",
+    )
+    public_url: str = Field(
+        "",
+        description="the base URL clients reach this service at (e.g. https://translate.example.org/mt); "
+        "/translate_file's download links start with it. Empty: from a trusted proxy's X-Forwarded-Host and "
+        "X-Forwarded-Proto, else the address the request reached (never the Host header, which a client chooses)",
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="request bodies larger than this get 413")
     batching: bool = Field(True, description="merge concurrent requests into shared model calls")
@@ -196,9 +209,11 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(16384, ge=1024, description="a request head (request line + headers) larger: 431")
     header_timeout_s: float = Field(10.0, gt=0, description="a request head begun and not complete after this: 408")
     max_connections_per_client: int = Field(
-        256,
+        1024,
         ge=0,
-        description="open connections per client address (trusted proxies exempt); beyond: 429 (0 = no bound)",
+        description="open connections per client address (trusted proxies exempt); beyond, the request head is "
+        "answered 429 + Retry-After and the connection closed (0 = no bound). Above what a NAT'ed office of browsers "
+        "opens (6 each); docs/reliability.md has the measurement",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     access_log: bool = Field(True, description="one log line per request (method, path, status, ms, client)")
@@ -219,6 +234,14 @@ class Settings(BaseSettings):
         if not self.threads and workers == 1:
             return 0
         return max(1, (self.threads or cores()) // workers)
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError("public_url must be an http:// or https:// URL without a query or fragment")
+        return value
 
     @field_validator("decode_lanes", mode="before")
     @classmethod

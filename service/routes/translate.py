@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import ipaddress
+import mimetypes
+import os
+import re
+from collections.abc import Iterator
+from typing import BinaryIO
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from service import translation
 from service.deps import Call, admitted, charge, guard, ready_state
 from service.errors import bad_request
 from service.files import Limits, store, translate_file
+from service.http import PEER
 from service.languages import name, normalize
 from service.routes.common import ERRORS, body_doc
 from service.schemas import DetectedLanguage, DetectRequest, Language, TranslateRequest, TranslateResponse
+from service.settings import Settings
 from service.state import ServiceState
 
 router = APIRouter(tags=["translation"])
@@ -117,6 +126,7 @@ async def _translate_upload(request: Request, state: ServiceState, form) -> dict
             charge(state, identity, sentences)
 
     files = store(state)
+    files.room()  # 503 + Retry-After when the store is full, before any work
     with files.jobs.slot():  # 503 + Retry-After when max_file_jobs files are in progress
 
         async def run(texts: list[str], html: bool) -> list[str]:
@@ -143,10 +153,68 @@ async def _translate_upload(request: Request, state: ServiceState, form) -> dict
         limits = Limits(s.max_file_chars, s.max_file_paragraphs, s.max_file_elements)
         translated = await translate_file(data, upload.filename, run, limits, files.jobs.run)
         token, name = await files.jobs.run(files.put, upload.filename, translated)
-    return {"translatedFileUrl": f"{str(request.base_url).rstrip('/')}/download_file/{token}/{quote(name)}"}
+    return {"translatedFileUrl": f"{public_base(request, s)}/download_file/{token}/{quote(name)}"}
+
+
+_HOST = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?")
+
+
+def public_base(request: Request, settings: Settings) -> str:
+    """The base URL a client reaches this service at, for links it is given: `public_url` when
+    set; else from a trusted proxy (TRANSERVE_TRUSTED_PROXIES, the socket's peer: service/http.py)
+    its X-Forwarded-Host and X-Forwarded-Proto; else the address and port the request reached.
+    Never the request's Host header: a client chooses it, and a link built from it could point
+    anywhere."""
+    if settings.public_url:
+        return settings.public_url
+    scope = request.scope
+    root = scope.get("root_path", "").rstrip("/")
+    peer = scope.get(PEER)
+    forwarded = request.headers.get("x-forwarded-host", "").split(",")[0].strip()
+    if peer and forwarded and _HOST.fullmatch(forwarded) and _trusted(peer[0], settings.trusted_proxies):
+        return f"{scope['scheme']}://{forwarded}{root}"  # the scheme: X-Forwarded-Proto, applied by uvicorn
+    host, port = scope.get("server") or ("localhost", None)
+    host = f"[{host}]" if ":" in host else host
+    default = {"http": 80, "https": 443}.get(scope["scheme"])
+    return f"{scope['scheme']}://{host}{'' if port in (None, default) else f':{port}'}{root}"
+
+
+def _trusted(address: str, proxies: list[str]) -> bool:
+    """Whether `address` is one of the trusted proxies (addresses, networks or `*`, as uvicorn's
+    forwarded_allow_ips takes them)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    for proxy in proxies:
+        if proxy == "*":
+            return True
+        try:
+            if ip in ipaddress.ip_network(proxy, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 @router.get("/download_file/{token}/{name}", include_in_schema=False)
-async def download_file(token: str, name: str, request: Request) -> FileResponse:
+async def download_file(token: str, name: str, request: Request) -> StreamingResponse:
+    """The stored file, read from a file opened before the answer starts: expiry removing it
+    meanwhile is a 404 before that, and cannot cut the answer after it."""
     state: ServiceState = request.app.state.service
-    return FileResponse(store(state).get(token, name), filename=name)
+    file = await run_in_threadpool(store(state).open, token, name)
+    size = os.fstat(file.fileno()).st_size
+    quoted = quote(name)
+    disposition = f'attachment; filename="{name}"' if quoted == name else f"attachment; filename*=utf-8''{quoted}"
+    return StreamingResponse(
+        _chunks(file),
+        media_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
+        headers={"content-length": str(size), "content-disposition": disposition},
+    )
+
+
+def _chunks(file: BinaryIO) -> Iterator[bytes]:
+    """The file's bytes in chunks (read in Starlette's thread pool), the file closed at the end."""
+    with file:
+        while chunk := file.read(64 * 1024):
+            yield chunk
