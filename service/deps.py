@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from service.errors import ServiceError, not_ready, too_large
-from service.security import authorize, client_address
+from service.security import authenticate, charge_failure
 from service.state import ServiceState
 
 M = TypeVar("M", bound=BaseModel)
@@ -74,8 +74,9 @@ def check_limits(texts: Sequence[str], state: ServiceState) -> None:
 
 
 def guard(request: Request, state: ServiceState, api_key: str | None) -> str:
-    """Check the caller's key and take one token of its rate limit; returns its identity."""
-    identity = authorize(request, state.settings, api_key)
+    """Check the caller's key (a wrong one costs its address a token) and take one token of its
+    rate limit; returns its identity."""
+    identity = authenticate(request, state.settings, api_key)
     charge(state, identity, 1)
     return identity
 
@@ -115,17 +116,12 @@ def admitted(model: type[M], texts_of: str):
                 body = model.model_validate(values)
             except ValidationError as e:
                 raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
-            identity = guard(request, state, getattr(body, "api_key", None))
-        except (ServiceError, RequestValidationError) as failure:
-            # a bad key or a bad body costs the caller's address a token too: guessing keys or
+        except (ServiceError, RequestValidationError):
+            # a bad body costs the caller's address a token too (a bad key does in `guard`):
             # flooding with invalid requests is throttled like any other traffic
-            if state.rate_limiter and not (isinstance(failure, ServiceError) and failure.status == 429):
-                try:
-                    state.rate_limiter.check("ip:" + client_address(request))
-                except ServiceError:
-                    state.metrics.rejected.labels("rate_limit").inc()
-                    raise
+            charge_failure(request)
             raise
+        identity = guard(request, state, getattr(body, "api_key", None))
         value = getattr(body, texts_of)
         check_limits([value] if isinstance(value, str) else list(value), state)
         return Call(state, body, identity)

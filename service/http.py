@@ -7,10 +7,22 @@ subclass adds, before the application sees anything:
 
 * **431** when a request head (request line + headers) passes ``max_header_bytes``;
 * **408** when a started head is not complete within ``header_timeout_s`` (from its first byte);
-* **429** when an address already holds ``max_connections_per_client`` connections (trusted
-  proxies are exempt: their clients are many). Each answer closes the connection.
+* **429** + ``Retry-After`` when an address already holds ``max_connections_per_client``
+  connections (trusted proxies are exempt: their clients are many): the connection's request
+  head is read first and answered, never sent to the application.
 
-`protocol_class(settings)` gives the class to pass as uvicorn's ``http=``.
+Each answer carries ``Connection: close`` and ends in a lingering close, as nginx's: the server
+stops sending (a FIN), reads and discards what the client still sends for at most ``LINGER_S``,
+and closes once the client has. Closing at once with request bytes unread (or arriving after the
+close) makes the kernel answer with a reset, which may reach the client before it has read the
+answer: that client sees a reset, not a 429.
+
+Each request's scope also carries the socket's peer address under `PEER`, before uvicorn's
+proxy headers replace the client address: whether a request came through a trusted proxy.
+
+`protocol_class(settings)` gives the class to pass as uvicorn's ``http=``. It subclasses
+uvicorn's HttpToolsProtocol and uses its internals, so pyproject.toml pins uvicorn's minor
+version (tested there).
 """
 
 from __future__ import annotations
@@ -24,6 +36,10 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.settings import Settings
+
+PEER = "transerve.peer"  # scope key: (host, port) of the socket's peer
+LINGER_S = 2.0  # a refused connection drains the client's bytes this long at most
+LINGER_BYTES = 1 << 20  # and at most this many
 
 _REASONS = {408: b"Request Timeout", 429: b"Too Many Requests", 431: b"Request Header Fields Too Large"}
 
@@ -43,6 +59,9 @@ def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
             self._head_timer: asyncio.TimerHandle | None = None
             self._counted: str | None = None
             self._refusal: tuple[int, str] | None = None
+            self._over = False  # past its address's connection bound: its head is answered 429
+            self._lingering: asyncio.TimerHandle | None = None
+            self._drained = 0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -51,10 +70,19 @@ def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
                 per_client[host] += 1
                 self._counted = host
                 if per_client[host] > self.max_per_client:
-                    self._refuse(429, f"more than {self.max_per_client} connections from one address")
+                    self._over = True
+                    if self.header_timeout_s:  # one that sends nothing is held no longer than a slow head
+                        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_late)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.scope[PEER] = self.client  # type: ignore[literal-required]
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_timer()
+            if self._lingering is not None:
+                self._lingering.cancel()
+                self._lingering = None
             if self._counted:
                 per_client[self._counted] -= 1
                 if per_client[self._counted] <= 0:
@@ -63,6 +91,11 @@ def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering is not None:  # refused: the client's bytes are read and dropped
+                self._drained += len(data)
+                if self._drained > LINGER_BYTES:
+                    self.transport.close()
+                return
             in_head = self._head_bytes > 0 or self.cycle is None or self.cycle.response_complete
             if in_head and self._head_timer is None and self.header_timeout_s:
                 self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_late)
@@ -90,6 +123,9 @@ def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
 
         def on_headers_complete(self) -> None:
             self._stop_timer()
+            if self._over:
+                self._refusal = (429, self._over_message())
+                raise ValueError("connection bound")  # stops the parser: data_received answers
             size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) + 16
             if size > self.max_header_bytes:  # the whole head came in one chunk
                 self._refusal = (431, f"request head larger than {self.max_header_bytes} bytes")
@@ -104,7 +140,13 @@ def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
 
         def _head_late(self) -> None:
             self._head_timer = None
-            self._refuse(408, f"request head not received within {self.header_timeout_s:g} s")
+            if self._over:  # past the bound and silent: the bound is the answer
+                self._refuse(429, self._over_message())
+            else:
+                self._refuse(408, f"request head not received within {self.header_timeout_s:g} s")
+
+        def _over_message(self) -> str:
+            return f"more than {self.max_per_client} connections from one address"
 
         def _refuse(self, status: int, message: str) -> None:
             self._stop_timer()
@@ -116,6 +158,10 @@ def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
                 b"%sconnection: close\r\n\r\n%s"
                 % (status, _REASONS[status], len(body), b"retry-after: 1\r\n" if status == 429 else b"", body)
             )
-            self.transport.close()
+            if not self.transport.can_write_eof():
+                self.transport.close()
+                return
+            self.transport.write_eof()  # the answer, then a FIN; the client's close ends the connection
+            self._lingering = self.loop.call_later(LINGER_S, self.transport.close)
 
     return GuardedHttpToolsProtocol

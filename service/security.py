@@ -82,6 +82,30 @@ class RateLimiter:
                 self._buckets.popitem(last=False)
 
 
+def authenticate(request: Request, settings: Settings, body_key: str | None) -> str:
+    """`authorize`, and a refused key costs the caller's address a token of the rate limit
+    (`charge_failure`): guessing keys is throttled on every route that takes one."""
+    try:
+        return authorize(request, settings, body_key)
+    except ServiceError:
+        charge_failure(request)
+        raise
+
+
+def charge_failure(request: Request) -> None:
+    """A refused request (a wrong or missing key, an invalid body) takes one token of its
+    address's rate limit, the same limiter as the requests it serves; once they are spent its
+    answer is 429 + Retry-After instead."""
+    state = request.app.state.service
+    if state.rate_limiter is None:
+        return
+    try:
+        state.rate_limiter.check("ip:" + client_address(request))
+    except ServiceError:
+        state.metrics.rejected.labels("rate_limit").inc()
+        raise
+
+
 def operator_only(request: Request) -> None:
     """With API keys set, /metrics, /models, /docs and /openapi.json need a key too (header,
     Bearer token or `?api_key=`), unless TRANSERVE_OPEN_OPERATIONAL_ENDPOINTS opens them; the
@@ -89,4 +113,4 @@ def operator_only(request: Request) -> None:
     /spec) answer anyone."""
     settings: Settings = request.app.state.settings
     if settings.api_keys and not settings.open_operational_endpoints:
-        authorize(request, settings, request.query_params.get("api_key"))
+        authenticate(request, settings, request.query_params.get("api_key"))
