@@ -17,14 +17,13 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.batcher import Batcher
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.middleware import BodyLimitAndMetrics, InFlight
 from service.registry import ModelDirError, load_registry
 from service.runtime.bundle import find_bundles
 from service.runtime.translator import ALIGN_SEP
-from service.scheduler import ContinuousBatcher
+from service.scheduling import BatchScheduler, ContinuousScheduler
 from service.security import RateLimiter, operator_only
 from service.settings import Settings, get_settings
 from service.state import ServiceState
@@ -45,7 +44,7 @@ def _translation_runner(engine: Any):
 
 
 def _load(state: ServiceState) -> None:
-    """Create the onnxruntime sessions and the batcher (in a thread: /health answers meanwhile)."""
+    """Create the onnxruntime sessions and the scheduler (in a thread: /health answers meanwhile)."""
     try:
         registry = load_registry(state.settings)
         runners: dict[str, Any] = {}
@@ -78,7 +77,7 @@ def _load(state: ServiceState) -> None:
                 engine = translators.get(model)
                 return engine.n_tokens(text) if engine else len(text) // 4 + 1
 
-            state.batcher = ContinuousBatcher(
+            continuous = ContinuousScheduler(
                 runners,
                 decoders,
                 s.max_batch_size,
@@ -98,13 +97,14 @@ def _load(state: ServiceState) -> None:
                 workers=s.workers(registry.cuda),
                 on_restart=restarted,
             )
+            state.scheduler = continuous
             log.info(
                 "continuous scheduler: %d decode workers, %s intra-op threads per call",
-                len(state.batcher.workers),
+                len(continuous.workers),
                 s.intra_threads(registry.cuda) or "onnxruntime's default of",
             )
         else:
-            state.batcher = Batcher(
+            state.scheduler = BatchScheduler(
                 runners,
                 s.max_batch_size,
                 s.max_wait_ms,
@@ -131,14 +131,14 @@ def _load(state: ServiceState) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
-    # a batcher worker whose loop failed and started again (Batcher._supervise): beside Metrics'
+    # a scheduler worker whose loop failed and started again (scheduling/supervision.py): beside Metrics'
     # own, on its registry
     worker_restarts = Counter(
         "transerve_worker_restarts_total",
         "batcher (decode) worker loops that failed, failing the requests they held, and started again",
         registry=metrics.registry,
     )
-    inflight = InFlight()  # shared by the middleware (counts) and the batcher (reads)
+    inflight = InFlight()  # shared by the middleware (counts) and the scheduler (reads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -156,8 +156,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loader.start()
         yield
         loader.join()
-        if state.batcher:
-            state.batcher.stop()
+        if state.scheduler:
+            state.scheduler.stop()
         if state.files is not None:
             state.files.close()
 

@@ -8,10 +8,10 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from service.batcher import Batcher
 from service.metrics import Metrics
 from service.middleware import InFlight
 from service.registry import Registry
+from service.scheduling import Scheduler
 from service.security import RateLimiter
 from service.settings import Settings
 
@@ -23,7 +23,7 @@ class ServiceState:
     settings: Settings
     metrics: Metrics
     registry: Registry | None = None
-    batcher: Batcher | None = None
+    scheduler: Scheduler | None = None  # service/scheduling: continuous, or whole batches
     rate_limiter: RateLimiter | None = None
     files: Any = None  # service/files.Store of translated files, made at the first file translation
     inflight: InFlight = field(default_factory=InFlight)
@@ -31,8 +31,13 @@ class ServiceState:
     started: float = field(default_factory=time.monotonic)
     ready_seconds: float | None = None
     load_error: str | None = None
-    # transerve_worker_restarts_total: batcher worker loops that failed and started again (app.py)
+    # transerve_worker_restarts_total: scheduler worker loops that failed and started again (app.py)
     worker_restarts: Counter | None = None
+
+    @property
+    def batcher(self) -> Scheduler | None:
+        """The former name of `scheduler` (service/deps.py, service/__main__.py read it)."""
+        return self.scheduler
 
     def info(self) -> dict[str, Any]:
         return {"loading": self.loading, "ready_seconds": self.ready_seconds}

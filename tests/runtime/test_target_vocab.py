@@ -17,7 +17,7 @@ from service.runtime.bundle import BundleError, load_manifest, parse_manifest
 from service.runtime.continuous import DecodeBatch
 from service.runtime.sessions import resolve_providers
 from service.runtime.translator import Translator
-from service.scheduler import ContinuousBatcher
+from service.scheduling import ContinuousScheduler
 from tests.conftest import TINY_BUNDLES
 
 # writing a bundle's vocabularies edits its graphs (the onnx package, training extras); the
@@ -136,16 +136,16 @@ def test_a_running_batch_of_a_view_joins_as_alone(bundle):
 def test_the_scheduler_gives_each_target_language_its_lanes(bundle):
     _, tv = engines(bundle)
     texts = [tv.manifest.model_input(t, lang) for t, lang in zip(TEXTS, ("en", "de", "en", "de"))]
-    b = ContinuousBatcher({"m": lambda texts, **o: tv.translate(texts)}, {"m": tv}, cost=lambda m, t: tv.n_tokens(t))
+    b = ContinuousScheduler({"m": lambda texts, **o: tv.translate(texts)}, {"m": tv}, cost=lambda m, t: tv.n_tokens(t))
 
     async def main():
         return await asyncio.gather(b.submit("m", texts[:2]), b.submit("m", texts[2:]))
 
     out = asyncio.run(main())
-    lanes = sorted(k for k in b.workers[0].batches if k[0] == "m")
+    lanes = [lane for lane in b.workers[0].batches if lane.model == "m"]
     b.stop()
     assert [*out[0], *out[1]] == [tv.translate([t])[0] for t in texts]
-    assert {b.targets["m"][k // b.per_target] for _, k in lanes} == {"en", "de"}
+    assert {lane.target for lane in lanes} == {"en", "de"}
 
 
 def test_a_manifest_whose_vocabulary_file_has_no_checksum_is_refused(bundle):

@@ -1,4 +1,5 @@
-"""Dynamic batching: merged batches give the unbatched outputs; overload and failures are contained."""
+"""Whole-batch scheduling (service/scheduling/batcher.py): merged batches give the unbatched
+outputs; overload and failures are contained."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 
 import pytest
 
-from service.batcher import Batcher, QueueFull
+from service.scheduling import BatchScheduler, QueueFull
 
 
 def run(coro):
@@ -23,7 +24,7 @@ def test_concurrent_requests_are_merged_and_results_routed_back():
         time.sleep(0.01)
         return [t.upper() for t in texts]
 
-    b = Batcher({"m": model}, max_batch_size=16, max_wait_ms=50)
+    b = BatchScheduler({"m": model}, max_batch_size=16, max_wait_ms=50)
 
     async def main():
         jobs = [b.submit("m", [f"text {i}", f"more {i}"]) for i in range(6)]
@@ -44,7 +45,7 @@ def test_merge_off_runs_each_request_alone():
         time.sleep(0.01)
         return [t.upper() for t in texts]
 
-    b = Batcher({"m": model}, max_batch_size=16, max_wait_ms=50, merge=False)
+    b = BatchScheduler({"m": model}, max_batch_size=16, max_wait_ms=50, merge=False)
 
     async def main():
         return await asyncio.gather(*[b.submit("m", [f"text {i}", f"more {i}"]) for i in range(6)])
@@ -59,7 +60,7 @@ def test_merge_off_runs_each_request_alone():
 def test_a_lone_request_does_not_wait_for_batch_mates(others_on_their_way):
     # in_flight counts the requests the server handles; if all of them are queued, waiting
     # max_wait_ms could only add latency. If another is still on its way, the batch waits.
-    b = Batcher(
+    b = BatchScheduler(
         {"m": lambda texts: list(texts)}, max_batch_size=16, max_wait_ms=400, in_flight=lambda: 1 + others_on_their_way
     )
     t0 = time.perf_counter()
@@ -71,7 +72,7 @@ def test_a_lone_request_does_not_wait_for_batch_mates(others_on_their_way):
 
 def test_batches_never_exceed_max_batch_size():
     sizes: list[int] = []
-    b = Batcher({"m": lambda ts: sizes.append(len(ts)) or list(ts)}, max_batch_size=4, max_wait_ms=20)
+    b = BatchScheduler({"m": lambda ts: sizes.append(len(ts)) or list(ts)}, max_batch_size=4, max_wait_ms=20)
 
     async def main():
         return await asyncio.gather(*(b.submit("m", ["x"] * 3) for _ in range(5)), b.submit("m", ["y"] * 9))
@@ -84,7 +85,7 @@ def test_batches_never_exceed_max_batch_size():
 
 def test_texts_are_sorted_by_length_within_a_batch():
     seen: list[list[str]] = []
-    b = Batcher({"m": lambda ts: seen.append(list(ts)) or list(ts)}, max_batch_size=8, max_wait_ms=30)
+    b = BatchScheduler({"m": lambda ts: seen.append(list(ts)) or list(ts)}, max_batch_size=8, max_wait_ms=30)
 
     async def main():
         return await asyncio.gather(b.submit("m", ["ccc", "a"]), b.submit("m", ["bb", "dddd"]))
@@ -96,7 +97,7 @@ def test_texts_are_sorted_by_length_within_a_batch():
 
 def test_queue_full_is_refused_at_once():
     gate = threading.Event()
-    b = Batcher({"m": lambda ts: gate.wait() and list(ts)}, max_batch_size=1, max_wait_ms=0, max_queue=3)
+    b = BatchScheduler({"m": lambda ts: gate.wait() and list(ts)}, max_batch_size=1, max_wait_ms=0, max_queue=3)
 
     async def main():
         first = asyncio.ensure_future(b.submit("m", ["a"]))  # taken by the worker, blocks in the model
@@ -118,7 +119,7 @@ def test_failure_in_one_batch_fails_only_that_batch():
             raise RuntimeError("model exploded")
         return list(texts)
 
-    b = Batcher({"m": model}, max_batch_size=1, max_wait_ms=0)
+    b = BatchScheduler({"m": model}, max_batch_size=1, max_wait_ms=0)
 
     async def main():
         bad = asyncio.gather(b.submit("m", ["boom"]), return_exceptions=True)
@@ -132,7 +133,7 @@ def test_failure_in_one_batch_fails_only_that_batch():
 
 
 def test_stop_finishes_accepted_jobs():
-    b = Batcher({"m": lambda ts: time.sleep(0.05) or list(ts)}, max_batch_size=1, max_wait_ms=0)
+    b = BatchScheduler({"m": lambda ts: time.sleep(0.05) or list(ts)}, max_batch_size=1, max_wait_ms=0)
 
     async def main():
         futs = [asyncio.ensure_future(b.submit("m", [str(i)])) for i in range(3)]
@@ -146,8 +147,6 @@ def test_stop_finishes_accepted_jobs():
 def test_a_later_pass_of_an_earlier_request_queues_before_later_requests():
     # The second leg of a pivot (or a retranslation) of request A goes before request B, which
     # arrived after A, even though B was queued first: the queue is kept in arrival order.
-    from service.batcher import arrived
-
     order: list[str] = []
     gate = threading.Event()
 
@@ -157,7 +156,7 @@ def test_a_later_pass_of_an_earlier_request_queues_before_later_requests():
         order.extend(texts)
         return list(texts)
 
-    b = Batcher({"m": model}, max_batch_size=1, max_wait_ms=0, merge=False)
+    b = BatchScheduler({"m": model}, max_batch_size=1, max_wait_ms=0, merge=False)
 
     async def main():
         blocker = asyncio.ensure_future(b.submit("m", ["block"]))
@@ -165,9 +164,8 @@ def test_a_later_pass_of_an_earlier_request_queues_before_later_requests():
         t0 = time.monotonic()
 
         async def request(name: str, at: float, passes: int):
-            arrived.set(at)
             for k in range(passes):
-                await b.submit("m", [f"{name}{k}"])
+                await b.submit("m", [f"{name}{k}"], arrived=at)
 
         bb = asyncio.ensure_future(request("b", t0, 1))  # queued first...
         await asyncio.sleep(0.01)

@@ -1,7 +1,8 @@
-"""Continuous batching (service/scheduler.py) on a tiny real translator: requests are answered as
-soon as their own sentences are done, sentences that join a running batch translate as they do
-alone, abandoned work is dropped at the next step, the budgets hold, classification runs between
-decoder steps, and overload is refused at once."""
+"""The continuous scheduler's threaded loop (service/scheduling/continuous.py) on a tiny real
+translator: requests are answered as soon as their own sentences are done, sentences that join a
+running batch translate as they do alone, abandoned work is dropped at the next step, the budgets
+hold, classification runs between decoder steps, and overload is refused at once. The admission
+policy's decisions are tested without threads in test_admission.py."""
 
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ import time
 
 import pytest
 
-from service.batcher import QueueFull, TooBig
 from service.runtime.bundle import load_manifest
 from service.runtime.sessions import resolve_providers
 from service.runtime.translator import Translator
-from service.scheduler import ContinuousBatcher
+from service.scheduling import ContinuousScheduler, QueueFull, SchedulerStopped, TooBig
 
 WORDS = "der hund spielt mit der katze im park und die frau läuft rot blau ein mann das kind".split()
 SHORT = "ein mann"
@@ -42,7 +42,7 @@ def slowed(engine, seconds: float):
     return step
 
 
-WORKERS = [1]  # worker threads of the batchers `make` builds: every test runs with one and with two
+WORKERS = [1]  # worker threads of the schedulers `make` builds: every test runs with one and with two
 
 
 @pytest.fixture(autouse=True, params=[1, 2], ids=["1-worker", "2-workers"])
@@ -52,11 +52,11 @@ def workers(request):
     WORKERS[0] = 1
 
 
-def make(engine, runners=None, **kw) -> ContinuousBatcher:
+def make(engine, runners=None, **kw) -> ContinuousScheduler:
     def translate(texts, **options):  # the app's runner: beam requests run as whole batches
         return engine.translate_nbest(texts, **options) if options else engine.translate(texts)
 
-    return ContinuousBatcher(
+    return ContinuousScheduler(
         {"t": translate, **(runners or {})},
         {"t": engine},
         cost=lambda m, t: engine.n_tokens(t),
@@ -102,36 +102,6 @@ def test_a_short_request_is_answered_before_the_long_one_it_joined(engine, monke
     b.stop()
     assert finished == ["short", "long"]
     assert short == engine.translate([SHORT])
-
-
-@pytest.mark.parametrize("order", ["hybrid", "round-robin"])
-def test_paragraphs_are_admitted_in_arrival_order_and_short_requests_first(engine, monkeypatch, order):
-    # Rows for 4 sentences; two 8-sentence paragraphs wait, then a one-sentence request comes.
-    # hybrid: the short one takes the first free row, then the first paragraph every row it can,
-    # so it is done before the second starts; round robin interleaves the two paragraphs.
-    monkeypatch.setattr(engine, "run_step", slowed(engine, 0.002))
-    b = make(engine, max_batch_size=4, order=order)
-    finished: list[str] = []
-
-    async def main():
-        async def one(name, texts):
-            await b.submit("t", texts)
-            finished.append(name)
-
-        blocker = asyncio.ensure_future(one("blocker", paragraph(4, seed=9)))  # fills the rows
-        await asyncio.sleep(0.01)
-        first = asyncio.ensure_future(one("first", paragraph(8, seed=1)))
-        await asyncio.sleep(0.005)
-        second = asyncio.ensure_future(one("second", paragraph(8, seed=2)))
-        await asyncio.sleep(0.005)
-        short = asyncio.ensure_future(one("short", [SHORT]))
-        await asyncio.gather(blocker, first, second, short)
-
-    asyncio.run(main())
-    b.stop()
-    if order == "hybrid":
-        assert finished.index("short") < finished.index("first") < finished.index("second")
-    assert set(finished) == {"blocker", "first", "second", "short"}
 
 
 def test_scored_requests_get_the_greedy_scores_from_the_running_batch(engine):
@@ -296,7 +266,7 @@ def test_each_answered_request_reports_where_its_time_went(engine, monkeypatch):
     assert queue >= 0 and admission > 0.004 and decode > 0.002
 
 
-def stepped(engine, **kw) -> ContinuousBatcher:
+def stepped(engine, **kw) -> ContinuousScheduler:
     """The app's wiring: beam requests stepped beside the running batches."""
     return make(engine, steppers={"t": lambda texts, **o: engine.translate_nbest_steps(texts, **o)}, **kw)
 
@@ -389,11 +359,9 @@ def test_an_abandoned_beam_batch_stops_at_the_next_step(engine, monkeypatch, wor
     assert seconds < 1.0
 
 
-def test_a_stepped_beam_batch_past_the_drain_deadline_fails_with_batcher_stopped(engine, monkeypatch):
+def test_a_stepped_beam_batch_past_the_drain_deadline_fails_with_scheduler_stopped(engine, monkeypatch):
     # shutting down: once the drain time is over, a beam batch under way is closed and its
-    # callers get BatcherStopped (a 503), not a hang; the worker then finishes
-    from service.batcher import BatcherStopped
-
+    # callers get SchedulerStopped (a 503), not a hang; the worker then finishes
     monkeypatch.setattr(engine, "translate_nbest_steps", paced(engine, 0.01))
     b = stepped(engine)
 
@@ -401,12 +369,12 @@ def test_a_stepped_beam_batch_past_the_drain_deadline_fails_with_batcher_stopped
         beam = asyncio.ensure_future(b.submit("t", paragraph(6), {"beam_size": 4}))
         await asyncio.sleep(0.05)  # under way
         b.drain(0.0)
-        with pytest.raises(BatcherStopped):
+        with pytest.raises(SchedulerStopped):
             await asyncio.wait_for(beam, 5)
 
     asyncio.run(main())
     b.stop(5)
-    assert not b._thread.is_alive() and not b.workers[0].stepping
+    assert not any(t.is_alive() for t in b.threads) and not b.workers[0].stepping
 
 
 def test_two_workers_share_a_paragraph_and_translate_as_alone(engine, monkeypatch):
@@ -444,7 +412,7 @@ def test_many_requests_on_two_workers_are_each_answered_once_and_right(engine):
     out = asyncio.run(main())
     b.stop()
     assert out == [[alone[t] for t in r] for r in requests]
-    assert b.running == 0 and b.queued == 0 and not any(t.is_alive() for t in b._threads)
+    assert b.running == 0 and b.queued == 0 and not any(t.is_alive() for t in b.threads)
 
 
 def test_a_requests_longest_sentences_join_first(engine, monkeypatch):

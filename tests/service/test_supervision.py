@@ -1,4 +1,4 @@
-"""Decode workers that cannot die (service/scheduler.py, service/batcher.py): an exception while
+"""Decode workers that cannot die (service/scheduling/): an exception while
 a worker admits or steps a request fails that request alone with a 500 and the worker goes on; a
 worker whose loop fails anyway fails the requests it held, starts again and is counted; and a
 bundle's sessions are all opened at load, so that a graph replaced on disk later changes nothing,
@@ -45,7 +45,7 @@ def failed_at_once(response, started: float) -> bool:
 def test_a_request_that_fails_in_a_worker_gets_500_and_the_worker_goes_on(model_dir, workers, where):
     with make_client(model_dir, decode_workers=workers, max_wait_ms=0, request_timeout_s=TIMEOUT) as c:
         wait_ready(c)
-        batcher = c.app.state.service.batcher
+        scheduler = c.app.state.service.scheduler
         engine = c.app.state.service.registry.translators()["de-en"]
         bad = engine.encode([BAD["q"]])[0]
         if where == "admitting":  # the sentence's lane cannot be chosen (its decoder could not be made)
@@ -73,48 +73,48 @@ def test_a_request_that_fails_in_a_worker_gets_500_and_the_worker_goes_on(model_
             fail[0] = False
         r = c.post("/translate", json=GOOD)
         assert r.status_code == 200 and "translatedText" in r.json()
-        assert all(t.is_alive() for t in batcher._threads) and restarts(c) == 0  # no worker had to restart
+        assert all(t.is_alive() for t in scheduler.threads) and restarts(c) == 0  # no worker had to restart
 
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 def test_a_worker_whose_loop_fails_is_restarted_and_counted(model_dir, workers):
     with make_client(model_dir, decode_workers=workers, max_wait_ms=0, request_timeout_s=TIMEOUT) as c:
         wait_ready(c)
-        batcher = c.app.state.service.batcher
+        scheduler = c.app.state.service.scheduler
         # a fault outside any one request's work (here: pruning the queue), twice: each worker's loop
         # fails at its next turn; the request waiting in the queue is decoded once one has restarted
-        real_prune, faults, lock = batcher._prune, [2], threading.Lock()
+        real_prune, faults, lock = scheduler.queue.prune, [2], threading.Lock()
 
-        def prune():
+        def prune(on_dropped=None):
             with lock:
                 if faults[0]:
                     faults[0] -= 1
                     raise RuntimeError("simulated bug in a worker's turn")
-            real_prune()
+            real_prune(on_dropped)
 
-        batcher._prune = prune
+        scheduler.queue.prune = prune
         r = c.post("/translate", json=GOOD)
         assert r.status_code == 200 and "translatedText" in r.json()
         assert restarts(c) == 2
 
         # the loop fails while a request has rows running: that request fails at once, the next works
-        real_hold, once = batcher._hold, [True]
+        real_admit, once = scheduler._admit, [True]
 
-        def hold(w, model):
+        def admit(w):
             with lock:
                 if w.running and once[0]:
                     once[0] = False
                     raise RuntimeError("simulated bug in a worker's turn")
-            return real_hold(w, model)
+            return real_admit(w)
 
-        batcher._hold = hold
+        scheduler._admit = admit
         t0 = time.monotonic()
         long = {"q": [f"der hund spielt mit der katze im park {i}" for i in range(8)], "source": "de", "target": "en"}
         assert failed_at_once(c.post("/translate", json=long), t0)
         assert restarts(c) == 3
         r = c.post("/translate", json=long)
         assert r.status_code == 200 and len(r.json()["translatedText"]) == 8
-        assert all(t.is_alive() for t in batcher._threads)
+        assert all(t.is_alive() for t in scheduler.threads)
 
 
 # -- sessions opened at load --------------------------------------------------------------------
