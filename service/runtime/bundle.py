@@ -107,6 +107,11 @@ def target_tag(lang: str) -> str:
     return f"<2{lang}>"
 
 
+def is_target_tag(piece: str) -> bool:
+    """Whether a tokenizer piece is a target tag (`target_tag`'s form)."""
+    return piece.startswith("<2")
+
+
 def tag_source(text: str, target: str) -> str:
     return f"{target_tag(target)} {text}"
 

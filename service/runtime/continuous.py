@@ -15,11 +15,12 @@ two steps:
   source columns past the longest live source still cost; when they come to a quarter of the
   batch, one gather cuts them all off.
 
-Copying the whole state on every join and leave (the first version) took twice the time of the
-decoder itself under a realistic load (BENCHMARKS.md, "continuous batching"); slots make both
-free. Each row sees only its own source and its own cache slots, at its own positions, so its
-output is the same as when it is decoded alone (the graphs are padding-invariant; tests check
-it on the served variant). Needs a decoder with the per-row inputs (graph contract 2 or 3).
+Copying the whole state on every join and leave (the first version) cost more than the decoder
+itself under a realistic load (BENCHMARKS.md, "continuous batching"); slots make both free.
+Each row sees only its own source and its own cache slots, at its own positions, so its output
+is the same as when it is decoded alone (the graphs are padding-invariant; tests check it on the
+served variant). Needs a decoder with the per-row inputs (graph contract 2 or 3: the only ones
+the engine loads).
 
 With a contract-3 decoder (fixed-width caches written in place) a row's cache slots are its own
 from slot 0: a newcomer in a free slot starts at position 0 and the old occupant's slots past it
@@ -37,6 +38,7 @@ import numpy as np
 
 from service.runtime import graph_io
 from service.runtime.beam import logsumexp
+from service.runtime.engine import StepEngine
 
 
 @dataclass
@@ -58,13 +60,12 @@ class Row:
 
 
 class DecodeBatch:
-    """The running batch of one translator (`engine`: runtime/translator.Translator)."""
+    """The running batch of one translator (a translator's target-language view, where it has
+    target vocabularies)."""
 
-    def __init__(self, engine: Any) -> None:
-        if not engine.per_row:
-            raise ValueError(f"{engine.manifest.name}: its decoder has no per-row inputs (graph contract 1)")
+    def __init__(self, engine: StepEngine) -> None:
         self.engine = engine
-        self.static = bool(getattr(engine, "static", False))  # contract 3: caches written in place
+        self.static = engine.static  # contract 3: caches written in place
         self.steps = 0  # decoder calls so far
         self.compactions = 0
         self._reset()

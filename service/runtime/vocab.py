@@ -9,9 +9,8 @@ same graph whose projection initializers are replaced (onnxruntime's `add_initia
 their columns for that language: the same integer products for those columns, so the same
 logits as the full graph's there; fewer columns to compute, to write out and to search (the
 argmax, beam search's log-softmax and top-k). What changes: no piece outside the language's
-training targets can be produced (on Tatoeba validation sentences the full graph's output used
-none in 89-100% of them, by direction; BENCHMARKS.md section 10), and a confidence is normalised over the
-language's pieces.
+training targets can be produced (the full graph's output rarely uses any: BENCHMARKS.md section
+10), and a confidence is normalised over the language's pieces.
 
 Every row of a decode batch uses its own target's session: a sentence's output does not depend
 on its batch-mates (batch invariance), since the columns it sees are its language's whatever the
@@ -20,7 +19,7 @@ batch holds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +41,7 @@ class TargetVocab:
 
 def load_target_vocab(bundle_dir: Path, manifest: Manifest, variant: str) -> TargetVocab | None:
     """The bundle's target vocabularies for `variant`'s decoder; None where the bundle has none
-    (bundles before session 13) or none for this variant (its projection was not one to cut)."""
+    (older bundles) or none for this variant (its projection was not one to cut)."""
     spec = manifest.target_vocab
     axes = (spec.get("projection") or {}).get(variant) if spec else None
     if not axes:
@@ -57,3 +56,19 @@ def tag_languages(manifest: Manifest, piece_to_id: Callable[[str], int]) -> dict
     """A multilingual bundle's target-tag piece ids -> their languages."""
     langs = manifest.target_vocab.get("languages", []) if manifest.target_vocab else []
     return {piece_to_id(target_tag(lang)): lang for lang in langs}
+
+
+def target_of(
+    manifest: Manifest, vocab: TargetVocab | None, tag_langs: dict[int, str], source: Sequence[int]
+) -> str | None:
+    """The target language whose vocabulary decodes `source` (its tag, the first piece after the
+    leading space; a single-target bundle's target); None: the full vocabulary."""
+    if vocab is None:
+        return None
+    if not manifest.target_tags:
+        lang = manifest.target_lang or manifest.pairs()[0][1]
+        return lang if lang in vocab.ids else None
+    for piece in source[:2]:
+        if piece in tag_langs:
+            return tag_langs[piece]
+    return None

@@ -4,11 +4,15 @@ source columns shrink back when the rows that needed them are gone; abandoned ro
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from service.runtime.bundle import load_manifest
+from service.runtime import graph_io
+from service.runtime.bundle import BundleError, load_manifest
 from service.runtime.continuous import DecodeBatch
+from service.runtime.search import greedy_hypotheses
 from service.runtime.sessions import resolve_providers
 from service.runtime.translator import Translator
 from tests.conftest import TINY_BUNDLES
@@ -36,7 +40,7 @@ def engine(request):
 
 
 def _alone(engine, sources):
-    return [engine._greedy_scored([s])[0][0] for s in sources]
+    return [greedy_hypotheses(engine.steps, *engine.padded([s]), scored=True)[0][0] for s in sources]
 
 
 def _run(batch: DecodeBatch, joins: dict[int, list[tuple[int, list[int]]]]) -> dict[int, tuple]:
@@ -102,10 +106,15 @@ def test_the_token_bound_covers_every_later_step(engine):
         batch.step()
 
 
-def test_a_contract_one_decoder_is_refused(engine, monkeypatch):
-    monkeypatch.setattr(engine, "per_row", False)
-    with pytest.raises(ValueError, match="contract 1"):
-        DecodeBatch(engine)
+def test_a_contract_one_decoder_is_refused_at_load_saying_how_to_bring_it_up_to_date():
+    # no position and no self mask: a decoder that cannot run rows at their own positions
+    bundle = TINY_BUNDLES / "models" / "de-en"
+    manifest = load_manifest(bundle)
+    dec = manifest.graph("fp32", "decoder")
+    old_in = [t for t in dec.inputs if t.name not in (graph_io.POSITION, graph_io.SELF_MASK)]
+    old = replace(manifest, variants={"fp32": {**manifest.variants["fp32"], "decoder": replace(dec, inputs=old_in)}})
+    with pytest.raises(BundleError, match=r"graph contract 1.*python -m training export"):
+        Translator(bundle, old, resolve_providers("cpu"), threads=1, variant="fp32")
 
 
 def test_plain_rows_skip_the_softmax(engine):

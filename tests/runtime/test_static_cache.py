@@ -64,8 +64,8 @@ def test_run_step_binds_each_running_batchs_arrays_once(monkeypatch):
     # every step gives what a step bound afresh gives (a second engine, its bindings forgotten)
     t, ref = _engine("models", "int8-static"), _engine("models", "int8-static")
     built = []
-    real = t._bound_step
-    monkeypatch.setattr(t, "_bound_step", lambda arrays, advance=True: built.append(1) or real(arrays, advance))
+    real = t.steps.bind
+    monkeypatch.setattr(t.steps, "bind", lambda arrays, advance=True: built.append(1) or real(arrays, advance))
 
     def lanes(e):
         out = []
@@ -80,7 +80,7 @@ def test_run_step_binds_each_running_batchs_arrays_once(monkeypatch):
         for (state, ids), (state2, ids2) in zip(kept, fresh):
             got = t.run_step(state, {graph_io.INPUT_IDS: ids, **state}).copy()
             want = ref.run_step(state2, {graph_io.INPUT_IDS: ids2, **state2}).copy()
-            ref._bound_local.bindings.clear()  # bound anew at every step
+            ref.steps.bindings.clear()  # bound anew at every step
             np.testing.assert_array_equal(got, want)
             for s in (state, state2):  # the positions advance in place, as runtime/continuous.py does
                 s[graph_io.POSITION] += 1
@@ -98,7 +98,7 @@ def test_run_step_binds_each_running_batchs_arrays_once(monkeypatch):
 
 
 def test_moved_rows_reorders_in_place_as_a_gather_does():
-    from service.runtime.translator import _moved_rows
+    from service.runtime.steps import moved_rows
 
     rng = np.random.default_rng(0)
     value = rng.standard_normal((6, 2, 5, 3)).astype(np.float32)
@@ -106,7 +106,7 @@ def test_moved_rows_reorders_in_place_as_a_gather_does():
         rows = np.array(rows)
         moved = np.nonzero(rows != np.arange(len(rows)))[0]
         v = value.copy()
-        out = _moved_rows(v, rows, 3, moved)
+        out = moved_rows(v, rows, 3, moved)
         assert out.base is v or out is v  # the same memory: a prefix of the array
         np.testing.assert_array_equal(out[:, :, :3], value[rows, :, :3])  # the slots written so far
         np.testing.assert_array_equal(out[:, :, 3:], value[: len(rows), :, 3:])  # the others untouched
@@ -120,8 +120,9 @@ def test_beam_search_in_place_gives_what_the_two_buffer_loop_gives(monkeypatch):
     fast, plain = _engine("models", "int8-static"), _engine("models", "int8-static")
     plain.bind_static = False
     built = []
-    real = fast._bound_step
-    monkeypatch.setattr(fast, "_bound_step", lambda state, advance=True: built.append(1) or real(state, advance))
+    steps = fast.view(fast.target_of(fast.encode(SENTENCES)[0])).steps  # the runner that decodes them
+    real = steps.bind
+    monkeypatch.setattr(steps, "bind", lambda state, advance=True: built.append(1) or real(state, advance))
     sources = fast.encode(SENTENCES * 3)
     for beam in (2, 4):
         a, b = fast.generate_nbest(sources, beam, beam), plain.generate_nbest(sources, beam, beam)
@@ -144,4 +145,4 @@ def test_a_running_batch_keeps_one_binding_when_its_arrays_change():
         t.step(state, tokens)
     other = t.start(src, width=6)  # a second running batch has its own
     t.step(other, tokens)
-    assert len(t._bound_local.bindings) == 2
+    assert len(t.steps.bindings) == 2
