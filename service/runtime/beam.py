@@ -10,7 +10,7 @@ sentences (rows = sentences x beams). Each step:
 2. per sentence, the best 2k of those; the ones ending in </s> within the first k become
    finished hypotheses, the best k others stay live;
 3. the caches are reordered to the surviving beams' rows (a gather along the batch axis; on the
-   CPU, Translator does it in place, only for the rows whose beam changed).
+   CPU, steps.BoundStep does it in place, only for the rows whose beam changed).
 
 The selection is vectorised over sentences (Python touches only the hypotheses that finish). A
 sentence that stops keeps its rows in the batch, idle (its outputs ignored, its caches left as
@@ -22,11 +22,9 @@ ones are (score / length ** length_penalty, length counting </s>), is below the 
 best finished ones (Hugging Face's `BeamHypotheses.is_done`, onnxruntime's BeamSearch op), or at
 the same output-length limit as greedy decoding; live hypotheses still running at the limit are
 finished there. The stop is a heuristic (a live hypothesis's ranking score can still rise when
-a likely token follows). Stopping earlier ended sentences too soon, on the 300 first Tatoeba
-de-en valid sentences (int8-static, session 9): once one hypothesis was finished and no live
-one beat it, 37.56 BLEU (17% faster); once none beat it in log-probability alone (the first
-rule), 0.9 BLEU below that (BENCHMARKS.md). With this rule, 38.51: onnxruntime's BeamSearch op
-on the same graphs gives 38.50.
+a likely token follows). Stopping earlier (once one hypothesis is finished and no live one
+beats it) is faster but ends sentences too soon and costs BLEU; with this rule the n-best match
+onnxruntime's BeamSearch op on the same graphs (figures in BENCHMARKS.md).
 With k = 1 this is greedy decoding, plus the scores.
 
 Rows are independent (the graphs are padding- and batch-invariant), so a sentence's n-best and
@@ -37,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -47,10 +45,6 @@ class Hypothesis:
     tokens: list[int]  # without <s> and </s>
     score: float  # sum of the log-probabilities of the tokens and </s>
     length: int  # tokens + </s> (the final token when cut at the limit)
-
-    @property
-    def mean_logprob(self) -> float:
-        return self.score / max(self.length, 1)
 
 
 def logsumexp(logits: np.ndarray) -> np.ndarray:
@@ -78,7 +72,7 @@ def topk_numpy(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def take_rows(value: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """`value`'s rows, in the order of `rows` (beam_search's gather on the CPU)."""
+    """`value`'s rows, in the order of `rows` (beam_steps's gather on the CPU)."""
     return value[rows]
 
 
@@ -86,17 +80,12 @@ Steps = Generator[None, None, Any]  # yields after each decoder step; returns it
 
 
 def drain(steps: Steps) -> Any:
-    """Run a stepped computation (`beam_steps`, Translator.translate_nbest_steps) to its end."""
+    """Run a stepped computation (`beam_steps`, Translator.translate_batch_steps) to its end."""
     while True:
         try:
             next(steps)
         except StopIteration as done:
             return done.value
-
-
-def beam_search(*args: Any, **kwargs: Any) -> list[list[Hypothesis]]:
-    """`beam_steps` run to its end."""
-    return drain(beam_steps(*args, **kwargs))
 
 
 def beam_steps(
@@ -116,8 +105,7 @@ def beam_steps(
     gather_cache: Callable[[str, Any, np.ndarray], Any] | None = None,
 ) -> Generator[None, None, list[list[Hypothesis]]]:
     """The `n_best` best hypotheses of each source row of `src`, best first; a generator that
-    yields after each decoder step (so that a scheduler can run other work between two steps:
-    service/scheduler.py) and returns them.
+    yields after each decoder step (a scheduler runs other work between two steps) and returns them.
 
     `start(src)` gives the decoder state for the sources (batch-first arrays); `step(state,
     tokens)` runs one decoder step on `tokens` (R, 1) and returns the logits (R, V), updating the
@@ -137,68 +125,31 @@ def beam_steps(
     scores = np.full((b, k), -np.inf, dtype=np.float64)
     scores[:, 0] = 0.0  # one live beam to begin with: the others are copies of it
     history = np.zeros((b, k, 0), dtype=np.int64)
-    finished: list[list[Hypothesis]] = [[] for _ in range(b)]
-    ranks: list[list[float]] = [[] for _ in range(b)]  # rank() of each finished hypothesis
-    kth = np.full(b, -np.inf)  # each sentence's k-th best finished rank (-inf: fewer than k)
+    done = _Finished(b, k, length_penalty)
     active = np.arange(b)  # original sentence of each block of k rows
     running = np.ones(b, dtype=bool)  # per block: still searching (else its rows idle until dropped)
     tokens = np.full((b * k, 1), bos, dtype=np.int64)
-    steps = int(limits.max())
     identity = np.arange(k)
-
-    def rank(h: Hypothesis) -> float:
-        return h.score / max(h.length, 1) ** length_penalty
-
-    def finish(s: Any, h: Hypothesis) -> None:
-        i = active[s]
-        finished[i].append(h)
-        ranks[i].append(rank(h))
-        if len(ranks[i]) >= k:
-            kth[i] = sorted(ranks[i])[-k]
-
-    for t in range(steps):
+    for t in range(int(limits.max())):
         if t:
             yield  # between two steps (nothing of this search is held in a shared buffer here)
         logits = step(state, tokens)  # (a * k, V) float32
         a, vocab = len(active), vocab or logits.shape[-1]
         w = min(2 * k, vocab)  # candidates per row
-        width = min(2 * k, k * vocab)  # per sentence
         logprobs, ids = topk(logits, w)  # (a * k, w), each row best first
-        cand = (scores.reshape(-1)[:, None] + logprobs).reshape(a, k * w)  # stopped blocks: all -inf
-        # Ties (quantized logits have many) go to the lowest beam, then the lowest token id, as
-        # argmax does: beam 1 is then exactly greedy decoding. The candidates are beam-major and
-        # each beam's in ascending id order among equals, so a stable sort keeps that order.
-        order = np.argsort(-cand, axis=1, kind="stable")[:, :width]
-        by_row = np.arange(a)[:, None]
-        top_scores = cand[by_row, order]
-        src_beam, token = order // w, ids.reshape(a, k * w)[by_row, order]
-        # Of each sentence's `width` best: an </s> among the first k finishes a hypothesis; the k
-        # best others stay live (each row offers one </s> at most, so k others are always there).
-        finite, ends = np.isfinite(top_scores), token == eos
-        goes_on = finite & ~ends
-        live_pick = goes_on & (np.cumsum(goes_on, axis=1) <= k)
-        n_live = live_pick.sum(axis=1)
-        at = np.argsort(~live_pick, axis=1, kind="stable")[:, :k]  # the picked positions, in order
-        picked = live_pick[by_row, at]
-        new_scores = np.where(picked, top_scores[by_row, at], -np.inf)
-        new_beam = np.where(picked, src_beam[by_row, at], identity)
-        new_token = np.where(picked, token[by_row, at], eos)
-        for s, r in zip(*np.nonzero(finite[:, :k] & ends[:, :k])):
-            finish(s, Hypothesis(history[s, src_beam[s, r]].tolist(), float(top_scores[s, r]), t + 1))
+        sel = _select(scores, logprobs, ids, k, w, min(2 * k, k * vocab), eos)
         at_limit = running & (t + 1 >= limits[active])
-        for s in np.nonzero(at_limit)[0]:  # cut here: the live ones end with their last token
-            for j in range(n_live[s]):
-                tokens_j = history[s, new_beam[s, j]].tolist() + [int(new_token[s, j])]
-                finish(s, Hypothesis(tokens_j, float(new_scores[s, j]), t + 1))
-        best_live = new_scores[:, 0] / (t + 1) ** length_penalty  # -inf where none is live
-        stop = at_limit | (running & (kth[active] > -np.inf) & ((n_live == 0) | (best_live < kth[active])))
-        running &= ~stop
+        done.collect(t, active, history, sel, at_limit)
+        best_live, kth = sel.new_scores[:, 0] / (t + 1) ** length_penalty, done.kth[active]  # -inf: none live
+        running &= ~(at_limit | (running & (kth > -np.inf) & ((sel.n_live == 0) | (best_live < kth))))
         if not running.any():
             break
         # A stopped sentence's rows stay in the batch (their outputs ignored, their caches left as
         # they are) until a quarter of the blocks have stopped: dropping rows costs a gather of
-        # every state entry, as the greedy loop finds (Translator._decode).
+        # every state entry, as the greedy loop finds (runtime/search.greedy).
+        new_scores, new_beam, new_token = sel.new_scores, sel.new_beam, sel.new_token
         new_scores[~running], new_beam[~running], new_token[~running] = -np.inf, identity, eos
+        by_row = np.arange(a)[:, None]
         rows = by_row * k + new_beam  # each row's source row (a, k)
         history = np.concatenate([history[by_row, new_beam], new_token[:, :, None]], axis=2)
         scores = new_scores
@@ -216,8 +167,78 @@ def beam_steps(
             history, scores, active, running = history[keep], scores[keep], active[keep], running[keep]
             new_token = new_token[keep]
         tokens = new_token.reshape(-1, 1)
-    out = []
-    for hyps in finished:
-        ranked = sorted(hyps, key=lambda h: -rank(h))
-        out.append(ranked[:n_best])
-    return out
+    return done.best(n_best)
+
+
+class _Selection(NamedTuple):
+    """One step's choice, per sentence block (a blocks of k rows)."""
+
+    top_scores: np.ndarray  # (a, width) the best candidates' scores, best first
+    src_beam: np.ndarray  # (a, width) the beam each extends
+    finishes: np.ndarray  # (a, k) the candidates among the first k that end with </s>
+    n_live: np.ndarray  # (a,) live hypotheses picked
+    new_scores: np.ndarray  # (a, k) the live ones' scores (-inf: none)
+    new_beam: np.ndarray  # (a, k) the beam each live one extends
+    new_token: np.ndarray  # (a, k) its token (</s> where none)
+
+
+def _select(scores: np.ndarray, logprobs: np.ndarray, ids: np.ndarray, k: int, w: int, width: int, eos: int):
+    """Each sentence's `width` best extensions of its k rows' `w` best tokens (`logprobs`, `ids`
+    (a * k, w)) added to the rows' `scores` (a, k)."""
+    a = scores.shape[0]
+    cand = (scores.reshape(-1)[:, None] + logprobs).reshape(a, k * w)  # stopped blocks: all -inf
+    # Ties (quantized logits have many) go to the lowest beam, then the lowest token id, as
+    # argmax does: beam 1 is then exactly greedy decoding. The candidates are beam-major and
+    # each beam's in ascending id order among equals, so a stable sort keeps that order.
+    order = np.argsort(-cand, axis=1, kind="stable")[:, :width]
+    by_row = np.arange(a)[:, None]
+    top_scores = cand[by_row, order]
+    src_beam, token = order // w, ids.reshape(a, k * w)[by_row, order]
+    # Of each sentence's `width` best: an </s> among the first k finishes a hypothesis; the k
+    # best others stay live (each row offers one </s> at most, so k others are always there).
+    finite, ends = np.isfinite(top_scores), token == eos
+    goes_on = finite & ~ends
+    live_pick = goes_on & (np.cumsum(goes_on, axis=1) <= k)
+    at = np.argsort(~live_pick, axis=1, kind="stable")[:, :k]  # the picked positions, in order
+    picked = live_pick[by_row, at]
+    return _Selection(
+        top_scores,
+        src_beam,
+        finite[:, :k] & ends[:, :k],
+        live_pick.sum(axis=1),
+        np.where(picked, top_scores[by_row, at], -np.inf),
+        np.where(picked, src_beam[by_row, at], np.arange(k)),
+        np.where(picked, token[by_row, at], eos),
+    )
+
+
+class _Finished:
+    """Each sentence's finished hypotheses, and the rank of its k-th best (-inf: fewer than k)."""
+
+    def __init__(self, b: int, k: int, length_penalty: float) -> None:
+        self.k, self.length_penalty = k, length_penalty
+        self.hyps: list[list[Hypothesis]] = [[] for _ in range(b)]
+        self.ranks: list[list[float]] = [[] for _ in range(b)]  # rank() of each finished hypothesis
+        self.kth = np.full(b, -np.inf)
+
+    def rank(self, h: Hypothesis) -> float:
+        return h.score / max(h.length, 1) ** self.length_penalty
+
+    def add(self, i: Any, h: Hypothesis) -> None:
+        self.hyps[i].append(h)
+        self.ranks[i].append(self.rank(h))
+        if len(self.ranks[i]) >= self.k:
+            self.kth[i] = sorted(self.ranks[i])[-self.k]
+
+    def collect(self, t: int, active: np.ndarray, history: np.ndarray, sel: _Selection, at_limit: np.ndarray) -> None:
+        """Step `t`'s finished hypotheses: those ending with </s>, and the live ones of the
+        sentences `at_limit` (cut there: they end with their last token)."""
+        for s, r in zip(*np.nonzero(sel.finishes)):
+            self.add(active[s], Hypothesis(history[s, sel.src_beam[s, r]].tolist(), float(sel.top_scores[s, r]), t + 1))
+        for s in np.nonzero(at_limit)[0]:
+            for j in range(sel.n_live[s]):
+                tokens_j = history[s, sel.new_beam[s, j]].tolist() + [int(sel.new_token[s, j])]
+                self.add(active[s], Hypothesis(tokens_j, float(sel.new_scores[s, j]), t + 1))
+
+    def best(self, n_best: int) -> list[list[Hypothesis]]:
+        return [sorted(hyps, key=lambda h: -self.rank(h))[:n_best] for hyps in self.hyps]

@@ -9,28 +9,27 @@ Encoder:      src_ids (B, S) int64 -> cross_k.{i}, cross_v.{i} (B, N, S, H) for 
 Decoder step: input_ids (B, 1) int64, position (B,) int64, src_mask (B, S) bool, self_mask
               (B, P+1) bool, past_k.{i}, past_v.{i} (B, N, P, H), cross_k.{i}, cross_v.{i}
               -> logits (B, V), present_k.{i}, present_v.{i} (B, N, P+1, H)[, align_query.{L} (B, D)
-              or, in bundles before session 11, alignment (B, S)]
+              or, in older bundles, alignment (B, S)]
 
 `position` is each row's own position (the number of tokens it has decoded) and `self_mask` marks
 the cache slots that are its own (True) and, last, the slot the step appends: rows that joined a
 running batch later than others carry masked slots on the left of their caches. That is what
 iteration-level batching needs (service/runtime/continuous.py). Bundles exported before it
 (contract 1) have neither input: their decoder reads every slot and puts every row at position P;
-they are still served, without joining a running batch. `alignment`, last and optional, is where
+the engine refuses them at load. `alignment`, last and optional, is where
 each step looked in the source (one layer's cross-attention weights, averaged over heads): the
 HTML path carries inline elements by it (service/html.py); bundles without it place them by words.
-Since session 11 the graph outputs `align_query.{L}` instead: the query of layer L's
-cross-attention (B, D), from which the engine computes those weights with `cross_k.{L}` only
-when it wants them (the forced-decoding pass of `Translator.align`). Computing the weights in
-the graph cost every step of every translation 10-19% (BENCHMARKS.md section 9) for an output
-that only that pass reads.
-Contract 3 (a static cache, since session 10): the same step without `self_mask`, its caches
+Newer graphs output `align_query.{L}` instead: the query of layer L's cross-attention (B, D),
+from which the engine computes those weights with `cross_k.{L}` only when it wants them (the
+forced-decoding pass of runtime/alignment.py): computed in the graph, they cost every step of
+every translation for an output that only that pass reads (BENCHMARKS.md section 9).
+Contract 3 (a static cache): the same step without `self_mask`, its caches
 (B, N, C, H) of a fixed width C that the step writes in place: `past_k.{i}` and `present_k.{i}`
 are one buffer (the engine binds both to the same memory), a row's own slots are 0..position-1
 (right-padded, every row from slot 0), and the step writes slot `position`. No cache is copied
 into a grown one every step, and a row that joins a running batch needs no mask: it starts at
-position 0 in a free row. (onnxruntime's GroupQueryAttention, 2-2.5x faster than
-MultiHeadAttention appending to a growing cache on the CPU: BENCHMARKS.md.)
+position 0 in a free row. (onnxruntime's GroupQueryAttention is faster than MultiHeadAttention
+appending to a growing cache on the CPU: BENCHMARKS.md.)
 Classifier:   ids (B, T) int64 -> probabilities (B, labels) float32
 """
 
@@ -81,7 +80,7 @@ def decoder_io(
     """The decoder step's contract; `per_row=False` is contract 1 (no position, no self_mask);
     `static=True` contract 3 (no self_mask, fixed-width caches written in place);
     `alignment=False`: a decoder exported before the alignment output; with `align_layer` L,
-    the alignment output is `align_query.{L}` (since session 11), else `alignment`."""
+    the alignment output is `align_query.{L}` (the newer form), else `alignment`."""
     past_len, present_len = ("cache_len", "cache_len") if static else ("past_len", "present_len")
     inputs = [
         TensorSpec(INPUT_IDS, "int64", ["batch", 1]),

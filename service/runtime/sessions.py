@@ -27,12 +27,11 @@ _sessions_created = 0
 def retain_freed_memory(megabytes: int) -> bool:
     """glibc's malloc: allocations below `megabytes` come from the heap, and up to twice that of
     freed memory stays there for the next ones, instead of each large array being a fresh
-    mapping whose pages fault in on first touch. A decoder step's arrays are that size (beam 4 on
-    32 sentences: 8 MB of logits, each cache's two 3-6 MB buffers, every call anew); glibc's
-    own threshold adapts only up to the last freed size and then returns the memory at once.
-    Measured (BENCHMARKS.md section 9): beam 4 at batch 32 +16-40% tokens/s, page faults having
-    taken a quarter of its time; greedy unchanged. A process-wide setting; 0 leaves glibc's
-    defaults. Returns whether it applied (False where the C library is not glibc)."""
+    mapping whose pages fault in on first touch. A decoder step's arrays (a beam batch's logits,
+    each cache's two buffers) are allocated anew at every call; glibc's own threshold adapts
+    only up to the last freed size and then returns the memory at once, so beam search spent
+    much of its time in page faults (BENCHMARKS.md section 9). A process-wide setting; 0 leaves
+    glibc's defaults. Returns whether it applied (False where the C library is not glibc)."""
     if megabytes <= 0:
         return False
     try:
@@ -102,8 +101,7 @@ def create_session(
         if threads:
             opts.intra_op_num_threads = threads
         # Each session's own spinning threads burn the cores the other sessions (and the event
-        # loop) need; on a small machine turning it off roughly doubled decoding throughput
-        # (ARCHITECTURE.md).
+        # loop) need; on a small machine turning it off is much faster (BENCHMARKS.md, "thread pools").
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     held = []

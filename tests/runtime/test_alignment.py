@@ -71,7 +71,7 @@ def test_a_decoder_exported_before_the_alignment_output_is_served_without_it(mod
 
 def test_weights_from_the_query_equal_the_ones_old_graphs_computed():
     # the same weights exported twice: the decoder computing the weights itself at every step
-    # (bundles before session 11; contract 2) and outputting the query the engine computes them from
+    # (older bundles; contract 2) and outputting the query the engine computes them from
     new, old = engine(TINY_BUNDLES / "models" / "de-en", "fp32"), engine(TINY_BUNDLES / "contract2" / "de-en", "fp32")
     assert new.align_layer is not None and old.align_layer is None and old.aligns
     sources = new.encode(["ein hund", "zwei katzen laufen im park schnell", "x"])

@@ -101,10 +101,10 @@ def test_the_device_resident_beam_loop_equals_the_plain_one(model_dir):
 def test_a_sentence_waits_for_k_finished_hypotheses_before_it_stops():
     # Toy model (ids: 2 <s>, 3 </s>, 4 x, 5 y). After <s>: </s> 0.5, x 0.3, y 0.2; after x: </s>
     # 0.99. "" ends first (log 0.5 / 1 = -0.69), but "x </s>" ranks better ((log 0.3 + log 0.99) / 2
-    # = -0.61). Stopping once one hypothesis is finished and no live one beats it (the rule before
-    # session 9) returned ""; the Hugging Face rule waits for k finished ones and compares the best
+    # = -0.61). Stopping once one hypothesis is finished and no live one beats it (an earlier
+    # rule) returned ""; the Hugging Face rule waits for k finished ones and compares the best
     # live one with the worst of them.
-    from service.runtime.beam import beam_search
+    from service.runtime.beam import beam_steps, drain
 
     def probs(last: int) -> np.ndarray:
         p = np.full(6, 1e-9)
@@ -120,5 +120,5 @@ def test_a_sentence_waits_for_k_finished_hypotheses_before_it_stops():
     def step(state, tokens):
         return np.stack([probs(int(t)) for t in tokens[:, 0]]).astype(np.float32)
 
-    (best,) = beam_search(start, step, np.array([[7, 3]]), np.array([5]), beam=2, n_best=1, bos=2, eos=3)
+    (best,) = drain(beam_steps(start, step, np.array([[7, 3]]), np.array([5]), beam=2, n_best=1, bos=2, eos=3))
     assert best[0].tokens == [4] and best[0].length == 2

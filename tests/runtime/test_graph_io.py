@@ -22,7 +22,7 @@ def test_contract_matches_what_export_declares(model_dir):
         assert (spec.inputs, spec.outputs) == graph_io.expected(role, manifest.model, static=True, align_layer=layer)
     assert graph_io.static_cache(manifest.graph("fp32", "decoder"))
     assert manifest.graph("fp32", "decoder").outputs[-1].name == f"align_query.{layer}"
-    # exported with static_cache=False and the alignment weights computed in the graph (as before session 11)
+    # exported with static_cache=False and the alignment weights computed in the graph (the older alignment form)
     old = load_manifest(TINY_BUNDLES / "contract2" / "de-en")
     spec = old.graph("fp32", "decoder")
     assert (spec.inputs, spec.outputs) == graph_io.expected("decoder", old.model)
