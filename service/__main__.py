@@ -30,8 +30,8 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame) -> None:
         state = getattr(self.service_app.state, "service", None)
-        if state is not None and state.batcher is not None and not self.should_exit:
-            state.batcher.drain(state.settings.shutdown_timeout_s)
+        if state is not None and state.scheduler is not None and not self.should_exit:
+            state.scheduler.drain(state.settings.shutdown_timeout_s)
         super().handle_exit(sig, frame)
 
 

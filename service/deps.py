@@ -28,7 +28,7 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 def ready_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.service
-    if state.registry is None or state.batcher is None:
+    if state.registry is None or state.scheduler is None:
         raise not_ready()
     return state
 

@@ -21,8 +21,8 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from service.batcher import arrived
 from service.metrics import Metrics
+from service.scheduling import arrived
 
 access_log = logging.getLogger("service.access")
 log = logging.getLogger("service")

@@ -34,10 +34,5 @@ class ServiceState:
     # transerve_worker_restarts_total: scheduler worker loops that failed and started again (app.py)
     worker_restarts: Counter | None = None
 
-    @property
-    def batcher(self) -> Scheduler | None:
-        """The former name of `scheduler` (service/deps.py, service/__main__.py read it)."""
-        return self.scheduler
-
     def info(self) -> dict[str, Any]:
         return {"loading": self.loading, "ready_seconds": self.ready_seconds}

@@ -277,7 +277,7 @@ def test_queue_full_answers_503_with_retry_after(model_dir):
             assert entered.wait(10)  # the first request is inside the model call
             t2, second = post_in_background(c, body)  # fills the queue (max_queue=1)
             for _ in range(200):
-                if state.batcher.queued:
+                if state.scheduler.queued:
                     break
                 threading.Event().wait(0.01)
             r = c.post("/translate", json=body)

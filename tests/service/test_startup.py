@@ -152,15 +152,15 @@ def test_unknown_variant_setting_is_refused_and_an_absent_one_is_said(model_dir,
 
 
 def test_scheduler_setting_chooses_the_worker_and_both_translate_alike(model_dir):
-    from service.scheduler import ContinuousBatcher
+    from service.scheduling import ContinuousScheduler
 
     body = {"q": ["hallo welt", "", "der hund spielt im park"], "source": "de", "target": "en"}
     answers = {}
     for scheduler in ("continuous", "batch"):
         with make_client(model_dir, scheduler=scheduler, decode_lanes=[8, 30]) as c:
             wait_ready(c)
-            batcher = c.app.state.service.batcher
-            assert isinstance(batcher, ContinuousBatcher) == (scheduler == "continuous")
+            batcher = c.app.state.service.scheduler
+            assert isinstance(batcher, ContinuousScheduler) == (scheduler == "continuous")
             if scheduler == "continuous":  # every translator of contract 2, in three length lanes each
                 assert set(batcher.decoders) == {"de-en", "en-de"} and batcher.lanes == [8, 30]
                 assert all(len(w.batches) == 6 for w in batcher.workers)
