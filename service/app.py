@@ -64,14 +64,8 @@ def _load(state: ServiceState) -> None:
                 state.worker_restarts.inc()
 
         translators = registry.translators()
-        decoders = {n: e for n, e in translators.items() if getattr(e, "per_row", False)}
+        decoders = dict(translators)  # every served decoder has per-row inputs (contract 1 is refused at load)
         if s.scheduler == "continuous" and s.batching:
-            if len(decoders) < len(translators):
-                log.warning(
-                    "bundles %s have no per-row decoder inputs (graph contract 1): their requests run as whole "
-                    "batches; export them again to decode them continuously",
-                    sorted(set(translators) - set(decoders)),
-                )
 
             def cost(model: str, text: str) -> int:
                 engine = translators.get(model)

@@ -92,8 +92,5 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.sp.decode(ids)
 
-    def decode_batch(self, batch: list[list[int]]) -> list[str]:
-        return self.sp.decode(batch)
-
     def piece_to_id(self, piece: str) -> int:
         return self.sp.piece_to_id(piece)

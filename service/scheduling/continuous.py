@@ -48,11 +48,12 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from service.runtime.continuous import DecodeBatch, Row
+from service.runtime.engine import DecodingEngine
 from service.scheduling import policy
 from service.scheduling.batches import BatchRunner, RunFn, StepFn
 from service.scheduling.policy import Lane, Sentence
@@ -105,7 +106,7 @@ class ContinuousScheduler:
     def __init__(
         self,
         runners: dict[str, RunFn],
-        decoders: dict[str, Any],
+        decoders: Mapping[str, DecodingEngine],
         max_batch_size: int = 32,
         max_wait_ms: float = 5.0,
         max_queue: int = 2048,
@@ -148,10 +149,7 @@ class ContinuousScheduler:
         self.on_restart = on_restart
         self.restarts = 0  # worker loops started again after a failure
         # each model's target languages (None: the full vocabulary), each with its set of lanes
-        self.targets = {
-            n: [None, *(sorted(e.target_vocab.ids) if getattr(e, "target_vocab", None) else [])]
-            for n, e in decoders.items()
-        }
+        self.targets = {n: [None, *(sorted(e.target_vocab.ids) if e.target_vocab else [])] for n, e in decoders.items()}
         # a model's lanes of the full vocabulary from the start; a target language's at first use
         # (then a full set of lanes does not mean that nothing can join: a new language's can)
         self.fixed_lanes = all(len(t) == 1 for t in self.targets.values())
