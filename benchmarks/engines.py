@@ -24,7 +24,7 @@ the service runs; needs --bundle), PyTorch eager greedy without cache (`torch-no
 cache (`torch-cache`), our onnxruntime engine fp32, int8, int8-blockwise and int8-static (`ort-fp32`,
 `ort-int8`, `ort-int8-blockwise`, `ort-int8-static`: the service's Translator over a bundle exported from the
 checkpoint; `ort-c2-fp32`, `ort-c2-int8-static`: the same with the decoder of graph contract 2, caches grown
-by a copy every step, as bundles before session 10), CTranslate2 fp32 and int8 (`ct2-fp32`, `ct2-int8`:
+by a copy every step, as older bundles), CTranslate2 fp32 and int8 (`ct2-fp32`, `ct2-int8`:
 converted by benchmarks/ct2_convert.py; `ct2` names both). Every (engine, batch) run is a fresh subprocess, so
 its peak RSS is its own. Sentences are sorted by length and cut into batches of `batch` sentences for every
 engine alike. Reported: sentences/s, target tokens/s, peak RSS, BLEU (cased sacreBLEU and lowercased
@@ -317,15 +317,15 @@ def main() -> None:
         "--ct2-threads",
         type=int,
         nargs="+",
-        help="CTranslate2's intra-op threads, each a run of its own (default: --threads); its best counts. "
-        "On the 2-vCPU Intel Xeon of session 9 CTranslate2 is 4x faster on 1 thread than on 2",
+        help="CTranslate2's intra-op threads, each a run of its own (default: --threads); its best counts "
+        "(on 2-vCPU machines one thread can be several times faster than two: BENCHMARKS.md)",
     )
     p.add_argument(
         "--ort-threads",
         type=int,
         nargs="+",
-        help="our engines' intra-op threads, each a run of its own (default: --threads). On session 14's "
-        "2-vCPU AMD EPYC (Zen 4) a second thread slowed batch 1 down (the two vCPUs share a core's time)",
+        help="our engines' intra-op threads, each a run of its own (default: --threads); on a VM whose two "
+        "vCPUs share a core's time a second thread can slow batch 1 down",
     )
     p.add_argument(
         "--workers",
@@ -499,8 +499,8 @@ def main() -> None:
         beam_runs = [r for r in runs if beam == 1 or not r[0].startswith("torch")]  # torch: greedy only
         for batch in args.batch:
             # Rounds: every engine once per round, in turn, so that a slow minute of this shared
-            # machine falls on all of them (one engine's passes in a row were up to 25% apart from
-            # the same engine's later in the run, session 11); a discarded first pass warms it up.
+            # machine falls on all of them (one engine's passes in a row can be far apart from
+            # the same engine's later in the run); a discarded first pass warms it up.
             if args.rounds > 1:
                 measure(*beam_runs[0], beam, batch, 1)
             measured: dict[tuple[str, int, int], dict] = {}
@@ -594,7 +594,7 @@ def main() -> None:
 
 
 def result_rows(data) -> list[dict]:
-    """An engines.py result file's rows: a list since session 16, before a dict with `results`."""
+    """An engines.py result file's rows: a list (older files: a dict with `results`)."""
     return data if isinstance(data, list) else data["results"]
 
 

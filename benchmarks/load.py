@@ -514,8 +514,8 @@ async def poisson(args: argparse.Namespace, _sentences: list[str]) -> dict:
     """Both schedulers on the same open-loop loads (rates from the old batcher's capacity), one
     server each, both up for the whole run and loaded in turn: the capacities alternate, then
     each load level runs on one server and then the other, then each one's side tests. (Run one
-    after the other, the two schedulers met different minutes of this shared VM: in session 11
-    the second server's capacity came out 22% below what it measured alone minutes later.)"""
+    after the other, the two schedulers would meet different minutes of a shared VM, whose
+    speed moves between minutes.)"""
     pools = load_pools(args.data_root)
     result: dict = {"mode": "poisson", "mix": MIX, "runs": {}, "order": "interleaved by level"}
     servers = {
@@ -555,7 +555,7 @@ async def beam_beside(args: argparse.Namespace, _sentences: list[str]) -> dict:
     keep a request of 32 texts with `alternatives: 3` going (beam search; what LibreTranslate
     clients asking for alternatives send), on two continuous servers: beam batches stepped (one
     decoder step per worker turn, the default) and run whole between two decoder steps
-    (`TRANSERVE_BEAM_STEPPED=false`, as before session 14); each load on one and then the other."""
+    (`TRANSERVE_BEAM_STEPPED=false`); each load on one and then the other."""
     pools = load_pools(args.data_root)
     texts = pools["tatoeba"]
     servers = {

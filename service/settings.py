@@ -146,8 +146,8 @@ class Settings(BaseSettings):
     beam_stepped: bool = Field(
         True,
         description="continuous scheduler: a beam-search batch (beam_size > 1, alternatives) takes one decoder step "
-        "per worker turn beside the running batches; false: it runs whole between two of their steps (before "
-        "session 14; greedy requests beside beam traffic waited p50 0.76 s instead of 0.07, BENCHMARKS.md 11)",
+        "per worker turn beside the running batches; false: it runs whole between two of their steps, and greedy "
+        "requests beside beam traffic wait for it (BENCHMARKS.md section 11)",
     )
     html_alignment: bool = Field(
         True,

@@ -97,8 +97,8 @@ def export_translation_graphs(
     attention (training.onnx_graphs), faster than what ``torch.onnx.export`` traces (BENCHMARKS.md).
     Every layer's keys and values are separate inputs and outputs. `static_cache`: the decoder
     of graph contract 3 (fixed-width caches written in place), else contract 2.
-    `alignment_in_graph`: the decoder computes the `alignment` weights at every step, as bundles
-    exported before session 11 did (for tests that such bundles are still served), instead of
+    `alignment_in_graph`: the decoder computes the `alignment` weights at every step, as older
+    bundles do (for tests that such bundles are still served), instead of
     outputting the query the engine computes them from when asked."""
     model.eval()
     enc_path = out / "encoder.onnx"
@@ -242,10 +242,8 @@ def _integer_to_float(path: Path) -> int:
     ``DequantizeLinear`` becomes onnxruntime's ``MatMulIntegerToFloat`` (the same uint8 x int8
     product with the same fixed scales and zero points, its output scaled straight to float),
     and a following ``Add`` of a 1-D constant (the bias) goes into it. Static scales stay
-    static: still batch-invariant. On the Intel Xeon (AMX) of session 9 a decoder step of 32
-    rows went from 1.61 to 1.33 ms (BENCHMARKS.md); `MatMulInteger` alone runs the (32, 256) x
-    (256, 16,000) product in 0.28 ms where `QLinearMatMul`, requantizing, takes 0.42 ms.
-    Returns how many products it rewrote."""
+    static: still batch-invariant. It skips `QLinearMatMul`'s requantization of every product
+    (the speed-up is in BENCHMARKS.md). Returns how many products it rewrote."""
     model = onnx.load(str(path))
     graph = model.graph
     constants = {i.name: i for i in graph.initializer}
@@ -297,7 +295,7 @@ def _dynamic_int8(source: Path, target: Path, op_types: list[str] | None = None,
     Weights are quantized to 7 bits (`reduce_range`, |w| <= 64): on x86 CPUs without VNNI (AVX2
     only, e.g. AMD Zen 1-3), onnxruntime's uint8 x int8 kernel adds pairs of products in int16
     with saturation (VPMADDUBSW): 255 x 127 x 2 does not fit, 255 x 64 x 2 does; a product of such weights came
-    out half its value there (session 16, Zen 1). With 7-bit weights no pair can saturate, so the
+    out half its value there (BENCHMARKS.md section 13). With 7-bit weights no pair can saturate, so the
     int8 graphs compute the same on every x86 CPU. A table read by Gather (no product) keeps 8."""
     with _quiet():
         quantize_dynamic(

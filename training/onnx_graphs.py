@@ -239,8 +239,8 @@ def build_decoder_step(
     logits and caches it outputs `align_query.{L}`, the query of the cross-attention of layer L
     = `alignment_layer` (default `align_layer`): with that layer's `cross_k.{L}` the engine
     computes where the step looked in the source (service/html.py carries inline markup by it),
-    in the one pass that asks (the fused attention kernel does not expose its weights). Until
-    session 11 the graph computed those weights itself, at a cost of 10-19% of every step:
+    in the one pass that asks (the fused attention kernel does not expose its weights). Older
+    graphs computed those weights themselves, at a cost to every step (BENCHMARKS.md section 9):
     `alignment_in_graph` still builds that form (the `alignment` output; tests of old bundles).
 
     `static_cache` (graph contract 3, the default): each self-attention is one

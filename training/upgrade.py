@@ -2,7 +2,7 @@
 
     python -m training upgrade --bundle model/multi
 
-Decoders exported before session 11 compute their alignment weights (`alignment`, one layer's
+Older decoders compute their alignment weights (`alignment`, one layer's
 cross-attention weights averaged over heads) at every step, although only the forced-decoding
 pass of `Translator.align` reads them: 10-19% of every decoder step (BENCHMARKS.md section 9).
 This rewrites each such decoder, in every variant, into the form the export writes now: the
