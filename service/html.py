@@ -11,7 +11,12 @@ where neither is found, the block falls back to translating its text nodes one b
 LibreTranslate does. Measured with the shipped model (README): "Ich habe <b>heute</b> keine
 Zeit." -> "I have no time <b>today</b>." (the exact search alone fell back to "I have a lot.
 <b>This is today</b> There's no time."). Left untouched: `script`, `style`, `code`,
-`pre`, `textarea`, comments, and every element marked `translate="no"` or `class="notranslate"`.
+`pre`, `textarea`, comments, CDATA, and every element marked `translate="no"` or
+`class="notranslate"`. Kept as written, untranslated, where Python's parser would hand them over
+as text or turn them into U+FFFD: a comment, CDATA section, declaration or tag left open at the
+end of the input (HTML reads an open comment to the end; it stays last, after the end tags), and
+a character reference that names no character (`&#0;`, `&#x110000;`, a surrogate, a control).
+Comments, CDATA and such references inside a sentence stay in its block, after its translation.
 Translations are inserted as text, never as markup, so the output holds no tag or attribute that
 was not in the input. Blocks nested more than MAX_DEPTH deep are refused (400); the walk itself
 needs no recursion.
@@ -25,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bs4 import BeautifulSoup, Comment, NavigableString, Tag
-from bs4.element import Declaration, Doctype, ProcessingInstruction
+from bs4.builder._htmlparser import BeautifulSoupHTMLParser, HTMLParserTreeBuilder
+from bs4.element import CData, Declaration, Doctype, PreformattedString, ProcessingInstruction
 
 from service.errors import bad_request
 
@@ -34,7 +40,75 @@ INLINE = {
     "a", "abbr", "b", "bdi", "bdo", "cite", "data", "dfn", "em", "font", "i", "kbd", "mark", "q", "s",
     "samp", "small", "span", "strong", "sub", "sup", "time", "u", "var", "del", "ins",
 }  # fmt: skip
-_NOT_TEXT = (Comment, Declaration, Doctype, ProcessingInstruction)
+
+
+class _AsWritten(PreformattedString):
+    """Markup kept byte for byte and never translated: an unterminated comment, CDATA section,
+    declaration or tag at the end of the input, a character reference that names no character."""
+
+    PREFIX = SUFFIX = ""
+
+
+_NOT_TEXT = (Comment, CData, Declaration, Doctype, ProcessingInstruction, _AsWritten)
+_C1_UNMAPPED = {0x81, 0x8D, 0x8F, 0x90, 0x9D}  # the C1 controls HTML does not read as windows-1252
+
+
+def _names_no_character(name: str) -> bool:
+    """Whether the numeric character reference `&#name;` names nothing a text can hold: NUL, a
+    surrogate or a number past U+10FFFF (a browser shows U+FFFD), or a control character
+    other than white space (a browser shows nothing)."""
+    try:
+        code = int(name[1:], 16) if name[:1] in "xX" else int(name)
+    except ValueError:
+        return False
+    return (
+        code > 0x10FFFF
+        or 0xD800 <= code <= 0xDFFF
+        or (code < 0x20 and chr(code) not in "\t\n\f\r")
+        or code == 0x7F
+        or code in _C1_UNMAPPED
+    )
+
+
+class _Parser(BeautifulSoupHTMLParser):
+    """Python's html.parser where it would lose or translate what is not text. It hands an
+    unterminated `<!--`, `<![CDATA[`, `<!...`, `<?...` or tag at the end of the input back as
+    text (HTML reads each to the end as a comment, or drops it), and drops what follows an
+    unclosed `<script>` or `<style>`; bs4 turns a reference that names no character into U+FFFD
+    or a control character, which translation drops. Here each is kept as written, untranslated
+    (a reference without its `;` gets one), and the script's text stays in the script."""
+
+    def handle_charref(self, name: str) -> None:
+        if _names_no_character(name):
+            self._as_written(f"&#{name};")
+        else:
+            super().handle_charref(name)
+
+    def close(self) -> None:
+        rest = self.rawdata  # what the parser has left: from an unterminated construct on
+        if rest.startswith("<") and not self.cdata_elem:
+            self.rawdata = ""
+            soup = self.soup
+            soup.endData()
+            while soup.currentTag is not soup:  # the tail goes last, after every end tag
+                soup.popTag()
+            self._as_written(rest)
+        elif rest and self.cdata_elem:  # an unclosed <script> or <style>: its content to the end
+            self.rawdata = ""
+            self.handle_data(rest)
+        super().close()
+
+    def _as_written(self, markup: str) -> None:
+        self.soup.endData()
+        self.soup.handle_data(markup)
+        self.soup.endData(_AsWritten)
+
+
+class _Builder(HTMLParserTreeBuilder):
+    def feed(self, markup: Any, _parser_class: type[BeautifulSoupHTMLParser] = _Parser) -> None:
+        super().feed(markup, _parser_class)
+
+
 T = TypeVar("T")
 # Blocks nested deeper are refused: Chromium's parser stops nesting at 512 too. (Python's
 # html.parser does not close a <p> at the next one, so 512 unclosed paragraphs reach it.)
@@ -57,7 +131,7 @@ class _Run:
     nodes: list[NavigableString | Tag]
 
     def text(self) -> str:
-        return "".join(n.get_text() if isinstance(n, Tag) else str(n) for n in self.nodes)
+        return "".join(_text(n) for n in self.nodes)
 
     def strings(self) -> list[NavigableString]:
         return [s for n in self.nodes for s in (_strings(n) if isinstance(n, Tag) else [n])]
@@ -154,7 +228,7 @@ def _read(html: str) -> tuple[BeautifulSoup, list[_Run], list[str], int, list[li
     """The parsed page, its runs, and the texts to translate in one batch: each run's whole text
     and, where it has inline elements, each of its text nodes (to place the elements, or for the
     fallback; a run of plain text is translated once); how many are whole runs; each run's nodes."""
-    soup = BeautifulSoup(html, "html.parser")
+    soup = BeautifulSoup(html, builder=_Builder())
     runs = _runs(soup)
     wholes = [r.text() for r in runs]
     nodes = [[str(s) for s in r.strings()] if r.has_tags() else [] for r in runs]
@@ -209,6 +283,11 @@ def _strings(tag: Tag) -> list[NavigableString]:
     return [s for s in tag.find_all(string=True) if not isinstance(s, _NOT_TEXT)]
 
 
+def _text(node: NavigableString | Tag) -> str:
+    """A run node's text: its strings but no comment, CDATA or markup kept as written."""
+    return "".join(_strings(node)) if isinstance(node, Tag) else str(node)
+
+
 Span = tuple[int, int, Tag]  # an inline element and the characters of the translation it goes around
 
 
@@ -218,7 +297,7 @@ def _element_spans(run: _Run) -> list[tuple[int, int, Tag]]:
     at = -(len(text) - len(text.lstrip()))
     spans = []
     for node in run.nodes:
-        n = len(node.get_text() if isinstance(node, Tag) else str(node))
+        n = len(_text(node))
         if isinstance(node, Tag):
             spans.append((at, at + n, node))
         at += n
