@@ -6,8 +6,8 @@
 translates English monolingual text into `--into` with a released bundle (the service's engine,
 greedy, batched by length) and writes the pairs in the l10n layout as ``<xx>-en``: the machine
 translation on the ``xx`` side, the real English on the ``en`` side, the source name ``bt`` on
-every line, so a training set ``de-en runs/bt train.de-en`` teaches the xx->en directions to
-produce real, long English from imperfect input (train it in that direction only: the set's
+every line, so a training set ``de-en runs/bt train.de-en into=en`` teaches the xx->en directions to
+produce real, long English from imperfect input (`into=en`: the set's
 ``en-xx`` orientation would teach the model its own errors).
 
 It runs in chunks and appends: stopped at any point, the same command continues after the last

@@ -59,7 +59,7 @@ class DataConfig:
     test_splits: tuple[str, ...] = ()  # evaluated at release (classification: e.g. valid_short)
     max_tokens_per_sentence: int = 128
     # Multilingual translation: parallel sets, one per line "<a>-<b> <dir> <split> [repeat=N]
-    # [limit=N] [only=SRC,..] [drop=SRC,..]" (files <dir>/<split>.<a|b>[.gz], sources in
+    # [limit=N] [only=SRC,..] [drop=SRC,..] [into=LANG]" (files <dir>/<split>.<a|b>[.gz], sources in
     # <dir>/<split>.source[.gz]); each is used in every listed direction
     # between a and b. With target_tags, the source starts with the tag <2xx> of its target.
     directions: tuple[str, ...] = ()

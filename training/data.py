@@ -228,11 +228,13 @@ def load_parallel(data_dir: Path, split: str, src: str, tgt: str) -> list[tuple[
 @dataclass(frozen=True)
 class ParallelSet:
     """One line of data.train_sets / data.valid_sets:
-    ``a-b DIR SPLIT [repeat=N] [limit=N] [only=SRC,SRC] [drop=SRC,SRC]``.
+    ``a-b DIR SPLIT [repeat=N] [limit=N] [only=SRC,SRC] [drop=SRC,SRC] [into=LANG]``.
 
     ``only``/``drop`` keep or remove the pairs whose line in ``<SPLIT>.source[.gz]`` (one source
     name per line, as ../shared/data/l10n has) is one of the names: a corpus's sources can be
-    weighted (the same set twice with different ``only`` and ``repeat``) or held apart."""
+    weighted (the same set twice with different ``only`` and ``repeat``) or held apart. ``into``
+    uses the set only in the direction into that language (back-translated pairs: synthetic
+    sources, real targets)."""
 
     langs: tuple[str, str]
     dir: Path
@@ -241,6 +243,7 @@ class ParallelSet:
     limit: int = 0
     only: tuple[str, ...] = ()
     drop: tuple[str, ...] = ()
+    into: str = ""
 
     @classmethod
     def parse(cls, spec: str) -> ParallelSet:
@@ -257,9 +260,12 @@ class ParallelSet:
                 options[key] = int(value)
             elif key in ("only", "drop") and value:
                 options[key] = tuple(v for v in value.split(",") if v)
+            elif key == "into" and value in (a, b):
+                options[key] = value
             else:
                 raise ValueError(
-                    f"parallel set {spec!r}: unknown option {opt!r} (repeat=N, limit=N, only=A,B, drop=A,B)"
+                    f"parallel set {spec!r}: unknown option {opt!r} "
+                    "(repeat=N, limit=N, only=A,B, drop=A,B, into=LANG of the pair)"
                 )
         return cls((a, b), Path(fields[1]), fields[2], **options)
 
@@ -289,7 +295,7 @@ def load_directions(sets: Sequence[str], directions: Sequence[str], tags: bool) 
     rows: list[tuple[str, str, str]] = []
     for spec in sets:
         ps = ParallelSet.parse(spec)
-        used = [(s, t) for s, t in wanted if {s, t} == set(ps.langs)]
+        used = [(s, t) for s, t in wanted if {s, t} == set(ps.langs) and ps.into in ("", t)]
         if not used:
             raise ValueError(f"parallel set {spec!r} matches none of the directions {list(directions)}")
         pairs = ps.load()

@@ -178,6 +178,11 @@ def test_corpus_splits_by_whole_english_strings_and_trains_as_a_set(tmp_path):
     # the corpus is a training set as written, and its catalogs can be chosen
     rows = load_directions([f"de-en {out} train.de-en drop=b"], ["en-de"], tags=True)
     assert len(rows) == 80 and all(r[1].startswith("Eintrag") for r in rows)
+    both = load_directions([f"de-en {out} train.de-en drop=b"], ["en-de", "de-en"], tags=True)
+    into_en = load_directions([f"de-en {out} train.de-en drop=b into=en"], ["en-de", "de-en"], tags=True)
+    assert len(both) == 160 and len(into_en) == 80 and {r[2] for r in into_en} == {"de-en"}
+    with pytest.raises(ValueError, match="unknown option"):
+        ParallelSet.parse(f"de-en {out} train.de-en into=fr")
     assert len(ParallelSet.parse(f"de-en {out} valid.de-en only=a,b").load()) == 20
     with pytest.raises(ValueError, match="no pairs from source"):
         ParallelSet.parse(f"de-en {out} train.de-en only=c").load()
