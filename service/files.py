@@ -17,8 +17,8 @@ python-docx or odfpy tens of seconds and hundreds of MB), and then the character
 translate.
 
 Parsing and writing happen in worker threads of their own (`Jobs`), never on the event loop,
-with at most `max_file_jobs` files in progress (beyond: 503 + Retry-After); after each job the
-memory it freed is handed back to the system. Results live in one temporary folder of the
+with at most `max_file_jobs` files in progress (beyond: 503 + Retry-After); within a second of a job
+the memory it freed is handed back to the system. Results live in one temporary folder of the
 process (`Store`: bounded in bytes, expired by a timer, swept after a crash), each under a
 random name, and are deleted after `ttl_s` (or at shutdown).
 """
@@ -388,16 +388,24 @@ def store(state: Any) -> Store:
     return state.files
 
 
+RELEASE_AFTER_S = 1.0  # a file job's freed memory goes back to the system this long after it ends
+
+
 class Jobs:
     """The file jobs in progress: at most `limit` at once (`slot`; beyond it 503 + Retry-After at
     once), their parsing and writing (`run`) in `limit` threads of their own, so the event loop
-    goes on answering (the probes, other requests) meanwhile. After each job its objects are
+    goes on answering (the probes, other requests) meanwhile. After a job its objects are
     collected (odfpy's tree is full of reference cycles) and the memory freed is handed back to
-    the system: a job's peak stays no longer than the job."""
+    the system, `RELEASE_AFTER_S` later: a job's peak stays no longer than that after the job.
+    The jobs that end meanwhile share that one release: a full collection holds the GIL for
+    50-100 ms, which a release after every job of a burst of small files spent again and again
+    (200 files: 20 s of collections, the event loop stalled by each)."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.running, self.closed = limit, 0, False
         self.pool = ThreadPoolExecutor(limit, thread_name_prefix="file-job")
+        self._release: threading.Timer | None = None  # the release to come, if one is due
+        self._lock = threading.Lock()
 
     @contextmanager
     def slot(self) -> Iterator[None]:
@@ -408,8 +416,20 @@ class Jobs:
             yield
         finally:
             self.running -= 1
-            if not self.closed:
-                self.pool.submit(_release_memory)
+            self._release_soon()
+
+    def _release_soon(self) -> None:
+        with self._lock:
+            if self.closed or self._release is not None:
+                return  # the release due takes this job's memory too
+            self._release = threading.Timer(RELEASE_AFTER_S, self._released)
+            self._release.daemon = True
+            self._release.start()
+
+    def _released(self) -> None:
+        with self._lock:
+            self._release = None  # a job that ends from now on is released by the next one
+        _release_memory()
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
         """`function(*args)` in one of the jobs' threads."""
@@ -417,7 +437,10 @@ class Jobs:
 
     def close(self) -> None:
         """At shutdown: jobs not started are dropped; one still running ends with its request."""
-        self.closed = True
+        with self._lock:
+            self.closed = True
+            if self._release is not None:
+                self._release.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
