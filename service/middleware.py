@@ -144,10 +144,9 @@ class BodyLimitAndMetrics:
         try:
             declared = dict(scope.get("headers") or []).get(b"content-length")
             too_big = declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes
-            model_request = endpoint in _MODEL_ENDPOINTS
             if too_big:
                 await _reject(send_wrapper, self.max_body_bytes)
-            elif model_request:
+            elif endpoint in _MODEL_ENDPOINTS:
                 await self._model_request(scope, receive, send_wrapper, status)
             else:
                 received = 0
@@ -161,13 +160,10 @@ class BodyLimitAndMetrics:
                             raise _BodyTooLarge()
                     return message
 
-                self.inflight.count += model_request
                 try:
                     await self.app(scope, limited_receive, send_wrapper)
                 except _BodyTooLarge:
                     await _reject(send_wrapper, self.max_body_bytes)
-                finally:
-                    self.inflight.count -= model_request
         except Exception as exc:
             status["code"] = 500
             request_id = uuid.uuid4().hex[:12]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from service.runtime.bundle import BundleError, Manifest, find_bundles, load_manifest
 from service.runtime.classifier import Classifier
@@ -15,6 +16,17 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 PIVOT = "en"  # the language pairs without a direct model are translated through
+
+
+class Step(NamedTuple):
+    """One model call of a route: `model` translates `source` into `target`."""
+
+    model: str
+    source: str
+    target: str
+
+
+Route = list[Step]  # a pair's steps: its direct model, or two through English
 
 
 class ModelDirError(Exception):
@@ -48,20 +60,16 @@ class Registry:
         served = {m.manifest.task for m in self.models.values() if m.ready and m.manifest is not None}
         return sorted(wanted - served)
 
-    @property
-    def all_ready(self) -> bool:
-        return bool(self.models) and all(m.ready for m in self.models.values())
-
     def translators(self) -> dict[str, Translator]:
         return {n: m.engine for n, m in self.models.items() if isinstance(m.engine, Translator)}
 
-    def route(self, source: str, target: str) -> list[tuple[str, str, str]] | None:
-        """The translation steps (model, source, target) from `source` to `target`: the direct
-        model, else through English (zh->de = zh->en, en->de); None if neither exists."""
+    def route(self, source: str, target: str) -> Route | None:
+        """The translation steps from `source` to `target`: the direct model, else through
+        English (zh->de = zh->en, en->de); None if neither exists."""
         if (source, target) in self.pairs:
-            return [(self.pairs[(source, target)], source, target)]
+            return [Step(self.pairs[(source, target)], source, target)]
         if PIVOT not in (source, target) and (source, PIVOT) in self.pairs and (PIVOT, target) in self.pairs:
-            return [(self.pairs[(source, PIVOT)], source, PIVOT), (self.pairs[(PIVOT, target)], PIVOT, target)]
+            return [Step(self.pairs[(source, PIVOT)], source, PIVOT), Step(self.pairs[(PIVOT, target)], PIVOT, target)]
         return None
 
     def targets(self) -> dict[str, set[str]]:
