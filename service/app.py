@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlencode
@@ -20,10 +21,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.middleware import BodyLimitAndMetrics, InFlight
-from service.registry import ModelDirError, load_registry
+from service.registry import ModelDirError, Registry, load_registry
+from service.runtime.alignment import AlignRequest
+from service.runtime.beam import Steps
 from service.runtime.bundle import find_bundles
-from service.runtime.translator import ALIGN_SEP
-from service.scheduling import BatchScheduler, ContinuousScheduler
+from service.runtime.engine import TranslateOptions, TranslationEngine
+from service.scheduling import BatchScheduler, ContinuousScheduler, Scheduler
+from service.scheduling.batches import RunFn, StepFn
 from service.security import RateLimiter, operator_only
 from service.settings import Settings, get_settings
 from service.state import ServiceState
@@ -31,83 +35,110 @@ from service.state import ServiceState
 log = logging.getLogger("service")
 
 
-def _translation_runner(engine: Any):
+def _translation_runner(engine: TranslationEngine) -> RunFn:
     """Plain greedy text, or with options (beam_size, n_best) the n-best with scores, or with
-    `align` the word alignment of each item "source ALIGN_SEP translation"."""
+    `align` the word alignment of each item (runtime/alignment.AlignRequest)."""
 
-    def run(texts, **options):
+    def run(items: Sequence[Any], **options: Any) -> Sequence[Any]:
         if options.pop("align", False):
-            return engine.align([tuple(t.split(ALIGN_SEP, 1)) for t in texts])
-        return engine.translate_nbest(texts, **options) if options else engine.translate(texts)
+            return engine.align(items)
+        if not options:
+            return [hyps[0].text for hyps in engine.translate_batch(items)]
+        return engine.translate_batch(items, TranslateOptions(**options, return_scores=True))
 
     return run
+
+
+def _translation_stepper(engine: TranslationEngine) -> StepFn:
+    """The runner's beam search with options as a generator that yields between decoder steps."""
+
+    def steps(texts: Sequence[str], **options: Any) -> Steps:
+        return engine.translate_batch_steps(texts, TranslateOptions(**options, return_scores=True))
+
+    return steps
+
+
+def _runners(state: ServiceState, registry: Registry) -> dict[str, RunFn]:
+    """Each model's runner for the scheduler; the translators report the tokens they make."""
+    runners: dict[str, Any] = {}  # a classifier's answer is an array, one row per text
+    for name, engine in registry.translators().items():
+        engine.on_tokens = lambda n, name=name: state.metrics.tokens.labels(name).inc(n)
+        runners[name] = _translation_runner(engine)
+    for name, classifier in registry.classifiers().items():
+        runners[name] = classifier.predict
+    return runners
+
+
+def _scheduler(state: ServiceState, registry: Registry) -> Scheduler:
+    """The scheduler the settings choose, its worker threads started: continuous (greedy
+    sentences join running decode batches) or whole batches."""
+    s = state.settings
+    runners = _runners(state, registry)
+
+    def on_batch(model: str, size: int, seconds: float) -> None:
+        state.metrics.batch_size.labels(model).observe(size)
+        state.metrics.batch_seconds.labels(model).observe(seconds)
+
+    def restarted() -> None:
+        if state.worker_restarts is not None:
+            state.worker_restarts.inc()
+
+    if not (s.scheduler == "continuous" and s.batching):
+        return BatchScheduler(
+            runners,
+            s.max_batch_size,
+            s.max_wait_ms,
+            s.max_queue,
+            on_batch=on_batch,
+            merge=s.batching,
+            in_flight=state.inflight,
+            on_restart=restarted,
+        )
+    decoders = registry.translators()  # every served decoder has per-row inputs (contract 1 is refused at load)
+
+    def cost(model: str, item: str | AlignRequest) -> int:
+        """An item's tokens in the queue's bound: a text's source tokens, an alignment's source
+        and translation tokens (forced decoding reads both); a classifier's text, estimated."""
+        engine = decoders.get(model)
+        if engine is None:
+            return len(item) // 4 + 1
+        if isinstance(item, AlignRequest):
+            return engine.n_tokens(item.source) + engine.n_tokens(item.translation)
+        return engine.n_tokens(item)
+
+    continuous = ContinuousScheduler(
+        runners,
+        decoders,
+        s.max_batch_size,
+        s.max_wait_ms,
+        s.max_queue,
+        max_batch_tokens=s.max_batch_tokens,
+        max_queue_tokens=s.max_queue_tokens,
+        lanes=s.decode_lanes,
+        order=s.admission,
+        cost=cost,
+        on_batch=on_batch,
+        on_dropped=lambda model, n, where: state.metrics.dropped.labels(model, where).inc(n),
+        on_done=state.metrics.scheduled,
+        in_flight=state.inflight,
+        # beam search (alternatives, beam_size > 1) one decoder step per worker turn
+        steppers={n: _translation_stepper(e) for n, e in decoders.items()} if s.beam_stepped else None,
+        workers=s.workers(registry.cuda),
+        on_restart=restarted,
+    )
+    log.info(
+        "continuous scheduler: %d decode workers, %s intra-op threads per call",
+        len(continuous.workers),
+        s.intra_threads(registry.cuda) or "onnxruntime's default of",
+    )
+    return continuous
 
 
 def _load(state: ServiceState) -> None:
     """Create the onnxruntime sessions and the scheduler (in a thread: /health answers meanwhile)."""
     try:
         registry = load_registry(state.settings)
-        runners: dict[str, Any] = {}
-        for name, engine in registry.translators().items():
-            engine.on_tokens = lambda n, name=name: state.metrics.tokens.labels(name).inc(n)
-            runners[name] = _translation_runner(engine)
-        for name, classifier in registry.classifiers().items():
-            runners[name] = classifier.predict
-        s = state.settings
-
-        def on_batch(model: str, size: int, seconds: float) -> None:
-            state.metrics.batch_size.labels(model).observe(size)
-            state.metrics.batch_seconds.labels(model).observe(seconds)
-
-        def restarted() -> None:
-            if state.worker_restarts is not None:
-                state.worker_restarts.inc()
-
-        translators = registry.translators()
-        decoders = dict(translators)  # every served decoder has per-row inputs (contract 1 is refused at load)
-        if s.scheduler == "continuous" and s.batching:
-
-            def cost(model: str, text: str) -> int:
-                engine = translators.get(model)
-                return engine.n_tokens(text) if engine else len(text) // 4 + 1
-
-            continuous = ContinuousScheduler(
-                runners,
-                decoders,
-                s.max_batch_size,
-                s.max_wait_ms,
-                s.max_queue,
-                max_batch_tokens=s.max_batch_tokens,
-                max_queue_tokens=s.max_queue_tokens,
-                lanes=s.decode_lanes,
-                order=s.admission,
-                cost=cost,
-                on_batch=on_batch,
-                on_dropped=lambda model, n, where: state.metrics.dropped.labels(model, where).inc(n),
-                on_done=state.metrics.scheduled,
-                in_flight=state.inflight,
-                # beam search (alternatives, beam_size > 1) one decoder step per worker turn
-                steppers={n: e.translate_nbest_steps for n, e in decoders.items()} if s.beam_stepped else None,
-                workers=s.workers(registry.cuda),
-                on_restart=restarted,
-            )
-            state.scheduler = continuous
-            log.info(
-                "continuous scheduler: %d decode workers, %s intra-op threads per call",
-                len(continuous.workers),
-                s.intra_threads(registry.cuda) or "onnxruntime's default of",
-            )
-        else:
-            state.scheduler = BatchScheduler(
-                runners,
-                s.max_batch_size,
-                s.max_wait_ms,
-                s.max_queue,
-                on_batch=on_batch,
-                merge=s.batching,
-                in_flight=state.inflight,
-                on_restart=restarted,
-            )
+        state.scheduler = _scheduler(state, registry)
         state.registry = registry
         state.ready_seconds = round(time.monotonic() - state.started, 3)
         log.info(
@@ -122,20 +153,12 @@ def _load(state: ServiceState) -> None:
         state.loading = False
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
-    metrics = Metrics()
-    # a scheduler worker whose loop failed and started again (scheduling/supervision.py): beside Metrics'
-    # own, on its registry
-    worker_restarts = Counter(
-        "transerve_worker_restarts_total",
-        "batcher (decode) worker loops that failed, failing the requests they held, and started again",
-        registry=metrics.registry,
-    )
-    inflight = InFlight()  # shared by the middleware (counts) and the scheduler (reads)
+def _lifespan(settings: Settings, metrics: Metrics, inflight: InFlight, worker_restarts: Counter):
+    """The app's lifespan: the service state on `app.state.service`, the models loading in a
+    thread; at the end the scheduler stopped and the file store closed."""
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = ServiceState(settings=settings, metrics=metrics, inflight=inflight, worker_restarts=worker_restarts)
         if settings.rate_limit_per_minute:
             state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
@@ -155,12 +178,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if state.files is not None:
             state.files.close()
 
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    metrics = Metrics()
+    # a scheduler worker whose loop failed and started again (scheduling/supervision.py): beside Metrics'
+    # own, on its registry
+    worker_restarts = Counter(
+        "transerve_worker_restarts_total",
+        "batcher (decode) worker loops that failed, failing the requests they held, and started again",
+        registry=metrics.registry,
+    )
+    inflight = InFlight()  # shared by the middleware (counts) and the scheduler (reads)
     app = FastAPI(
         title="transerve",
         version="0.1.0",
         description="Transformer translation and text classification on onnxruntime. "
         "LibreTranslate-compatible /translate, /detect and /languages.",
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, metrics, inflight, worker_restarts),
         # /docs is served below from local files (FastAPI's loads Swagger UI from a CDN, which an
         # offline deployment cannot reach); /openapi.json too, behind the key when keys are set
         docs_url=None,
@@ -178,6 +215,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(classify.router)
     app.include_router(system.router)
     _document_request_bodies(app)
+    _error_handlers(app)
+    app.add_middleware(
+        BodyLimitAndMetrics,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=metrics,
+        log_requests=settings.access_log,
+        max_inflight=settings.max_inflight_requests,
+        body_timeout_s=settings.body_timeout_s,
+        inflight=inflight,
+    )
+    if settings.cors_origins:  # outermost (added last): the body limit's own 413/503/408 carry CORS headers too
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
+    return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error answer is {"error": ...}: the service's own, unknown routes and methods,
+    invalid requests (400 on LibreTranslate's paths, 422 elsewhere), and unexpected failures (500
+    with a request id, the traceback logged)."""
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -205,21 +263,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request_id = uuid.uuid4().hex[:12]
         log.error("request %s %s failed (request_id=%s)", request.method, request.url.path, request_id, exc_info=exc)
         return JSONResponse({"error": "internal error", "request_id": request_id}, status_code=500)
-
-    app.add_middleware(
-        BodyLimitAndMetrics,
-        max_body_bytes=settings.max_body_bytes,
-        metrics=metrics,
-        log_requests=settings.access_log,
-        max_inflight=settings.max_inflight_requests,
-        body_timeout_s=settings.body_timeout_s,
-        inflight=inflight,
-    )
-    if settings.cors_origins:  # outermost (added last): the body limit's own 413/503/408 carry CORS headers too
-        app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
-        )
-    return app
 
 
 LIBRETRANSLATE_PATHS = {"/translate", "/detect", "/translate_file"}

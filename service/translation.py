@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from bs4 import BeautifulSoup
 
@@ -15,7 +16,9 @@ from service import protect
 from service.errors import ServiceError, bad_request, too_large
 from service.html import Offload, translate_html
 from service.languages import translation_code
-from service.runtime.translator import ALIGN_SEP
+from service.registry import Registry, Route
+from service.runtime.alignment import AlignRequest, Link
+from service.runtime.engine import Translation
 from service.scheduling import run_batched
 from service.schemas import DetectedLanguage
 from service.state import ServiceState
@@ -79,15 +82,79 @@ def decoding(state: ServiceState, beam_size: int | None, alternatives: int, conf
     return Decoding(beam, alternatives, confidence)
 
 
-NBest = list[list[tuple[str, float, int]]]  # per piece: (text, score, tokens), best first
-
-
 @dataclass
 class Translated:
     texts: list[str]
     detected: list[DetectedLanguage] | None = None
     alternatives: list[list[str]] | None = None
     confidence: list[float] | None = None
+
+
+Hypotheses = list[Translation]  # one sentence's translations, best first
+
+
+@dataclass(eq=False)
+class Sentence:
+    """One segment of a text on its way through the stages: its translations so far (an
+    untranslatable segment, or a piece of a word cut by characters, is its own translation) and
+    the confidence of the route's steps before the last (through English; 1.0 for one step)."""
+
+    segment: Segment
+    translate: bool  # it has words (`translatable`): the stages see it
+    hyps: Hypotheses
+    factor: float = 1.0
+
+    @classmethod
+    def of(cls, segment: Segment) -> Sentence:
+        todo = translatable(segment.text)
+        kept = segment.text if segment.in_cut_word or not todo else ""  # "": no translation yet
+        return cls(segment, todo, [Translation(kept, 0.0, 0)])
+
+    @property
+    def source(self) -> str:
+        return self.segment.text
+
+    @property
+    def best(self) -> Translation:
+        return self.hyps[0]
+
+    def alternative(self, k: int) -> Translation:
+        """Its k-th best translation, its best where it has fewer."""
+        return self.hyps[k] if k < len(self.hyps) else self.hyps[0]
+
+
+@dataclass
+class Group:
+    """The texts of one source language and the route that translates them."""
+
+    route: Route
+    indices: list[int]  # the texts' places in the request
+    texts: list[list[Sentence]]  # each text's segments
+
+    @property
+    def sentences(self) -> list[Sentence]:
+        """The segments the stages translate, text after text."""
+        return [s for text in self.texts for s in text if s.translate]
+
+
+@dataclass
+class Plan:
+    """A request's texts routed and segmented, before any model runs."""
+
+    detected: list[DetectedLanguage] | None
+    groups: list[Group]
+
+    @property
+    def sentences(self) -> int:
+        return sum(len(g.sentences) for g in self.groups)
+
+
+class Outcome(NamedTuple):
+    """A text through a route: the last step's translations and the confidence of the steps
+    before it."""
+
+    hyps: Hypotheses
+    factor: float
 
 
 async def translate(
@@ -105,12 +172,33 @@ async def translate(
     refused (413); a file's texts are not capped so (its own limits bound them): they go to the
     scheduler in parts of at most that many sentences, one after the other.
 
+    `plan` routes each source language and splits the texts into sentences; the `STAGES` run
+    over each language's sentences in turn (all of them one submission per stage and step);
+    `assemble` joins the sentences and gives the alternatives and confidences.
+
     A text's confidence is 100 x exp(mean log-probability per token) over all its sentences'
     tokens (</s> included): the geometric mean of the probabilities the model gave its own
     output. Through English, the two steps' figures multiply. Alternative k of a text joins each
     sentence's k-th best translation (its best where it has fewer); duplicates are dropped."""
-    registry = state.registry
-    assert registry is not None
+    planned = await plan(state, texts, source, target)
+    total, most = planned.sentences, _most(state)
+    if capped and total > most:  # could never be queued whole: "retry later" would be a lie
+        raise too_large(f"too many sentences: {total} > {most} per request")
+    if charge:  # the rate limit counts the sentences (429 before any work when it has not got them)
+        charge(total)
+    for group in planned.groups:
+        sentences = group.sentences
+        for stage in STAGES:
+            await stage(state, group.route, sentences, how)
+    return assemble(planned, texts, target, how)
+
+
+async def plan(state: ServiceState, texts: list[str], source: str, target: str) -> Plan:
+    """Each text's source language (detected for "auto"), the route from it to `target` (none
+    for a text already in `target`: it stays as it is), and its segments, each at most what the
+    route's first model takes. An unsupported target or pair is refused (400), one whose bundle
+    failed to load too (503)."""
+    registry = _registry(state)
     if not any(target in t for t in registry.targets().values()):
         if source != "auto":
             _refuse_failed(registry, source, target)
@@ -121,130 +209,111 @@ async def translate(
         sources = [d.language for d in detected]
     else:
         sources = [source] * len(texts)
-    routes = {src: registry.route(src, target) for src in set(sources) if src != target}
-    for src, route in routes.items():
+    routes: dict[str, Route] = {}
+    for src in set(sources):
+        if src == target:
+            continue
+        route = registry.route(src, target)
         if route is None:
             _refuse_failed(registry, src, target)
             raise bad_request(f"unsupported language pair {src}->{target}; supported pairs: {supported(state)}")
-
-    out = Translated(list(texts), detected)
-    if not how.plain:
-        out.alternatives = [[] for _ in texts]
-        out.confidence = [100.0] * len(texts)
-    # Split every text into sentences; translate all pieces of one source language as one
-    # submission per step (two steps through English where there is no direct model).
-    split: dict[str, tuple[list[int], list[list[Segment]]]] = {}
+        routes[src] = route
+    groups = []
     for src, route in routes.items():
-        assert route is not None
         idx = [i for i, s in enumerate(sources) if s == src]
-        engine = registry.translators()[route[0][0]]
+        engine = registry.translators()[route[0].model]
         limit = engine.max_len - 3  # room for </s> and a target tag
-        split[src] = (idx, [split_text(texts[i], limit, engine.n_tokens) for i in idx])
-    total = sum(translatable(seg.text) for _, segmented in split.values() for segs in segmented for seg in segs)
-    most = _most(state)
-    if capped and total > most:  # could never be queued whole: "retry later" would be a lie
-        raise too_large(f"too many sentences: {total} > {most} per request")
-    if charge:  # the rate limit counts the sentences (429 before any work when it has not got them)
-        charge(total)
-    for src, route in routes.items():
-        assert route is not None
-        idx, segmented = split[src]
-        segs_in = [seg for segs in segmented for seg in segs if translatable(seg.text)]
-        pieces = [seg.text for seg in segs_in]
-        # pieces with a degenerate span, and pieces of a word cut by characters (longer than the
-        # model takes), go straight to the piecewise path of _keep_protected
-        whole = [k for k, seg in enumerate(segs_in) if not seg.in_cut_word and not protect.degenerate(seg.text)]
-        tried, tried_factor = await _through(state, route, [pieces[k] for k in whole], how)
-        nbest: NBest = [[(seg.text if seg.in_cut_word else "", 0.0, 0)] for seg in segs_in]  # cut words stay
-        factor = [1.0] * len(pieces)
-        for k, h, f in zip(whole, tried, tried_factor):
-            nbest[k], factor[k] = h, f
-        await _keep_protected(state, route, pieces, nbest, factor, how)
-        results = iter(nbest)
-        factors = iter(factor)
-        for i, segs in zip(idx, segmented):
-            per = [
-                (next(results), next(factors)) if translatable(seg.text) else ([(seg.text, 0.0, 0)], 1.0)
-                for seg in segs
-            ]
-            out.texts[i] = join_segments(segs, [h[0][0] for h, _ in per], target)
-            if how.plain:
-                continue
-            assert out.alternatives is not None and out.confidence is not None
-            scored = [h[0] for h, _ in per if h[0][2]]
-            out.confidence[i] = round(_confidence(scored) * math.prod(f for _, f in per), 2)
-            alts: list[str] = []
-            for k in range(1, how.alternatives + 1):
-                alt = join_segments(segs, [(h[k] if k < len(h) else h[0])[0] for h, _ in per], target)
-                if alt != out.texts[i] and alt not in alts:
-                    alts.append(alt)
-            out.alternatives[i] = alts
-    if how.alternatives == 0 and out.alternatives is not None:
-        out.alternatives = None
-    if not how.confidence:
-        out.confidence = None
+        segmented = [split_text(texts[i], limit, engine.n_tokens) for i in idx]
+        groups.append(Group(route, idx, [[Sentence.of(seg) for seg in segs] for segs in segmented]))
+    return Plan(detected, groups)
+
+
+async def translate_whole(state: ServiceState, route: Route, sentences: list[Sentence], how: Decoding) -> None:
+    """Stage: the sentences no stage has translated yet (a piece of a word cut by characters, one
+    longer than the model takes, is its own translation), each whole; but for those with a
+    degenerate protected span: `keep_protected` translates them piecewise."""
+    whole = [s for s in sentences if not s.best.text and not protect.degenerate(s.source)]
+    for s, (hyps, factor) in zip(whole, await _through(state, route, [s.source for s in whole], how)):
+        s.hyps, s.factor = hyps, factor
+
+
+async def keep_protected(state: ServiceState, route: Route, sentences: list[Sentence], how: Decoding) -> None:
+    """Stage: where a sentence's translation lost a URL, address, mention, hashtag or number of
+    its source (service/protect.py), translate it again with placeholders for them, else the text
+    between them, and put them back as they were (such a sentence has no alternatives)."""
+    one = Decoding(how.beam_size, 0, how.confidence)
+    broken = [s for s in sentences if not protect.kept(s.source, s.best.text)]  # True without spans
+    # first, again with a placeholder digit for each span (sentences tried whole only: a
+    # degenerate one has no translation yet and goes straight to the piecewise path)
+    marked = [(s, m) for s in broken if s.best.text and (m := protect.with_placeholders(s.source)) is not None]
+    restored: set[int] = set()
+    for (s, (_, spans)), (hyps, factor) in zip(marked, await _through(state, route, [m[0] for _, m in marked], one)):
+        text = protect.restore(hyps[0].text, spans)
+        if text is not None:
+            s.hyps, s.factor = [hyps[0]._replace(text=text)], factor
+            restored.add(id(s))
+    broken = [s for s in broken if id(s) not in restored]
+    parts = [protect.split(s.source) for s in broken]
+    todo = [protect.texts_to_translate(p) for p in parts]
+    done = iter(await _through(state, route, [t for texts in todo for t in texts], one))
+    for s, p, texts in zip(broken, parts, todo):
+        outcomes = [next(done) for _ in texts]
+        best = [o.hyps[0] for o in outcomes]
+        assembled = protect.assemble(p, [b.text for b in best])
+        s.hyps = [Translation(assembled, sum(b.score for b in best), sum(b.length for b in best))]
+        s.factor = math.prod(o.factor for o in outcomes)
+
+
+Stage = Callable[[ServiceState, Route, list[Sentence], Decoding], Awaitable[None]]
+# What happens to each source language's sentences between `plan` and `assemble`, in order; a
+# stage sees every sentence (with its translations so far) and may change any.
+STAGES: tuple[Stage, ...] = (translate_whole, keep_protected)
+
+
+def assemble(planned: Plan, texts: list[str], target: str, how: Decoding) -> Translated:
+    """The answer: each text's sentences joined with its separators (a text already in `target`
+    as it came), and the alternatives and confidences `how` asks for."""
+    out = Translated(list(texts), planned.detected)
+    if how.alternatives:
+        out.alternatives = [[] for _ in texts]
+    if how.confidence:
+        out.confidence = [100.0] * len(texts)
+    for group in planned.groups:
+        for i, sentences in zip(group.indices, group.texts):
+            segments = [s.segment for s in sentences]
+            out.texts[i] = join_segments(segments, [s.best.text for s in sentences], target)
+            if out.confidence is not None:
+                scored = [s.best for s in sentences if s.best.length]
+                out.confidence[i] = round(_confidence(scored) * math.prod(s.factor for s in sentences), 2)
+            if out.alternatives is not None:
+                out.alternatives[i] = alts = []
+                for k in range(1, how.alternatives + 1):
+                    alt = join_segments(segments, [s.alternative(k).text for s in sentences], target)
+                    if alt != out.texts[i] and alt not in alts:
+                        alts.append(alt)
     return out
 
 
-async def _through(state: ServiceState, route, pieces: list[str], how: Decoding) -> tuple[NBest, list[float]]:
-    """`pieces` along `route` (one step, or two through English): each piece's n-best
-    (text, score, tokens) of the last step, and the confidence factor of the steps before it."""
-    registry = state.registry
-    nbest: NBest = [[(p, 0.0, 0)] for p in pieces]
-    factor = [1.0] * len(pieces)  # through English: the first step's confidence
+async def _through(state: ServiceState, route: Route, texts: list[str], how: Decoding) -> list[Outcome]:
+    """`texts` along `route` (one step, or two through English): the best of a step goes on to
+    the next, its confidence multiplying the factor."""
+    registry = _registry(state)
+    outcomes = [Outcome([Translation(t, 0.0, 0)], 1.0) for t in texts]
     for n, (model, _, tgt) in enumerate(route):
-        inputs = [_model_input(registry, model, p, tgt) for p in pieces]
+        inputs = [_model_input(registry, model, o.hyps[0].text, tgt) for o in outcomes]
         if how.plain:  # greedy text only
-            pieces = await _batched(state, model, inputs)
-            nbest = [[(p, 0.0, 0)] for p in pieces]
+            found = await _batched(state, model, inputs)
+            outcomes = [Outcome([Translation(t, 0.0, 0)], o.factor) for t, o in zip(found, outcomes)]
             continue
         last = n == len(route) - 1
         options = {"beam_size": how.beam_size, "n_best": how.alternatives + 1 if last else 1}
-        nbest = await _batched(state, model, inputs, options)
-        if not last:  # the best English goes on, its confidence multiplies
-            factor = [f * _confidence([h[0]]) / 100 for f, h in zip(factor, nbest)]
-            pieces = [h[0][0] for h in nbest]
-    return nbest, factor
-
-
-async def _keep_protected(
-    state: ServiceState, route, pieces: list[str], nbest: NBest, factor: list[float], how: Decoding
-) -> None:
-    """Where a piece's translation lost a URL, address, mention, hashtag or number of its source
-    (service/protect.py), translate it again with placeholders for them, else the text between
-    them, and put them back as they were (in place in `nbest` and `factor`; such a piece has no
-    alternatives)."""
-    broken = [k for k, p in enumerate(pieces) if not protect.kept(p, nbest[k][0][0])]  # True without spans
-    # first, again with a placeholder digit for each span (pieces tried whole only: a degenerate
-    # one has no translation yet and goes straight to the piecewise path)
-    marked = {k: m for k in broken if nbest[k][0][0] and (m := protect.with_placeholders(pieces[k])) is not None}
-    if marked:
-        tries = list(marked)
-        again, again_factor = await _through(
-            state, route, [marked[k][0] for k in tries], Decoding(how.beam_size, 0, how.confidence)
-        )
-        for k, h, f in zip(tries, again, again_factor):
-            restored = protect.restore(h[0][0], marked[k][1])
-            if restored is not None:
-                nbest[k], factor[k] = [(restored, h[0][1], h[0][2])], f
-                broken.remove(k)
-    if not broken:
-        return
-    parts = {k: protect.split(pieces[k]) for k in broken}
-    todo = {k: protect.texts_to_translate(parts[k]) for k in broken}
-    texts = [t for k in broken for t in todo[k]]
-    sub, sub_factor = (
-        await _through(state, route, texts, Decoding(how.beam_size, 0, how.confidence)) if texts else ([], [])
-    )
-    at = 0
-    for k in broken:
-        n = len(todo[k])
-        best = [h[0] for h in sub[at : at + n]]
-        nbest[k] = [
-            (protect.assemble(parts[k], [b[0] for b in best]), sum(b[1] for b in best), sum(b[2] for b in best))
+        # the continuous scheduler answers scored greedy rows as plain (text, score, length) tuples
+        found = [[Translation(*h) for h in hyps] for hyps in await _batched(state, model, inputs, options)]
+        outcomes = [
+            Outcome(hyps, o.factor if last else o.factor * _confidence([hyps[0]]) / 100)
+            for hyps, o in zip(found, outcomes)
         ]
-        factor[k] = math.prod(sub_factor[at : at + n])
-        at += n
+    return outcomes
 
 
 def _most(state: ServiceState) -> int:
@@ -253,17 +322,36 @@ def _most(state: ServiceState) -> int:
     return min(state.settings.max_pieces, state.settings.max_queue)
 
 
-async def _batched(state: ServiceState, model: str, inputs: list[str], options: dict | None = None) -> list:
+async def _batched(
+    state: ServiceState,
+    model: str,
+    items: Sequence[Any],
+    options: dict[str, Any] | None = None,
+    size: Callable[[Any], int] | None = None,
+) -> list[Any]:
     """`run_batched` in parts of at most `_most` items, one after the other (one part for any
-    capped request)."""
+    capped request). `size`: the length of an item the scheduler cannot measure (an alignment
+    request): each part goes shortest first, as the scheduler orders texts, so that its batches
+    pad as little."""
     most = _most(state)
-    out: list = []
-    for at in range(0, len(inputs), most):
-        out += await run_batched(state, model, inputs[at : at + most], options)
+    out: list[Any] = []
+    for at in range(0, len(items), most):
+        part = items[at : at + most]
+        order = sorted(range(len(part)), key=lambda k: size(part[k])) if size else range(len(part))
+        answers: list[Any] = [None] * len(part)
+        for k, answer in zip(order, await run_batched(state, model, [part[k] for k in order], options)):
+            answers[k] = answer
+        out += answers
     return out
 
 
-def _refuse_failed(registry, source: str, target: str) -> None:
+def _registry(state: ServiceState) -> Registry:
+    registry = state.registry
+    assert registry is not None  # the routes answer 503 until the models are loaded
+    return registry
+
+
+def _refuse_failed(registry: Registry, source: str, target: str) -> None:
     """A pair whose bundle failed to load is a server fault (503 naming it), not a bad request."""
     name = registry.failed_pairs.get((source, target))
     if name is not None:
@@ -276,16 +364,16 @@ def translatable(text: str) -> bool:
     return any(unicodedata.category(ch).startswith("L") for ch in text)
 
 
-def _model_input(registry, model: str, text: str, target: str) -> str:
+def _model_input(registry: Registry, model: str, text: str, target: str) -> str:
     manifest = registry.models[model].manifest
     assert manifest is not None
     return manifest.model_input(text, target)
 
 
-def _confidence(hyps: list[tuple[str, float, int]]) -> float:
+def _confidence(hyps: list[Translation]) -> float:
     """100 x exp(mean log-probability per token) of the hypotheses' tokens together."""
-    tokens = sum(h[2] for h in hyps)
-    return 100.0 * math.exp(sum(h[1] for h in hyps) / tokens) if tokens else 100.0
+    tokens = sum(h.length for h in hyps)
+    return 100.0 * math.exp(sum(h.score for h in hyps) / tokens) if tokens else 100.0
 
 
 async def translate_markup(
@@ -332,25 +420,19 @@ async def translate_markup(
     return out
 
 
-async def _align(
-    state: ServiceState, pairs: list[tuple[str, str]], source: str, target: str
-) -> list[list[tuple[int, int, int, int]]]:
+async def _align(state: ServiceState, pairs: list[tuple[str, str]], source: str, target: str) -> list[list[Link]]:
     """The word alignment of each (text, its translation) by the pair's direct model
-    (runtime/translator.align, through the scheduler), in characters of the two strings; no
-    links where the pair goes through English, the model has no alignment output, or a text
-    holds the item separator."""
-    registry = state.registry
-    assert registry is not None
-    none: list[list[tuple[int, int, int, int]]] = [[] for _ in pairs]
+    (runtime/alignment.py, through the scheduler), in characters of the two strings; no links
+    where the pair goes through English or the model has no alignment output."""
+    registry = _registry(state)
+    none: list[list[Link]] = [[] for _ in pairs]
     route = registry.route(source, target) if source != target else None
-    if not route or len(route) != 1 or not registry.translators()[route[0][0]].aligns:
+    if not route or len(route) != 1 or not registry.translators()[route[0].model].aligns:
         return none
     model, _, tgt = route[0]
-    todo = [k for k, (s, t) in enumerate(pairs) if ALIGN_SEP not in s + t]
-    inputs = [_model_input(registry, model, pairs[k][0], tgt) for k in todo]
-    items = [f"{x}{ALIGN_SEP}{pairs[k][1]}" for k, x in zip(todo, inputs)]
-    found = await _batched(state, model, items, {"align": True})
-    for k, x, links in zip(todo, inputs, found):
-        shift = len(x) - len(pairs[k][0])  # the target tag before the text
+    requests = [AlignRequest(_model_input(registry, model, s, tgt), t) for s, t in pairs]
+    found = await _batched(state, model, requests, {"align": True}, size=lambda r: len(r.source) + len(r.translation))
+    for k, (request, links) in enumerate(zip(requests, found)):
+        shift = len(request.source) - len(pairs[k][0])  # the target tag before the text
         none[k] = [(a, b, c - shift, d - shift) for a, b, c, d in links if c >= shift]
     return none

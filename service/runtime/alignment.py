@@ -8,7 +8,7 @@ one layer's cross-attention (`align_query.{L}`), from which `attention` computes
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -23,23 +23,33 @@ if TYPE_CHECKING:
 Link = tuple[int, int, int, int]  # (translation start, end, source start, end) in characters
 
 
-def align(engine: Translator, pairs: Sequence[tuple[str, str]]) -> list[list[Link]]:
-    """For each (source as the model reads it, its translation), the translation's pieces fed to
-    the decoder one by one, and for each piece the source piece that the step producing it
-    attended to most. Steps that looked most at </s> or at a target tag give no link. Empty for
-    a decoder without the output."""
-    if not engine.aligns or not pairs:
-        return [[] for _ in pairs]
+class AlignRequest(NamedTuple):
+    """One alignment to compute (an item of the scheduler's `align` runs): a source as the model
+    reads it (its target tag included) and a translation of it. Any (source, translation) pair
+    does as well."""
+
+    source: str
+    translation: str
+
+
+def align(engine: Translator, requests: Sequence[tuple[str, str]]) -> list[list[Link]]:
+    """For each request (`AlignRequest`: a source as the model reads it, its translation), the
+    translation's pieces fed to the decoder one by one, and for each piece the source piece that
+    the step producing it attended to most. Steps that looked most at </s> or at a target tag
+    give no link. Empty for a decoder without the output."""
+    if not engine.aligns or not requests:
+        return [[] for _ in requests]
+    pairs = [AlignRequest(*r) for r in requests]
     sp = engine.sp
-    src_pieces = [pieces(sp, s) for s, _ in pairs]
-    tgt_pieces = [pieces(sp, t)[: engine.max_len - 1] for _, t in pairs]
+    src_pieces = [pieces(sp, r.source) for r in pairs]
+    tgt_pieces = [pieces(sp, r.translation)[: engine.max_len - 1] for r in pairs]
     sources = [source_ids([p[0] for p in ps], engine.max_len, engine.eos) for ps in src_pieces]
     weights = attention(engine, sources, [[p[0] for p in ps] for ps in tgt_pieces])
     best = weights.argmax(-1)  # (B, T): the source position each target piece looked at most
     out: list[list[Link]] = [[] for _ in pairs]
     for i, (sp_, tp) in enumerate(zip(src_pieces, tgt_pieces)):
         for k, (_, t0, t1) in enumerate(tp):
-            if not pairs[i][1][t0:t1].strip():  # a piece of space alone ("▁") says nothing
+            if not pairs[i].translation[t0:t1].strip():  # a piece of space alone ("▁") says nothing
                 continue
             j = int(best[i, k])
             if j < len(sp_) and sp_[j][2] > sp_[j][1] and not is_target_tag(sp.id_to_piece(sp_[j][0])):

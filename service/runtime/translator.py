@@ -36,7 +36,6 @@ from service.runtime.steps import BoundStep, CopyStep, DecoderGraph, DeviceStep
 from service.runtime.utf8 import ByteRepair
 from service.runtime.vocab import load_target_vocab, tag_languages, target_of
 
-ALIGN_SEP = "\x1f"  # joins a source and its translation into one batcher item (runner option `align`)
 BEAM_TOPK = Path(__file__).parent / "graphs" / "beam_topk.onnx"
 GREEDY = TranslateOptions()
 

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from service.runtime.engine import Translation
 from tests.service.conftest import make_client, wait_ready
 
 
@@ -440,7 +441,9 @@ def test_html_inline_elements_are_carried_by_the_models_own_alignment(bundles, r
         wait_ready(c)
         model = next(n for n, e in c.app.state.service.registry.translators().items() if e.aligns)
         engine = c.app.state.service.registry.translators()[model]
-        engine.translate = lambda texts: ["the dog runs" if "hund" in t else "dog" for t in texts]
+        engine.translate_batch = lambda texts, *_: [
+            [Translation("the dog runs" if "hund" in t else "dog", 0.0, 0)] for t in texts
+        ]
         calls: list = []
         real = engine.align
         engine.align = lambda pairs: calls.append(list(pairs)) or real(pairs)
@@ -458,7 +461,9 @@ def test_html_alignment_can_be_switched_off(model_dir):
     with make_client(model_dir, scheduler="batch", html_alignment=False) as c:
         wait_ready(c)
         engine = c.app.state.service.registry.translators()["de-en"]
-        engine.translate = lambda texts: ["the dog runs" if "läuft" in t else "dog" for t in texts]
+        engine.translate_batch = lambda texts, *_: [
+            [Translation("the dog runs" if "läuft" in t else "dog", 0.0, 0)] for t in texts
+        ]
         engine.align = lambda pairs: pytest.fail("aligned although html_alignment is off")
         body = {"q": "<p>der <b>hund</b> läuft</p>", "source": "de", "target": "en", "format": "html"}
         r = c.post("/translate", json=body)
