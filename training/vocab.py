@@ -172,17 +172,14 @@ def add_target_vocab(bundle_dir: Path, cfg: RunConfig, tokenizer: Path) -> Manif
 
 
 def with_continuation_bytes(pieces: dict[str, set[int]], sp: spm.SentencePieceProcessor) -> dict[str, set[int]]:
-    """Each language's pieces plus every UTF-8 continuation byte piece (0x80-0xBF) when it has a
-    lead byte of a multi-byte character: a vocabulary with the lead byte of a rare character
-    but not the continuation bytes that complete it makes the decoder spell half a character
-    (U+FFFD in the output). At most 64 more columns."""
+    """Each language's pieces plus every byte piece of multi-byte UTF-8 (continuation bytes
+    0x80-0xBF, lead bytes 0xC2-0xF4) when it has any of them: a vocabulary with the lead byte of
+    a rare character but not the continuation bytes that complete it makes the decoder spell half
+    a character (U+FFFD in the output), and one with only some lead bytes cannot spell the rest of
+    the characters it has no piece for. At most 115 more columns."""
     value = {i: int(sp.id_to_piece(i)[1:-1], 16) for i in range(sp.get_piece_size()) if sp.is_byte(i)}
-    continuation = {i for i, v in value.items() if 0x80 <= v <= 0xBF}
-    out = {}
-    for lang, ids in pieces.items():
-        leads = any(value.get(i, 0) >= 0xC2 for i in ids)
-        out[lang] = ids | continuation if leads else set(ids)
-    return out
+    multibyte = {i for i, v in value.items() if 0x80 <= v <= 0xBF or 0xC2 <= v <= 0xF4}
+    return {lang: ids | multibyte if ids & multibyte else set(ids) for lang, ids in pieces.items()}
 
 
 def keep_variant_vocab(bundle_dir: Path, spec: dict, variant: str) -> dict:

@@ -173,7 +173,7 @@ def test_the_setting_turns_them_off_for_the_service(bundle, monkeypatch, on):
     assert engine.view(engine.target_of(source)).n_logits == (52 - 4 + 2 if on else manifest.vocab_size)
 
 
-def test_a_language_with_a_lead_byte_keeps_every_continuation_byte():
+def test_a_language_with_a_multibyte_piece_keeps_every_multibyte_piece():
     import sentencepiece as spm
 
     from training.vocab import with_continuation_bytes
@@ -182,5 +182,6 @@ def test_a_language_with_a_lead_byte_keeps_every_continuation_byte():
     byte = {int(sp.id_to_piece(i)[1:-1], 16): i for i in range(sp.get_piece_size()) if sp.is_byte(i)}
     word = sp.piece_to_id("▁the")
     got = with_continuation_bytes({"zh": {word, byte[0xE5], byte[0x80]}, "en": {word, byte[0x3D]}}, sp)
-    assert got["en"] == {word, byte[0x3D]}  # no multi-byte lead: nothing to complete
-    assert got["zh"] == {word, byte[0xE5]} | {byte[v] for v in range(0x80, 0xC0)}
+    assert got["en"] == {word, byte[0x3D]}  # no multi-byte UTF-8 byte: nothing to complete
+    multibyte = {byte[v] for v in [*range(0x80, 0xC0), *range(0xC2, 0xF5)]}
+    assert got["zh"] == {word} | multibyte and len(multibyte) == 115
