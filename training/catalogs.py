@@ -17,7 +17,6 @@ in several catalogs never sits in two splits."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import logging
 import re
@@ -25,6 +24,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
+
+from training.data import write_lines
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,11 @@ def _text(element) -> str:
     return "".join(element.itertext()) if element is not None else ""
 
 
+# the translation units of XLIFF 1.2 (state on <target>) and 2.x (state on <segment>), and the
+# states that mark one not translated
+UNTRANSLATED = {"trans-unit": ("new", "needs-translation"), "segment": ("initial",)}
+
+
 def xliff_pairs(inputs: Iterable[Path], source: str | None = None) -> Iterator[Pair]:
     """Every usable pair of XLIFF 1.2 (``<file source-language target-language>``, ``<trans-unit>``)
     and 2.x (``<xliff srcLang trgLang>``, ``<unit><segment>``) files; units marked not translated
@@ -218,20 +224,14 @@ def xliff_pairs(inputs: Iterable[Path], source: str | None = None) -> Iterator[P
                 continue
             for unit in file_el.iter():
                 kind = _local(unit.tag)
-                if kind == "trans-unit":
-                    src = next((c for c in unit if _local(c.tag) == "source"), None)
-                    tgt = next((c for c in unit if _local(c.tag) == "target"), None)
-                    if tgt is None or tgt.get("state") in ("new", "needs-translation"):
-                        continue
-                    pair = _pair(tgt_lang, src_lang, _text(src), _text(tgt), name)
-                elif kind == "segment":
-                    if unit.get("state") == "initial":
-                        continue
-                    src = next((c for c in unit if _local(c.tag) == "source"), None)
-                    tgt = next((c for c in unit if _local(c.tag) == "target"), None)
-                    pair = _pair(tgt_lang, src_lang, _text(src), _text(tgt), name)
-                else:
+                if kind not in UNTRANSLATED:
                     continue
+                src = next((c for c in unit if _local(c.tag) == "source"), None)
+                tgt = next((c for c in unit if _local(c.tag) == "target"), None)
+                state = unit.get("state") if kind == "segment" else tgt.get("state") if tgt is not None else None
+                if tgt is None or state in UNTRANSLATED[kind]:
+                    continue
+                pair = _pair(tgt_lang, src_lang, _text(src), _text(tgt), name)
                 if pair:
                     yield pair
 
@@ -272,7 +272,6 @@ def write_corpus(pairs: Iterable[Pair], out: Path, valid: int = 0, test: int = 0
             if not items:
                 continue
             for col, suffix in ((0, lang), (1, "en"), (2, "source")):
-                with gzip.GzipFile(out / f"{split}.{pair}.{suffix}.gz", "wb", mtime=0) as f:
-                    f.write(("\n".join(item[col] for item in items) + "\n").encode("utf-8"))
+                write_lines(out / f"{split}.{pair}.{suffix}.gz", [item[col] for item in items])
             counts[pair][split] = len(items)
     return counts

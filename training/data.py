@@ -188,8 +188,7 @@ def build_tatoeba_zh_en(source: Path, dest: Path) -> list[Path]:
         rows = [p for i, p in enumerate(pairs) if split_of.get(i, "train") == split]
         for col, suffix in ((0, "en"), (1, "zh"), (2, "attribution")):
             path = dest / f"{split}.{suffix}.gz"
-            with path.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-                gz.write(("\n".join(r[col] for r in rows) + "\n").encode("utf-8"))
+            write_lines(path, [r[col] for r in rows])
             written.append(path)
     return written
 
@@ -208,6 +207,12 @@ def open_text(path: Path):
 def read_lines(path: Path) -> list[str]:
     with open_text(path) as f:
         return [line.strip() for line in f]
+
+
+def write_lines(path: Path, lines: Sequence[str]) -> None:
+    """One text a line, gzip without a timestamp (the same bytes for the same lines)."""
+    with path.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        gz.write(("\n".join(lines) + "\n").encode("utf-8"))
 
 
 def find_split_file(data_dir: Path, split: str, lang: str) -> Path:

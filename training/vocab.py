@@ -26,6 +26,7 @@ from onnx import helper, numpy_helper
 from service.runtime import graph_io
 from service.runtime.bundle import Manifest, load_manifest, sha256_file, write_manifest
 from service.runtime.sessions import create_session
+from service.runtime.utf8 import ByteRepair
 from service.runtime.vocab import TargetVocab
 from training.config import RunConfig
 from training.tasks import target_texts
@@ -177,8 +178,7 @@ def with_continuation_bytes(pieces: dict[str, set[int]], sp: spm.SentencePiecePr
     a rare character but not the continuation bytes that complete it makes the decoder spell half
     a character (U+FFFD in the output), and one with only some lead bytes cannot spell the rest of
     the characters it has no piece for. At most 115 more columns."""
-    value = {i: int(sp.id_to_piece(i)[1:-1], 16) for i in range(sp.get_piece_size()) if sp.is_byte(i)}
-    multibyte = {i for i, v in value.items() if 0x80 <= v <= 0xBF or 0xC2 <= v <= 0xF4}
+    multibyte = {i for i, v in ByteRepair(sp).value.items() if 0x80 <= v <= 0xBF or 0xC2 <= v <= 0xF4}
     return {lang: ids | multibyte if ids & multibyte else set(ids) for lang, ids in pieces.items()}
 
 
