@@ -227,7 +227,7 @@ def release(
     if cfg.task == "translation":  # not served (not in the manifest's files, not in the image)
         export_weights(ckpt, out_dir / WEIGHTS_FILE)
     manifest = load_manifest(out_dir)
-    stage = stage_record(cfg, run_dir, manifest.training)
+    stage = stage_record(manifest.training, run_dir)  # the export wrote cfg into it
     manifest = replace(
         manifest,
         metrics=metrics,
@@ -311,18 +311,19 @@ def prior_stages(cfg: RunConfig) -> list[dict[str, Any]]:
     training = json.loads(path.read_text(encoding="utf-8")).get("training", {})
     if training.get("stages"):
         return list(training["stages"])
-    return [stage_record(None, None, training)]
+    return [stage_record(training)]
 
 
-def stage_record(cfg: RunConfig | None, run_dir: Path | None, training: dict[str, Any]) -> dict[str, Any]:
-    """One stage of a model's training: its config, data, steps, time and hardware, and the run
-    folder it came from (a second release from the same run replaces its stage, never adds one)."""
+def stage_record(training: dict[str, Any], run_dir: Path | None = None) -> dict[str, Any]:
+    """One stage of a model's training, from a manifest's training record (its run config, steps,
+    time, hardware), and the run folder it came from (a second release from the same run
+    replaces its stage, never adds one)."""
     config = training.get("config", {})
-    data = config.get("data", {}) if cfg is None else cfg.to_dict()["data"]
+    data = config.get("data", {})
     return {
-        "config": config.get("source", "") if cfg is None else cfg.source,
+        "config": config.get("source", ""),
         "run": str(run_dir.resolve()) if run_dir else training.get("run", ""),
-        "init_from": (config.get("train", {}) if cfg is None else cfg.to_dict()["train"]).get("init_from", ""),
+        "init_from": config.get("train", {}).get("init_from", ""),
         "train_sets": list(data.get("train_sets", [])) or [f"{data.get('dir', '')} ({data.get('corpus', '')})"],
         "steps": training.get("steps"),
         "train_seconds": training.get("train_seconds", 0.0),
