@@ -35,12 +35,13 @@ from torch import Tensor, nn
 from service.runtime import graph_io
 from service.runtime.bundle import GraphSpec, Manifest, TensorSpec, sha256_file, write_manifest
 from service.runtime.classifier import Classifier
+from service.runtime.codec import CodecSpec
 from service.runtime.preprocess import DECODING
 from service.runtime.sessions import resolve_providers
 from service.runtime.translator import Translator
 from training.config import RunConfig
 from training.data import CORPORA
-from training.evaluate import encode_classifier_input, encode_source, pad_batch
+from training.evaluate import encode_classifier_input, pad_batch
 from training.onnx_graphs import align_layer, build_decoder_step, build_encoder
 from training.tokenizer import SPECIAL_IDS, Tokenizer
 from training.transformer import Seq2SeqTransformer, TransformerClassifier, count_parameters
@@ -326,13 +327,12 @@ def _quiet(logger_name: str | None = None):
 # ----------------------------------------------------------------------------- parity
 
 
-def translation_parity(
-    model: Seq2SeqTransformer, engine: Translator, tokenizer: Tokenizer, sentences: Sequence[str]
-) -> dict[str, Any]:
+def translation_parity(model: Seq2SeqTransformer, engine: Translator, sentences: Sequence[str]) -> dict[str, Any]:
     """Max |logit| difference over teacher-forced steps, and the share of identical greedy
-    outputs, PyTorch vs the onnxruntime engine, on real sentences."""
+    outputs, PyTorch vs the onnxruntime engine, on real sentences (encoded by the engine: the
+    bundle's own codec, the rule the training data follows for our own models)."""
     model.eval()
-    encoded = [encode_source(tokenizer, s, model.cfg.max_len) for s in sentences]
+    encoded = engine.encode([s for s in sentences if s.strip()])
     max_diff = 0.0
     identical = 0
     with torch.no_grad():
@@ -388,16 +388,29 @@ def export_bundle(
     calibration_texts: Sequence[str] = (),
     static_cache: bool = True,
     alignment_in_graph: bool = False,
+    codec: CodecSpec | None = None,
 ) -> tuple[Manifest, dict[str, Any]]:
     """Write a complete, verified bundle to `out_dir`. Returns its manifest and the parity
     report. Refuses to replace an existing bundle unless `force`. `calibration_texts` (default:
     the parity texts) calibrate the int8-static variant: give training text, not the text the
     variants are then judged on. `static_cache=False`: a decoder of graph contract 2 (caches
-    grown by one slot a step) instead of 3; `alignment_in_graph`: export_translation_graphs."""
+    grown by one slot a step) instead of 3; `alignment_in_graph`: export_translation_graphs.
+    `codec` (imported models): the model's own text conventions (runtime/codec.py); then
+    `tokenizer_path` is the source SentencePiece model, written as spm.model, the codec's other
+    files come in `extra_files` under their bundle names, and the special ids are the model's."""
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise FileExistsError(f"{out_dir} exists; pass --force to overwrite it")
-    tokenizer = Tokenizer(tokenizer_path)
     mcfg = model.cfg
+    if codec is None:
+        tokenizer = Tokenizer(tokenizer_path)  # checks our fixed special ids
+        special_ids, vocab_size = dict(SPECIAL_IDS), tokenizer.vocab_size
+    else:
+        missing = sorted(set(codec.files()) - {"spm.model", *(f.name for f in extra_files)})
+        if codec.source_spm != "spm.model" or missing:
+            raise ValueError(f"codec: source_spm must be 'spm.model' and every file given ({missing} are not)")
+        unk = _vocab_index(extra_files, codec.target_vocabulary, codec.unk_piece)
+        special_ids = {"pad": mcfg.pad_id, "unk": unk, "bos": mcfg.bos_id, "eos": mcfg.eos_id}
+        vocab_size = mcfg.vocab_size
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -415,8 +428,8 @@ def export_bundle(
             task=cfg.task,
             version=version,
             tokenizer="spm.model",
-            special_ids=dict(SPECIAL_IDS),
-            vocab_size=tokenizer.vocab_size,
+            special_ids=special_ids,
+            vocab_size=vocab_size,
             max_len=mcfg.max_len,
             model={**mcfg.to_dict(), "parameters": count_parameters(model)},
             variants={"fp32": graphs},
@@ -434,6 +447,7 @@ def export_bundle(
                 "license": cfg.data.license or (corpus.license if corpus else ""),
                 "source": corpus.url if corpus else "",
             },
+            codec=codec.to_dict() if codec else {},
         )
         variants = {"fp32": graphs}
         if int8:
@@ -443,7 +457,7 @@ def export_bundle(
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = replace(manifest, variants=variants, files=files)
         write_manifest(tmp, manifest)
-        parity = check_parity(model, tmp, manifest, tokenizer, parity_texts)
+        parity = check_parity(model, tmp, manifest, parity_texts)
         log.info("exported %s in %.1fs; parity %s", out_dir, time.perf_counter() - t0, parity)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -455,18 +469,25 @@ def export_bundle(
     return manifest, parity
 
 
-def check_parity(
-    model: nn.Module, bundle_dir: Path, manifest: Manifest, tokenizer: Tokenizer, texts: Sequence[str]
-) -> dict[str, Any]:
+def _vocab_index(files: Sequence[Path], name: str, piece: str) -> int:
+    """The id of `piece` in the vocabulary file `name` among `files` (0 when there is none)."""
+    from service.runtime.codec import read_vocabulary
+
+    found = [f for f in files if f.name == name]
+    pieces = read_vocabulary(found[0]) if name and found else []
+    return pieces.index(piece) if piece in pieces else 0
+
+
+def check_parity(model: nn.Module, bundle_dir: Path, manifest: Manifest, texts: Sequence[str]) -> dict[str, Any]:
     """Parity of the fp32 graphs with PyTorch; raises if outside tolerance."""
     providers = resolve_providers("cpu")
     if manifest.task == "translation":
         engine = Translator(bundle_dir, manifest, providers, variant="fp32")
-        report = translation_parity(model, engine, tokenizer, texts)
+        report = translation_parity(model, engine, texts)
         ok = report["max_abs_logit_diff"] <= PARITY_ATOL and report["identical_greedy"] == 1.0
     else:
         engine = Classifier(bundle_dir, manifest, providers, variant="fp32")
-        report = classifier_parity(model, engine, tokenizer, texts)
+        report = classifier_parity(model, engine, Tokenizer(bundle_dir / manifest.tokenizer), texts)
         ok = report["max_abs_prob_diff"] <= PARITY_ATOL and report["same_argmax"] == 1.0
     if not ok:
         raise RuntimeError(f"ONNX export of {manifest.name} fails parity with PyTorch: {report}")

@@ -8,14 +8,13 @@ one layer's cross-attention (`align_query.{L}`), from which `attention` computes
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from service.runtime import graph_io
 from service.runtime.beam import log_softmax
 from service.runtime.bundle import is_target_tag
-from service.runtime.preprocess import source_ids
 
 if TYPE_CHECKING:
     from service.runtime.translator import Translator
@@ -36,14 +35,16 @@ def align(engine: Translator, requests: Sequence[tuple[str, str]]) -> list[list[
     """For each request (`AlignRequest`: a source as the model reads it, its translation), the
     translation's pieces fed to the decoder one by one, and for each piece the source piece that
     the step producing it attended to most. Steps that looked most at </s> or at a target tag
-    give no link. Empty for a decoder without the output."""
+    give no link (as do those at <s>, for models whose sources start with it). Empty for a
+    decoder without the output."""
     if not engine.aligns or not requests:
         return [[] for _ in requests]
     pairs = [AlignRequest(*r) for r in requests]
-    sp = engine.sp
-    src_pieces = [pieces(sp, r.source) for r in pairs]
-    tgt_pieces = [pieces(sp, r.translation)[: engine.max_len - 1] for r in pairs]
-    sources = [source_ids([p[0] for p in ps], engine.max_len, engine.eos) for ps in src_pieces]
+    codec = engine.text
+    src_pieces = [codec.source.pieces(r.source) for r in pairs]
+    tgt_pieces = [codec.target.pieces(r.translation)[: engine.max_len - 1] for r in pairs]
+    sources = [codec.source_ids([p[0] for p in ps]) for ps in src_pieces]
+    first = len(codec.prefix)  # the source's own pieces start after its <s>, if it has one
     weights = attention(engine, sources, [[p[0] for p in ps] for ps in tgt_pieces])
     best = weights.argmax(-1)  # (B, T): the source position each target piece looked at most
     out: list[list[Link]] = [[] for _ in pairs]
@@ -51,8 +52,8 @@ def align(engine: Translator, requests: Sequence[tuple[str, str]]) -> list[list[
         for k, (_, t0, t1) in enumerate(tp):
             if not pairs[i].translation[t0:t1].strip():  # a piece of space alone ("▁") says nothing
                 continue
-            j = int(best[i, k])
-            if j < len(sp_) and sp_[j][2] > sp_[j][1] and not is_target_tag(sp.id_to_piece(sp_[j][0])):
+            j = int(best[i, k]) - first
+            if 0 <= j < len(sp_) and sp_[j][2] > sp_[j][1] and not is_target_tag(codec.source.piece(sp_[j][0])):
                 out[i].append((t0, t1, sp_[j][1], sp_[j][2]))  # not </s>, an empty piece or a target tag
     return out
 
@@ -92,11 +93,3 @@ def cross_attention_weights(query: np.ndarray, keys: np.ndarray, src_mask: np.nd
     scores = np.matmul(keys, query.reshape(b, n, h, 1).astype(np.float32))[..., 0] / np.sqrt(h)  # (B, N, S)
     scores = np.where(src_mask[:, None, :], scores, -np.inf)
     return np.exp(log_softmax(scores)).mean(axis=1)
-
-
-def pieces(sp: Any, text: str) -> list[tuple[int, int, int]]:
-    """`text`'s pieces as (id, start, end), the span in characters of `text` (sentencepiece
-    gives UTF-8 byte offsets)."""
-    proto = sp.encode(text, out_type="proto")
-    chars = [k for k, ch in enumerate(text) for _ in range(len(ch.encode("utf-8")))] + [len(text)]
-    return [(p.id, chars[p.begin], chars[p.end]) for p in proto.pieces]

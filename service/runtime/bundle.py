@@ -79,6 +79,9 @@ class Manifest:
     # Each target language's pieces and the output projection they cut (runtime/vocab.py):
     # {"file": npz, "languages": [...], "projection": {variant: {initializer: vocabulary axis}}}
     target_vocab: dict[str, Any] = field(default_factory=dict)
+    # How text becomes the model's ids where that is not `tokenizer`'s ids with </s> after the
+    # source (imported models: runtime/codec.py CodecSpec); empty: that rule.
+    codec: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def graph(self, variant: str, role: str) -> GraphSpec:
@@ -196,10 +199,24 @@ def parse_manifest(raw: dict[str, Any], where: str = MANIFEST) -> Manifest:
         for vname in vocab.get("projection") or {}:
             if vname not in raw["variants"]:
                 problems.append(f"target_vocab projection for {vname!r}, not a variant")
+    problems += codec_problems(raw)
     if problems:
         raise BundleError(f"{where}: " + "; ".join(problems))
     known = {k: raw[k] for k in Manifest.__dataclass_fields__ if k in raw and k != "variants"}
     return Manifest(**known, variants=variants)
+
+
+def codec_problems(raw: dict[str, Any]) -> list[str]:
+    """What is wrong with a manifest's `codec` (runtime/codec.py): unknown keys, unlisted files."""
+    from service.runtime.codec import CodecSpec  # codec.py reads Manifest
+
+    if not raw.get("codec"):
+        return []
+    try:
+        spec = CodecSpec.from_dict(raw["codec"])
+    except (TypeError, ValueError) as e:
+        return [f"codec: {e}"]
+    return [f"codec file {name!r} has no checksum in files" for name in spec.files() if name not in raw["files"]]
 
 
 def load_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:

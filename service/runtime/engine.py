@@ -19,7 +19,7 @@ import numpy as np
 
 from service.runtime.beam import Steps
 from service.runtime.bundle import Manifest
-from service.runtime.utf8 import ByteRepair
+from service.runtime.codec import Codec
 from service.runtime.vocab import TargetVocab
 
 
@@ -68,7 +68,7 @@ class TranslationEngine(Protocol):
 
     manifest: Manifest
     max_len: int
-    text: ByteRepair  # token ids -> text, never half a UTF-8 character
+    text: Codec  # text <-> token ids, never half a UTF-8 character
     aligns: bool  # `align` gives links (the decoder has an alignment output)
     target_vocab: TargetVocab | None
     on_tokens: Callable[[int], None] | None  # told how many tokens each decoding made

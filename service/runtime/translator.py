@@ -27,13 +27,13 @@ import numpy as np
 from service.runtime import alignment, graph_io
 from service.runtime.beam import Hypothesis, Steps, drain
 from service.runtime.bundle import BundleError, Manifest
+from service.runtime.codec import Codec
 from service.runtime.engine import TranslateOptions, Translation
-from service.runtime.preprocess import DECODING, output_limits, source_ids
+from service.runtime.preprocess import DECODING, output_limits
 from service.runtime.search import greedy_hypotheses, search
 from service.runtime.sessions import BundleEngine, create_session
 from service.runtime.steps import ROWS_GATHER as ROWS_GATHER  # where callers look for it
 from service.runtime.steps import BoundStep, CopyStep, DecoderGraph, DeviceStep
-from service.runtime.utf8 import ByteRepair
 from service.runtime.vocab import load_target_vocab, tag_languages, target_of
 
 BEAM_TOPK = Path(__file__).parent / "graphs" / "beam_topk.onnx"
@@ -64,7 +64,7 @@ class Translator(BundleEngine):
                 "served: export the bundle again (python -m training export --config CONFIG); python -m training "
                 "upgrade --bundle DIR rewrites only the alignment output and does not add them"
             )
-        self.text = ByteRepair(self.sp)  # ids -> text, never half a UTF-8 character
+        self.text = Codec(bundle_dir, manifest, self.sp)  # text <-> ids (never half a UTF-8 character)
         self.encoder = self.session("encoder", providers, threads)
         self.decoder = self.session("decoder", providers, threads)
         self._topk = create_session(BEAM_TOPK, ["CPUExecutionProvider"], threads, memory_arena)  # beam selection
@@ -96,7 +96,7 @@ class Translator(BundleEngine):
         self.logit_ids: np.ndarray | None = None
         self.n_logits = manifest.vocab_size
         self.target_vocab = load_target_vocab(bundle_dir, manifest, self.variant) if target_vocab else None
-        self._tag_langs = tag_languages(manifest, self.sp.piece_to_id) if manifest.target_tags else {}
+        self._tag_langs = tag_languages(manifest, self.text.source.piece_to_id) if manifest.target_tags else {}
         self._views: dict[str, Translator] = {}
         self._views_lock = threading.Lock()
         # Every language's decoder session is opened (and checked) here, at load: one opened at
@@ -136,13 +136,11 @@ class Translator(BundleEngine):
     # -- text level -------------------------------------------------------------------------
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Source ids: pieces + </s>, cut to the model's length."""
-        # sentencepiece encodes a list on a thread pool: worth it for a batch, not for a few
-        threads = 1 if len(texts) < 8 else None
-        return [source_ids(ids, self.max_len, self.eos) for ids in self.sp.encode(list(texts), num_threads=threads)]
+        """Source ids (ours: pieces + </s>), cut to the model's length (codec.Codec)."""
+        return self.text.encode(texts)
 
     def n_tokens(self, text: str) -> int:
-        return len(self.sp.encode(text)) + 1
+        return self.text.n_tokens(text)
 
     def translate_batch(self, texts: Sequence[str], options: TranslateOptions = GREEDY) -> list[list[Translation]]:
         """Each sentence's best translations, best first: `options.n_best` of beam search

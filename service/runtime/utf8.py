@@ -14,14 +14,22 @@ import sentencepiece as spm
 
 
 class ByteRepair:
-    """Per-tokenizer tables: which ids are byte pieces, and each one's byte value."""
+    """Per-tokenizer tables: which ids are byte pieces, and each one's byte value. With `pieces`
+    (a vocabulary whose ids are not the SentencePiece ids: id -> piece), ids are that vocabulary's
+    and rows are decoded through their pieces."""
 
-    def __init__(self, sp: spm.SentencePieceProcessor) -> None:
-        self.sp = sp
+    def __init__(self, sp: spm.SentencePieceProcessor, pieces: Sequence[str] | None = None) -> None:
+        self.sp, self.pieces = sp, pieces
         self.value: dict[int, int] = {}
-        for i in range(sp.get_piece_size()):
-            if sp.is_byte(i):
-                self.value[i] = int(sp.id_to_piece(i)[1:-1], 16)
+        if pieces is None:
+            for i in range(sp.get_piece_size()):
+                if sp.is_byte(i):
+                    self.value[i] = int(sp.id_to_piece(i)[1:-1], 16)
+        else:
+            for i, piece in enumerate(pieces):
+                j = sp.piece_to_id(piece)
+                if sp.id_to_piece(j) == piece and sp.is_byte(j):
+                    self.value[i] = int(piece[1:-1], 16)
         self.id_of = {v: i for i, v in self.value.items()}
 
     def complete_bytes(self, ids: Sequence[int]) -> list[int]:
@@ -44,8 +52,13 @@ class ByteRepair:
 
     def decode(self, rows: Sequence[Sequence[int]]) -> list[str]:
         """SentencePiece's batch decode of `rows` (one call), broken byte sequences dropped first."""
-        return self.sp.decode([self.complete_bytes(r) for r in rows])
+        fixed = [self.complete_bytes(r) for r in rows]
+        if self.pieces is None:
+            return self.sp.decode(fixed)
+        return [self.sp.decode_pieces([self.pieces[i] for i in r]) for r in fixed]
 
     def decode_one(self, ids: Sequence[int]) -> str:
         """One row: SentencePiece's list call would start a thread pool for it."""
-        return self.sp.decode(self.complete_bytes(ids))
+        if self.pieces is None:
+            return self.sp.decode(self.complete_bytes(ids))
+        return self.sp.decode_pieces([self.pieces[i] for i in self.complete_bytes(ids)])
