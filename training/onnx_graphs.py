@@ -21,6 +21,16 @@ Decoder step (L decoder layers, N heads, H = head size, D = N * H):
 Encoder:
     inputs   src_ids (B, S) int64
     outputs  cross_k.0, cross_v.0, cross_k.1, ... (B, N, S, H)
+
+Every option of ``TransformerConfig`` is written out: the FFN's activation (Relu;
+com.microsoft Gelu for the exact GELU, FastGelu for its tanh form; Sigmoid and Mul for swish),
+every LayerNormalization's epsilon, embeddings with or without the sqrt(D) scale and the
+embedding LayerNorm, each stack's own embedding matrix and positions table (whatever layout:
+the model's own ``pe`` buffers), pre- or post-norm, and the output projection tied to the
+decoder's embedding or a matrix of its own, with or without a bias. Options at their defaults
+add no node: those graphs are the same, byte for byte, as before the options existed. The
+embeddings stay Gathers of initializers and every product a MatMul of an initializer, so
+training/export.py quantizes them all alike.
 """
 
 from __future__ import annotations
@@ -48,11 +58,13 @@ from training.transformer import Seq2SeqTransformer
 
 OPSET = 17
 MS_DOMAIN = "com.microsoft"
-LN_EPS = 1e-5  # nn.LayerNorm's default, which the model uses
+MS_OPS = ("MultiHeadAttention", "GroupQueryAttention", "Gelu", "FastGelu")  # onnxruntime's contrib ops used
+LN_EPS = 1e-5  # nn.LayerNorm's default, the model's unless its config says otherwise (layer_norm_eps)
 
 
 class _Builder:
-    def __init__(self) -> None:
+    def __init__(self, ln_eps: float = LN_EPS) -> None:
+        self.ln_eps = float(ln_eps)  # every LayerNormalization's epsilon (a float attribute)
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         # Every tensor's element type, written into the graph: ONNX shape inference stops at the
@@ -76,7 +88,7 @@ class _Builder:
         self._n += 1
         outputs = out or [f"{op_type.lower()}_{self._n}_{k}" for k in range(n_out)]
         self.types.update(dict.fromkeys(outputs, dtype))
-        domain = MS_DOMAIN if op_type in ("MultiHeadAttention", "GroupQueryAttention") else ""
+        domain = MS_DOMAIN if op_type in MS_OPS else ""
         self.nodes.append(
             helper.make_node(op_type, inputs, outputs, name=f"{op_type}_{self._n}", domain=domain, **attrs)
         )
@@ -96,7 +108,7 @@ class _Builder:
             "LayerNormalization",
             [x, self.const(f"{name}.weight", weight), self.const(f"{name}.bias", bias)],
             axis=-1,
-            epsilon=LN_EPS,
+            epsilon=self.ln_eps,
         )[0]
 
 
@@ -166,30 +178,53 @@ def _self_attention_inputs(
     return [q, k, v, g.const(f"{a}.qkv_bias", qkv_b)]
 
 
-def _ffn(g: _Builder, w: dict[str, np.ndarray], hid: str, f: str) -> str:
+def _activation(g: _Builder, x: str, name: str) -> str:
+    """The FFN's activation `name` (training.transformer.ACTIVATIONS) of `x`."""
+    if name == "relu":
+        return g.op("Relu", [x])[0]
+    if name == "gelu":  # x * Phi(x), with erf: torch's F.gelu
+        return g.op("Gelu", [x])[0]
+    if name == "gelu_tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): F.gelu(approximate="tanh")
+        return g.op("FastGelu", [x])[0]
+    if name == "swish":  # x * sigmoid(x): F.silu
+        (gate,) = g.op("Sigmoid", [x])
+        return g.op("Mul", [x, gate])[0]
+    raise ValueError(f"activation {name!r} has no graph")
+
+
+def _ffn(g: _Builder, w: dict[str, np.ndarray], hid: str, f: str, activation: str = "relu") -> str:
     up = g.linear(hid, w[f"{f}.linear1.weight"], w[f"{f}.linear1.bias"], f"{f}.linear1")
-    (up,) = g.op("Relu", [up])
+    up = _activation(g, up, activation)
     return g.linear(up, w[f"{f}.linear2.weight"], w[f"{f}.linear2.bias"], f"{f}.linear2")
+
+
+def _positions(model: Seq2SeqTransformer, stack: str) -> np.ndarray:
+    """Stack `stack`'s positions table (max_len, D): the model's own buffer, whatever its layout."""
+    return getattr(model, stack).pos.pe.detach().float().cpu().numpy().astype(np.float32)
 
 
 def build_encoder(model: Seq2SeqTransformer) -> onnx.ModelProto:
     """The encoder (eval mode) and every decoder layer's cross-attention keys and values."""
     cfg = model.cfg
     w = _weights(model)
-    pe = model.encoder.pos.pe.detach().cpu().numpy().astype(np.float32)
-    g = _Builder()
+    pe = _positions(model, "encoder")
+    g = _Builder(cfg.layer_norm_eps)
     n, h, d, ld = cfg.n_heads, cfg.d_head, cfg.d_model, cfg.n_decoder_layers
 
     (is_pad,) = g.op("Equal", [SRC_IDS, g.const("pad_id", np.array(cfg.pad_id, np.int64))], dtype=TensorProto.BOOL)
     (real,) = g.op("Not", [is_pad], dtype=TensorProto.BOOL)
     (key_mask,) = g.op("Cast", [real], to=TensorProto.INT32, dtype=TensorProto.INT32)  # (B, S), 1 = real token
-    # Embedding * sqrt(D) + the positional encodings of positions 0..S-1.
-    (x,) = g.op("Gather", [g.const("embedding", w["embed.embedding.weight"]), SRC_IDS])  # (B, S, D)
-    (x,) = g.op("Mul", [x, g.const("embed_scale", np.array(math.sqrt(d), np.float32))])
+    # Embedding * sqrt(D) + the positional encodings of positions 0..S-1 (the source embedding:
+    # the one matrix when shared).
+    (x,) = g.op("Gather", [g.const("embedding", w["encoder.embed.embedding.weight"]), SRC_IDS])  # (B, S, D)
+    if cfg.scale_embeddings:  # (the Mul before the Shape, where the graphs always had it)
+        (x,) = g.op("Mul", [x, g.const("embed_scale", np.array(math.sqrt(d), np.float32))])
     (src_len,) = g.op("Shape", [SRC_IDS], start=1, end=2, dtype=TensorProto.INT64)
     zero = g.const("zero", np.array([0], np.int64))
     (pos,) = g.op("Slice", [g.const("positional_encoding", pe), zero, src_len, zero])  # (S, D)
     (x,) = g.op("Add", [x, pos])
+    if cfg.embedding_norm:
+        x = g.layer_norm(x, w["encoder.embed_norm.weight"], w["encoder.embed_norm.bias"], "encoder.embed_norm")
 
     stream = _Residual(g, w, cfg.pre_norm, x)
     for i in range(cfg.n_encoder_layers):
@@ -201,7 +236,7 @@ def build_encoder(model: Seq2SeqTransformer) -> onnx.ModelProto:
             return g.linear(ctx, w[f"{a}.out_proj.weight"], w[f"{a}.out_proj.bias"], f"{a}.out")
 
         stream.sublayer(f"{p}.attn_block", self_attention)
-        stream.sublayer(f"{p}.ffn_block", lambda hid, p=p: _ffn(g, w, hid, f"{p}.ffn"))
+        stream.sublayer(f"{p}.ffn_block", lambda hid, p=p: _ffn(g, w, hid, f"{p}.ffn", cfg.activation))
     x = stream.output("encoder.norm")
 
     # Every decoder layer's cross-attention keys and values in one product: (B, S, 2 L D) ->
@@ -250,20 +285,24 @@ def build_decoder_step(
     cfg = model.cfg
     layer_of_alignment = align_layer(cfg.n_decoder_layers) if alignment_layer is None else alignment_layer
     w = _weights(model)
-    pe = model.decoder.pos.pe.detach().cpu().numpy()
-    g = _Builder()
+    pe = _positions(model, "decoder")
+    g = _Builder(cfg.layer_norm_eps)
     n, h, d = cfg.n_heads, cfg.d_head, cfg.d_model
 
-    # Embedding * sqrt(D) + the positional encoding of each row's own position.
-    emb = w["embed.embedding.weight"]
+    # Embedding * sqrt(D) + the positional encoding of each row's own position (the target
+    # embedding: the one matrix when shared).
+    emb = w["decoder.embed.embedding.weight"]
     # Hidden states are 2-D (B, D) between attentions: one position per step, and 2-D
     # MatMul + Add fuse into one Gemm-like kernel where 3-D ones do not.
     axis1 = g.const("axis1", np.array([1], np.int64))
     (ids,) = g.op("Squeeze", [INPUT_IDS, axis1], dtype=TensorProto.INT64)  # (B,)
     (x,) = g.op("Gather", [g.const("embedding", emb), ids])  # (B, D)
-    (x,) = g.op("Mul", [x, g.const("embed_scale", np.array(math.sqrt(d), np.float32))])
-    (pos,) = g.op("Gather", [g.const("positional_encoding", pe.astype(np.float32)), POSITION])  # (B, D)
+    if cfg.scale_embeddings:
+        (x,) = g.op("Mul", [x, g.const("embed_scale", np.array(math.sqrt(d), np.float32))])
+    (pos,) = g.op("Gather", [g.const("positional_encoding", pe), POSITION])  # (B, D)
     (x,) = g.op("Add", [x, pos])
+    if cfg.embedding_norm:
+        x = g.layer_norm(x, w["decoder.embed_norm.weight"], w["decoder.embed_norm.bias"], "decoder.embed_norm")
     (key_mask,) = g.op("Cast", [SRC_MASK], to=TensorProto.INT32, dtype=TensorProto.INT32)  # 1 = a real source token
     if static_cache:
         # GroupQueryAttention's per-row lengths: a row attends to its slots 0..position (the
@@ -317,14 +356,19 @@ def build_decoder_step(
             return g.linear(ctx, w[f"{a}.out_proj.weight"], w[f"{a}.out_proj.bias"], f"{a}.out")
 
         def ffn(hid: str, p: str = p) -> str:
-            return _ffn(g, w, hid, f"{p}.ffn")
+            return _ffn(g, w, hid, f"{p}.ffn", cfg.activation)
 
         stream.sublayer(f"{p}.self_block", self_attention)
         stream.sublayer(f"{p}.cross_block", cross_attention)
         stream.sublayer(f"{p}.ffn_block", ffn)
 
     x = stream.output("decoder.norm")
-    g.linear(x, emb, None, "output_projection", out=LOGITS)  # tied to the embedding
+    # tied to the decoder's embedding (its own transposed copy: the embedding is a Gather's
+    # table, quantized apart) or a matrix of its own; with the logits bias when there is one
+    if cfg.tie_output:
+        g.linear(x, emb, w.get("output_bias"), "output_projection", out=LOGITS)
+    else:
+        g.linear(x, w["output.weight"], w.get("output.bias"), "output_projection", out=LOGITS)
 
     inputs = [
         helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", 1]),

@@ -2,11 +2,34 @@
 
 One file, one module per concept of the paper. Two models are built from these parts:
 
-* ``Seq2SeqTransformer``: encoder-decoder for translation, with a joint (shared) source/target
-  embedding whose weight is tied to the output projection, and incremental decoding with a
-  key/value cache (self-attention keys/values grow by one position per step; cross-attention
-  keys/values are computed once from the encoder output).
+* ``Seq2SeqTransformer``: encoder-decoder for translation, by default with a joint (shared)
+  source/target embedding whose weight is tied to the output projection, and incremental decoding
+  with a key/value cache (self-attention keys/values grow by one position per step;
+  cross-attention keys/values are computed once from the encoder output).
 * ``TransformerClassifier``: the encoder, a pooling step, dropout and a linear layer.
+
+The config's options beyond the paper let the model hold the weights of other families
+(OpenNMT-py / CTranslate2 packages, Hugging Face Marian): ``activation``, ``layer_norm_eps``,
+``scale_embeddings``, ``embedding_norm``, ``positions``, ``source_vocab_size``,
+``share_embeddings``, ``tie_output``, ``output_bias`` (their defaults are the original model's,
+so older checkpoints load unchanged). The module paths importers assign weights to
+(``model.`` + path; ``{q,k,v,out}_proj`` and ``linear1/2`` are ``nn.Linear``: weight (out, in)
+and bias; norms are ``nn.LayerNorm``: weight and bias):
+
+* ``encoder.embed.embedding.weight`` (source vocabulary x D), ``decoder.embed.embedding.weight``
+  (vocab_size x D): one module when ``share_embeddings`` (also ``model.embed``), else two;
+* ``encoder.pos.pe``, ``decoder.pos.pe``: (max_len, D) positions table, row p = position p
+  (from 0); in the state dict only with ``positions="table"``, else computed from the config;
+* ``encoder.embed_norm``, ``decoder.embed_norm``: LayerNorm of embeddings + positions
+  (``embedding_norm``; ``nn.Identity`` without);
+* ``encoder.layers[i]``: ``self_attn.{q,k,v,out}_proj``, ``attn_block.norm``,
+  ``ffn.linear1``, ``ffn.linear2``, ``ffn_block.norm``;
+* ``decoder.layers[i]``: ``self_attn.{q,k,v,out}_proj``, ``cross_attn.{q,k,v,out}_proj``,
+  ``self_block.norm``, ``cross_block.norm``, ``ffn.linear1``, ``ffn.linear2``, ``ffn_block.norm``;
+* ``encoder.norm``, ``decoder.norm``: each stack's final LayerNorm (pre-norm only; post-norm
+  has none, ``nn.Identity``);
+* ``output``: ``nn.Linear(D, vocab_size, bias=output_bias)`` when not ``tie_output``;
+  ``output_bias``: (vocab_size,) logits bias when ``tie_output`` and ``output_bias``.
 
 Shapes in comments use B = batch, S = source length, T = target length, D = d_model,
 H = heads, Dh = D // H, L = layers, V = vocabulary.
@@ -34,6 +57,14 @@ from service.runtime.preprocess import (
 # each (B, H, T, Dh).
 KV = tuple[Tensor, Tensor]
 
+# The feed-forward network's activation: "gelu" is the exact (erf) GELU, "gelu_tanh" its tanh
+# approximation, "swish" x * sigmoid(x) (SiLU).
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swish")
+# Position encodings: "sinusoidal" interleaves sin and cos (the paper: PE(p, 2i) = sin,
+# PE(p, 2i + 1) = cos); "sinusoidal-concat" puts every sin first, then every cos (Hugging Face
+# Marian, tensor2tensor); "table" is a fixed table saved with the weights (an imported model's).
+POSITIONS = ("sinusoidal", "sinusoidal-concat", "table")
+
 
 @dataclass(frozen=True)
 class TransformerConfig:
@@ -55,6 +86,16 @@ class TransformerConfig:
     # Classification only: number of labels (0 for a translation model) and pooling.
     n_classes: int = 0
     pooling: str = "mean"
+    # Options of other model families (the defaults are this model's own layout).
+    activation: str = "relu"  # one of ACTIVATIONS
+    layer_norm_eps: float = 1e-5  # every LayerNorm's epsilon
+    scale_embeddings: bool = True  # token embeddings times sqrt(d_model)
+    embedding_norm: bool = False  # a LayerNorm of embeddings + positions, in each stack
+    positions: str = "sinusoidal"  # one of POSITIONS
+    source_vocab_size: int = 0  # the source embedding's rows; 0 = vocab_size (the target's)
+    share_embeddings: bool = True  # one embedding matrix for source and target
+    tie_output: bool = True  # the output projection is the target embedding, transposed
+    output_bias: bool = False  # a (vocab_size,) bias on the logits
 
     def __post_init__(self) -> None:
         problems = []
@@ -78,12 +119,50 @@ class TransformerConfig:
             problems.append(f"n_classes={self.n_classes} must be 0 (translation) or >= 2")
         if self.pooling not in ("mean", "cls", "max"):
             problems.append(f"pooling={self.pooling!r} must be 'mean', 'cls' or 'max'")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation={self.activation!r} must be one of {', '.join(map(repr, ACTIVATIONS))}")
+        if self.positions not in POSITIONS:
+            problems.append(f"positions={self.positions!r} must be one of {', '.join(map(repr, POSITIONS))}")
+        eps = self.layer_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < math.inf:
+            problems.append(f"layer_norm_eps={eps!r} must be a number > 0")
+        for name in ("scale_embeddings", "embedding_norm", "share_embeddings", "tie_output", "output_bias"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name}={getattr(self, name)!r} must be true or false")
+        src = self.source_vocab_size
+        if isinstance(src, bool) or not isinstance(src, int) or src < 0 or 0 < src < 4:
+            problems.append(f"source_vocab_size={src!r} must be 0 (= vocab_size) or >= 4 (the special tokens)")
+        elif src not in (0, self.vocab_size) and self.share_embeddings is True:
+            problems.append(
+                f"source_vocab_size={src} differs from vocab_size={self.vocab_size}: "
+                "needs share_embeddings=false (separate source and target embeddings)"
+            )
+        for name in ("pad_id", "bos_id", "eos_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                problems.append(f"{name}={getattr(self, name)} must be in [0, vocab_size={self.vocab_size})")
+        if isinstance(src, int) and src >= 4 and not self.pad_id < src:
+            problems.append(f"pad_id={self.pad_id} must be < source_vocab_size={src}")
+        if self.n_classes:  # the classifier has one embedding, which its masked-LM head reuses
+            translation_only = {
+                "source_vocab_size": src not in (0, self.vocab_size),
+                "share_embeddings": self.share_embeddings is False,
+                "tie_output": self.tie_output is False,
+                "output_bias": self.output_bias is True,
+            }
+            for name, set_ in translation_only.items():
+                if set_:
+                    problems.append(f"{name}={getattr(self, name)!r} is for translation models (n_classes=0) only")
         if problems:
             raise ValueError("invalid TransformerConfig: " + "; ".join(problems))
 
     @property
     def d_head(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def source_vocab(self) -> int:
+        """The source embedding's rows (``source_vocab_size``, or ``vocab_size`` when 0)."""
+        return self.source_vocab_size or self.vocab_size
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,42 +177,69 @@ class TransformerConfig:
 
 
 class TokenEmbedding(nn.Module):
-    """Token embedding scaled by sqrt(d_model), as in section 3.4 of the paper."""
+    """Token embedding scaled by sqrt(d_model), as in section 3.4 of the paper (unscaled
+    without ``scale_embeddings``). `vocab_size`: its rows (default: the config's)."""
 
-    def __init__(self, cfg: TransformerConfig) -> None:
+    def __init__(self, cfg: TransformerConfig, vocab_size: int | None = None) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self.embedding = nn.Embedding(vocab_size or cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
         nn.init.normal_(self.embedding.weight, mean=0.0, std=cfg.d_model**-0.5)
         with torch.no_grad():
             self.embedding.weight[cfg.pad_id].zero_()
-        self.scale = math.sqrt(cfg.d_model)
+        self.scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else None
 
     def forward(self, ids: Tensor) -> Tensor:
-        return self.embedding(ids) * self.scale  # (B, T, D)
+        x = self.embedding(ids)  # (B, T, D)
+        return x if self.scale is None else x * self.scale
 
     def unembed(self, hidden: Tensor) -> Tensor:
         """Vocabulary logits through the same matrix (weight tying): (..., D) -> (..., V)."""
         return hidden @ self.embedding.weight.t()
 
 
+def sinusoidal_table(max_len: int, d_model: int, layout: str = "sinusoidal") -> Tensor:
+    """(max_len, D) sinusoids of angle(pos, j) = pos / 10000^(2j/D), j in [0, D/2).
+
+    "sinusoidal" (the paper's, this model's own): interleaved, column 2j = sin, 2j + 1 = cos,
+    computed in float32 as it always was. "sinusoidal-concat" (Hugging Face Marian's): columns
+    [0, D/2) = sin, [D/2, D) = cos, computed in float64 and rounded once to float32, exactly
+    as Hugging Face's ``MarianSinusoidalPositionalEmbedding`` does."""
+    if layout == "sinusoidal-concat":
+        position = torch.arange(max_len, dtype=torch.float64).unsqueeze(1)
+        n_sin = (d_model + 1) // 2  # Marian's split for an odd D: one more sin column
+        j = torch.arange(n_sin, dtype=torch.float64)
+        angle = position / torch.pow(torch.tensor(10000.0, dtype=torch.float64), 2 * j / d_model)
+        return torch.cat([torch.sin(angle), torch.cos(angle[:, : d_model - n_sin])], dim=1).float()
+    position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
+    inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    pe = torch.zeros(max_len, d_model)
+    pe[:, 0::2] = torch.sin(position * inv_freq)
+    pe[:, 1::2] = torch.cos(position * inv_freq[: d_model // 2])
+    return pe
+
+
 class PositionalEncoding(nn.Module):
-    """Fixed sinusoidal encoding: PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(...)."""
+    """Fixed encodings added to the embeddings, `pe` (max_len, D): the sinusoids of the paper,
+    PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(...), or of `cfg.positions`'s
+    layout. ``positions="table"``: a table saved with the weights (not trained; importers fill
+    it), which starts as the paper's sinusoids."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        position = torch.arange(cfg.max_len, dtype=torch.float32).unsqueeze(1)
-        inv_freq = torch.exp(torch.arange(0, cfg.d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / cfg.d_model))
-        pe = torch.zeros(cfg.max_len, cfg.d_model)
-        pe[:, 0::2] = torch.sin(position * inv_freq)
-        pe[:, 1::2] = torch.cos(position * inv_freq)
-        # Not a parameter and not saved: it is a function of the config alone.
-        self.register_buffer("pe", pe, persistent=False)
+        layout = "sinusoidal" if cfg.positions == "table" else cfg.positions
+        # Not a parameter; saved only as a table: else a function of the config alone.
+        pe = sinusoidal_table(cfg.max_len, cfg.d_model, layout)
+        self.register_buffer("pe", pe, persistent=cfg.positions == "table")
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, start: int | Tensor = 0) -> Tensor:
-        # x: (B, T, D). Positions start..start+T-1; `start` may be a traced size in ONNX export.
+    def add(self, x: Tensor, start: int | Tensor = 0) -> Tensor:
+        """x (B, T, D) plus the encodings of positions start..start+T-1; `start` may be a
+        traced size in ONNX export."""
         positions = torch.arange(x.shape[1], device=x.device) + start
-        return self.dropout(x + self.pe.index_select(0, positions))
+        return x + self.pe.index_select(0, positions)
+
+    def forward(self, x: Tensor, start: int | Tensor = 0) -> Tensor:
+        return self.dropout(self.add(x, start))
 
 
 class MultiHeadAttention(nn.Module):
@@ -169,17 +275,29 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(out.reshape(query.shape[0], query.shape[1], -1))
 
 
+def activation(name: str, x: Tensor) -> Tensor:
+    """The FFN's activation `name` (one of ACTIVATIONS) of `x`."""
+    if name == "gelu":
+        return F.gelu(x)
+    if name == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if name == "swish":
+        return F.silu(x)
+    return F.relu(x)
+
+
 class FeedForward(nn.Module):
-    """Position-wise FFN: Linear(D, d_ff) -> ReLU -> dropout -> Linear(d_ff, D)."""
+    """Position-wise FFN: Linear(D, d_ff) -> ReLU (or `cfg.activation`) -> dropout -> Linear(d_ff, D)."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.linear1 = nn.Linear(cfg.d_model, cfg.d_ff)
         self.linear2 = nn.Linear(cfg.d_ff, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.activation = cfg.activation
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+        return self.linear2(self.dropout(activation(self.activation, self.linear1(x))))
 
 
 class SublayerConnection(nn.Module):
@@ -192,7 +310,7 @@ class SublayerConnection(nn.Module):
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(cfg.d_model)
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
         self.pre_norm = cfg.pre_norm
 
@@ -246,17 +364,28 @@ class DecoderLayer(nn.Module):
         return self.ffn_block(x, self.ffn), present[0]
 
 
+def _final_norm(cfg: TransformerConfig) -> nn.Module:
+    """A stack's final LayerNorm: pre-norm only."""
+    return nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.pre_norm else nn.Identity()
+
+
+def _embed_norm(cfg: TransformerConfig) -> nn.Module:
+    """The LayerNorm of embeddings + positions (`embedding_norm`), else nothing."""
+    return nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.embedding_norm else nn.Identity()
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: TransformerConfig, embed: TokenEmbedding) -> None:
         super().__init__()
         self.embed = embed
         self.pos = PositionalEncoding(cfg)
+        self.embed_norm = _embed_norm(cfg)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
-        self.norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
+        self.norm = _final_norm(cfg)
 
     def forward(self, src_ids: Tensor, src_mask: Tensor) -> Tensor:
         """src_ids: (B, S); src_mask: (B, S) bool, True = real token. Returns (B, S, D)."""
-        x = self.pos(self.embed(src_ids))
+        x = self.pos.dropout(self.embed_norm(self.pos.add(self.embed(src_ids))))
         attn_mask = src_mask[:, None, None, :]  # (B, 1, 1, S): padding keys are never attended
         for layer in self.layers:
             x = layer(x, attn_mask)
@@ -268,8 +397,9 @@ class Decoder(nn.Module):
         super().__init__()
         self.embed = embed
         self.pos = PositionalEncoding(cfg)
+        self.embed_norm = _embed_norm(cfg)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
-        self.norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
+        self.norm = _final_norm(cfg)
 
     def cross_kv(self, memory: Tensor) -> list[KV]:
         """Cross-attention keys/values of every layer, computed once per source sentence."""
@@ -285,7 +415,7 @@ class Decoder(nn.Module):
         """tgt_ids: (B, T) new target tokens; past: each layer's cached (k, v) for the earlier
         positions, or None. Returns hidden states (B, T, D) and each layer's updated cache."""
         past_len = past[0][0].shape[2] if past else 0
-        x = self.pos(self.embed(tgt_ids), start=past_len)
+        x = self.pos.dropout(self.embed_norm(self.pos.add(self.embed(tgt_ids), start=past_len)))
         t = tgt_ids.shape[1]
         # Query i sits at absolute position past_len + i and may see keys 0..past_len + i.
         query_pos = torch.arange(t, device=tgt_ids.device)[:, None] + past_len
@@ -300,24 +430,44 @@ class Decoder(nn.Module):
 
 
 class Seq2SeqTransformer(nn.Module):
-    """Encoder-decoder with one embedding shared by source, target and the output projection."""
+    """Encoder-decoder; by default one embedding shared by source, target and the output
+    projection. Without ``share_embeddings`` the encoder and decoder have embeddings of their
+    own (source_vocab x D, vocab_size x D); without ``tie_output`` the logits come from a
+    linear layer ``output`` of their own; ``output_bias`` adds a bias to them."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         if cfg.n_decoder_layers < 1:
             raise ValueError("Seq2SeqTransformer needs n_decoder_layers >= 1")
         self.cfg = cfg
-        self.embed = TokenEmbedding(cfg)
-        self.encoder = Encoder(cfg, self.embed)
-        self.decoder = Decoder(cfg, self.embed)
+        if cfg.share_embeddings:
+            self.embed = TokenEmbedding(cfg)
+            self.encoder = Encoder(cfg, self.embed)
+            self.decoder = Decoder(cfg, self.embed)
+        else:
+            source, target = TokenEmbedding(cfg, cfg.source_vocab), TokenEmbedding(cfg, cfg.vocab_size)
+            self.encoder = Encoder(cfg, source)
+            self.decoder = Decoder(cfg, target)
+        # The output projection: the decoder's embedding transposed (tied), or a layer of its own.
+        self.output = None if cfg.tie_output else nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.output_bias)
+        if cfg.tie_output and cfg.output_bias:
+            self.output_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        else:
+            self.register_parameter("output_bias", None)
 
     def encode(self, src_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder output (B, S, D) and the source mask (B, S), True = a real token: only the
+        source's padding is masked (a decoder input equal to pad_id is a token like any other)."""
         src_mask = src_ids != self.cfg.pad_id
         return self.encoder(src_ids, src_mask), src_mask
 
     def project(self, hidden: Tensor) -> Tensor:
-        """Output projection tied to the embedding: (B, T, D) -> logits (B, T, V)."""
-        return self.embed.unembed(hidden)
+        """Output projection: (..., D) -> logits (..., V); tied to the decoder's embedding
+        unless ``tie_output`` is off, plus the logits bias when there is one."""
+        if self.output is not None:
+            return self.output(hidden)
+        logits = self.decoder.embed.unembed(hidden)
+        return logits if self.output_bias is None else logits + self.output_bias
 
     def forward(self, src_ids: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits (B, T, V) for target inputs `tgt_in` (starting with <s>)."""
@@ -370,7 +520,10 @@ class TransformerClassifier(nn.Module):
 
     Pooling ``mean`` averages the non-padding positions; ``max`` takes each feature's maximum
     over them (max-over-time, as in Kim 2014's CNN classifier); ``cls`` takes position 0, where
-    the tokenizer puts ``<s>`` as a classification token.
+    the tokenizer puts ``<s>`` as a classification token. It takes the encoder's options
+    (activation, layer_norm_eps, scale_embeddings, embedding_norm, positions); the config
+    refuses the translation-only ones (source_vocab_size, share_embeddings, tie_output,
+    output_bias) away from their defaults.
     """
 
     def __init__(self, cfg: TransformerConfig) -> None:
