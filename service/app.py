@@ -25,7 +25,9 @@ from service.registry import ModelDirError, Registry, load_registry
 from service.runtime.alignment import AlignRequest
 from service.runtime.beam import Steps
 from service.runtime.bundle import find_bundles
+from service.runtime.classifier import Classifier
 from service.runtime.engine import TranslateOptions, TranslationEngine
+from service.runtime.translator import Translator
 from service.scheduling import BatchScheduler, ContinuousScheduler, Scheduler
 from service.scheduling.batches import RunFn, StepFn
 from service.security import RateLimiter, operator_only
@@ -67,6 +69,17 @@ def _runners(state: ServiceState, registry: Registry) -> dict[str, RunFn]:
     for name, classifier in registry.classifiers().items():
         runners[name] = classifier.predict
     return runners
+
+
+def _attach(state: ServiceState, scheduler: Scheduler, name: str, engine: Translator | Classifier) -> None:
+    """A bundle loaded after start-up (TRANSERVE_MAX_LOADED_MODELS, service/registry.py) joins
+    the scheduler as `_runners` and `_scheduler` add those loaded at start-up."""
+    if isinstance(engine, Translator):
+        engine.on_tokens = lambda n: state.metrics.tokens.labels(name).inc(n)
+        stepper = _translation_stepper(engine) if state.settings.beam_stepped else None
+        scheduler.add_model(name, _translation_runner(engine), engine, stepper)
+    else:
+        scheduler.add_model(name, engine.predict)
 
 
 def _scheduler(state: ServiceState, registry: Registry) -> Scheduler:
@@ -138,7 +151,11 @@ def _load(state: ServiceState) -> None:
     """Create the onnxruntime sessions and the scheduler (in a thread: /health answers meanwhile)."""
     try:
         registry = load_registry(state.settings)
-        state.scheduler = _scheduler(state, registry)
+        scheduler = state.scheduler = _scheduler(state, registry)
+        # bundles loaded on demand join the scheduler, and leave it when unloaded
+        registry.connect(
+            lambda name, engine: _attach(state, scheduler, name, engine), scheduler.remove_model, state.metrics
+        )
         state.registry = registry
         state.ready_seconds = round(time.monotonic() - state.started, 3)
         log.info(

@@ -58,6 +58,32 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Bundles loaded (at start-up, or on demand with max_loaded_models) and evicted (service/registry.py)
+        self.model_loads = Counter(
+            "transerve_model_loads_total",
+            "bundles loaded (at start-up, or at a request's demand with TRANSERVE_MAX_LOADED_MODELS), by outcome",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+        self.model_load_seconds = Histogram(
+            "transerve_model_load_seconds",
+            "time to load a bundle (checksums, sessions, target vocabularies)",
+            ["model"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.model_evictions = Counter(
+            "transerve_model_evictions_total",
+            "translation engines unloaded, least recently used first, to stay within TRANSERVE_MAX_LOADED_MODELS",
+            ["model"],
+            registry=self.registry,
+        )
+        self.models_loaded = Gauge(
+            "transerve_models_loaded",
+            "bundles whose engines are loaded now (classifiers included)",
+            registry=self.registry,
+        )
+
     def scheduled(self, model: str, sentences: int, queue: float, admission: float, decode: float) -> None:
         size = "1" if sentences == 1 else "2-4" if sentences <= 4 else "5-16" if sentences <= 16 else "17+"
         for stage, seconds in (("queue", queue), ("admission", admission), ("decode", decode)):

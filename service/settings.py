@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     max_alternatives: int = Field(5, ge=0, le=15, description="most alternatives a request may ask for")
     length_penalty: float = Field(1.0, ge=0, le=2, description="beam hypotheses ranked by score / length**this")
     require_all_models: bool = Field(False, description="/ready is 503 unless every bundle loads")
+    max_loaded_models: int = Field(
+        0,
+        ge=0,
+        description="translation bundles whose engines stay loaded at once: each is loaded at its first request "
+        "(its manifest and checksums checked at start-up) and the least recently used idle one is unloaded to make "
+        "room; classifiers always stay loaded. 0 = no bound: every bundle loaded at start-up",
+    )
     langid_model: str = Field("langid", description="classification bundle used for /detect and source=auto")
 
     max_chars: int = Field(5000, ge=1, description="max characters per request (all items together)")

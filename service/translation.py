@@ -221,7 +221,7 @@ async def plan(state: ServiceState, texts: list[str], source: str, target: str) 
     groups = []
     for src, route in routes.items():
         idx = [i for i, s in enumerate(sources) if s == src]
-        engine = registry.translators()[route[0].model]
+        engine = await registry.translator(route[0].model)  # loaded first when it loads on demand
         limit = engine.max_len - 3  # room for </s> and a target tag
         segmented = [split_text(texts[i], limit, engine.n_tokens) for i in idx]
         groups.append(Group(route, idx, [[Sentence.of(seg) for seg in segs] for segs in segmented]))
@@ -427,7 +427,7 @@ async def _align(state: ServiceState, pairs: list[tuple[str, str]], source: str,
     registry = _registry(state)
     none: list[list[Link]] = [[] for _ in pairs]
     route = registry.route(source, target) if source != target else None
-    if not route or len(route) != 1 or not registry.translators()[route[0].model].aligns:
+    if not route or len(route) != 1 or not (await registry.translator(route[0].model)).aligns:
         return none
     model, _, tgt = route[0]
     requests = [AlignRequest(_model_input(registry, model, s, tgt), t) for s, t in pairs]

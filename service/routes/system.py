@@ -41,29 +41,43 @@ async def ready(request: Request) -> JSONResponse:
             error = "TRANSERVE_REQUIRE_ALL_MODELS is set and some bundles failed"
         return JSONResponse({"status": "failed", "error": error, "failed": failed}, status_code=503)
     assert reg is not None  # none_ready covers a missing registry
-    return JSONResponse(
-        {
-            "status": "degraded" if failed else "ready",
-            "models": sorted(n for n, m in reg.models.items() if m.ready),
-            "failed": failed,
-            "ready_seconds": state.ready_seconds,
-        }
-    )
+    body = {
+        "status": "degraded" if failed else "ready",
+        # what it serves: loaded, or (max_loaded_models) checked at start-up and loaded on demand
+        "models": sorted(n for n, m in reg.models.items() if m.ready),
+        "failed": failed,
+        "ready_seconds": state.ready_seconds,
+    }
+    if reg.lazy:
+        body["loaded"] = sorted(n for n, m in reg.models.items() if m.loaded)
+        body["max_loaded_models"] = reg.max_loaded
+    return JSONResponse(body)
+
+
+class LoadedModelInfo(ModelInfo):
+    """A bundle in /models, with its engine's load: `status` "ready" is serving (loaded, or
+    loaded at its first request under max_loaded_models: `loaded` says which)."""
+
+    loaded: bool = False
+    on_demand: bool = False  # loaded at a request's demand and unloaded when least recently used
+    load_seconds: float | None = None  # while loaded
+    memory_bytes: int | None = None  # the process's resident memory change over its load (approximate)
+    file_bytes: int | None = None  # the sizes of the ONNX files of the variant loaded
 
 
 @router.get(
     "/models",
-    response_model=list[ModelInfo],
+    response_model=list[LoadedModelInfo],
     summary="Bundles, their status, languages or labels, metrics",
     dependencies=[Depends(operator_only)],
 )
-async def models(request: Request) -> list[ModelInfo]:
+async def models(request: Request) -> list[LoadedModelInfo]:
     state: ServiceState = request.app.state.service
     out = []
     for name, m in sorted((state.registry.models if state.registry else {}).items()):
-        man = m.manifest
+        man, engine = m.manifest, m.engine  # the engine as it is now (an eviction may unload it meanwhile)
         out.append(
-            ModelInfo(
+            LoadedModelInfo(
                 name=name,
                 task=man.task if man else "unknown",
                 status="ready" if m.ready else "failed",
@@ -72,9 +86,14 @@ async def models(request: Request) -> list[ModelInfo]:
                 source_lang=(man.source_lang or None) if man else None,
                 target_lang=(man.target_lang or None) if man else None,
                 labels=list(man.labels) if man else [],
-                variant=m.engine.variant if m.engine else None,
-                provider=m.engine.provider if m.engine else None,
+                variant=engine.variant if engine else None,
+                provider=engine.provider if engine else None,
                 metrics=list(man.metrics) if man else [],
+                loaded=engine is not None,
+                on_demand=m.lazy,
+                load_seconds=m.load_seconds,
+                memory_bytes=m.memory_bytes,
+                file_bytes=m.file_bytes,
             )
         )
     return out

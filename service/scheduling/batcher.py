@@ -58,6 +58,7 @@ class BatchScheduler:
         self.restarts = 0  # worker loops started again after a failure
         self.queue = WorkQueue(max_queue)
         self.batches = BatchRunner(runners, max_batch_size, length, on_batch)
+        self.taken: list[Job] = []  # the batch the worker runs now
         self.threads = [start_supervised("batcher", self._work, self._recover, self._restarted)]
 
     @property
@@ -76,6 +77,20 @@ class BatchScheduler:
         loop = asyncio.get_running_loop()
         job = Job(model, list(texts), loop.create_future(), loop, tuple(sorted((options or {}).items())))
         return await self.queue.run(job, arrived)
+
+    def add_model(self, name: str, runner: RunFn, decoder: Any = None, stepper: Any = None) -> None:
+        """A model loaded after start-up (service/registry.py) joins (whole batches: its runner only)."""
+        with self.queue.cv:
+            self.runners[name] = runner
+
+    def remove_model(self, name: str) -> bool:
+        """An unloaded model's runner leaves; False, and nothing changes, while work of it is queued
+        or running."""
+        with self.queue.cv:
+            if any(j.model == name for j in [*self.queue.jobs, *self.taken]):
+                return False
+            self.runners.pop(name, None)
+            return True
 
     def drain(self, seconds: float) -> None:
         """Shutting down (SIGTERM): the requests in flight keep submitting (a request may need
@@ -102,8 +117,10 @@ class BatchScheduler:
             if not self.merge:
                 first = q.jobs[0]
                 q.take(first)
-                return [first]
-            return q.take_batch(lambda job: True, self.max_batch_size, self.max_wait, True, self.in_flight)
+                self.taken = [first]
+            else:
+                self.taken = q.take_batch(lambda job: True, self.max_batch_size, self.max_wait, True, self.in_flight)
+            return self.taken
 
     def _work(self) -> None:
         while (jobs := self._take()) is not None:
@@ -119,6 +136,8 @@ class BatchScheduler:
                 log.error("model %s: a batch of %d requests failed: %r", jobs[0].model, len(jobs), exc)
                 for job in jobs:
                     job.resolve(exc=exc)
+            finally:
+                self.taken = []
 
     def _recover(self, exc: BaseException) -> None:
         """After the worker's loop failed: nothing to fail, `_work` answers the jobs it took

@@ -50,7 +50,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from service.runtime.continuous import DecodeBatch, Row
 from service.runtime.engine import DecodingEngine
@@ -135,7 +135,9 @@ class ContinuousScheduler:
         worker threads, each with running batches of its own (see the module docstring).
         `on_restart()`: told each time a worker's loop failed and starts again."""
         self.runners = runners
-        self.decoders = decoders
+        # the caller's dict itself: a model loaded later joins it (add_model), and the caller's
+        # `cost` sees it there
+        self.decoders = cast(dict[str, DecodingEngine], decoders)
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_batch_tokens = max_batch_tokens
@@ -271,6 +273,49 @@ class ContinuousScheduler:
             results=[None] * len(costs),
             scored=bool(options),
         )
+
+    def add_model(
+        self, name: str, runner: RunFn, decoder: DecodingEngine | None = None, stepper: StepFn | None = None
+    ) -> None:
+        """A model loaded after start-up (service/registry.py, max_loaded_models) joins: its
+        runner, and a translator's lanes (as the constructor makes them) and beam stepper."""
+        with self.queue.cv:
+            self.runners[name] = runner
+            if stepper is not None:
+                self.steppers[name] = stepper
+            if decoder is None:
+                return
+            self.decoders[name] = decoder
+            targets = self.targets[name] = [None, *(sorted(decoder.target_vocab.ids) if decoder.target_vocab else [])]
+            self.fixed_lanes = self.fixed_lanes and len(targets) == 1
+            if len(targets) == 1:
+                for w in self.workers:
+                    w.batches.update((Lane(name, None, k), DecodeBatch(decoder)) for k in range(len(self.lanes) + 1))
+
+    def remove_model(self, name: str) -> bool:
+        """An unloaded model leaves: its runner, stepper and every worker's lanes of it (their
+        engines with them). False, and nothing changes, while any work of it is queued or on a
+        worker (rows, a beam batch, this turn's admissions or other batch: a request that left
+        may still have some)."""
+        with self.queue.cv:
+            if any(j.model == name for j in self.queue.jobs):
+                return False
+            for w in self.workers:
+                if (
+                    any(len(b) for lane, b in list(w.batches.items()) if lane.model == name)
+                    or any(jobs[0].model == name for _, jobs in list(w.stepping))
+                    or any(lane.model == name for lane in list(w.joins))
+                    or any(j.model == name for j in list(w.other))
+                ):
+                    return False
+            self.runners.pop(name, None)
+            self.decoders.pop(name, None)
+            self.steppers.pop(name, None)
+            self.targets.pop(name, None)
+            for w in self.workers:  # in place: a worker's turn outside the lock reads a copy of its lanes
+                for lane in [lane for lane in w.batches if lane.model == name]:
+                    del w.batches[lane]
+            return True
 
     def drain(self, seconds: float) -> None:
         """Shutting down (SIGTERM): the requests in flight keep submitting until `seconds` have
@@ -518,7 +563,9 @@ class ContinuousScheduler:
             w.batches[lane] = DecodeBatch(batch.engine)
 
     def _deliver(self, model: str, rows: list[Row]) -> None:
-        engine = self.decoders[model]
+        engine = self.decoders.get(model)
+        if engine is None:  # unloaded since its step (remove_model): nobody waits for these rows
+            return
         texts = [engine.text.decode_one(row.tokens) for row in rows]  # a list call costs a thread pool
         if engine.on_tokens:
             engine.on_tokens(sum(len(row.tokens) for row in rows))
