@@ -1,7 +1,7 @@
 """Capacity of the schedulers, alternating: the realistic mix of benchmarks/load.py (MIX) from 64
-closed-loop clients for `--seconds`, one server per run, in the order given (alternate them:
-one 30-s window varies by +-10% on this machine), with what the server's /metrics say the model
-calls were (rows per call, generated tokens).
+closed-loop clients for `--seconds`, one server per run, in the order given (alternate them: a
+shared machine's speed moves between windows, BENCHMARKS.md), with what the server's /metrics say
+the model calls were (rows per call, generated tokens).
 
     python benchmarks/capacity.py --seconds 45 --schedulers batch continuous batch continuous \
         --out benchmarks/results/capacity-s8.json

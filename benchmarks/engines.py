@@ -34,6 +34,12 @@ printed in the same run.
 `--workers 1 2`: each batch also cut into W parts of neighbouring lengths decoded at once, each on a
 thread of its own with the run's threads (ours: as the service's decode workers share a request;
 CTranslate2: `inter_threads=W` and `max_batch_size` = batch / W, its own parallel sub-batches).
+
+Each engine family is an adapter (`Engine`) with the same methods: `prepare` (in this process:
+what its workers need, exported or converted from the checkpoint), the configurations it runs in,
+and in a worker: opened on the sources, `translate` (a batch, greedy or beam), `source_tokens`
+(its own tokenization, for batching alike and the workload) and `texts` (for BLEU). `main` parses
+the arguments, runs every configuration and writes the rows.
 """
 
 from __future__ import annotations
@@ -48,10 +54,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+from benchmarks.common import length_batches, open_translator, status_mb, timed
 from benchmarks.machine import describe
 
 ENGINES = [
@@ -70,6 +77,8 @@ ENGINES = [
 ]
 ALIASES = {"ct2": ["ct2-fp32", "ct2-int8"]}
 
+Run = tuple[str, int, int]  # (engine, threads, workers): one configuration, a worker process per batch size
+
 
 def engine_names(names: list[str]) -> list[str]:
     """The engines asked for, aliases (`ct2`) expanded, each once, in order."""
@@ -83,24 +92,216 @@ def engine_names(names: list[str]) -> list[str]:
     return out
 
 
-def length_batches(n: int, lengths: list[int], size: int) -> list[list[int]]:
-    """Sentence indices sorted by length, cut into batches of `size` (every engine alike)."""
-    order = sorted(range(n), key=lambda i: lengths[i])
-    return [order[i : i + size] for i in range(0, n, size)]
+# -- the engines: one adapter per family --------------------------------------------------------
 
 
-def timed(run, batches: list[list[int]], n: int, repeats: int) -> tuple[list[float], list]:
-    """`run(batch)` over every batch, `repeats` times after a warm-up (sessions, allocators,
-    caches): the seconds of each pass and each sentence's output."""
-    run(batches[0][:2])
-    times, outputs = [], [None] * n
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for batch in batches:
-            for i, out in zip(batch, run(batch)):
-                outputs[i] = out
-        times.append(time.perf_counter() - t0)
-    return times, outputs
+class Engine:
+    """An engine family under test. In this process: `prepare` makes what its workers need and
+    returns their arguments; `threads` and `workers` are the configurations it runs in. In a
+    worker process (one per engine, configuration and batch size, so that its peak RSS is its
+    own): opened on the split's sources, it translates batches of their indices (the best
+    hypothesis's target ids), counts each source's tokens in its own tokenization and turns
+    outputs into text. Its imports happen when it is opened: a worker loads one engine's
+    libraries only."""
+
+    greedy_only = False  # no beam search: its rows are left out of beam runs
+    splits_batches = False  # runs a batch's `--workers` parts in parallel itself
+    logits = 0  # the output projection's width: the columns a token's products cover
+
+    def __init__(self, name: str, args: argparse.Namespace, sources: list[str]) -> None:
+        self.name = name
+
+    @classmethod
+    def prepare(cls, names: list[str], args: argparse.Namespace, cfg: Any, rows: list, work: Path) -> list[str]:
+        """Build what the workers of `names` need from the run's checkpoint into `work`; their
+        extra arguments."""
+        return []
+
+    @classmethod
+    def threads(cls, args: argparse.Namespace) -> list[int]:
+        """The intra-op thread counts to run it with, each a configuration of its own."""
+        return [args.threads]
+
+    @classmethod
+    def workers(cls, args: argparse.Namespace) -> list[int]:
+        """The numbers of parts a batch is decoded in at once, each a configuration of its own."""
+        return args.workers
+
+    def translate(self, batch: list[int], beam: int) -> list[list[int]]:
+        """Each source of `batch` (indices) translated, greedy (`beam` 1) or by beam search: the
+        best hypothesis's target ids, without </s>."""
+        raise NotImplementedError
+
+    def source_tokens(self) -> list[int]:
+        """Each source's length in this engine's tokens, </s> included."""
+        raise NotImplementedError
+
+    def texts(self, outputs: list[list[int]]) -> list[str]:
+        """The text of each output."""
+        raise NotImplementedError
+
+
+class TorchEngine(Engine):
+    """PyTorch eager greedy decoding of the checkpoint, without (`torch-nocache`) or with
+    (`torch-cache`) the KV cache: the reference the exported engines are measured against."""
+
+    greedy_only = True
+
+    def __init__(self, name: str, args: argparse.Namespace, sources: list[str]) -> None:
+        import torch
+
+        from training.checkpoint import model_from_checkpoint
+        from training.evaluate import encode_source, pad_batch
+        from training.tokenizer import Tokenizer
+
+        super().__init__(name, args, sources)
+        torch.set_num_threads(args.threads)
+        self.model = model_from_checkpoint(Path(args.checkpoint))
+        self.tok = Tokenizer(Path(args.tokenizer))
+        self.encoded = [encode_source(self.tok, s, self.model.cfg.max_len) for s in sources]
+        self.use_cache, self.pad_batch = name == "torch-cache", pad_batch
+        self.logits = self.model.cfg.vocab_size
+
+    @classmethod
+    def workers(cls, args: argparse.Namespace) -> list[int]:
+        return [1]
+
+    def translate(self, batch: list[int], beam: int) -> list[list[int]]:
+        src = self.pad_batch([self.encoded[i] for i in batch], 0)
+        return self.model.greedy_decode(src, use_cache=self.use_cache)
+
+    def source_tokens(self) -> list[int]:
+        return [len(e) for e in self.encoded]
+
+    def texts(self, outputs: list[list[int]]) -> list[str]:
+        return [self.tok.decode(o) for o in outputs]
+
+
+class OurEngine(Engine):
+    """The service's Translator (`benchmarks.common.open_translator`, the run's thread pool):
+    `served` on the released bundle as shipped (its default variant, target vocabularies on);
+    `ort-<variant>` on a bundle exported from the checkpoint as the release exports it, `ort-fv-`
+    without its target vocabularies, `ort-c2-` with the decoder of graph contract 2."""
+
+    def __init__(self, name: str, args: argparse.Namespace, sources: list[str]) -> None:
+        super().__init__(name, args, sources)
+        contract2, full_vocab = name.startswith("ort-c2-"), name.startswith("ort-fv-")
+        if name == "served":  # the released bundle as shipped, its default variant
+            bundle, variant = args.bundle, None
+        else:
+            bundle = args.bundle_c2 if contract2 else args.ort_bundle
+            variant = name.removeprefix("ort-").removeprefix("c2-").removeprefix("fv-")
+        shared = args.thread_pool == "shared"  # as the service does by default
+        self.tr = open_translator(bundle, args.threads, variant, shared_pool=shared, target_vocab=not full_vocab)
+        self.encoded = self.tr.encode(sources)
+        self.logits = self.tr.view(self.tr.target_of(self.encoded[0])).n_logits  # a target vocabulary's width
+
+    @classmethod
+    def prepare(cls, names: list[str], args: argparse.Namespace, cfg: Any, rows: list, work: Path) -> list[str]:
+        if not any(e.startswith("ort") for e in names):  # `served` runs the released bundle itself
+            return []
+        from training.checkpoint import model_from_checkpoint
+        from training.export import export_bundle
+        from training.release import calibration_texts
+
+        model = model_from_checkpoint(args.checkpoint)
+        texts, calibration = [r[0] for r in rows[:20]], calibration_texts(cfg)
+        export_bundle(model, cfg, args.tokenizer, work / "bundle", texts, calibration_texts=calibration)
+        if cfg.task == "translation":  # as the release does: each target language's vocabulary
+            from training.vocab import add_target_vocab
+
+            add_target_vocab(work / "bundle", cfg, args.tokenizer)
+        extra = ["--ort-bundle", str(work / "bundle")]
+        if any(e.startswith("ort-c2-") for e in names):
+            c2 = work / "bundle-c2"
+            export_bundle(model, cfg, args.tokenizer, c2, texts, calibration_texts=calibration, static_cache=False)
+            extra += ["--bundle-c2", str(c2)]
+        return extra
+
+    @classmethod
+    def threads(cls, args: argparse.Namespace) -> list[int]:
+        return args.ort_threads or [args.threads]
+
+    def translate(self, batch: list[int], beam: int) -> list[list[int]]:
+        sources = [self.encoded[i] for i in batch]
+        if beam > 1:
+            return [h[0].tokens for h in self.tr.generate_nbest(sources, beam)]
+        return self.tr.generate(sources)
+
+    def source_tokens(self) -> list[int]:
+        return [len(e) for e in self.encoded]
+
+    def texts(self, outputs: list[list[int]]) -> list[str]:
+        return self.tr.text.decode(outputs)
+
+
+class CT2Engine(Engine):
+    """CTranslate2 on the checkpoint converted by benchmarks/ct2_convert.py, float32 (`ct2-fp32`)
+    or int8 (`ct2-int8`); `--workers` W: its own parallel sub-batches (`inter_threads=W`,
+    `max_batch_size` = batch / W). No vocabulary map: every piece's logit, as it runs by default."""
+
+    splits_batches = True
+
+    def __init__(self, name: str, args: argparse.Namespace, sources: list[str]) -> None:
+        import ctranslate2
+        import sentencepiece as spm
+
+        super().__init__(name, args, sources)
+        self.sp = spm.SentencePieceProcessor(model_file=str(args.tokenizer))
+        int8, self.parts = name == "ct2-int8", args.parts
+        self.tr = ctranslate2.Translator(
+            str(args.ct2_int8 if int8 else args.ct2_fp32),
+            device="cpu",
+            intra_threads=args.threads,
+            inter_threads=self.parts,  # its sub-batches (max_batch_size below) in parallel
+            compute_type="int8" if int8 else "float32",
+        )
+        self.pieces = [self.sp.encode(s, out_type=str) for s in sources]
+        self.lengths = [len(p) + 1 for p in self.pieces]  # + </s> (add_source_eos)
+        self.logits = self.sp.get_piece_size()
+
+    @classmethod
+    def prepare(cls, names: list[str], args: argparse.Namespace, cfg: Any, rows: list, work: Path) -> list[str]:
+        if not names:
+            return []
+        from benchmarks.ct2_convert import convert
+
+        convert(args.checkpoint, args.tokenizer, work / "ct2-fp32")
+        convert(args.checkpoint, args.tokenizer, work / "ct2-int8", quantization="int8")
+        return ["--ct2-fp32", str(work / "ct2-fp32"), "--ct2-int8", str(work / "ct2-int8")]
+
+    @classmethod
+    def threads(cls, args: argparse.Namespace) -> list[int]:
+        return args.ct2_threads or [args.threads]
+
+    def translate(self, batch: list[int], beam: int) -> list[list[int]]:
+        res = self.tr.translate_batch(
+            [self.pieces[i] for i in batch],
+            beam_size=beam,
+            length_penalty=1.0,  # score / length, as ours
+            max_decoding_length=max(int(self.lengths[i] * 1.5) + 10 for i in batch),
+            max_batch_size=math.ceil(len(batch) / self.parts),
+        )
+        return [[self.sp.piece_to_id(t) for t in r.hypotheses[0]] for r in res]
+
+    def source_tokens(self) -> list[int]:
+        return self.lengths
+
+    def texts(self, outputs: list[list[int]]) -> list[str]:
+        return [self.sp.decode(o) for o in outputs]
+
+
+FAMILIES: tuple[type[Engine], ...] = (TorchEngine, OurEngine, CT2Engine)  # prepared in this order
+
+
+def adapter(engine: str) -> type[Engine]:
+    """The family of an engine name."""
+    if engine.startswith("torch"):
+        return TorchEngine
+    return CT2Engine if engine.startswith("ct2") else OurEngine
+
+
+# -- bookkeeping of a run (pure) ----------------------------------------------------------------
 
 
 def workload(batches: list[list[int]], src_lengths: list[int], outputs: list) -> dict[str, dict[str, int]]:
@@ -152,127 +353,50 @@ def in_parallel(run, workers: int):
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM). Unlike ru_maxrss, it starts afresh at exec,
-    so a worker does not inherit the parent's high-water mark."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set (VmHWM: unlike ru_maxrss it starts afresh at exec, so a
+    worker does not inherit the parent's high-water mark)."""
+    try:
+        return status_mb("VmHWM")
+    except (OSError, RuntimeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def result_rows(data) -> list[dict]:
+    """An engines.py result file's rows: a list (older files: a dict with `results`)."""
+    return data if isinstance(data, list) else data["results"]
+
+
+# -- a worker process: one engine, one configuration, one batch size ----------------------------
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One engine, one batch size: decode the split `repeats` times; print JSON."""
-    threads, beam = args.threads, args.beam[0]
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    """Decode the split `repeats` times; print one JSON row (seconds of each pass, tokens,
+    hypotheses, workload, peak RSS, logits)."""
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     from service.runtime.sessions import retain_freed_memory
 
     retain_freed_memory(args.retain_freed_mb)  # the service's default, for every engine alike
     sources = json.loads(Path(args.sources).read_text())
-    engine = args.worker
-    if engine.startswith("torch"):
-        import torch
+    beam, size = args.beam[0], args.batch[0]
+    engine = adapter(args.worker)(args.worker, args, sources)
 
-        from training.checkpoint import model_from_checkpoint
-        from training.evaluate import encode_source, pad_batch
-        from training.tokenizer import Tokenizer
+    def run(batch: list[int]) -> list[list[int]]:
+        return engine.translate(batch, beam)
 
-        torch.set_num_threads(threads)
-        model = model_from_checkpoint(Path(args.checkpoint))
-        tok = Tokenizer(Path(args.tokenizer))
-        encoded = [encode_source(tok, s, model.cfg.max_len) for s in sources]
-        use_cache = engine == "torch-cache"
-
-        def run(batch: list[int]) -> list[list[int]]:
-            return model.greedy_decode(pad_batch([encoded[i] for i in batch], 0), use_cache=use_cache)
-
-        decode = tok.decode
-        lengths = [len(e) for e in encoded]
-        logits = model.cfg.vocab_size
-    elif engine.startswith("ort") or engine == "served":
-        from service.runtime.bundle import load_manifest
-        from service.runtime.sessions import resolve_providers, share_thread_pool
-        from service.runtime.translator import Translator
-
-        if args.thread_pool == "shared":  # as the service does by default
-            share_thread_pool(threads)
-        contract2, full_vocab = engine.startswith("ort-c2-"), engine.startswith("ort-fv-")
-        if engine == "served":  # the released bundle as shipped, its default variant
-            bundle, variant = Path(args.bundle), None
-        else:
-            bundle = Path(args.bundle_c2 if contract2 else args.ort_bundle)
-            variant = engine.removeprefix("ort-c2-").removeprefix("ort-fv-") if contract2 or full_vocab else engine[4:]
-        tr = Translator(
-            bundle,
-            load_manifest(bundle),
-            resolve_providers("cpu"),
-            threads=threads,
-            variant=variant,
-            target_vocab=not full_vocab,
-        )
-        encoded = tr.encode(sources)
-
-        def run(batch: list[int]) -> list[list[int]]:
-            if beam > 1:
-                return [h[0].tokens for h in tr.generate_nbest([encoded[i] for i in batch], beam)]
-            return tr.generate([encoded[i] for i in batch])
-
-        def decode(ids: list[int]) -> str:
-            return tr.sp.decode(ids)
-
-        lengths = [len(e) for e in encoded]
-        logits = tr.view(tr.target_of(encoded[0])).n_logits  # the output projection's width (target vocabulary)
-    else:
-        import ctranslate2
-        import sentencepiece as spm
-
-        sp = spm.SentencePieceProcessor(model_file=str(args.tokenizer))
-        model_dir = str(args.ct2_int8 if engine == "ct2-int8" else args.ct2_fp32)
-        tr = ctranslate2.Translator(
-            model_dir,
-            device="cpu",
-            intra_threads=threads,
-            inter_threads=args.parts,  # its sub-batches (max_batch_size below) in parallel
-            compute_type="int8" if engine == "ct2-int8" else "float32",
-        )
-        pieces = [sp.encode(s, out_type=str) for s in sources]
-        lengths = [len(p) + 1 for p in pieces]
-        logits = sp.get_piece_size()  # no vocabulary map: every piece's logit
-
-        def run(batch: list[int]) -> list[list[int]]:
-            limit = max(int(lengths[i] * 1.5) + 10 for i in batch)
-            res = tr.translate_batch(
-                [pieces[i] for i in batch],
-                beam_size=beam,
-                length_penalty=1.0,
-                max_decoding_length=limit,
-                max_batch_size=math.ceil(len(batch) / args.parts),
-            )
-            return [[sp.piece_to_id(t) for t in r.hypotheses[0]] for r in res]
-
-        def decode(ids: list[int]) -> str:
-            return sp.decode(ids)
-
-    if args.parts > 1 and not engine.startswith("ct2"):  # CTranslate2 splits a batch itself
+    if args.parts > 1 and not engine.splits_batches:
         run = in_parallel(run, args.parts)
-    size = args.batch[0]
+    lengths = engine.source_tokens()
     batches = length_batches(len(sources), lengths, size)
     times, outputs = timed(run, batches, len(sources), args.repeats)
-    tokens = sum(len(o) + 1 for o in outputs)  # + </s>
-    print(
-        json.dumps(
-            {
-                "engine": engine,
-                "beam": beam,
-                "batch": size,
-                "seconds": times,
-                "tokens": tokens,
-                "hypotheses": [decode(o) for o in outputs],
-                "workload": workload(batches, lengths, outputs),
-                "peak_rss_mb": peak_rss_mb(),
-                "logits": logits,
-            }
-        )
-    )
+    row = {"engine": args.worker, "beam": beam, "batch": size, "seconds": times}
+    row["tokens"] = sum(len(o) + 1 for o in outputs)  # + </s>
+    row["hypotheses"] = engine.texts(outputs)
+    row["workload"] = workload(batches, lengths, outputs)
+    row.update(peak_rss_mb=peak_rss_mb(), logits=engine.logits)
+    print(json.dumps(row))
+
+
+# -- the run ------------------------------------------------------------------------------------
 
 
 def bundle_defaults(args: argparse.Namespace) -> dict:
@@ -300,7 +424,193 @@ def default_split(cfg) -> str:
     return next((n for n in names if "valid" in n), "test_2016_flickr")
 
 
-def main() -> None:
+def checked_args(args: argparse.Namespace) -> dict | None:
+    """Defaults filled in from --bundle and the engines' names expanded; the bundle's manifest."""
+    manifest = bundle_defaults(args) if args.bundle else None
+    if manifest is None and (args.checkpoint is None or args.tokenizer is None):
+        raise SystemExit("give --bundle, or --checkpoint and --tokenizer")
+    args.config = args.config or "training/configs/multi30k-de-en.toml"
+    args.engines = engine_names(args.engines or (["served", "ct2"] if args.bundle else ENGINES[1:]))
+    if "served" in args.engines and not args.bundle:
+        raise SystemExit("engine `served` needs --bundle")
+    return manifest
+
+
+def load_split(args: argparse.Namespace) -> tuple[Any, list[tuple[str, str]], str]:
+    """The config, the (source, reference) rows to decode and the target language."""
+    from training.config import load_config
+    from training.tasks import TranslationTask
+
+    cfg = load_config(args.config)
+    task = TranslationTask(cfg, tokenizer=None)  # type: ignore[arg-type]
+    args.split = args.split or default_split(cfg)
+    rows = task.raw(args.split)
+    target = cfg.data.target_lang
+    if cfg.data.directions:  # sources carry the target tag; every engine decodes them alike
+        if not args.direction:
+            raise SystemExit(f"a multilingual config needs --direction (one of {list(cfg.data.directions)})")
+        rows = [r for r, d in zip(rows, task.row_directions[args.split]) if d == args.direction]
+        target = args.direction.split("-")[1]
+    return cfg, rows[: args.limit] if args.limit else rows, target
+
+
+def prepare(args: argparse.Namespace, cfg: Any, rows: list[tuple[str, str]]) -> list[str]:
+    """A work folder with the sources, one frozen copy of the weights for every engine (a training
+    run may rewrite the original) and what each family's workers need; the workers' arguments."""
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    shutil.copyfile(args.checkpoint, work / "model.pt")
+    args.checkpoint = work / "model.pt"
+    (work / "sources.json").write_text(json.dumps([r[0] for r in rows]))
+    extra = ["--sources", str(work / "sources.json"), "--checkpoint", str(args.checkpoint)]
+    extra += ["--tokenizer", str(args.tokenizer)]
+    if args.bundle:
+        extra += ["--bundle", str(Path(args.bundle).resolve())]
+    for family in FAMILIES:
+        extra += family.prepare([e for e in args.engines if adapter(e) is family], args, cfg, rows, work)
+    return extra
+
+
+def model_dims(args: argparse.Namespace, manifest: dict | None) -> tuple[int, int, int, int]:
+    """The model's sizes, for the products' count (matmul_macs)."""
+    if manifest:
+        mc = manifest["model"]
+    else:
+        from training.checkpoint import load_checkpoint
+
+        mc = load_checkpoint(args.checkpoint)["model_config"]
+    return mc["d_model"], mc["d_ff"], mc["n_encoder_layers"], mc["n_decoder_layers"]
+
+
+def configurations(args: argparse.Namespace) -> list[Run]:
+    """Every (engine, threads, workers) asked for, in the order they run."""
+    return [
+        (engine, threads, workers)
+        for engine in args.engines
+        for threads in adapter(engine).threads(args)
+        for workers in adapter(engine).workers(args)
+    ]
+
+
+def measure(args: argparse.Namespace, extra: list[str], run: Run, beam: int, batch: int, repeats: int) -> dict:
+    """One worker process: `run` at `beam` and `batch`, `repeats` passes; its JSON row."""
+    engine, threads, workers = run
+    cmd = [sys.executable, __file__, "--worker", engine, "--batch", str(batch), "--threads", str(threads)]
+    cmd += ["--parts", str(workers), "--repeats", str(repeats), "--thread-pool", args.thread_pool]
+    cmd += ["--beam", str(beam), "--retain-freed-mb", str(args.retain_freed_mb), *extra]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_rounds(args: argparse.Namespace, extra: list[str], runs: list[Run], beam: int, batch: int) -> dict:
+    """Every configuration once per round, in turn, so that a slow minute of this shared machine
+    falls on all of them (one engine's passes in a row can be far apart from the same engine's
+    later in the run); with rounds, a discarded first pass warms the machine up. The passes of a
+    configuration's rounds are pooled (its peak RSS: the highest)."""
+    if args.rounds > 1:
+        measure(args, extra, runs[0], beam, batch, 1)
+    measured: dict[Run, dict] = {}
+    for _ in range(args.rounds):
+        for run in runs:
+            r = measure(args, extra, run, beam, batch, args.repeats)
+            if run in measured:
+                measured[run]["seconds"] += r["seconds"]
+                measured[run]["peak_rss_mb"] = max(measured[run]["peak_rss_mb"], r["peak_rss_mb"])
+            else:
+                measured[run] = r
+    return measured
+
+
+def scored(
+    args: argparse.Namespace, r: dict, run: Run, rows: list, target: str, dims: tuple[int, int, int, int]
+) -> tuple[dict, str]:
+    """A configuration's row named (`engine@Nt` when not at --threads, `xWw` with workers), its
+    medians, BLEU and (greedy) products per token; printed; with the BLEU signature."""
+    engine, threads, workers = run
+    name = engine if threads == args.threads else f"{engine}@{threads}t"
+    name += f"x{workers}w" if workers > 1 else ""
+    r.update(engine=name, threads=threads, workers=workers)
+    from training.evaluate import translation_metrics
+
+    median = statistics.median(r["seconds"])
+    m = translation_metrics(r["hypotheses"], [x[1] for x in rows], target)
+    r.update(median_s=median, sentences_per_s=len(rows) / median, tokens_per_s=r["tokens"] / median)
+    r.update(bleu=m["bleu"], bleu_lc_tok=m.get("bleu_lc_tok"))
+    if r["beam"] == 1:  # greedy: the rows of each step are known from the outputs (beam: not recorded)
+        macs = matmul_macs(r["workload"], *dims, r["logits"])
+        total = macs["encoder"] + macs["decoder"]
+        r.update(matmul_macs_per_token=total / r["tokens"], encoder_share_of_macs=macs["encoder"] / total)
+        r.update(achieved_gmac_per_s=total / median / 1e9)
+    print(
+        f"{name:18s} beam {r['beam']} batch {r['batch']:3d}: {r['sentences_per_s']:8.1f} sent/s "
+        f"{r['tokens_per_s']:9.1f} tok/s rss {r['peak_rss_mb']:6.0f} MB  BLEU {m['bleu']:.2f} "
+        f"(lc-tok {m['bleu_lc_tok']:.2f})",
+        flush=True,
+    )
+    return r, m["bleu_signature"]
+
+
+def compare(results: list[dict], beams: list[int], batches: list[int], n: int) -> None:
+    """Each row against the others of its beam and batch: agreement with and BLEU over ort-fp32
+    (as asked: at --threads, one worker; else its first run), the ratio to CTranslate2's fastest
+    engine and to PyTorch without cache."""
+    for beam in beams:
+        for batch in batches:
+            group = [r for r in results if r["batch"] == batch and r["beam"] == beam]
+            fp32 = [r for r in group if r["engine"].split("@")[0].split("x")[0] == "ort-fp32"]
+            ref = next((r for r in fp32 if r["engine"] == "ort-fp32"), fp32[0] if fp32 else None)
+            ct2 = [r for r in group if r["engine"].startswith("ct2")]
+            best_ct2 = max(ct2, key=lambda r: r["tokens_per_s"]) if ct2 else None
+            nocache = next((r for r in group if r["engine"] == "torch-nocache"), None)
+            for r in group:
+                if ref:
+                    r["identical_to_ort_fp32"] = sum(a == b for a, b in zip(r["hypotheses"], ref["hypotheses"])) / n
+                    r["bleu_minus_ort_fp32"] = r["bleu"] - ref["bleu"]
+                if best_ct2:
+                    r["ratio_to_best_ct2"] = r["tokens_per_s"] / best_ct2["tokens_per_s"]
+                    r["best_ct2"] = best_ct2["engine"]
+                if nocache:
+                    r["ratio_to_torch_nocache"] = r["tokens_per_s"] / nocache["tokens_per_s"]
+
+
+def print_table(results: list[dict]) -> None:
+    """The rows as a Markdown table (BENCHMARKS.md's)."""
+    print(
+        "\n| engine | beam | batch | sentences/s | tokens/s | peak RSS MB | BLEU | BLEU lc-tok | identical to ort-fp32 "
+        "| x best CT2 | x torch no-cache |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['engine']} | {r['beam']} | {r['batch']} | {r['sentences_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
+            f"{r['peak_rss_mb']:.0f} | {r['bleu']:.2f} | {r['bleu_lc_tok']:.2f} | "
+            f"{100 * r.get('identical_to_ort_fp32', float('nan')):.1f}% | "
+            f"{r.get('ratio_to_best_ct2', float('nan')):.2f} | "
+            f"{r.get('ratio_to_torch_nocache', float('nan')):.2f} |"
+        )
+
+
+def write_results(args: argparse.Namespace, results: list[dict], sentences: int, signature: str) -> None:
+    """The rows, without their hypotheses, each with the run's command, split, sentences and
+    machine (the CPU model and flags decide the kernels: MLAS, oneDNN), as a JSON list."""
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    common = {
+        "command": " ".join(sys.argv),
+        "bundle": args.bundle,
+        "split": args.split,
+        "direction": args.direction,
+        "sentences": sentences,
+        "thread_pool": args.thread_pool,
+        "bleu_signature": signature,
+        "machine": describe(),
+    }
+    for r in results:
+        r.pop("hypotheses")
+        r.update(common)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", help="a released bundle: engine `served` runs its graphs; config, weights from it")
     p.add_argument("--config", help="training config (default: the bundle's)")
@@ -362,240 +672,34 @@ def main() -> None:
         help="our engines: one onnxruntime thread pool for the encoder and decoder (the service's default) or one each",
     )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/engines.json"))
+    # a worker's own arguments (measure): the engine, its number of parts, the files prepared for it
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--parts", type=int, default=1, help=argparse.SUPPRESS)
-    p.add_argument("--sources", help=argparse.SUPPRESS)
-    p.add_argument("--ort-bundle", help=argparse.SUPPRESS)
-    p.add_argument("--bundle-c2", help=argparse.SUPPRESS)
-    p.add_argument("--ct2-fp32", help=argparse.SUPPRESS)
-    p.add_argument("--ct2-int8", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    for hidden in ("--sources", "--ort-bundle", "--bundle-c2", "--ct2-fp32", "--ct2-int8"):
+        p.add_argument(hidden, help=argparse.SUPPRESS)
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
     if args.worker:
         worker(args)
         return
-    manifest = bundle_defaults(args) if args.bundle else None
-    if manifest is None and (args.checkpoint is None or args.tokenizer is None):
-        raise SystemExit("give --bundle, or --checkpoint and --tokenizer")
-    args.config = args.config or "training/configs/multi30k-de-en.toml"
-    args.engines = engine_names(args.engines or (["served", "ct2"] if args.bundle else ENGINES[1:]))
-    if "served" in args.engines and not args.bundle:
-        raise SystemExit("engine `served` needs --bundle")
-
-    from training.config import load_config
-    from training.evaluate import translation_metrics
-    from training.tasks import TranslationTask
-
-    cfg = load_config(args.config)
-    task = TranslationTask(cfg, tokenizer=None)  # type: ignore[arg-type]
-    args.split = args.split or default_split(cfg)
-    rows = task.raw(args.split)
-    target = cfg.data.target_lang
-    if cfg.data.directions:  # sources carry the target tag; every engine decodes them alike
-        if not args.direction:
-            raise SystemExit(f"a multilingual config needs --direction (one of {list(cfg.data.directions)})")
-        rows = [r for r, d in zip(rows, task.row_directions[args.split]) if d == args.direction]
-        target = args.direction.split("-")[1]
-    rows = rows[: args.limit] if args.limit else rows
-    work = Path(tempfile.mkdtemp(prefix="bench-"))
-    # One frozen copy of the weights for every engine (a training run may rewrite the original).
-    shutil.copyfile(args.checkpoint, work / "model.pt")
-    args.checkpoint = work / "model.pt"
-    (work / "sources.json").write_text(json.dumps([r[0] for r in rows]))
-    extra = [
-        "--sources",
-        str(work / "sources.json"),
-        "--checkpoint",
-        str(args.checkpoint),
-        "--tokenizer",
-        str(args.tokenizer),
-    ]
-    if args.bundle:
-        extra += ["--bundle", str(Path(args.bundle).resolve())]
-    if any(e.startswith("ort") for e in args.engines):
-        from training.checkpoint import model_from_checkpoint
-        from training.export import export_bundle
-        from training.release import calibration_texts
-
-        model = model_from_checkpoint(args.checkpoint)
-        texts = [r[0] for r in rows[:20]]
-        export_bundle(model, cfg, args.tokenizer, work / "bundle", texts, calibration_texts=calibration_texts(cfg))
-        if cfg.task == "translation":  # as the release does: each target language's vocabulary
-            from training.vocab import add_target_vocab
-
-            add_target_vocab(work / "bundle", cfg, args.tokenizer)
-        extra += ["--ort-bundle", str(work / "bundle")]
-        if any(e.startswith("ort-c2-") for e in args.engines):
-            export_bundle(
-                model,
-                cfg,
-                args.tokenizer,
-                work / "bundle-c2",
-                texts,
-                calibration_texts=calibration_texts(cfg),
-                static_cache=False,
-            )
-            extra += ["--bundle-c2", str(work / "bundle-c2")]
-    if any(e.startswith("ct2") for e in args.engines):
-        from benchmarks.ct2_convert import convert
-
-        convert(args.checkpoint, args.tokenizer, work / "ct2-fp32")
-        convert(args.checkpoint, args.tokenizer, work / "ct2-int8", quantization="int8")
-        extra += ["--ct2-fp32", str(work / "ct2-fp32"), "--ct2-int8", str(work / "ct2-int8")]
-
-    if manifest:  # the model's sizes, for the products' count (matmul_macs)
-        mc = manifest["model"]
-    else:
-        from training.checkpoint import load_checkpoint
-
-        mc = load_checkpoint(args.checkpoint)["model_config"]
-    dims = (mc["d_model"], mc["d_ff"], mc["n_encoder_layers"], mc["n_decoder_layers"])
-
+    manifest = checked_args(args)
+    cfg, rows, target = load_split(args)
+    extra = prepare(args, cfg, rows)
+    dims = model_dims(args, manifest)
     results, signature = [], ""
-    runs = [
-        (engine, t, w)
-        for engine in args.engines
-        for t in (
-            (args.ct2_threads or [args.threads])
-            if engine.startswith("ct2")
-            else (args.ort_threads or [args.threads])
-            if engine.startswith("ort") or engine == "served"
-            else [args.threads]
-        )
-        for w in (args.workers if not engine.startswith("torch") else [1])
-    ]
-
-    def measure(engine: str, threads: int, workers: int, beam: int, batch: int, repeats: int) -> dict:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--worker",
-            engine,
-            "--batch",
-            str(batch),
-            "--threads",
-            str(threads),
-            "--parts",
-            str(workers),
-            "--repeats",
-            str(repeats),
-            "--thread-pool",
-            args.thread_pool,
-            "--beam",
-            str(beam),
-            "--retain-freed-mb",
-            str(args.retain_freed_mb),
-            *extra,
-        ]
-        out = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-        )
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
     for beam in args.beam:
-        beam_runs = [r for r in runs if beam == 1 or not r[0].startswith("torch")]  # torch: greedy only
+        runs = [run for run in configurations(args) if beam == 1 or not adapter(run[0]).greedy_only]
         for batch in args.batch:
-            # Rounds: every engine once per round, in turn, so that a slow minute of this shared
-            # machine falls on all of them (one engine's passes in a row can be far apart from
-            # the same engine's later in the run); a discarded first pass warms it up.
-            if args.rounds > 1:
-                measure(*beam_runs[0], beam, batch, 1)
-            measured: dict[tuple[str, int, int], dict] = {}
-            for _ in range(args.rounds):
-                for run in beam_runs:
-                    r = measure(*run, beam, batch, args.repeats)
-                    if run in measured:
-                        measured[run]["seconds"] += r["seconds"]
-                        measured[run]["peak_rss_mb"] = max(measured[run]["peak_rss_mb"], r["peak_rss_mb"])
-                    else:
-                        measured[run] = r
-            for engine, threads, workers in beam_runs:
-                name = engine if threads == args.threads else f"{engine}@{threads}t"
-                name += f"x{workers}w" if workers > 1 else ""
-                r = measured[engine, threads, workers]
-                r.update(engine=name, threads=threads, workers=workers)
-                median = statistics.median(r["seconds"])
-                m = translation_metrics(r["hypotheses"], [x[1] for x in rows], target)
-                signature = m["bleu_signature"]
-                r.update(
-                    median_s=median,
-                    sentences_per_s=len(rows) / median,
-                    tokens_per_s=r["tokens"] / median,
-                    bleu=m["bleu"],
-                    bleu_lc_tok=m.get("bleu_lc_tok"),
-                )
-                if beam == 1:  # greedy: the rows of each step are known from the outputs (beam: not recorded)
-                    macs = matmul_macs(r["workload"], *dims, r["logits"])
-                    total = macs["encoder"] + macs["decoder"]
-                    r.update(
-                        matmul_macs_per_token=total / r["tokens"],
-                        encoder_share_of_macs=macs["encoder"] / total,
-                        achieved_gmac_per_s=total / median / 1e9,
-                    )
-                results.append(r)
-                print(
-                    f"{name:18s} beam {beam} batch {batch:3d}: {r['sentences_per_s']:8.1f} sent/s "
-                    f"{r['tokens_per_s']:9.1f} tok/s rss {r['peak_rss_mb']:6.0f} MB  BLEU {m['bleu']:.2f} "
-                    f"(lc-tok {m['bleu_lc_tok']:.2f})",
-                    flush=True,
-                )
-
-    for beam in args.beam:
-        for batch in args.batch:
-            group = [r for r in results if r["batch"] == batch and r["beam"] == beam]
-            # the fp32 reference: ort-fp32 as asked (--threads, one worker), else its first run
-            fp32 = [r for r in group if r["engine"].split("@")[0].split("x")[0] == "ort-fp32"]
-            ref = next((r for r in fp32 if r["engine"] == "ort-fp32"), fp32[0] if fp32 else None)
-            ct2 = [r for r in group if r["engine"].startswith("ct2")]
-            best_ct2 = max(ct2, key=lambda r: r["tokens_per_s"]) if ct2 else None
-            nocache = next((r for r in group if r["engine"] == "torch-nocache"), None)
-            for r in group:
-                if ref:
-                    same = sum(a == b for a, b in zip(r["hypotheses"], ref["hypotheses"]))
-                    r["identical_to_ort_fp32"] = same / len(rows)
-                    r["bleu_minus_ort_fp32"] = r["bleu"] - ref["bleu"]
-                if best_ct2:
-                    r["ratio_to_best_ct2"] = r["tokens_per_s"] / best_ct2["tokens_per_s"]
-                    r["best_ct2"] = best_ct2["engine"]
-                if nocache:
-                    r["ratio_to_torch_nocache"] = r["tokens_per_s"] / nocache["tokens_per_s"]
-    print(
-        "\n| engine | beam | batch | sentences/s | tokens/s | peak RSS MB | BLEU | BLEU lc-tok | identical to ort-fp32 "
-        "| x best CT2 | x torch no-cache |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        print(
-            f"| {r['engine']} | {r['beam']} | {r['batch']} | {r['sentences_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
-            f"{r['peak_rss_mb']:.0f} | {r['bleu']:.2f} | {r['bleu_lc_tok']:.2f} | "
-            f"{100 * r.get('identical_to_ort_fp32', float('nan')):.1f}% | "
-            f"{r.get('ratio_to_best_ct2', float('nan')):.2f} | "
-            f"{r.get('ratio_to_torch_nocache', float('nan')):.2f} |"
-        )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    machine = describe()  # the CPU model and flags decide the kernels (MLAS, oneDNN): with every row
-    common = {
-        "command": " ".join(sys.argv),
-        "bundle": args.bundle,
-        "split": args.split,
-        "direction": args.direction,
-        "sentences": len(rows),
-        "thread_pool": args.thread_pool,
-        "bleu_signature": signature,
-        "machine": machine,
-    }
-    for r in results:
-        r.pop("hypotheses")
-        r.update(common)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-
-
-def result_rows(data) -> list[dict]:
-    """An engines.py result file's rows: a list (older files: a dict with `results`)."""
-    return data if isinstance(data, list) else data["results"]
+            measured = measure_rounds(args, extra, runs, beam, batch)
+            for run in runs:
+                row, signature = scored(args, measured[run], run, rows, target, dims)
+                results.append(row)
+    compare(results, args.beam, args.batch, len(rows))
+    print_table(results)
+    write_results(args, results, len(rows), signature)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,11 @@
   cores add up?);
 * `matmul`: uint8 x int8 products (`QLinearMatMul`, requantizing; `MatMulInteger`, int32 out)
   and fp32 `MatMul` at the decoder's shape (32 x 256 x 16,000) and a large one, one thread, in
-  GMAC/s (beyond ~350 on one core is AMX's, not AVX512-VNNI's).
+  GMAC/s (against the CPU's flags, recorded with the result, this tells which kernels ran:
+  BENCHMARKS.md has the rates of each CPU family).
+
+Every product is built here as a one-node graph; the decoder step is the bundle's own graph
+run directly (not through the Translator), so its profile has nothing but the graph's nodes.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from benchmarks.common import load_bundle
 from benchmarks.machine import describe
 from service.runtime import graph_io
-from service.runtime.bundle import load_manifest
 
 
 def _median_ms(fn, n: int = 200) -> float:
@@ -71,6 +75,7 @@ def step_feeds(model: dict, rows: int, past: int = 15, src: int = 15, static: bo
 
 
 def profile(decoder: str, model: dict, threads: int) -> dict:
+    """The step's median ms with profiling on, and each operator type's share of the kernels' time."""
     with tempfile.TemporaryDirectory() as tmp:
         session = _session(decoder, threads, profile=os.path.join(tmp, "profile"))
         feeds = step_feeds(model, 32, static=_static(session))
@@ -95,6 +100,8 @@ def _static(session: ort.InferenceSession) -> bool:
 
 
 def threads(decoder: str, model: dict) -> dict:
+    """Median ms of the 32-row step on 2 threads and on 1, of a 16-row half on 1, and of two 16-row
+    halves at once on a thread each: whether this machine's cores add up within a call or across."""
     two, one = _session(decoder, 2), _session(decoder, 1)
     static = _static(one)
     full, half_a, half_b = (step_feeds(model, r, static=static) for r in (32, 16, 16))
@@ -141,6 +148,8 @@ def _product(m: int, k: int, n: int, op: str) -> bytes:
 
 
 def matmul() -> list[dict]:
+    """Each product kind's median ms and GMAC/s at the decoder's output projection (32 x 256 x 16,000),
+    its feed-forward (32 x 256 x 1,024) and a large shape, on one thread."""
     rows = []
     rng = np.random.default_rng(0)
     for m, k, n in ((32, 256, 16000), (32, 256, 1024), (512, 1024, 4096)):
@@ -158,7 +167,7 @@ def main() -> None:
     p.add_argument("--variant", default=None)
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    manifest = load_manifest(args.bundle)
+    manifest = load_bundle(args.bundle)
     variant = args.variant or manifest.default_variant
     decoder = str(args.bundle / manifest.graph(variant, "decoder").file)
     result = {

@@ -18,16 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import open_translator
 from service.runtime import graph_io
-from service.runtime.bundle import load_manifest
-from service.runtime.sessions import resolve_providers, retain_freed_memory, share_thread_pool
-from service.runtime.translator import Translator
 
 
 def measure(bundle: Path, variant: str, threads: int, rows: int) -> None:
-    share_thread_pool(threads)  # once per process: each thread count runs in its own process
-    retain_freed_memory(64)
-    eng = Translator(bundle, load_manifest(bundle), resolve_providers("cpu"), threads=threads, variant=variant)
+    """Print the median ms of a pair of steps, one after the other and at once (twice each, in
+    turn). The thread pool is shared, as the service's, and set once per process: each thread
+    count runs in a process of its own."""
+    eng = open_translator(bundle, threads, variant, shared_pool=True, retain_freed_mb=64)
     if not eng.static:
         raise SystemExit(f"{bundle}: not a contract-3 decoder")
     rng = np.random.default_rng(0)

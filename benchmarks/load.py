@@ -163,9 +163,9 @@ def load_sentences(path: Path) -> list[str]:
 
 
 class RawHTTP:
-    """A minimal keep-alive HTTP/1.1 client on asyncio streams. httpx costs about a millisecond
-    of CPU per request, which on a 2-core machine makes the load generator, not the server, the
-    bottleneck at a few hundred requests/s; this costs a fraction of that. At most
+    """A minimal keep-alive HTTP/1.1 client on asyncio streams, for a load generator that costs
+    the server's cores as little CPU per request as it can: with httpx the load generator, not
+    the server, was the bottleneck on a 2-core machine (BENCHMARKS.md, "HTTP under load"). At most
     `max_connections` connections: beyond them a request waits here, and that wait counts in
     its latency (measured from when it was due, so queueing in the client is not hidden)."""
 

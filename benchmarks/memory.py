@@ -30,56 +30,49 @@ from pathlib import Path
 import numpy as np
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def workload(path: Path, n_batches: int, seed: int) -> list[list[str]]:
+    """`n_batches` batches of 1 to 32 sentences of `path`, drawn with `seed`."""
     with gzip.open(path, "rt", encoding="utf-8") as f:
         sentences = [line.strip() for line in f if line.strip()]
     rng = random.Random(seed)
     return [rng.sample(sentences, rng.randint(1, 32)) for _ in range(n_batches)]
 
 
-def worker(args: argparse.Namespace) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from service.runtime.bundle import load_manifest
-    from service.runtime.sessions import resolve_providers
-    from service.runtime.translator import Translator
+def largest_batch(engine, seed: int) -> None:
+    """The largest batch the service can form: max_batch_size (32) sources of max_len tokens,
+    decoded for max_len - 1 steps whatever the model predicts (fed random tokens), so every
+    buffer reaches its largest shape."""
+    rng = np.random.default_rng(seed)
+    src = rng.integers(4, engine.manifest.vocab_size, (32, engine.max_len))
+    src[:, -1] = engine.eos
+    state = engine.start(src)
+    tokens = np.full((32, 1), engine.bos, dtype=np.int64)
+    for _ in range(engine.max_len - 1):
+        engine.step(state, tokens)
+        tokens = rng.integers(4, engine.manifest.vocab_size, (32, 1))
 
-    bundle = Path(args.bundle)
-    engine = Translator(
-        bundle,
-        load_manifest(bundle),
-        resolve_providers("cpu"),
-        threads=args.threads,
-        memory_arena=args.arena == "on",
-    )
+
+def worker(args: argparse.Namespace) -> None:
+    """One mode (`--arena`): the workload through one engine, resident memory sampled; prints JSON."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+    from benchmarks.common import open_translator, status_mb
+
+    def rss_mb() -> float:
+        return round(status_mb("VmRSS"), 1)
+
+    engine = open_translator(args.bundle, args.threads, memory_arena=args.arena == "on")
     batches = workload(Path(args.data), args.batches, args.seed)
     warm_max_mb = None
     if args.warm_max:
-        # The largest batch the service can form: max_batch_size (32) sources of max_len
-        # tokens, decoded for max_len - 1 steps whatever the model predicts (fed random
-        # tokens), so every buffer reaches its largest shape.
-        rng = np.random.default_rng(args.seed)
-        src = rng.integers(4, engine.manifest.vocab_size, (32, engine.max_len))
-        src[:, -1] = engine.eos
-        state = engine.start(src)
-        tokens = np.full((32, 1), engine.bos, dtype=np.int64)
-        for _ in range(engine.max_len - 1):
-            engine.step(state, tokens)
-            tokens = rng.integers(4, engine.manifest.vocab_size, (32, 1))
-        warm_max_mb = round(rss_mb(), 1)
-    samples = [{"batch": 0, "rss_mb": round(rss_mb(), 1)}]
+        largest_batch(engine, args.seed)
+        warm_max_mb = rss_mb()
+    samples = [{"batch": 0, "rss_mb": rss_mb()}]
     sentences, t0 = 0, time.perf_counter()
     for i, batch in enumerate(batches, 1):
         engine.translate(batch)
         sentences += len(batch)
         if i % args.every == 0 or i == len(batches):
-            samples.append({"batch": i, "rss_mb": round(rss_mb(), 1)})
+            samples.append({"batch": i, "rss_mb": rss_mb()})
     seconds = time.perf_counter() - t0
     warm = next(s for s in samples if s["batch"] >= len(batches) // 10)
     steps = [b["rss_mb"] - a["rss_mb"] for a, b in zip(samples, samples[1:])]

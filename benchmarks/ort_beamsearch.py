@@ -30,10 +30,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks.engines import length_batches, timed
+from benchmarks.common import length_batches, open_translator, timed
 from benchmarks.machine import describe
-from service.runtime.bundle import load_manifest
-from service.runtime.sessions import resolve_providers
 from service.runtime.translator import Translator
 from training.evaluate import translation_metrics
 
@@ -56,14 +54,13 @@ def _set(field, values) -> None:
     field.extend(values)
 
 
-def wrap(encoder: onnx.ModelProto, decoder: onnx.ModelProto, model: dict, bos: int, eos: int, pad: int):
-    """One model: BeamSearch with our encoder and decoder graphs as its T5-layout subgraphs."""
-    layers, heads = model["n_decoder_layers"], model["n_heads"]
-    head, vocab = model["d_model"] // heads, model["vocab_size"]
+def _kv_info(name: str, length: str, heads: int, head: int) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", heads, length, head])
 
-    def kv_info(name: str, length: str):
-        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", heads, length, head])
 
+def encoder_subgraph(encoder: onnx.ModelProto, layers: int, heads: int, head: int) -> onnx.GraphProto:
+    """Our encoder as the op's: int32 ids and mask in (the ids cast to int64; the mask is not
+    read: our encoder masks the padding by its id), `present_{key,value}_cross_{i}` out."""
     enc = copy.deepcopy(encoder.graph)
     cross = {f"cross_{t}.{i}": f"present_{_kv(t)}_cross_{i}" for i in range(layers) for t in "kv"}
     _rename(enc, cross)
@@ -75,8 +72,31 @@ def wrap(encoder: onnx.ModelProto, decoder: onnx.ModelProto, model: dict, bos: i
         ],
     )
     enc.node.insert(0, helper.make_node("Cast", ["encoder_input_ids"], ["src_ids"], to=TensorProto.INT64))
-    _set(enc.output, [kv_info(cross[f"cross_{t}.{i}"], "src_len") for i in range(layers) for t in "kv"])
+    _set(enc.output, [_kv_info(cross[f"cross_{t}.{i}"], "src_len", heads, head) for i in range(layers) for t in "kv"])
+    return enc
 
+
+def _decoder_prologue() -> list[onnx.NodeProto]:
+    """The op's decoder inputs made into ours: int64 ids, a bool source mask, each row's
+    `position` (the past length, from the cache's shape) and an all-true `self_mask`."""
+    true = helper.make_tensor("wrap.true", TensorProto.BOOL, [1], [True])
+    return [
+        helper.make_node("Cast", ["input_ids"], ["ids64"], to=TensorProto.INT64),
+        helper.make_node("Cast", ["encoder_attention_mask"], ["src_mask"], to=TensorProto.BOOL),
+        helper.make_node("Shape", ["past_key_self_0"], ["wrap.shape"]),
+        helper.make_node("Gather", ["wrap.shape", "wrap.i2"], ["wrap.past"], axis=0),
+        helper.make_node("Gather", ["wrap.shape", "wrap.i0"], ["wrap.rows"], axis=0),
+        helper.make_node("Expand", ["wrap.past", "wrap.rows"], ["position"]),  # each row at the past length
+        helper.make_node("Add", ["wrap.past", "wrap.one"], ["wrap.width"]),
+        helper.make_node("Concat", ["wrap.rows", "wrap.width"], ["wrap.mask_shape"], axis=0),
+        helper.make_node("ConstantOfShape", ["wrap.mask_shape"], ["self_mask"], value=true),
+    ]
+
+
+def decoder_subgraph(decoder: onnx.ModelProto, layers: int, heads: int, head: int, vocab: int) -> onnx.GraphProto:
+    """Our decoder step as the op's: `input_ids (B, 1) int32, encoder_attention_mask,
+    past_{key,value}_self_{i}, past_{key,value}_cross_{i} -> logits (B, 1, V),
+    present_{key,value}_self_{i}`; its own nodes untouched."""
     dec = copy.deepcopy(decoder.graph)
     names = {"input_ids": "ids64", "position": "position", "src_mask": "src_mask", "logits": "logits2d"}
     for i in range(layers):
@@ -90,35 +110,29 @@ def wrap(encoder: onnx.ModelProto, decoder: onnx.ModelProto, model: dict, bos: i
         [
             helper.make_tensor_value_info("input_ids", TensorProto.INT32, ["batch", 1]),
             helper.make_tensor_value_info("encoder_attention_mask", TensorProto.INT32, ["batch", "src_len"]),
-            *[kv_info(f"past_{_kv(t)}_self_{i}", "past_len") for i in range(layers) for t in "kv"],
-            *[kv_info(f"past_{_kv(t)}_cross_{i}", "src_len") for i in range(layers) for t in "kv"],
+            *[_kv_info(f"past_{_kv(t)}_self_{i}", "past_len", heads, head) for i in range(layers) for t in "kv"],
+            *[_kv_info(f"past_{_kv(t)}_cross_{i}", "src_len", heads, head) for i in range(layers) for t in "kv"],
         ],
     )
     for name, value in (("wrap.i0", [0]), ("wrap.i2", [2]), ("wrap.one", [1])):
         dec.initializer.append(numpy_helper.from_array(np.array(value, np.int64), name))
-    true = helper.make_tensor("wrap.true", TensorProto.BOOL, [1], [True])
-    prologue = [
-        helper.make_node("Cast", ["input_ids"], ["ids64"], to=TensorProto.INT64),
-        helper.make_node("Cast", ["encoder_attention_mask"], ["src_mask"], to=TensorProto.BOOL),
-        helper.make_node("Shape", ["past_key_self_0"], ["wrap.shape"]),
-        helper.make_node("Gather", ["wrap.shape", "wrap.i2"], ["wrap.past"], axis=0),
-        helper.make_node("Gather", ["wrap.shape", "wrap.i0"], ["wrap.rows"], axis=0),
-        helper.make_node("Expand", ["wrap.past", "wrap.rows"], ["position"]),  # each row at the past length
-        helper.make_node("Add", ["wrap.past", "wrap.one"], ["wrap.width"]),
-        helper.make_node("Concat", ["wrap.rows", "wrap.width"], ["wrap.mask_shape"], axis=0),
-        helper.make_node("ConstantOfShape", ["wrap.mask_shape"], ["self_mask"], value=true),
-    ]
-    _set(dec.node, [*prologue, *dec.node])
+    _set(dec.node, [*_decoder_prologue(), *dec.node])
     dec.node.append(helper.make_node("Unsqueeze", ["logits2d", "wrap.one"], ["logits"]))
     _set(
         dec.output,
         [
             helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, vocab]),
-            *[kv_info(f"present_{_kv(t)}_self_{i}", "present_len") for i in range(layers) for t in "kv"],
+            *[_kv_info(f"present_{_kv(t)}_self_{i}", "present_len", heads, head) for i in range(layers) for t in "kv"],
         ],
     )
     _set(dec.value_info, [v for v in dec.value_info if v.name not in names])
+    return dec
 
+
+def wrap(encoder: onnx.ModelProto, decoder: onnx.ModelProto, model: dict, bos: int, eos: int, pad: int):
+    """One model: BeamSearch with our encoder and decoder graphs as its T5-layout subgraphs."""
+    layers, heads = model["n_decoder_layers"], model["n_heads"]
+    head, vocab = model["d_model"] // heads, model["vocab_size"]
     scalars = ("max_length", "min_length", "num_beams", "num_return_sequences")
     node = helper.make_node(
         "BeamSearch",
@@ -131,8 +145,8 @@ def wrap(encoder: onnx.ModelProto, decoder: onnx.ModelProto, model: dict, bos: i
         pad_token_id=pad,
         no_repeat_ngram_size=0,
         early_stopping=0,
-        encoder=enc,
-        decoder=dec,
+        encoder=encoder_subgraph(encoder, layers, heads, head),
+        decoder=decoder_subgraph(decoder, layers, heads, head, vocab),
     )
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT32, ["batch", "src_len"])]
     inputs += [helper.make_tensor_value_info(n, TensorProto.INT32, [1]) for n in scalars]
@@ -152,6 +166,44 @@ def _read(path: Path, limit: int) -> list[str]:
         return [line.rstrip("\n") for line in f][:limit]
 
 
+def beam_search_op(ours: Translator, beam: int, threads: int):
+    """onnxruntime's BeamSearch op on the same graphs as `ours` (its variant): a function from
+    a batch of source id lists to each one's best hypothesis's ids, as `Translator.generate_nbest`
+    gives them (no start token, none after </s>). The op decodes the batch to one `max_length`,
+    the batch's largest output limit (ours stops each row at its own)."""
+    files = ours.manifest.variants[ours.variant]
+    model = wrap(
+        onnx.load(str(ours.bundle_dir / files["encoder"].file)),
+        onnx.load(str(ours.bundle_dir / files["decoder"].file)),
+        ours.manifest.model,
+        ours.bos,
+        ours.eos,
+        ours.pad,
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    op = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def run(sources: list[list[int]]) -> list[list[int]]:
+        src, limits = ours.padded(sources)
+        feeds = {
+            "input_ids": src.astype(np.int32),
+            "max_length": np.array([int(limits.max()) + 1], np.int32),  # + the start token
+            "min_length": np.array([1], np.int32),
+            "num_beams": np.array([beam], np.int32),
+            "num_return_sequences": np.array([1], np.int32),
+            "length_penalty": np.array([1.0], np.float32),
+            "repetition_penalty": np.array([1.0], np.float32),
+        }
+        out = []
+        for row in op.run(["sequences"], feeds)[0][:, 0].tolist():
+            row = row[1:]  # the start token
+            out.append(row[: row.index(ours.eos)] if ours.eos in row else [t for t in row if t != ours.pad])
+        return out
+
+    return run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=Path("model/multi"))
@@ -167,62 +219,23 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
-    manifest = load_manifest(args.bundle)
-    ours = Translator(args.bundle, manifest, resolve_providers("cpu"), threads=args.threads, variant=args.variant)
-    variant = ours.variant
-    files = manifest.variants[variant]
-    model = wrap(
-        onnx.load(str(args.bundle / files["encoder"].file)),
-        onnx.load(str(args.bundle / files["decoder"].file)),
-        manifest.model,
-        ours.bos,
-        ours.eos,
-        ours.pad,
-    )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    op = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
+    ours = open_translator(args.bundle, args.threads, args.variant)
+    op = beam_search_op(ours, args.beam, args.threads)
     sources, refs = _read(args.source, args.limit), _read(args.reference, args.limit)
-    ids = ours.encode([manifest.model_input(s, args.target) for s in sources])
-
-    def run_ours(batch: list[int]) -> list[list[int]]:
-        return [h[0].tokens for h in ours.generate_nbest([ids[i] for i in batch], args.beam)]
-
-    def run_op(batch: list[int]) -> list[list[int]]:
-        src, limits = ours.padded([ids[i] for i in batch])
-        feeds = {
-            "input_ids": src.astype(np.int32),
-            "max_length": np.array([int(limits.max()) + 1], np.int32),  # + the start token
-            "min_length": np.array([1], np.int32),
-            "num_beams": np.array([args.beam], np.int32),
-            "num_return_sequences": np.array([1], np.int32),
-            "length_penalty": np.array([1.0], np.float32),
-            "repetition_penalty": np.array([1.0], np.float32),
-        }
-        sequences = op.run(["sequences"], feeds)[0][:, 0]
-        out = []
-        for row in sequences.tolist():
-            row = row[1:]  # the start token
-            out.append(row[: row.index(ours.eos)] if ours.eos in row else [t for t in row if t != ours.pad])
-        return out
-
+    ids = ours.encode([ours.manifest.model_input(s, args.target) for s in sources])
+    engines = {
+        "numpy loop (served)": lambda batch: [h[0].tokens for h in ours.generate_nbest(batch, args.beam)],
+        "onnxruntime BeamSearch": op,
+    }
     rows = []
     for size in args.batch:
         batches = length_batches(len(ids), [len(x) for x in ids], size)
-        for name, run in (("numpy loop (served)", run_ours), ("onnxruntime BeamSearch", run_op)):
-            times, outputs = timed(run, batches, len(ids), args.repeats)
+        for name, decode in engines.items():
+            times, outputs = timed(lambda b, d=decode: d([ids[i] for i in b]), batches, len(ids), args.repeats)
             tokens = sum(len(o) + 1 for o in outputs)
-            bleu = translation_metrics(ours.sp.decode(outputs), refs, args.target)["bleu"]
-            row = {
-                "engine": name,
-                "variant": variant,
-                "beam": args.beam,
-                "batch": size,
-                "tokens_per_s": round(tokens / statistics.median(times), 1),
-                "seconds": times,
-                "bleu": round(bleu, 2),
-            }
+            bleu = translation_metrics(ours.text.decode(outputs), refs, args.target)["bleu"]
+            row = {"engine": name, "variant": ours.variant, "beam": args.beam, "batch": size}
+            row.update(tokens_per_s=round(tokens / statistics.median(times), 1), seconds=times, bleu=round(bleu, 2))
             rows.append(row)
             print(f"{name:24s} batch {size:3d}: {row['tokens_per_s']:8.1f} tok/s  BLEU {row['bleu']:.2f}", flush=True)
     result = {"bundle": str(args.bundle), "sentences": len(ids), "threads": args.threads, "rows": rows}

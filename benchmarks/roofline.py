@@ -45,6 +45,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from benchmarks.common import load_bundle
 from benchmarks.engines import result_rows
 
 
@@ -168,8 +169,8 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
 
-    manifest = json.loads((args.bundle / "manifest.json").read_text())
-    cfg, vocab = manifest["model"], manifest["vocab_size"]
+    manifest = load_bundle(args.bundle)
+    cfg, vocab = manifest.model, manifest.vocab_size
     b = args.batch
     flops = token_flops(cfg, vocab, args.src_len, args.tgt_len)
 

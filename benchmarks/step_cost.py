@@ -14,10 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import open_translator
 from service.runtime import graph_io
-from service.runtime.bundle import load_manifest
-from service.runtime.sessions import resolve_providers, retain_freed_memory, share_thread_pool
-from service.runtime.translator import Translator
 
 
 def main() -> None:
@@ -27,10 +25,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rows", type=int, nargs="+", default=[8, 32])
     args = p.parse_args()
-    share_thread_pool(args.threads)
-    retain_freed_memory(64)  # as the service (TRANSERVE_RETAIN_FREED_MB)
-    manifest = load_manifest(args.bundle)
-    engine = Translator(args.bundle, manifest, resolve_providers("cpu"), threads=args.threads, variant=args.variant)
+    # the thread pool and the allocator's retention as the service sets them
+    engine = open_translator(args.bundle, args.threads, args.variant, shared_pool=True, retain_freed_mb=64)
     rng = np.random.default_rng(0)
     for rows in args.rows:
         for cache, source in ((5, 10), (30, 20), (60, 40), (120, 100)):

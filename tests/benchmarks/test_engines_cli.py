@@ -49,7 +49,7 @@ def test_bundle_gives_config_weights_and_tokenizer(tmp_path):
 def test_result_rows_reads_both_file_shapes():
     rows = [{"engine": "served", "beam": 4, "batch": 32, "tokens_per_s": 1.0, "bleu": 2.0}]
     assert result_rows(rows) == rows
-    assert result_rows({"results": rows}) == rows  # files written before session 16
+    assert result_rows({"results": rows}) == rows  # the older files' shape
 
 
 @pytest.mark.parametrize("beam", [1, 4])
