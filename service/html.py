@@ -12,10 +12,19 @@ LibreTranslate does. Measured with the shipped model (README): "Ich habe <b>heut
 Zeit." -> "I have no time <b>today</b>." (the exact search alone fell back to "I have a lot.
 <b>This is today</b> There's no time."). Left untouched: `script`, `style`, `code`,
 `pre`, `textarea`, comments, CDATA, and every element marked `translate="no"` or
-`class="notranslate"`. Kept as written, untranslated, where Python's parser would hand them over
-as text or turn them into U+FFFD: a comment, CDATA section, declaration or tag left open at the
-end of the input (HTML reads an open comment to the end; it stays last, after the end tags), and
-a character reference that names no character (`&#0;`, `&#x110000;`, a surrogate, a control).
+`class="notranslate"`. Kept whole inside their sentence: inline elements that name a person, a
+tag or a page, as Mastodon, Misskey, Pleroma and Discourse write them (`class="mention"`,
+`hashtag`, `u-url`, `h-card`, `rel="tag"`, an element whose text is a URL, e-mail address,
+@mention or #hashtag, a link whose text is its own address or ends it), and inline elements not to
+be translated (`<code>`, `translate="no"`): the sentence is translated with a protected stand-in
+for each (its own text where that is one URL or mention, else `{0}`, `{1}`...: service/protect.py
+keeps both byte for byte), and the element goes back, untouched, where its stand-in came out (the
+user name of `@<span>anna</span>` was translated as a sentence of its own before).
+
+Kept as written, untranslated, where Python's parser would hand them over as text or turn them
+into U+FFFD: a comment, CDATA section, declaration or tag left open at the end of the input (HTML
+reads an open comment to the end; it stays last, after the end tags), and a character reference
+that names no character (`&#0;`, `&#x110000;`, a surrogate, a control).
 Comments, CDATA and such references inside a sentence stay in its block, after its translation.
 Translations are inserted as text, never as markup, so the output holds no tag or attribute that
 was not in the input. Blocks nested more than MAX_DEPTH deep are refused (400); the walk itself
@@ -26,13 +35,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from bs4 import BeautifulSoup, Comment, NavigableString, Tag
 from bs4.builder._htmlparser import BeautifulSoupHTMLParser, HTMLParserTreeBuilder
 from bs4.element import CData, Declaration, Doctype, PreformattedString, ProcessingInstruction
 
+from service import protect
 from service.errors import bad_request
 
 SKIP = {"script", "style", "code", "pre", "textarea", "template", "svg", "math", "noscript"}
@@ -115,29 +126,108 @@ T = TypeVar("T")
 MAX_DEPTH = 512
 
 
+def _values(tag: Tag, name: str) -> list[str]:
+    value: list[str] | str = tag.get(name) or []  # type: ignore[assignment]
+    return value if isinstance(value, list) else value.split()
+
+
 def _skipped(tag: Tag) -> bool:
-    classes: list[str] | str = tag.get("class") or []  # type: ignore[assignment]
-    return (
-        tag.name in SKIP
-        or str(tag.get("translate", "")).lower() == "no"
-        or "notranslate" in (classes if isinstance(classes, list) else [classes])
+    return tag.name in SKIP or str(tag.get("translate", "")).lower() == "no" or "notranslate" in _values(tag, "class")
+
+
+# Link markup of the fediverse and forums: Mastodon and Pleroma `<span class="h-card"><a class="u-url
+# mention">@<span>anna</span></a></span>`, `<a class="mention hashtag" rel="tag">#<span>x</span></a>`;
+# Discourse `<a class="mention">`, `mention-group`, `hashtag`, `hashtag-cooked` (an icon and the name).
+NAMING = {"mention", "mention-group", "hashtag", "hashtag-cooked", "u-url", "h-card"}
+
+
+def _atomic(tag: Tag, by_text: bool = True) -> bool:
+    """An inline element kept whole inside its sentence: one that names a person, a tag or a page
+    (`NAMING` classes, `rel="tag"`; `by_text`: its text a URL, address, mention or hashtag, a link
+    whose text is its address, ends it or is its host), or one not to be translated (`_skipped`)."""
+    if tag.name not in INLINE and tag.name != "code":
+        return False
+    if tag.name == "code" or (
+        tag.attrs and (_skipped(tag) or NAMING.intersection(_values(tag, "class")) or "tag" in _values(tag, "rel"))
+    ):
+        return True
+    text = _short_text(tag) if by_text else None
+    if not text or any(ch.isspace() for ch in text):
+        return False
+    if protect.reference(text):
+        return True
+    href = str(tag.get("href") or "") if tag.name == "a" else ""
+    core = text.rstrip("…")  # a shortened address ("example.com/very/lo…")
+    return bool(href) and (
+        text == href
+        or ((href.endswith(core) or core in href) and ("/" in core or "." in core.strip(".")))
+        or urlsplit(href).netloc.lower().removeprefix("www.") == core.lower().removeprefix("www.")
     )
+
+
+def _short_text(tag: Tag, most: int = 2048, nodes: int = 64) -> str | None:
+    """The element's text, stripped; None when it is longer than `most` characters or `nodes`
+    nodes (no address is: Mastodon's shortened link is 7): read lazily, so that a large element
+    costs no more than that."""
+    out, n = [], 0
+    for k, node in enumerate(tag.descendants):
+        if k >= nodes:
+            return None
+        if isinstance(node, NavigableString) and not isinstance(node, _NOT_TEXT):
+            out.append(str(node))
+            n += len(node)
+            if n > most:
+                return None
+    return "".join(out).strip()
 
 
 @dataclass
 class _Run:
-    """Consecutive inline content of one block: text nodes and simple inline elements."""
+    """Consecutive inline content of one block: text nodes, simple inline elements, and elements
+    kept whole (`_atomic`) with the stand-in that goes to the model for each (set by `_read`)."""
 
     nodes: list[NavigableString | Tag]
+    kept: dict[int, tuple[str, str]] = field(default_factory=dict)  # id(element) -> (stand-in, text)
+
+    def __post_init__(self) -> None:
+        self.whole = {id(n) for n in self.nodes if isinstance(n, Tag) and _atomic(n)}
 
     def text(self) -> str:
         return "".join(_text(n) for n in self.nodes)
 
     def strings(self) -> list[NavigableString]:
-        return [s for n in self.nodes for s in (_strings(n) if isinstance(n, Tag) else [n])]
+        """The text nodes to translate (an element kept whole has none)."""
+        return [s for n in self.nodes if id(n) not in self.whole for s in (_strings(n) if isinstance(n, Tag) else [n])]
 
     def has_tags(self) -> bool:
         return any(isinstance(n, Tag) for n in self.nodes)
+
+    def masked(self) -> str:
+        """The run's text with each element kept whole replaced by its stand-in."""
+        return "".join(self._masked(n) for n in self.nodes)
+
+    def _masked(self, node: NavigableString | Tag) -> str:
+        text = _text(node)
+        if id(node) not in self.kept:
+            return text
+        standin, core = self.kept[id(node)]
+        return text.replace(core, standin, 1) if core else standin
+
+    def choose_standins(self) -> None:
+        """A stand-in for each element kept whole: its text where that is one protected URL,
+        address, mention or hashtag found once in the run, else the first `{k}` not in the run."""
+        full, k = self.text(), 0
+        for node in self.nodes:
+            if id(node) not in self.whole:
+                continue
+            core = _text(node).strip()
+            if protect.reference(core) and full.count(core) == 1:
+                self.kept[id(node)] = (core, core)
+                continue
+            while f"{{{k}}}" in full:
+                k += 1
+            self.kept[id(node)] = (f"{{{k}}}", core)
+            k += 1
 
 
 def _runs(root: Tag) -> list[_Run]:
@@ -163,10 +253,12 @@ def _runs(root: Tag) -> list[_Run]:
         elif isinstance(child, NavigableString):
             current.append(child)
         elif isinstance(child, Tag):
-            if _skipped(child):
+            if _atomic(child):
+                current.append(child)  # kept whole, inside its sentence
+            elif _skipped(child):
                 flush()
             elif child.name in INLINE and not any(
-                isinstance(d, Tag) and (d.name not in INLINE or _skipped(d)) for d in child.descendants
+                isinstance(d, Tag) and (d.name not in INLINE or _atomic(d, by_text=False)) for d in child.descendants
             ):
                 current.append(child)  # an inline element of text and inline elements only
             else:
@@ -216,41 +308,98 @@ async def translate_html(
     out = [next(done) if t.strip() else t for t in texts]
     rest = iter(out[n_wholes:])
     tagged = [
-        (run, whole.strip(), [next(rest) for _ in originals], originals)
+        _Translated(run, whole.strip(), [next(rest) for _ in originals], originals)
         for run, whole, originals in zip(runs, out[:n_wholes], nodes)
     ]
-    pairs = [(run.text().strip(), whole) for run, whole, originals, _ in tagged if originals and whole]
-    links = await align(pairs) if align and pairs else []
-    return await run_sync(_write_back, soup, tagged, links)
+    aligning = [t for t in tagged if t.restored and t.restored[0] and _element_spans(t.run)]
+    pairs = [(t.run.text().strip(), t.restored[0]) for t in aligning if t.restored]
+    for t, links in zip(aligning, await align(pairs) if align and pairs else []):
+        t.links = links
+    return await run_sync(_write_back, soup, tagged)
+
+
+@dataclass
+class _Translated:
+    """A run and its translation: whole (with the stand-ins), its text nodes' one by one (the
+    originals beside), and the word alignment of the whole where one was asked for."""
+
+    run: _Run
+    whole: str
+    translated: list[str]
+    originals: list[str]
+    links: Links = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.restored = _restored(self.whole, list(self.run.kept.values()))
+
+
+def _restored(whole: str, kept: list[tuple[str, str]]) -> tuple[str, list[tuple[int, int]]] | None:
+    """`whole` with each stand-in (its first occurrence) replaced by the text of its element, and
+    where each element's text is in it; None when a stand-in is missing or two overlap."""
+    found = sorted((whole.find(standin), k) for k, (standin, _) in enumerate(kept))
+    if any(at < 0 for at, _ in found):
+        return None
+    out, places, cursor = [], [(0, 0)] * len(kept), 0
+    for at, k in found:
+        standin, core = kept[k]
+        if at < cursor:
+            return None
+        out.append(whole[cursor:at])
+        start = sum(len(piece) for piece in out)
+        out.append(core)
+        places[k] = (start, start + len(core))
+        cursor = at + len(standin)
+    out.append(whole[cursor:])
+    return "".join(out), places
 
 
 def _read(html: str) -> tuple[BeautifulSoup, list[_Run], list[str], int, list[list[str]]]:
     """The parsed page, its runs, and the texts to translate in one batch: each run's whole text
-    and, where it has inline elements, each of its text nodes (to place the elements, or for the
-    fallback; a run of plain text is translated once); how many are whole runs; each run's nodes."""
+    (a stand-in for each element kept whole) and, where it has inline elements, each of its text
+    nodes (to place the elements, or for the fallback; a run of plain text is translated once);
+    how many are whole runs; each run's nodes."""
     soup = BeautifulSoup(html, builder=_Builder())
     runs = _runs(soup)
-    wholes = [r.text() for r in runs]
+    for r in runs:
+        r.choose_standins()
+    wholes = [r.masked() for r in runs]
     nodes = [[str(s) for s in r.strings()] if r.has_tags() else [] for r in runs]
     return soup, runs, wholes + [t for ts in nodes for t in ts], len(wholes), nodes
 
 
-def _write_back(soup: BeautifulSoup, tagged: list[tuple[_Run, str, list[str], list[str]]], links: list[Links]) -> str:
-    """Each run replaced by its translation (`tagged`: run, whole translation, its text nodes'
-    translations, their originals), the inline elements placed; the page's markup."""
-    aligned = iter(links)
-    for run, whole, translated, originals in tagged:
-        if not originals:  # plain text: its translation replaces it
-            _write(run, whole, [])
+def _write_back(soup: BeautifulSoup, tagged: list[_Translated]) -> str:
+    """Each run replaced by its translation, the inline elements placed (each element kept
+    whole where its stand-in came out); the page's markup."""
+    for t in tagged:
+        run = t.run
+        if not run.has_tags():  # plain text: its translation replaces it
+            _write(run, t.whole, [])
             continue
-        spans = _aligned(run, whole, next(aligned, [])) if whole else None
-        spans = spans or _searched(run, whole, translated)
+        spans = None
+        if t.restored is not None:
+            whole, places = t.restored
+            held = [n for n in run.nodes if isinstance(n, Tag) and id(n) in run.kept]
+            kept = [(a, b, n) for (a, b), n in zip(places, held)]
+            if whole and t.links:
+                spans = _merged(kept, _aligned(run, whole, t.links))
+            if spans is None:
+                spans = _merged(kept, _searched(run, whole, t.translated))
         if spans is not None:
             _write(run, whole, spans)
-        else:
-            for s, original, t in zip(run.strings(), originals, translated):
-                s.replace_with(NavigableString(_keep_space(original, t)))
+        else:  # text node by text node; the elements kept whole stay as they are
+            for s, original, tr in zip(run.strings(), t.originals, t.translated):
+                s.replace_with(NavigableString(_keep_space(original, tr)))
     return soup.decode(formatter="minimal")
+
+
+def _merged(kept: list[Span], placed: list[Span] | None) -> list[Span] | None:
+    """The elements kept whole and the others placed, in order; None where two overlap."""
+    if placed is None:
+        return None
+    spans = sorted([*kept, *placed], key=lambda x: (x[0], x[1]))
+    if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+        return None
+    return spans
 
 
 _WORD = re.compile(r"\w+(?:['’]\w+)*")
@@ -292,13 +441,14 @@ Span = tuple[int, int, Tag]  # an inline element and the characters of the trans
 
 
 def _element_spans(run: _Run) -> list[tuple[int, int, Tag]]:
-    """Each inline element of `run` and its characters in the run's text, stripped."""
+    """Each inline element of `run` (but those kept whole) and its characters in the run's text,
+    stripped."""
     text = run.text()
     at = -(len(text) - len(text.lstrip()))
     spans = []
     for node in run.nodes:
         n = len(_text(node))
-        if isinstance(node, Tag):
+        if isinstance(node, Tag) and id(node) not in run.whole:
             spans.append((at, at + n, node))
         at += n
     return spans
@@ -331,14 +481,16 @@ def _aligned(run: _Run, whole: str, links: Links) -> list[Span] | None:
 
 
 def _searched(run: _Run, whole: str, translated: list[str]) -> list[Span] | None:
-    """Each inline element around its own words: the translation of the element's text, found
-    in `whole` in order, case-insensitively, or else its words (`_words_of`). None when one is
-    not found."""
+    """Each inline element (but those kept whole) around its own words: the translation of the
+    element's text, found in `whole` in order, case-insensitively, or else its words
+    (`_words_of`). None when one is not found."""
     spans: list[Span] = []
     k, pos, low = 0, 0, whole.lower()
     for node in run.nodes:
         if not isinstance(node, Tag):
             k += 1
+            continue
+        if id(node) in run.whole:  # placed by its stand-in; its text nodes are not translated
             continue
         n = len(_strings(node))
         own = " ".join(t.strip() for t in translated[k : k + n] if t.strip()).strip(" .,;:!?")
@@ -355,7 +507,8 @@ def _searched(run: _Run, whole: str, translated: list[str]) -> list[Span] | None
 
 def _write(run: _Run, whole: str, spans: list[Span]) -> None:
     """Replace the run by `whole` (its translation, stripped) with each inline element around
-    its span, in the order of the spans; the run's leading and trailing space stay."""
+    its span, in the order of the spans (an element kept whole as it is); the run's leading and
+    trailing space stay."""
     text = run.text()
     lead, trail = text[: len(text) - len(text.lstrip())], text[len(text.rstrip()) :]
     anchor = NavigableString("")
@@ -367,7 +520,7 @@ def _write(run: _Run, whole: str, spans: list[Span]) -> None:
     for start, end, tag in spans:
         if start > cursor:
             pieces.append(NavigableString(whole[cursor:start]))
-        strings = _strings(tag)
+        strings = _strings(tag) if id(tag) not in run.whole else []
         for extra in strings[1:]:
             extra.extract()
         if strings:

@@ -1,10 +1,14 @@
-"""Splitting long texts into sentences (keeping line breaks) and putting translations back."""
+"""Splitting long texts into sentences (keeping line breaks) and putting translations back. An
+ICU message (`{n, plural, one {# file. Delete it?} other {...}}`) is never split: the stages
+translate its branches (service/protect.py)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from service.protect import messages
 
 # A sentence ends at . ! ? (and CJK 。！？) followed by whitespace, or right after a CJK mark.
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+(?=\S)|(?<=[。！？])\s*(?=\S)")
@@ -61,9 +65,15 @@ def _separators(sentence: str, parts: list[str]) -> list[str]:
     return seps
 
 
+def _breaks(pattern: re.Pattern[str], text: str) -> list[re.Match[str]]:
+    """The matches of `pattern` in `text` outside its ICU messages."""
+    inside = messages(text)
+    return [m for m in pattern.finditer(text) if not any(a < m.start() < b for a, b in inside)]
+
+
 def _split_sentences(line: str) -> list[tuple[str, str]]:
     out, pos = [], 0
-    for m in _SENTENCE_END.finditer(line):
+    for m in _breaks(_SENTENCE_END, line):
         out.append((line[pos : m.start()], m.group(0)))
         pos = m.end()
     out.append((line[pos:], ""))
@@ -75,7 +85,8 @@ def fit(sentence: str, max_tokens: int, count_tokens: Callable[[str], int]) -> l
     if count_tokens(sentence) <= max_tokens:
         return [sentence]
     for splitter in (_CLAUSE_BREAK, re.compile(r"\s+")):
-        parts = [p for p in splitter.split(sentence) if p]
+        cuts = [0, *(k for m in _breaks(splitter, sentence) for k in (m.start(), m.end())), len(sentence)]
+        parts = [p for p in (sentence[a:b] for a, b in zip(cuts[::2], cuts[1::2])) if p]
         if len(parts) > 1:
             return _greedy_join(parts, max_tokens, count_tokens, " " if splitter.pattern == r"\s+" else "")
     # No break points (e.g. one enormous word): cut by characters, halving until it fits.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from bs4 import BeautifulSoup
@@ -96,13 +96,16 @@ Hypotheses = list[Translation]  # one sentence's translations, best first
 @dataclass(eq=False)
 class Sentence:
     """One segment of a text on its way through the stages: its translations so far (an
-    untranslatable segment, or a piece of a word cut by characters, is its own translation) and
-    the confidence of the route's steps before the last (through English; 1.0 for one step)."""
+    untranslatable segment, or a piece of a word cut by characters, is its own translation), the
+    confidence of the route's steps before the last (through English; 1.0 for one step), and
+    what comes back in place of a protected span where that is not the span itself (an ICU
+    message, its branches translated by `translate_messages`)."""
 
     segment: Segment
     translate: bool  # it has words (`translatable`): the stages see it
     hyps: Hypotheses
     factor: float = 1.0
+    spans: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, segment: Segment) -> Sentence:
@@ -228,27 +231,48 @@ async def plan(state: ServiceState, texts: list[str], source: str, target: str) 
     return Plan(detected, groups)
 
 
+async def translate_messages(state: ServiceState, route: Route, sentences: list[Sentence], how: Decoding) -> None:
+    """Stage: the ICU plural/select messages of the sentences (`{n, plural, one {# file} other {#
+    files}}`, service/protect.py): the text of each branch is translated as a sentence of its own
+    through the stages (a message nested in a branch by this one again), and the message rebuilt
+    around the translations, its structure kept; `keep_protected` puts it in the sentence's
+    translation in place of the message."""
+    found = [(s, s.source[a:b]) for s in sentences for a, b in protect.messages(s.source)]
+    parts = [protect.branches(message) for _, message in found]
+    texts = [protect.texts_to_translate(p) for p in parts]
+    inner = [Sentence.of(Segment(t, "")) for ts in texts for t in ts]
+    if any(b.translate for b in inner):
+        one = Decoding(how.beam_size, 0, how.confidence)
+        for stage in STAGES:
+            await stage(state, route, [b for b in inner if b.translate], one)
+    done = iter(inner)
+    for (s, message), p, ts in zip(found, parts, texts):
+        s.spans[message] = protect.assemble(p, [next(done).best.text for _ in ts])
+
+
 async def translate_whole(state: ServiceState, route: Route, sentences: list[Sentence], how: Decoding) -> None:
     """Stage: the sentences no stage has translated yet (a piece of a word cut by characters, one
     longer than the model takes, is its own translation), each whole; but for those with a
-    degenerate protected span: `keep_protected` translates them piecewise."""
-    whole = [s for s in sentences if not s.best.text and not protect.degenerate(s.source)]
+    degenerate protected span or an ICU message: `keep_protected` translates them around it."""
+    whole = [s for s in sentences if not s.best.text and not protect.degenerate(s.source) and not s.spans]
     for s, (hyps, factor) in zip(whole, await _through(state, route, [s.source for s in whole], how)):
         s.hyps, s.factor = hyps, factor
 
 
 async def keep_protected(state: ServiceState, route: Route, sentences: list[Sentence], how: Decoding) -> None:
-    """Stage: where a sentence's translation lost a URL, address, mention, hashtag or number of
-    its source (service/protect.py), translate it again with placeholders for them, else the text
-    between them, and put them back as they were (such a sentence has no alternatives)."""
+    """Stage: where a sentence's translation lost a URL, address, mention, hashtag, number or
+    placeholder of its source, or has a placeholder more (service/protect.py), or was not tried
+    whole (a degenerate span, an ICU message), translate it again with a digit in place of each
+    span, else the text between them, and put them back as they were, an ICU message as
+    `translate_messages` rebuilt it (such a sentence has no alternatives)."""
     one = Decoding(how.beam_size, 0, how.confidence)
     broken = [s for s in sentences if not protect.kept(s.source, s.best.text)]  # True without spans
-    # first, again with a placeholder digit for each span (sentences tried whole only: a
-    # degenerate one has no translation yet and goes straight to the piecewise path)
-    marked = [(s, m) for s in broken if s.best.text and (m := protect.with_placeholders(s.source)) is not None]
+    # first, again with a placeholder digit for each span (none where there are more spans than
+    # digits, or no words between them: the piecewise path has nothing to translate then)
+    marked = [(s, m) for s in broken if (m := protect.with_placeholders(s.source)) is not None]
     restored: set[int] = set()
-    for (s, (_, spans)), (hyps, factor) in zip(marked, await _through(state, route, [m[0] for _, m in marked], one)):
-        text = protect.restore(hyps[0].text, spans)
+    for (s, (sent, spans)), (hyps, factor) in zip(marked, await _through(state, route, [m[0] for _, m in marked], one)):
+        text = protect.restore(hyps[0].text, [s.spans.get(span, span) for span in spans], sent)
         if text is not None:
             s.hyps, s.factor = [hyps[0]._replace(text=text)], factor
             restored.add(id(s))
@@ -259,7 +283,7 @@ async def keep_protected(state: ServiceState, route: Route, sentences: list[Sent
     for s, p, texts in zip(broken, parts, todo):
         outcomes = [next(done) for _ in texts]
         best = [o.hyps[0] for o in outcomes]
-        assembled = protect.assemble(p, [b.text for b in best])
+        assembled = protect.assemble(p, [b.text for b in best], s.spans)
         s.hyps = [Translation(assembled, sum(b.score for b in best), sum(b.length for b in best))]
         s.factor = math.prod(o.factor for o in outcomes)
 
@@ -267,7 +291,7 @@ async def keep_protected(state: ServiceState, route: Route, sentences: list[Sent
 Stage = Callable[[ServiceState, Route, list[Sentence], Decoding], Awaitable[None]]
 # What happens to each source language's sentences between `plan` and `assemble`, in order; a
 # stage sees every sentence (with its translations so far) and may change any.
-STAGES: tuple[Stage, ...] = (translate_whole, keep_protected)
+STAGES: tuple[Stage, ...] = (translate_messages, translate_whole, keep_protected)
 
 
 def assemble(planned: Plan, texts: list[str], target: str, how: Decoding) -> Translated:
@@ -359,9 +383,10 @@ def _refuse_failed(registry: Registry, source: str, target: str) -> None:
 
 
 def translatable(text: str) -> bool:
-    """Whether a sentence has words to translate: a letter of any script. Emoji, symbols,
-    numbers and punctuation alone come back exactly as they are (a model would invent words)."""
-    return any(unicodedata.category(ch).startswith("L") for ch in text)
+    """Whether a sentence has words to translate: a letter of any script outside its protected
+    spans (or in the branches of an ICU message). Emoji, symbols, numbers, punctuation, a URL or
+    a placeholder alone come back exactly as they are (a model would invent words)."""
+    return any(unicodedata.category(ch).startswith("L") for ch in protect.unprotected(text))
 
 
 def _model_input(registry: Registry, model: str, text: str, target: str) -> str:
