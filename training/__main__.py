@@ -196,6 +196,35 @@ def cmd_vocab(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    """A model made elsewhere (Argos package, CTranslate2 directory, Hugging Face Marian folder)
+    into a bundle, read by our own code (training/importers)."""
+    from training.importers import run_import
+
+    def lines(path):
+        return Path(path).read_text(encoding="utf-8").splitlines() if path else None
+
+    results = run_import(
+        args.kind,
+        Path(args.path),
+        Path(args.out),
+        source_spm=Path(args.source_spm) if args.source_spm else None,
+        target_spm=Path(args.target_spm) if args.target_spm else None,
+        source_lang=args.source_lang,
+        target_lang=args.target_lang,
+        license_text=args.license or "",
+        valid_source=lines(args.valid_source),
+        valid_target=lines(args.valid_target),
+        force=args.force,
+        check=args.check,
+        max_len=args.max_len,
+        int8=not args.no_int8,
+        keep_all_variants=args.keep_all_variants,
+    )
+    print(json.dumps(results, indent=2, ensure_ascii=False, default=str))
+    return 2 if any("refused" in r for r in results) else 0
+
+
 def cmd_models_table(args) -> int:
     """The README's model table, from the shipped manifests (so the README stays true)."""
     from service.runtime.bundle import find_bundles, load_manifest
@@ -316,6 +345,28 @@ def build_parser() -> argparse.ArgumentParser:
     v = with_config(sub.add_parser("vocab", help="add each target language's vocabulary to a bundle"))
     v.add_argument("--bundle", required=True, help="a translation bundle folder")
     v.set_defaults(func=cmd_vocab)
+
+    im = sub.add_parser("import", help="import an Argos package, a CTranslate2 model or a Marian folder as a bundle")
+    im.add_argument("kind", choices=["argos", "ct2", "marian"])
+    im.add_argument(
+        "path",
+        help="argos: a package folder, a .argosmodel file or a folder of packages; ct2: a CTranslate2 model "
+        "directory; marian: a Hugging Face Marian folder",
+    )
+    im.add_argument("--out", required=True, help="bundle folder (argos with several packages: their parent folder)")
+    im.add_argument("--source-spm", help="ct2: the source SentencePiece model (marian: instead of source.spm)")
+    im.add_argument("--target-spm", help="ct2: the target SentencePiece model when it is not the source's")
+    im.add_argument("--source-lang", help="source language code (argos: from the package)")
+    im.add_argument("--target-lang", help="target language code (argos: from the package)")
+    im.add_argument("--license", help="the model's license, for the card (argos: from the package)")
+    im.add_argument("--valid-source", help="a small validation text, one sentence a line: picks the served variant")
+    im.add_argument("--valid-target", help="its reference translations (default: fp32's own outputs)")
+    im.add_argument("--max-len", type=int, default=512, help="positions the bundle serves (cut to the model's)")
+    im.add_argument("--check", action="store_true", help="compare greedy outputs with ctranslate2 / transformers")
+    im.add_argument("--force", action="store_true", help="overwrite an existing bundle")
+    im.add_argument("--no-int8", action="store_true", help="skip the int8 variants")
+    im.add_argument("--keep-all-variants", action="store_true", help="keep every variant's graphs")
+    im.set_defaults(func=cmd_import)
 
     mt = sub.add_parser("models-table", help="print the README's model table from model/*/manifest.json")
     mt.add_argument("--model-dir", default="model")
