@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.files import FORMATS
+from service.formats import EXTENSIONS
 from service.languages import name as language_name
 from service.schemas import ModelInfo
 from service.security import operator_only
@@ -122,7 +122,7 @@ async def frontend_settings(request: Request) -> dict:
         "keyRequired": bool(s.api_keys),
         "suggestions": False,
         "filesTranslation": True,
-        "supportedFilesFormat": FORMATS,
+        "supportedFilesFormat": EXTENSIONS,
         "language": {
             "source": {"code": "auto", "name": "Auto Detect"},
             "target": {"code": target, "name": language_name(target)},

@@ -18,7 +18,8 @@ from starlette.datastructures import UploadFile
 from service import translation
 from service.deps import Call, admitted, charge, guard, ready_state
 from service.errors import bad_request
-from service.files import Limits, store, translate_file
+from service.file_store import store
+from service.formats import EXTENSIONS, Limits, translate_file
 from service.http import PEER
 from service.languages import name, normalize
 from service.routes.common import ERRORS, body_doc
@@ -81,7 +82,7 @@ async def languages(state: ServiceState = Depends(ready_state)) -> list[Language
 @router.post(
     "/translate_file",
     responses=ERRORS,
-    summary="Translate a file: .txt, .html, .srt, .docx, .odt (LibreTranslate-compatible)",
+    summary=f"Translate a file: {', '.join(EXTENSIONS)} (LibreTranslate-compatible)",
     openapi_extra={
         "requestBody": {
             "content": {
@@ -103,7 +104,7 @@ async def languages(state: ServiceState = Depends(ready_state)) -> list[Language
 )
 async def translate_file_route(request: Request, state: ServiceState = Depends(ready_state)) -> dict[str, str]:
     """Answers `{"translatedFileUrl": ...}`: the translated file, downloadable from there for
-    `file_ttl_s` seconds (formats and bounds: service/files.py)."""
+    `file_ttl_s` seconds (formats and bounds: service/formats/, the store: service/file_store.py)."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise bad_request("send the file as multipart/form-data (fields file, source, target)")
     async with request.form() as form:  # closes the upload's spooled temporary file
@@ -151,7 +152,7 @@ async def _translate_upload(request: Request, state: ServiceState, form) -> dict
 
         data = await upload.read()
         limits = Limits(s.max_file_chars, s.max_file_paragraphs, s.max_file_elements)
-        translated = await translate_file(data, upload.filename, run, limits, files.jobs.run)
+        translated = await translate_file(data, upload.filename, run, limits, files.jobs.run, target=tgt)
         token, name = await files.jobs.run(files.put, upload.filename, translated)
     return {"translatedFileUrl": f"{public_base(request, s)}/download_file/{token}/{quote(name)}"}
 
