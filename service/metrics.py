@@ -84,6 +84,32 @@ class Metrics:
             registry=self.registry,
         )
 
+        # The sentence translation cache (service/cache.py, TRANSERVE_CACHE_MB)
+        self.cache_hits = Counter(
+            "transerve_cache_hits_total",
+            "answered from the translation cache, by kind: sentence (or a repeat of it in the same request), "
+            "alignment (an HTML block's word alignment with its translation)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.cache_misses = Counter(
+            "transerve_cache_misses_total",
+            "looked up in the translation cache and not found (decoded), by kind: sentence, alignment",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.cache_evictions = Counter(
+            "transerve_cache_evictions_total",
+            "translation cache entries evicted, least recently used first, to stay within TRANSERVE_CACHE_MB",
+            registry=self.registry,
+        )
+        self.cache_bytes = Gauge(
+            "transerve_cache_bytes", "bytes held by the translation cache (estimated)", registry=self.registry
+        )
+        self.cache_entries = Gauge(
+            "transerve_cache_entries", "sentences and alignments in the translation cache", registry=self.registry
+        )
+
     def scheduled(self, model: str, sentences: int, queue: float, admission: float, decode: float) -> None:
         size = "1" if sentences == 1 else "2-4" if sentences <= 4 else "5-16" if sentences <= 16 else "17+"
         for stage, seconds in (("queue", queue), ("admission", admission), ("decode", decode)):

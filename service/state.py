@@ -8,6 +8,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from service.cache import TranslationCache
 from service.metrics import Metrics
 from service.middleware import InFlight
 from service.registry import Registry
@@ -33,6 +34,12 @@ class ServiceState:
     load_error: str | None = None
     # transerve_worker_restarts_total: scheduler worker loops that failed and started again (app.py)
     worker_restarts: Counter | None = None
+    # the sentence translation cache (service/cache.py); made from `cache_mb` unless given; None: off
+    cache: TranslationCache | None = None
+
+    def __post_init__(self) -> None:
+        if self.cache is None and self.settings.cache_mb:
+            self.cache = TranslationCache(self.settings.cache_mb * 2**20, self.metrics)
 
     def info(self) -> dict[str, Any]:
         return {"loading": self.loading, "ready_seconds": self.ready_seconds}

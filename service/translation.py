@@ -4,15 +4,17 @@ calls the scheduler; the engines see sentences only."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import unicodedata
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from bs4 import BeautifulSoup
 
 from service import protect
+from service.cache import ALIGNMENT, Entry, Key, Links, TranslationCache
 from service.errors import ServiceError, bad_request, too_large
 from service.html import Offload, translate_html
 from service.languages import translation_code
@@ -176,8 +178,9 @@ async def translate(
     scheduler in parts of at most that many sentences, one after the other.
 
     `plan` routes each source language and splits the texts into sentences; the `STAGES` run
-    over each language's sentences in turn (all of them one submission per stage and step);
-    `assemble` joins the sentences and gives the alternatives and confidences.
+    over each language's sentences in turn (all of them one submission per stage and step),
+    but for those the cache answers (`translate_sentences`); `assemble` joins the sentences and
+    gives the alternatives and confidences.
 
     A text's confidence is 100 x exp(mean log-probability per token) over all its sentences'
     tokens (</s> included): the geometric mean of the probabilities the model gave its own
@@ -190,9 +193,7 @@ async def translate(
     if charge:  # the rate limit counts the sentences (429 before any work when it has not got them)
         charge(total)
     for group in planned.groups:
-        sentences = group.sentences
-        for stage in STAGES:
-            await stage(state, group.route, sentences, how)
+        await translate_sentences(state, group.route, group.sentences, how)
     return assemble(planned, texts, target, how)
 
 
@@ -243,8 +244,7 @@ async def translate_messages(state: ServiceState, route: Route, sentences: list[
     inner = [Sentence.of(Segment(t, "")) for ts in texts for t in ts]
     if any(b.translate for b in inner):
         one = Decoding(how.beam_size, 0, how.confidence)
-        for stage in STAGES:
-            await stage(state, route, [b for b in inner if b.translate], one)
+        await translate_sentences(state, route, [b for b in inner if b.translate], one)
     done = iter(inner)
     for (s, message), p, ts in zip(found, parts, texts):
         s.spans[message] = protect.assemble(p, [next(done).best.text for _ in ts])
@@ -290,8 +290,98 @@ async def keep_protected(state: ServiceState, route: Route, sentences: list[Sent
 
 Stage = Callable[[ServiceState, Route, list[Sentence], Decoding], Awaitable[None]]
 # What happens to each source language's sentences between `plan` and `assemble`, in order; a
-# stage sees every sentence (with its translations so far) and may change any.
+# stage sees every sentence (with its translations so far) and may change any; the sentences
+# the cache answers never reach them (`translate_sentences`).
 STAGES: tuple[Stage, ...] = (translate_messages, translate_whole, keep_protected)
+
+
+async def translate_sentences(state: ServiceState, route: Route, sentences: list[Sentence], how: Decoding) -> None:
+    """The `STAGES` over `sentences` (of one route and decoding), between the cache's lookup and
+    store where there is a cache (`TRANSERVE_CACHE_MB`): a sentence found gets its final
+    hypotheses and factor and skips the stages (so no stage needs to know of the cache); of the
+    rest, the first of each key goes through them, and its repeats in the request and the cache
+    get its final state. Exact: a sentence's translation depends on its key alone (the served
+    variants are batch-invariant)."""
+    cache = state.cache
+    pending: dict[Key, list[Sentence]] = {}
+    if cache is not None:
+        sentences, pending = cache_lookup(state, cache, route, sentences, how)
+    for stage in STAGES:
+        await stage(state, route, sentences, how)
+    if cache is not None:
+        cache_store(cache, pending)
+
+
+def cache_lookup(
+    state: ServiceState, cache: TranslationCache, route: Route, sentences: list[Sentence], how: Decoding
+) -> tuple[list[Sentence], dict[Key, list[Sentence]]]:
+    """Lookup: each sentence with no translation yet (not a piece of a cut word: that is its own)
+    gets its cached final state where there is one. The sentences for the stages (a repeat of a
+    sentence in the request waits for its first), and the misses by key, the first of each the
+    one the stages translate. Counts a sentence answered without decoding (cached, or a repeat)
+    as a hit, the first of each miss as a miss."""
+    fresh = [s for s in sentences if not s.best.text]
+    route_part, how_part = route_key(state, cache, route), cast(Decoding, cache.parts.setdefault(how, how))
+    keys = [sentence_key(route_part, how_part, s.source) for s in fresh]
+    pending: dict[Key, list[Sentence]] = {}
+    answered: set[int] = set()  # found, or a repeat of a miss (its translation may be "", as a fresh one's)
+    for s, key, entry in zip(fresh, keys, cache.get_many(keys)):
+        if isinstance(entry, Entry):
+            s.hyps, s.factor = list(entry.hyps), entry.factor
+            answered.add(id(s))
+        else:
+            if key in pending:
+                answered.add(id(s))
+            pending.setdefault(key, []).append(s)
+    cache.count(len(answered), len(pending))
+    return [s for s in sentences if id(s) not in answered], pending
+
+
+def cache_store(cache: TranslationCache, pending: dict[Key, list[Sentence]]) -> None:
+    """Store (after the stages): each miss's final state (its hypotheses with their scores and
+    lengths, its factor: what `assemble` reads), given to its repeats in the request too."""
+    items = []
+    for key, (first, *repeats) in pending.items():
+        entry = Entry(tuple(first.hyps), first.factor)
+        for s in repeats:
+            s.hyps, s.factor = list(entry.hyps), entry.factor
+        items.append((key, entry))
+    cache.put_many(items)
+
+
+def sentence_key(route_part: Hashable, how: Decoding, text: str, glossary: Hashable = None) -> Key:
+    """A sentence's cache key: its route's bundles and languages (`route_key`), the decoding
+    options (`Decoding`: beam size, alternatives, confidence; a field added to it is in the key
+    too), the glossary applied (none yet: the slot is there for it) and the sentence exactly."""
+    return (route_part, how, glossary, text)
+
+
+def align_key(route_part: Hashable, source: str, translation: str) -> Key:
+    """An HTML block's word alignment's cache key: its direct route (`route_key`), the block and
+    its translation exactly."""
+    return (route_part, ALIGNMENT, source, translation)
+
+
+def route_key(state: ServiceState, cache: TranslationCache, route: Route) -> Hashable:
+    """The route's part of its sentences' keys, made once per route (one object, shared by its
+    entries): each step's bundle (name, manifest version, the variant it serves, a digest of
+    its files' checksums) and languages, and the settings that change a decoding (length
+    penalty, target vocabularies). A lazily loaded bundle, evicted and loaded again, keeps its
+    key: its outputs are the same."""
+    registry = _registry(state)
+    memo = (id(registry), tuple(route))  # the registry is made once and kept with the state's cache
+    part = cache.parts.get(memo)
+    if part is None:
+        settings, steps = state.settings, []
+        for model, source, target in route:
+            manifest = registry.models[model].manifest
+            assert manifest is not None
+            # the variant registry._engine serves: the setting's where the bundle has it
+            variant = settings.variant if settings.variant in manifest.variants else manifest.default_variant
+            files = hashlib.sha256(repr(sorted(manifest.files.items())).encode()).hexdigest()[:16]
+            steps.append((model, manifest.version, variant, files, source, target))
+        part = cache.parts[memo] = (tuple(steps), settings.length_penalty, settings.target_vocab)
+    return part
 
 
 def assemble(planned: Plan, texts: list[str], target: str, how: Decoding) -> Translated:
@@ -455,9 +545,29 @@ async def _align(state: ServiceState, pairs: list[tuple[str, str]], source: str,
     if not route or len(route) != 1 or not (await registry.translator(route[0].model)).aligns:
         return none
     model, _, tgt = route[0]
-    requests = [AlignRequest(_model_input(registry, model, s, tgt), t) for s, t in pairs]
-    found = await _batched(state, model, requests, {"align": True}, size=lambda r: len(r.source) + len(r.translation))
-    for k, (request, links) in enumerate(zip(requests, found)):
-        shift = len(request.source) - len(pairs[k][0])  # the target tag before the text
-        none[k] = [(a, b, c - shift, d - shift) for a, b, c, d in links if c >= shift]
+    cache = state.cache
+    todo: dict[tuple[str, str], list[int]] = {}  # each pair not cached, and where it is in `pairs`
+    keys: dict[tuple[str, str], Key] = {}
+    if cache is not None:  # exact as the sentences are: the forced decoding is batch-invariant too
+        part = route_key(state, cache, route)
+        keys = {pair: align_key(part, *pair) for pair in pairs}
+        found = dict(zip(keys, cache.get_many(list(keys.values()))))
+        for k, pair in enumerate(pairs):
+            if found[pair] is None:
+                todo.setdefault(pair, []).append(k)
+            else:
+                none[k] = list(cast(Links, found[pair]))
+        cache.count(len(pairs) - len(todo), len(todo), ALIGNMENT)
+    else:
+        for k, pair in enumerate(pairs):
+            todo.setdefault(pair, []).append(k)
+    requests = [AlignRequest(_model_input(registry, model, text, tgt), translated) for text, translated in todo]
+    done = await _batched(state, model, requests, {"align": True}, size=lambda r: len(r.source) + len(r.translation))
+    for pair, request, links in zip(todo, requests, done):
+        shift = len(request.source) - len(pair[0])  # the target tag before the text
+        kept = [(a, b, c - shift, d - shift) for a, b, c, d in links if c >= shift]
+        for k in todo[pair]:
+            none[k] = list(kept)
+    if cache is not None:
+        cache.put_many([(keys[pair], tuple(none[ks[0]])) for pair, ks in todo.items()])
     return none
