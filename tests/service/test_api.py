@@ -244,7 +244,7 @@ def test_concurrent_requests_are_batched_and_equal_unbatched(model_dir):
     from concurrent.futures import ThreadPoolExecutor
 
     texts = [f"der hund {w} die katze" for w in ("spielt", "läuft", "sieht", "mag", "ist", "hat", "und", "mit")] * 2
-    with make_client(model_dir, max_wait_ms=50) as c:
+    with make_client(model_dir, max_wait_ms=50, cache_mb=0) as c:  # repeats would be cache hits
         wait_ready(c)
         alone = [
             c.post("/translate", json={"q": t, "source": "de", "target": "en"}).json()["translatedText"] for t in texts
