@@ -107,6 +107,12 @@ def _scheduler(state: ServiceState, registry: Registry) -> Scheduler:
             in_flight=state.inflight,
             on_restart=restarted,
         )
+    # decode workers x intra-op threads: the start-up probe's pick or the settings' (runtime/probe.py)
+    workers, threads = (
+        (registry.workers, registry.threads)
+        if registry.layout
+        else (s.workers(registry.cuda), s.intra_threads(registry.cuda))
+    )
     decoders = registry.translators()  # every served decoder has per-row inputs (contract 1 is refused at load)
 
     def cost(model: str, item: str | AlignRequest) -> int:
@@ -136,13 +142,13 @@ def _scheduler(state: ServiceState, registry: Registry) -> Scheduler:
         in_flight=state.inflight,
         # beam search (alternatives, beam_size > 1) one decoder step per worker turn
         steppers={n: _translation_stepper(e) for n, e in decoders.items()} if s.beam_stepped else None,
-        workers=s.workers(registry.cuda),
+        workers=workers,
         on_restart=restarted,
     )
     log.info(
         "continuous scheduler: %d decode workers, %s intra-op threads per call",
         len(continuous.workers),
-        s.intra_threads(registry.cuda) or "onnxruntime's default of",
+        threads or "onnxruntime's default of",
     )
     return continuous
 

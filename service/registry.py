@@ -34,6 +34,7 @@ from typing import NamedTuple
 
 from service.errors import ServiceError
 from service.metrics import Metrics
+from service.runtime import probe
 from service.runtime.bundle import BundleError, Manifest, find_bundles, load_manifest, verify_files
 from service.runtime.classifier import Classifier
 from service.runtime.sessions import resolve_providers, retain_freed_memory, share_thread_pool
@@ -101,6 +102,12 @@ class Registry:
     failed_pairs: dict[tuple[str, str], str] = field(default_factory=dict)
     cuda: bool = False  # the sessions run on the CUDA provider
     max_loaded: int = 0  # translation engines loaded at once (0: all, loaded at start-up)
+    # the continuous scheduler's decode workers and each onnxruntime call's intra-op threads (0:
+    # onnxruntime's default): the settings', or the start-up probe's pick (runtime/probe.py);
+    # `layout` None (a registry not made by load_registry): the settings' alone
+    workers: int = 1
+    threads: int = 0
+    layout: probe.ThreadChoice | None = None
     loader: Loader | None = None
     metrics: Metrics | None = None
     # told of each engine loaded after start-up, before any request uses it (the scheduler adds it)
@@ -314,12 +321,18 @@ def load_registry(settings: Settings) -> Registry:
         raise ModelDirError(f"model directory {model_dir} holds no bundle (no */manifest.json)")
     providers = resolve_providers(settings.provider)
     cuda = on_cuda(providers)
-    threads = settings.intra_threads(cuda)  # the cores divided among the decode workers
-    if settings.thread_pool == "shared":
-        share_thread_pool(threads)
     if settings.retain_freed_mb and not retain_freed_memory(settings.retain_freed_mb):
         log.info("retain_freed_mb: not glibc's malloc here; its defaults stay")
-    registry = Registry(cuda=cuda, max_loaded=settings.max_loaded_models)
+    # decode workers x intra-op threads: the settings' (the cores divided among the workers), or
+    # with both left at 0 on a CPU of 2+ cores the faster layout timed here, before the shared
+    # pool is fixed (the probe's sessions have pools of their own, closed when it ends)
+    layout = probe.choose(settings, cuda)
+    threads = layout.threads
+    if settings.thread_pool == "shared":
+        share_thread_pool(threads)
+    registry = Registry(
+        cuda=cuda, max_loaded=settings.max_loaded_models, workers=layout.workers, threads=threads, layout=layout
+    )
     registry.loader = lambda bundle_dir, manifest: _engine(bundle_dir, manifest, providers, settings, threads)
     for orphan in orphans:
         registry.models[orphan.name] = LoadedModel(orphan.name, None, error="no manifest.json in the bundle folder")

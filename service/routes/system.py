@@ -7,9 +7,11 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from service.formats import EXTENSIONS
 from service.languages import name as language_name
+from service.registry import Registry
 from service.schemas import ModelInfo
 from service.security import operator_only
 from service.state import ServiceState
@@ -48,10 +50,43 @@ async def ready(request: Request) -> JSONResponse:
         "failed": failed,
         "ready_seconds": state.ready_seconds,
     }
+    layout = decode_layout(reg)
+    if layout is not None:
+        body["decode_layout"] = layout.model_dump()
     if reg.lazy:
         body["loaded"] = sorted(n for n, m in reg.models.items() if m.loaded)
         body["max_loaded_models"] = reg.max_loaded
     return JSONResponse(body)
+
+
+class DecodeLayout(BaseModel):
+    """How the translation engines run: decode workers x intra-op threads per onnxruntime call,
+    and who chose (runtime/probe.py): "probe" (timed at start-up, `rows_per_s` of each layout
+    "WORKERSxTHREADS"), "settings" (TRANSERVE_THREADS / TRANSERVE_DECODE_WORKERS, or where the
+    probe does not apply: `reason`), "default" (the probe could not run: `reason`)."""
+
+    workers: int
+    intra_op_threads: int  # 0: onnxruntime's default (one per core)
+    chosen_by: str
+    reason: str = ""
+    rows_per_s: dict[str, float] = {}  # the probe's median decoder rows/s per layout
+    probe_seconds: float | None = None  # what the probe added to start-up
+    probe_bundle: str | None = None  # whose decoder it timed
+
+
+def decode_layout(reg: Registry | None) -> DecodeLayout | None:
+    c = reg.layout if reg else None
+    if c is None:
+        return None
+    return DecodeLayout(
+        workers=c.workers,
+        intra_op_threads=c.threads,
+        chosen_by=c.chosen_by,
+        reason=c.reason,
+        rows_per_s=c.rows_per_s,
+        probe_seconds=c.probe_seconds,
+        probe_bundle=c.bundle,
+    )
 
 
 class LoadedModelInfo(ModelInfo):
@@ -63,6 +98,8 @@ class LoadedModelInfo(ModelInfo):
     load_seconds: float | None = None  # while loaded
     memory_bytes: int | None = None  # the process's resident memory change over its load (approximate)
     file_bytes: int | None = None  # the sizes of the ONNX files of the variant loaded
+    # a translation bundle that serves: the decode workers and threads it runs on (the same for all)
+    decode_layout: DecodeLayout | None = None
 
 
 @router.get(
@@ -74,6 +111,7 @@ class LoadedModelInfo(ModelInfo):
 async def models(request: Request) -> list[LoadedModelInfo]:
     state: ServiceState = request.app.state.service
     out = []
+    layout = decode_layout(state.registry)
     for name, m in sorted((state.registry.models if state.registry else {}).items()):
         man, engine = m.manifest, m.engine  # the engine as it is now (an eviction may unload it meanwhile)
         out.append(
@@ -94,6 +132,7 @@ async def models(request: Request) -> list[LoadedModelInfo]:
                 load_seconds=m.load_seconds,
                 memory_bytes=m.memory_bytes,
                 file_bytes=m.file_bytes,
+                decode_layout=layout if m.ready and man is not None and man.task == "translation" else None,
             )
         )
     return out
