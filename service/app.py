@@ -107,7 +107,7 @@ def _scheduler(state: ServiceState, registry: Registry) -> Scheduler:
             in_flight=state.inflight,
             on_restart=restarted,
         )
-    # decode workers x intra-op threads: the start-up probe's pick or the settings' (runtime/probe.py)
+    # decode workers x intra-op threads: the start-up probe's pick or the settings' (service/probe.py)
     workers, threads = (
         (registry.workers, registry.threads)
         if registry.layout

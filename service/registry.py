@@ -32,9 +32,9 @@ from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
+from service import probe
 from service.errors import ServiceError
 from service.metrics import Metrics
-from service.runtime import probe
 from service.runtime.bundle import BundleError, Manifest, find_bundles, load_manifest, verify_files
 from service.runtime.classifier import Classifier
 from service.runtime.sessions import resolve_providers, retain_freed_memory, share_thread_pool
@@ -103,7 +103,7 @@ class Registry:
     cuda: bool = False  # the sessions run on the CUDA provider
     max_loaded: int = 0  # translation engines loaded at once (0: all, loaded at start-up)
     # the continuous scheduler's decode workers and each onnxruntime call's intra-op threads (0:
-    # onnxruntime's default): the settings', or the start-up probe's pick (runtime/probe.py);
+    # onnxruntime's default): the settings', or the start-up probe's pick (service/probe.py);
     # `layout` None (a registry not made by load_registry): the settings' alone
     workers: int = 1
     threads: int = 0

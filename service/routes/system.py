@@ -61,7 +61,7 @@ async def ready(request: Request) -> JSONResponse:
 
 class DecodeLayout(BaseModel):
     """How the translation engines run: decode workers x intra-op threads per onnxruntime call,
-    and who chose (runtime/probe.py): "probe" (timed at start-up, `rows_per_s` of each layout
+    and who chose (service/probe.py): "probe" (timed at start-up, `rows_per_s` of each layout
     "WORKERSxTHREADS"), "settings" (TRANSERVE_THREADS / TRANSERVE_DECODE_WORKERS, or where the
     probe does not apply: `reason`), "default" (the probe could not run: `reason`)."""
 

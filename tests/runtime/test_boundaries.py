@@ -28,9 +28,9 @@ def _top(module: str) -> str:
     return module.split(".")[0]
 
 
-# The one benchmark that measures a stage of the translation pipeline against the pipeline without
-# it (placeholders kept, with and without protection) runs the app in process and swaps the stages.
-PIPELINE_BENCHMARKS = {"benchmarks/placeholders.py"}
+# The benchmarks that measure a stage of the translation pipeline against the pipeline without it
+# (placeholders, glossary terms: kept with and without) run the app in process and swap the stages.
+PIPELINE_BENCHMARKS = {"benchmarks/placeholders.py", "benchmarks/glossary.py"}
 
 
 @pytest.mark.parametrize("package", ["training", "benchmarks"])

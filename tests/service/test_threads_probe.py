@@ -1,4 +1,4 @@
-"""The start-up probe that picks decode workers x intra-op threads (service/runtime/probe.py)."""
+"""The start-up probe that picks decode workers x intra-op threads (service/probe.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service import probe
 from service.app import create_app
-from service.runtime import probe
-from service.runtime.probe import Layout, candidates, choose, decide
+from service.probe import Layout, candidates, choose, decide
 from service.settings import Settings
 from tests.service.conftest import make_client, wait_ready
 
@@ -91,7 +91,7 @@ def test_one_core_skips_it(monkeypatch, model_dir):
 
 def test_auto_takes_the_probes_pick(monkeypatch, model_dir, caplog):
     monkeypatch.setattr(probe, "measure", lambda *a, **k: {ONE: [3000.0] * 3, TWO: [2000.0] * 3})
-    with caplog.at_level("INFO", logger="service.runtime.probe"):
+    with caplog.at_level("INFO", logger="service.probe"):
         choice = choose(Settings(model_dir=model_dir), False, 2)
     assert (choice.workers, choice.threads, choice.chosen_by) == (1, 2, "probe")
     assert choice.rows_per_s == {"1x2": 3000.0, "2x1": 2000.0}
@@ -129,8 +129,9 @@ def test_the_probe_leaves_the_shared_pool_to_be_set_up():
     script = f"""
 import json, os, sys
 from pathlib import Path
-from service.runtime import probe, sessions
-from service.runtime.probe import Layout
+from service import probe
+from service.runtime import sessions
+from service.probe import Layout
 from service.settings import Settings
 model_dir = Path(sys.argv[1])
 bundle = probe._probe_bundle(model_dir)
