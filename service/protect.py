@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 
 _URL = r"""(?:https?://|www\.)[^\s<>"']+[^\s<>"'.,;:!?)\]}]"""
 _EMAIL = r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
@@ -155,9 +156,12 @@ def _depth(text: str) -> int:
     return deepest
 
 
-def _found(text: str, pattern: re.Pattern[str] = _SPAN) -> list[tuple[int, int, bool]]:
+def _found(
+    text: str, pattern: re.Pattern[str] = _SPAN, terms: Sequence[tuple[int, int]] = ()
+) -> list[tuple[int, int, bool]]:
     """Every protected span of `text` (start, end, is a placeholder), in order: the ICU messages,
-    and the matches of `pattern` outside them."""
+    and the matches of `pattern` outside them; and the `terms` (glossary terms, service/glossary.py:
+    spans whose replacement is their target) that overlap none of them."""
     out: list[tuple[int, int, bool]] = []
     pos = 0
     for start, end in [*messages(text), (len(text), len(text))]:
@@ -165,7 +169,16 @@ def _found(text: str, pattern: re.Pattern[str] = _SPAN) -> list[tuple[int, int, 
         if end > start:
             out.append((start, end, True))
         pos = end
+    if terms:
+        free = [(a, b, False) for a, b in terms if not any(a < e and s < b for s, e, _ in out)]
+        out = sorted(out + free)
     return out
+
+
+def terms_free(text: str, terms: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The `terms` of `text` that overlap none of its protected spans (those a span wins)."""
+    found = _found(text)
+    return [(a, b) for a, b in terms if not any(a < e and s < b for s, e, _ in found)]
 
 
 def spans(text: str) -> list[str]:
@@ -235,11 +248,12 @@ def _emptied(source: str, translation: str, pairs: list[tuple[str, str]]) -> boo
     return any(filled(source, a, b) and not filled(translation, a, b) for a, b in pairs)
 
 
-def split(text: str) -> list[tuple[str, bool]]:
-    """`text` as consecutive parts (part, is_span); joined, the parts give `text` back."""
+def split(text: str, terms: Sequence[tuple[int, int]] = ()) -> list[tuple[str, bool]]:
+    """`text` as consecutive parts (part, is_span); joined, the parts give `text` back. `terms`:
+    more spans (start, end), as `_found` takes them."""
     parts: list[tuple[str, bool]] = []
     pos = 0
-    for start, end, _ in _found(text):
+    for start, end, _ in _found(text, terms=terms):
         if start > pos:
             parts.append((text[pos:start], False))
         parts.append((text[start:end], True))
@@ -301,10 +315,11 @@ def texts_to_translate(parts: list[tuple[str, bool]]) -> list[str]:
 _DIGITS = "789654"
 
 
-def with_placeholders(text: str) -> tuple[str, list[str]] | None:
-    """`text` with each span replaced by its own one-digit placeholder, and the spans in order;
-    None when it has no span, more spans than placeholders, or no words outside its spans."""
-    found = _found(text)
+def with_placeholders(text: str, terms: Sequence[tuple[int, int]] = ()) -> tuple[str, list[str]] | None:
+    """`text` with each span (and each of `terms`, as `_found` takes them) replaced by its own
+    one-digit placeholder, and the spans in order; None when it has no span, more spans than
+    placeholders, or no words outside its spans."""
+    found = _found(text, terms=terms)
     if not found or len(found) > len(_DIGITS):
         return None
     out, pos = [], 0

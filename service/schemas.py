@@ -26,6 +26,37 @@ def check_texts(value: object) -> object:
     return value
 
 
+MAX_TERM_CHARS, MAX_TERM_TARGET_CHARS = 100, 200  # a glossary term, and its translation
+
+
+class GlossaryTerm(BaseModel):
+    source: str = Field(description="a term of the source text (whole words, case-insensitive)")
+    target: str = Field(description="its translation, put in exactly as given")
+
+
+def check_glossary(value: object) -> object:
+    """One stable message per way a glossary can be wrong (its size is bounded by the route:
+    `TRANSERVE_MAX_GLOSSARY_TERMS`)."""
+    if value is None:
+        return value
+    if not isinstance(value, list):
+        raise ValueError("must be a list of {source, target} terms")
+    for k, term in enumerate(value):
+        if not isinstance(term, dict) or set(term) - {"source", "target"}:
+            raise ValueError(f"term {k}: must be an object with the strings source and target")
+        for side, most in (("source", MAX_TERM_CHARS), ("target", MAX_TERM_TARGET_CHARS)):
+            text = term.get(side)
+            if not isinstance(text, str):
+                raise ValueError(f"term {k}: {side} must be a string")
+            if not text.strip():
+                raise ValueError(f"term {k}: {side} must not be empty")
+            if len(text) > most:
+                raise ValueError(f"term {k}: {side} longer than {most} characters")
+        if not any(ch.isalnum() for ch in term["source"]):
+            raise ValueError(f"term {k}: source must hold a letter or digit")
+    return value
+
+
 class TranslateRequest(BaseModel):
     """LibreTranslate's /translate body."""
 
@@ -45,7 +76,14 @@ class TranslateRequest(BaseModel):
         description="also return a confidence per text: 100 x the geometric mean of its tokens' probabilities",
     )
 
+    glossary: list[GlossaryTerm] | None = Field(
+        None,
+        description="terms whose translation is fixed: each term found in a text comes out as its target "
+        "(over the server's glossary of the pair)",
+    )
+
     _check_q = field_validator("q", mode="before")(check_texts)
+    _check_glossary = field_validator("glossary", mode="before")(check_glossary)
 
 
 class DetectedLanguage(BaseModel):

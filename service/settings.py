@@ -169,6 +169,15 @@ class Settings(BaseSettings):
         description="format=html: carry inline elements by the model's word alignment (forced decoding of the "
         "block's translation) where its bundle has one; false: by the word search alone",
     )
+    glossary_dir: Path | None = Field(
+        None,
+        description="folder of server-side glossaries, `<source>-<target>.tsv` (term<TAB>translation a line, # "
+        "comments), applied to every translation of the pair under a request's own `glossary`; reloaded when a "
+        "file changes (checked at most once a second). Unset: request glossaries only",
+    )
+    max_glossary_terms: int = Field(
+        256, ge=0, le=10000, description="most terms a request's `glossary` may hold (0: request glossaries refused)"
+    )
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
     max_queue: int = Field(2048, ge=1, description="max sentences waiting; beyond it requests get 503")
     max_queue_tokens: int = Field(
@@ -257,6 +266,11 @@ class Settings(BaseSettings):
         if value and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
             raise ValueError("public_url must be an http:// or https:// URL without a query or fragment")
         return value
+
+    @field_validator("glossary_dir", mode="before")
+    @classmethod
+    def _unset_if_empty(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("decode_lanes", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple, cast
 
 from bs4 import BeautifulSoup
 
+from service import glossary as glossaries
 from service import protect
 from service.cache import ALIGNMENT, Entry, Key, Links, TranslationCache
 from service.errors import ServiceError, bad_request, too_large
@@ -101,13 +102,17 @@ class Sentence:
     untranslatable segment, or a piece of a word cut by characters, is its own translation), the
     confidence of the route's steps before the last (through English; 1.0 for one step), and
     what comes back in place of a protected span where that is not the span itself (an ICU
-    message, its branches translated by `translate_messages`)."""
+    message, its branches translated by `translate_messages`; a glossary term, its target), the
+    glossary terms matched in it (`terms`, (start, end) of the source: more protected spans) and
+    the digest of those (its cache key's glossary part)."""
 
     segment: Segment
     translate: bool  # it has words (`translatable`): the stages see it
     hyps: Hypotheses
     factor: float = 1.0
     spans: dict[str, str] = field(default_factory=dict)
+    terms: list[tuple[int, int]] = field(default_factory=list)
+    glossary: str | None = None
 
     @classmethod
     def of(cls, segment: Segment) -> Sentence:
@@ -170,6 +175,7 @@ async def translate(
     how: Decoding = Decoding(),
     charge: Callable[[int], None] | None = None,
     capped: bool = True,
+    glossary: Sequence[tuple[str, str]] = (),
 ) -> Translated:
     """Translations of `texts` from `source` ("auto": detected per text) into `target`, the
     detected languages when `source` is auto, and the alternatives and confidences `how` asks for.
@@ -185,7 +191,10 @@ async def translate(
     A text's confidence is 100 x exp(mean log-probability per token) over all its sentences'
     tokens (</s> included): the geometric mean of the probabilities the model gave its own
     output. Through English, the two steps' figures multiply. Alternative k of a text joins each
-    sentence's k-th best translation (its best where it has fewer); duplicates are dropped."""
+    sentence's k-th best translation (its best where it has fewer); duplicates are dropped.
+
+    `glossary`: (term, its translation) pairs of the request, over the server's glossary file
+    of each pair (`apply_glossary`)."""
     planned = await plan(state, texts, source, target)
     total, most = planned.sentences, _most(state)
     if capped and total > most:  # could never be queued whole: "retry later" would be a lie
@@ -193,8 +202,31 @@ async def translate(
     if charge:  # the rate limit counts the sentences (429 before any work when it has not got them)
         charge(total)
     for group in planned.groups:
+        apply_glossary(state, group, target, glossary)
         await translate_sentences(state, group.route, group.sentences, how)
     return assemble(planned, texts, target, how)
+
+
+def apply_glossary(state: ServiceState, group: Group, target: str, request: Sequence[tuple[str, str]]) -> None:
+    """The glossary terms of each sentence of `group` (service/glossary.py: the request's over
+    the server's file for the pair, `TRANSERVE_GLOSSARY_DIR`): protected spans whose replacement
+    is the term's target (`keep_protected` translates such a sentence with a digit in place of
+    each, and puts the target where the digit comes out), those that overlap a protected span
+    left out. Through English the terms are spans of the source and come back as the target term
+    in the final text (the English step never sees them). The digest of the (matched text,
+    target) pairs applied is the glossary part of the sentence's cache key."""
+    terms = glossaries.terms(state.settings.glossary_dir, group.route[0].source, target, request)
+    if not terms:
+        return
+    for s in group.sentences:
+        found = terms.find(s.source)
+        free = set(protect.terms_free(s.source, [(a, b) for a, b, _ in found])) if found else set()
+        applied = [(s.source[a:b], t) for a, b, t in found if (a, b) in free]
+        if not applied:
+            continue
+        s.terms = [(a, b) for a, b, _ in found if (a, b) in free]
+        s.spans.update(applied)
+        s.glossary = glossaries.digest(applied)
 
 
 async def plan(state: ServiceState, texts: list[str], source: str, target: str) -> Plan:
@@ -262,22 +294,32 @@ async def translate_whole(state: ServiceState, route: Route, sentences: list[Sen
 async def keep_protected(state: ServiceState, route: Route, sentences: list[Sentence], how: Decoding) -> None:
     """Stage: where a sentence's translation lost a URL, address, mention, hashtag, number or
     placeholder of its source, or has a placeholder more (service/protect.py), or was not tried
-    whole (a degenerate span, an ICU message), translate it again with a digit in place of each
-    span, else the text between them, and put them back as they were, an ICU message as
-    `translate_messages` rebuilt it (such a sentence has no alternatives)."""
+    whole (a degenerate span, an ICU message, a glossary term), translate it again with a digit
+    in place of each span, else the text between them, and put them back as they were, an ICU
+    message as `translate_messages` rebuilt it, a glossary term as its target (such a sentence
+    has no alternatives; but one with glossary terms: each hypothesis whose digits all come back
+    is one, with its target terms)."""
     one = Decoding(how.beam_size, 0, how.confidence)
-    broken = [s for s in sentences if not protect.kept(s.source, s.best.text)]  # True without spans
+    # True without spans; a sentence with glossary terms was not tried whole
+    broken = [s for s in sentences if s.terms or not protect.kept(s.source, s.best.text)]
     # first, again with a placeholder digit for each span (none where there are more spans than
     # digits, or no words between them: the piecewise path has nothing to translate then)
-    marked = [(s, m) for s in broken if (m := protect.with_placeholders(s.source)) is not None]
+    marked = [(s, m) for s in broken if (m := protect.with_placeholders(s.source, s.terms)) is not None]
     restored: set[int] = set()
-    for (s, (sent, spans)), (hyps, factor) in zip(marked, await _through(state, route, [m[0] for _, m in marked], one)):
-        text = protect.restore(hyps[0].text, [s.spans.get(span, span) for span in spans], sent)
-        if text is not None:
-            s.hyps, s.factor = [hyps[0]._replace(text=text)], factor
-            restored.add(id(s))
+    for group in ([x for x in marked if not x[0].terms], [x for x in marked if x[0].terms]):
+        if not group:
+            continue
+        decoding = how if group[0][0].terms else one  # a glossary's sentences keep their alternatives
+        found = await _through(state, route, [m[0] for _, m in group], decoding)
+        for (s, (sent, spans)), (hyps, factor) in zip(group, found):
+            back = [s.spans.get(span, span) for span in spans]
+            back_in = [protect.restore(h.text, back, sent) for h in hyps]
+            if back_in[0] is not None:  # the best one's digits all came back; others only where theirs did
+                s.hyps = [h._replace(text=t) for h, t in zip(hyps, back_in) if t is not None]
+                s.factor = factor
+                restored.add(id(s))
     broken = [s for s in broken if id(s) not in restored]
-    parts = [protect.split(s.source) for s in broken]
+    parts = [protect.split(s.source, s.terms) for s in broken]
     todo = [protect.texts_to_translate(p) for p in parts]
     done = iter(await _through(state, route, [t for texts in todo for t in texts], one))
     for s, p, texts in zip(broken, parts, todo):
@@ -322,7 +364,7 @@ def cache_lookup(
     as a hit, the first of each miss as a miss."""
     fresh = [s for s in sentences if not s.best.text]
     route_part, how_part = route_key(state, cache, route), cast(Decoding, cache.parts.setdefault(how, how))
-    keys = [sentence_key(route_part, how_part, s.source) for s in fresh]
+    keys = [sentence_key(route_part, how_part, s.source, s.glossary) for s in fresh]
     pending: dict[Key, list[Sentence]] = {}
     answered: set[int] = set()  # found, or a repeat of a miss (its translation may be "", as a fresh one's)
     for s, key, entry in zip(fresh, keys, cache.get_many(keys)):
@@ -352,7 +394,8 @@ def cache_store(cache: TranslationCache, pending: dict[Key, list[Sentence]]) -> 
 def sentence_key(route_part: Hashable, how: Decoding, text: str, glossary: Hashable = None) -> Key:
     """A sentence's cache key: its route's bundles and languages (`route_key`), the decoding
     options (`Decoding`: beam size, alternatives, confidence; a field added to it is in the key
-    too), the glossary applied (none yet: the slot is there for it) and the sentence exactly."""
+    too), the glossary applied (the digest of the sentence's (term, target) pairs, None for a
+    sentence with no term: `apply_glossary`) and the sentence exactly."""
     return (route_part, how, glossary, text)
 
 
@@ -500,6 +543,7 @@ async def translate_markup(
     charge: Callable[[int], None] | None = None,
     capped: bool = True,
     offload: Offload | None = None,
+    glossary: Sequence[tuple[str, str]] = (),
 ) -> Translated:
     """`format: "html"`: each text's markup kept, its text translated (service/html.py). With
     `source: "auto"` the language is detected on the visible text. Inline elements are carried
@@ -519,7 +563,7 @@ async def translate_markup(
         seen: list[float] = []
 
         async def run(parts: list[str], src: str = src, seen: list[float] = seen) -> list[str]:
-            done = await translate(state, parts, src, target, pieces_how, charge, capped)
+            done = await translate(state, parts, src, target, pieces_how, charge, capped, glossary)
             seen += done.confidence or []
             return done.texts
 

@@ -42,8 +42,20 @@ async def translate(call: Call[TranslateRequest] = Depends(admitted(TranslateReq
     body = call.body
     texts = [body.q] if isinstance(body.q, str) else list(body.q)
     how = translation.decoding(call.state, body.beam_size, body.alternatives, body.confidence)
+    glossary = [(t.source, t.target) for t in body.glossary or ()]
+    most = call.state.settings.max_glossary_terms
+    if len(glossary) > most:
+        raise bad_request(f"glossary: too many terms: {len(glossary)} > {most}")
     run = translation.translate_markup if body.format == "html" else translation.translate
-    out = await run(call.state, texts, normalize(body.source), normalize(body.target), how, call.charge_sentences)
+    out = await run(
+        call.state,
+        texts,
+        normalize(body.source),
+        normalize(body.target),
+        how,
+        call.charge_sentences,
+        glossary=glossary,
+    )
     if isinstance(body.q, str):
         return TranslateResponse(
             translatedText=out.texts[0],
