@@ -149,7 +149,8 @@ class Settings(BaseSettings):
         ge=0,
         le=64,
         description="continuous scheduler: worker threads, each stepping running batches of its own on its "
-        "share of the cores (0 = auto: 2 on a CPU of 2 or more cores, else 1; 1 on CUDA). On 2 vCPUs two "
+        "share of the cores (0 = auto: on 2 or more CPU cores with threads 0 the start-up probe picks one worker "
+        "on every core or two (service/probe.py), else 1; 1 on CUDA). On 2 vCPUs two "
         "1-thread workers decode 1.3-1.5x the rows of one 2-thread worker (BENCHMARKS.md section 12)",
     )
     admission: Literal["hybrid", "fifo", "round-robin", "shortest-first"] = Field(
