@@ -58,7 +58,11 @@ class Metrics:
             registry=self.registry,
         )
 
-        # Bundles loaded (at start-up, or on demand with max_loaded_models) and evicted (service/registry.py)
+        self._models()
+        self._cache()
+
+    def _models(self) -> None:
+        """Bundles loaded (at start-up, or on demand with max_loaded_models) and evicted (service/registry.py)."""
         self.model_loads = Counter(
             "transerve_model_loads_total",
             "bundles loaded (at start-up, or at a request's demand with TRANSERVE_MAX_LOADED_MODELS), by outcome",
@@ -84,7 +88,8 @@ class Metrics:
             registry=self.registry,
         )
 
-        # The sentence translation cache (service/cache.py, TRANSERVE_CACHE_MB)
+    def _cache(self) -> None:
+        """The sentence translation cache (service/cache.py, TRANSERVE_CACHE_MB)."""
         self.cache_hits = Counter(
             "transerve_cache_hits_total",
             "answered from the translation cache, by kind: sentence (or a repeat of it in the same request), "

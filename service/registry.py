@@ -338,57 +338,65 @@ def load_registry(settings: Settings) -> Registry:
         registry.models[orphan.name] = LoadedModel(orphan.name, None, error="no manifest.json in the bundle folder")
         log.error("refused bundle %s: no manifest.json", orphan)
     for bundle_dir in bundles:
-        name = bundle_dir.name
-        loaded = LoadedModel(name=name, manifest=None, bundle_dir=bundle_dir)
-        try:
-            manifest = loaded.manifest = load_manifest(bundle_dir, verify=True)
-            if registry.lazy and manifest.task == "translation":
-                loaded.lazy = True  # checked; loaded at its first request
-                loaded.file_stats = _file_stats(bundle_dir, manifest)
-            else:
-                engine, loaded.load_seconds, loaded.memory_bytes = _measured(
-                    partial(_engine, bundle_dir, manifest, providers, settings, threads)
-                )
-                loaded.engine, loaded.file_bytes = engine, _onnx_bytes(bundle_dir, engine)
-        except Exception as e:  # noqa: BLE001 - one broken bundle must not stop the others
-            # BundleError (manifest, checksums), OSError, and onnxruntime's own Fail /
-            # InvalidGraph / InvalidProtobuf for a graph it cannot load.
-            loaded.error = _error_text(e, bundle_dir, name)
-            log.error("refused bundle %s: %s", bundle_dir, e)
-            if loaded.manifest is None:  # what it would have served, if its manifest is readable
-                try:
-                    loaded.manifest = load_manifest(bundle_dir, verify=False)
-                except BundleError:
-                    pass
-            if loaded.manifest is not None:  # its pairs answer 503 naming it, not "unsupported"
-                for pair in loaded.manifest.pairs():
-                    registry.failed_pairs.setdefault(pair, name)
-        else:
-            if loaded.engine is not None:
-                log.info(
-                    "loaded %s (%s, variant %s) on %s in %.2fs (%s MB resident)",
-                    name,
-                    loaded.manifest.task,
-                    loaded.engine.variant,
-                    loaded.engine.provider,
-                    loaded.load_seconds,
-                    _mb(loaded.memory_bytes),
-                )
-            else:
-                log.info("checked %s (translation): loaded at its first request", name)
-            for pair in loaded.manifest.pairs():
-                if pair in registry.pairs:
-                    log.warning(
-                        "%s and %s both translate %s->%s; using %s",
-                        registry.pairs[pair],
-                        name,
-                        *pair,
-                        registry.pairs[pair],
-                    )
-                else:
-                    registry.pairs[pair] = name
-        registry.models[name] = loaded
+        registry.models[bundle_dir.name] = _check_or_load(registry, bundle_dir, providers, settings, threads)
     return registry
+
+
+def _check_or_load(
+    registry: Registry, bundle_dir: Path, providers: list[str], settings: Settings, threads: int | None
+) -> LoadedModel:
+    """One bundle: checked (and, unless it loads on demand, loaded), its pairs routed; a bundle
+    that cannot be served is returned with its error, its pairs marked failed."""
+    name = bundle_dir.name
+    loaded = LoadedModel(name=name, manifest=None, bundle_dir=bundle_dir)
+    try:
+        manifest = loaded.manifest = load_manifest(bundle_dir, verify=True)
+        if registry.lazy and manifest.task == "translation":
+            loaded.lazy = True  # checked; loaded at its first request
+            loaded.file_stats = _file_stats(bundle_dir, manifest)
+        else:
+            engine, loaded.load_seconds, loaded.memory_bytes = _measured(
+                partial(_engine, bundle_dir, manifest, providers, settings, threads)
+            )
+            loaded.engine, loaded.file_bytes = engine, _onnx_bytes(bundle_dir, engine)
+    except Exception as e:  # noqa: BLE001 - one broken bundle must not stop the others
+        # BundleError (manifest, checksums), OSError, and onnxruntime's own Fail /
+        # InvalidGraph / InvalidProtobuf for a graph it cannot load.
+        loaded.error = _error_text(e, bundle_dir, name)
+        log.error("refused bundle %s: %s", bundle_dir, e)
+        if loaded.manifest is None:  # what it would have served, if its manifest is readable
+            try:
+                loaded.manifest = load_manifest(bundle_dir, verify=False)
+            except BundleError:
+                pass
+        if loaded.manifest is not None:  # its pairs answer 503 naming it, not "unsupported"
+            for pair in loaded.manifest.pairs():
+                registry.failed_pairs.setdefault(pair, name)
+    else:
+        if loaded.engine is not None:
+            log.info(
+                "loaded %s (%s, variant %s) on %s in %.2fs (%s MB resident)",
+                name,
+                loaded.manifest.task,
+                loaded.engine.variant,
+                loaded.engine.provider,
+                loaded.load_seconds,
+                _mb(loaded.memory_bytes),
+            )
+        else:
+            log.info("checked %s (translation): loaded at its first request", name)
+        for pair in loaded.manifest.pairs():
+            if pair in registry.pairs:
+                log.warning(
+                    "%s and %s both translate %s->%s; using %s",
+                    registry.pairs[pair],
+                    name,
+                    *pair,
+                    registry.pairs[pair],
+                )
+            else:
+                registry.pairs[pair] = name
+    return loaded
 
 
 def _engine(bundle_dir: Path, manifest: Manifest, providers: list[str], settings: Settings, threads: int | None = None):
