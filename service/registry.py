@@ -413,15 +413,12 @@ def _engine(bundle_dir: Path, manifest: Manifest, providers: list[str], settings
         )
     arena = settings.memory_arena
     if manifest.task == "translation":
-        return Translator(
-            bundle_dir,
-            manifest,
-            providers,
-            threads,
-            variant,
-            memory_arena=arena,
-            target_vocab=settings.target_vocab,
+        engine = Translator(
+            bundle_dir, manifest, providers, threads, variant, memory_arena=arena, target_vocab=settings.target_vocab
         )
+        if not settings.loop_guard:
+            engine.loop_guard = None
+        return engine
     return Classifier(bundle_dir, manifest, providers, threads, variant, memory_arena=arena)
 
 

@@ -165,6 +165,12 @@ class Settings(BaseSettings):
         "per worker turn beside the running batches; false: it runs whole between two of their steps, and greedy "
         "requests beside beam traffic wait for it (BENCHMARKS.md section 11)",
     )
+    loop_guard: bool = Field(
+        True,
+        description="decoding never makes an output repeat one piece 4 times or a sequence of 2-8 pieces 3 times in "
+        "a row unless its source does (the row takes its next-best token; greedy, beam and the running batches; "
+        "service/runtime/loop_guard.py); false: off",
+    )
     html_alignment: bool = Field(
         True,
         description="format=html: carry inline elements by the model's word alignment (forced decoding of the "

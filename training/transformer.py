@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from service.runtime.loop_guard import DEFAULT as LOOP_GUARD
+from service.runtime.loop_guard import LoopGuard
 from service.runtime.preprocess import (
     BOS_ID,
     EOS_ID,
@@ -482,11 +484,14 @@ class Seq2SeqTransformer(nn.Module):
         use_cache: bool = True,
         max_output_ratio: float = MAX_OUTPUT_RATIO,
         max_output_extra: int = MAX_OUTPUT_EXTRA,
+        loop_guard: LoopGuard | None = LOOP_GUARD,
     ) -> list[list[int]]:
         """Greedy decoding; returns each sentence's target ids without <s> and </s>.
 
         A row stops at </s> or after ``len(source) * ratio + extra`` tokens (capped by the
-        model's positions), the same rule as the service's engine."""
+        model's positions), the same rule as the service's engine; and, as there, `loop_guard`
+        (service/runtime/loop_guard.py; None: off) bans a token that would end a row's output
+        with one n-gram repeated too often in a row: the row takes its best other token."""
         cfg = self.cfg
         b = src_ids.shape[0]
         memory, src_mask = self.encode(src_ids)
@@ -497,13 +502,19 @@ class Seq2SeqTransformer(nn.Module):
         ys = torch.full((b, 1), cfg.bos_id, dtype=torch.long, device=src_ids.device)
         done = torch.zeros(b, dtype=torch.bool, device=src_ids.device)
         past = None
+        repeats = loop_guard.state(src_ids.cpu().numpy(), cfg.pad_id) if loop_guard is not None else None
         for step in range(int(limits.max())):
             if use_cache:
                 hidden, past = self.decoder(ys[:, -1:], cross, src_mask, past)
             else:
                 hidden, _ = self.decoder(ys, cross, src_mask)
-            next_ids = self.project(hidden[:, -1]).argmax(-1)
+            logits = self.project(hidden[:, -1])
+            next_ids = logits.argmax(-1)
+            if repeats is not None:
+                next_ids = _unbanned(logits, next_ids, torch.as_tensor(repeats.banned(), device=logits.device))
             next_ids = next_ids.masked_fill(done, cfg.pad_id)
+            if repeats is not None:
+                repeats.push(next_ids.cpu().numpy())
             ys = torch.cat([ys, next_ids[:, None]], dim=1)
             done |= (next_ids == cfg.eos_id) | (step + 1 >= limits)
             if bool(done.all()):
@@ -513,6 +524,18 @@ class Seq2SeqTransformer(nn.Module):
             row = row[:limit]
             out.append(row[: row.index(cfg.eos_id)] if cfg.eos_id in row else row)
         return out
+
+
+def _unbanned(logits: Tensor, best: Tensor, banned: Tensor) -> Tensor:
+    """Each row's best token (`best`: the argmax of `logits` (B, V)) that `banned` (B, N; -1: none)
+    does not name: the loop guard's choice (service/runtime/loop_guard.pick)."""
+    hit = (banned == best[:, None]).any(1)
+    if not bool(hit.any()):
+        return best
+    rows, slots = torch.nonzero(banned >= 0, as_tuple=True)
+    masked = logits.clone()
+    masked[rows, banned[rows, slots]] = float("-inf")
+    return torch.where(hit, masked.argmax(-1), best)
 
 
 class TransformerClassifier(nn.Module):

@@ -28,7 +28,9 @@ onnxruntime's BeamSearch op on the same graphs (figures in BENCHMARKS.md).
 With k = 1 this is greedy decoding, plus the scores.
 
 Rows are independent (the graphs are padding- and batch-invariant), so a sentence's n-best and
-scores do not depend on its batch-mates.
+scores do not depend on its batch-mates. The loop guard (runtime/loop_guard.py) takes each row's
+banned tokens out of its candidates (topk asks for `max_ngram` more, so 2k remain): no hypothesis
+repeats one n-gram too often in a row, as in greedy decoding.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from service.runtime import loop_guard
+from service.runtime.loop_guard import LoopGuard
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,25 @@ def drain(steps: Steps) -> Any:
             return done.value
 
 
+def _keep_blocks(
+    state: dict[str, Any],
+    keep: np.ndarray,
+    flat: np.ndarray,
+    k: int,
+    per_beam: frozenset[str] | set[str],
+    take_cache: Callable[[str, Any, np.ndarray], Any],
+    gather: Callable[[Any, np.ndarray], Any],
+) -> dict[str, Any]:
+    """The state of the sentences still searching (`keep`, per block of k rows): the per-beam
+    entries follow the surviving beams (`flat`: each new row's source row), the others take any
+    row of their sentence."""
+    same = np.repeat(np.nonzero(keep)[0] * k, k)
+    return {
+        name: take_cache(name, value, flat) if name in per_beam else gather(value, same)
+        for name, value in state.items()
+    }
+
+
 def beam_steps(
     start: Callable[[np.ndarray], dict[str, np.ndarray]],
     step: Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray],
@@ -103,6 +127,8 @@ def beam_steps(
     gather: Callable[[Any, np.ndarray], Any] = take_rows,
     vocab: int | None = None,
     gather_cache: Callable[[str, Any, np.ndarray], Any] | None = None,
+    guard: LoopGuard | None = loop_guard.DEFAULT,
+    pad: int | None = None,
 ) -> Generator[None, None, list[list[Hypothesis]]]:
     """The `n_best` best hypotheses of each source row of `src`, best first; a generator that
     yields after each decoder step (a scheduler runs other work between two steps) and returns them.
@@ -117,7 +143,8 @@ def beam_steps(
     gather there, with the logits and caches device tensors: `vocab` then gives V).
     `gather_cache(name, value, rows)`: the same for the `per_beam` entries, where that can be
     cheaper (fixed-width caches: only the slots written so far; on the CPU in place, only the rows
-    that change). Both may return a prefix of the same array when rows leave."""
+    that change). Both may return a prefix of the same array when rows leave. `guard`: the loop
+    guard (None: off), reading the sources without `pad`."""
     take_cache = gather_cache or (lambda _name, value, rows: gather(value, rows))
     k, n_best = beam, min(n_best, beam)
     b = src.shape[0]
@@ -130,13 +157,16 @@ def beam_steps(
     running = np.ones(b, dtype=bool)  # per block: still searching (else its rows idle until dropped)
     tokens = np.full((b * k, 1), bos, dtype=np.int64)
     identity = np.arange(k)
+    repeats = guard.state(np.repeat(src, k, axis=0), pad) if guard is not None else None
+    more = loop_guard.extra_width(repeats)
     for t in range(int(limits.max())):
         if t:
             yield  # between two steps (nothing of this search is held in a shared buffer here)
         logits = step(state, tokens)  # (a * k, V) float32
         a, vocab = len(active), vocab or logits.shape[-1]
         w = min(2 * k, vocab)  # candidates per row
-        logprobs, ids = topk(logits, w)  # (a * k, w), each row best first
+        logprobs, ids = topk(logits, min(w + more, vocab))  # (a * k, w + more), each row best first
+        logprobs, ids = loop_guard.filter_topk(logprobs, ids, repeats, w)  # (a * k, w) without banned tokens
         sel = _select(scores, logprobs, ids, k, w, min(2 * k, k * vocab), eos)
         at_limit = running & (t + 1 >= limits[active])
         done.collect(t, active, history, sel, at_limit)
@@ -156,16 +186,16 @@ def beam_steps(
         if 4 * int((~running).sum()) < a:
             flat = rows.reshape(-1)
             state.update({name: take_cache(name, state[name], flat) for name in per_beam})
+            new_token = new_token.reshape(-1)
         else:
             keep = running
-            same = np.repeat(np.nonzero(keep)[0] * k, k)  # any row of a kept sentence
             flat = rows[keep].reshape(-1)
-            state = {
-                name: take_cache(name, value, flat) if name in per_beam else gather(value, same)
-                for name, value in state.items()
-            }
+            state = _keep_blocks(state, keep, flat, k, per_beam, take_cache, gather)
             history, scores, active, running = history[keep], scores[keep], active[keep], running[keep]
-            new_token = new_token[keep]
+            new_token = new_token[keep].reshape(-1)
+        if repeats is not None:
+            repeats = repeats.take(flat)
+            repeats.push(new_token)
         tokens = new_token.reshape(-1, 1)
     return done.best(n_best)
 

@@ -22,6 +22,11 @@ is the same as when it is decoded alone (the graphs are padding-invariant; tests
 served variant). Needs a decoder with the per-row inputs (graph contract 2 or 3: the only ones
 the engine loads).
 
+The loop guard (runtime/loop_guard.py) is the engine's (`loop_guard`, None: off; as it is when
+the batch starts or empties), per row (a row added with `guard=False` goes without): each slot's
+last tokens, repeat counts and its source's own repeats are kept beside its position, reset when
+a sentence takes the slot, so a row's bans are those of the row alone.
+
 With a contract-3 decoder (fixed-width caches written in place) a row's cache slots are its own
 from slot 0: a newcomer in a free slot starts at position 0 and the old occupant's slots past it
 are never read, so there is no self mask and nothing to cut on the left; the attention spans the
@@ -36,9 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from service.runtime import graph_io
+from service.runtime import graph_io, loop_guard
 from service.runtime.beam import logsumexp
 from service.runtime.engine import StepEngine
+from service.runtime.loop_guard import Repeats
 
 
 @dataclass
@@ -52,6 +58,7 @@ class Row:
     score: float = 0.0  # sum of the log-probabilities of its tokens (and </s>)
     ended: bool = False  # produced </s> (else it was cut at its limit)
     scored: bool = False  # its caller wants the log-probabilities
+    guard: bool = True  # under the engine's loop guard
 
     @property
     def length(self) -> int:
@@ -76,6 +83,8 @@ class DecodeBatch:
         self.valid = np.zeros((0, 0), dtype=bool)  # (slots, P): the cache slots each row owns
         self.position = np.zeros(0, dtype=np.int64)
         self.next_ids = np.zeros((0, 1), dtype=np.int64)  # each row's next input token
+        self.guard = self.engine.loop_guard  # the engine's, as it is when the batch (re)starts
+        self.repeats: Repeats | None = self.guard.state([]) if self.guard is not None else None
 
     @property
     def rows(self) -> list[Row]:
@@ -113,8 +122,11 @@ class DecodeBatch:
         limits = [r.limit for r in rows] + [n for _, n in more]
         return len(srcs) * (max(srcs) + max(limits)) if srcs else 0
 
-    def add(self, sources: Sequence[Sequence[int]], tags: Sequence[Any], scored: bool = False) -> None:
-        """New rows for `sources` (id lists ending in </s>), to decode from the next step on."""
+    def add(
+        self, sources: Sequence[Sequence[int]], tags: Sequence[Any], scored: bool = False, guard: bool = True
+    ) -> None:
+        """New rows for `sources` (id lists ending in </s>), to decode from the next step on;
+        `guard`: under the engine's loop guard."""
         if not sources:
             return
         e = self.engine
@@ -123,12 +135,13 @@ class DecodeBatch:
         # largest limit for a new batch; none for newcomers, who write into the batch's buffers)
         new = e.start(src, width=int(limits.max()) if not self.slots else 0)
         new.pop(graph_io.POSITION, None)  # the batch keeps every row's position itself
-        rows = [Row(t, int(n), len(s), scored=scored) for t, n, s in zip(tags, limits, sources)]
+        rows = [Row(t, int(n), len(s), scored=scored, guard=guard) for t, n, s in zip(tags, limits, sources)]
         if not self.slots:
             self.state = new
             self.valid = np.zeros((len(rows), 0), dtype=bool)
             self.position = np.zeros(len(rows), dtype=np.int64)
             self.next_ids = np.full((len(rows), 1), e.bos, dtype=np.int64)
+            self.repeats = self.guard.state(sources) if self.guard is not None else None
             self.slots = list(rows)
             return
         if src.shape[1] > self.src_width:  # a longer source than any in the batch: widen (a copy)
@@ -146,6 +159,8 @@ class DecodeBatch:
             self.valid = np.concatenate([self.valid, np.zeros((grow, self.valid.shape[1]), dtype=bool)])
             self.position = np.concatenate([self.position, np.zeros(grow, dtype=np.int64)])
             self.next_ids = np.concatenate([self.next_ids, np.zeros((grow, 1), dtype=np.int64)])
+            if self.repeats is not None:
+                self.repeats.grow(grow)
             self.slots += [None] * grow
             free += list(range(b, b + grow))
         at = np.array(free)
@@ -159,6 +174,8 @@ class DecodeBatch:
             self.valid[at] = False  # the old occupant's cache slots are hidden from the newcomer
         self.position[at] = 0
         self.next_ids[at] = e.bos
+        if self.repeats is not None:
+            self.repeats.reset(at, self.repeats.guard.source_units(sources))
         for i, row in zip(free, rows):
             self.slots[i] = row
 
@@ -183,6 +200,10 @@ class DecodeBatch:
         best = logits.argmax(-1)
         next_ids = e.tokens_of(best)  # the engine's view of one target vocabulary: its columns' pieces
         live = [(r, row) for r, row in enumerate(self.slots) if row is not None]
+        if self.repeats is not None:
+            guarded = np.array([row is not None and row.guard for row in self.slots])
+            best, next_ids = loop_guard.pick(logits, best, next_ids, self.repeats, e.tokens_of, guarded)
+            self.repeats.push(next_ids)
         scored = any(row.scored for _, row in live)  # the softmax only where someone reads it
         if scored:
             chosen = logits[np.arange(b), best].astype(np.float64)
@@ -254,6 +275,8 @@ class DecodeBatch:
         if not self.static:
             self.valid = self.valid[keep, first:]
         self.position, self.next_ids = self.position[keep], self.next_ids[keep]
+        if self.repeats is not None:
+            self.repeats = self.repeats.take(keep)
 
 
 def _pad_axis(a: np.ndarray, axis: int, size: int) -> np.ndarray:

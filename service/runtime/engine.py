@@ -20,18 +20,21 @@ import numpy as np
 from service.runtime.beam import Steps
 from service.runtime.bundle import Manifest
 from service.runtime.codec import Codec
+from service.runtime.loop_guard import LoopGuard
 from service.runtime.vocab import TargetVocab
 
 
 @dataclass(frozen=True)
 class TranslateOptions:
     """How `translate_batch` decodes. `beam_size` 1 is greedy decoding; `return_scores` with it
-    sums each output's log-probabilities (beam search always does)."""
+    sums each output's log-probabilities (beam search always does); `loop_guard` False: without
+    the engine's loop guard (runtime/loop_guard.py)."""
 
     beam_size: int = 1
     n_best: int = 1
     length_penalty: float = 1.0
     return_scores: bool = False
+    loop_guard: bool = True
 
 
 class Translation(NamedTuple):
@@ -51,6 +54,7 @@ class StepEngine(Protocol):
     eos: int
     encoder_outputs: list[str]
     cache_names: list[str]
+    loop_guard: LoopGuard | None  # runtime/loop_guard.py (None: off)
 
     def padded(self, sources: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]: ...
 

@@ -4,7 +4,8 @@ Each row stops at </s> or at its output-length limit (derived from its source le
 greedy loop finished rows leave the batch, where the runner can cut rows out of its state, once
 they come to a quarter of it: until then they compute (a row costs a few percent of a step)
 instead of a copy of the state at every row's end. Rows are independent: what a finished row
-decodes changes no other.
+decodes changes no other. The loop guard (runtime/loop_guard.py; None: off) bans, per row, a
+token that would end its output with one n-gram repeated too often in a row, in both loops.
 """
 
 from __future__ import annotations
@@ -13,10 +14,18 @@ from typing import Any
 
 import numpy as np
 
+from service.runtime import loop_guard
 from service.runtime.beam import Hypothesis, Steps, TopK, beam_steps, logsumexp
+from service.runtime.loop_guard import LoopGuard
 
 
-def greedy(runner: Any, src: np.ndarray, limits: np.ndarray, scores: np.ndarray | None = None):
+def greedy(
+    runner: Any,
+    src: np.ndarray,
+    limits: np.ndarray,
+    scores: np.ndarray | None = None,
+    guard: LoopGuard | None = loop_guard.DEFAULT,
+):
     """The greedy loop over the padded sources `src` (B, S): each row's tokens (B, steps) and
     their counts (B,), </s> not included. With `scores` (B,), adds each row's chosen tokens'
     log-probabilities to it (</s> included)."""
@@ -29,11 +38,13 @@ def greedy(runner: Any, src: np.ndarray, limits: np.ndarray, scores: np.ndarray 
     row_limits = limits.copy()
     tokens = np.full((b, 1), g.bos, dtype=np.int64)
     run = runner.stepper(state)
+    repeats = guard.state(src, g.pad) if guard is not None else None
     for step in range(steps):
         logits = run(tokens)
         best = logits.argmax(-1)
         next_ids = g.tokens_of(best)
         live = alive >= 0
+        best, next_ids = loop_guard.pick(logits, best, next_ids, repeats, g.tokens_of, live)
         if scores is not None:
             rows = np.nonzero(live)[0]
             chosen = logits[rows, best[rows]].astype(np.float64)
@@ -49,29 +60,41 @@ def greedy(runner: Any, src: np.ndarray, limits: np.ndarray, scores: np.ndarray 
         if runner.drops_rows and 4 * int(dead.sum()) >= len(alive):
             keep = ~dead
             alive, next_ids, row_limits = alive[keep], next_ids[keep], row_limits[keep]
+            repeats = repeats.take(keep) if repeats is not None else None
             state = {name: runner.keep_row(name, value, keep, step + 1) for name, value in state.items()}
             run = runner.stepper(state)
+        if repeats is not None:
+            repeats.push(next_ids)
         tokens = next_ids[:, None]
     return out, out_len
 
 
-def greedy_hypotheses(runner: Any, src: np.ndarray, limits: np.ndarray, scored: bool) -> list[list[Hypothesis]]:
+def greedy_hypotheses(
+    runner: Any, src: np.ndarray, limits: np.ndarray, scored: bool, guard: LoopGuard | None = loop_guard.DEFAULT
+) -> list[list[Hypothesis]]:
     """`greedy` as one hypothesis per row; its score only when `scored` (else 0.0)."""
     b = src.shape[0]
     scores = np.zeros(b, dtype=np.float64)
-    out, out_len = greedy(runner, src, limits, scores if scored else None)
+    out, out_len = greedy(runner, src, limits, scores if scored else None, guard)
     # a row that ended with </s> scored it too; one cut at its limit did not
     n = out_len + (out_len < limits)
     return [[Hypothesis(out[i, : out_len[i]].tolist(), float(scores[i]), int(n[i]))] for i in range(b)]
 
 
 def search(
-    runner: Any, src: np.ndarray, limits: np.ndarray, beam_size: int, n_best: int, length_penalty: float, topk: TopK
+    runner: Any,
+    src: np.ndarray,
+    limits: np.ndarray,
+    beam_size: int,
+    n_best: int,
+    length_penalty: float,
+    topk: TopK,
+    guard: LoopGuard | None = loop_guard.DEFAULT,
 ) -> Steps:
     """The `n_best` best hypotheses of each row of `src` by beam search (runtime/beam.py), a
     generator that yields between two decoder steps; beam 1 is the greedy loop, scored."""
     if beam_size == 1:
-        return greedy_hypotheses(runner, src, limits, scored=True)
+        return greedy_hypotheses(runner, src, limits, scored=True, guard=guard)
     g = runner.graph
     parts = runner.beam_parts(topk)
     hyps = yield from beam_steps(
@@ -89,5 +112,7 @@ def search(
         gather=parts.gather,
         vocab=g.n_logits,
         gather_cache=parts.gather_cache,
+        guard=guard,
+        pad=g.pad,
     )
     return hyps

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from service.runtime import alignment, graph_io
+from service.runtime import alignment, graph_io, loop_guard
 from service.runtime.beam import Hypothesis, Steps, drain
 from service.runtime.bundle import BundleError, Manifest
 from service.runtime.codec import Codec
@@ -42,6 +42,7 @@ GREEDY = TranslateOptions()
 
 class Translator(BundleEngine):
     per_row = True  # every decoder served has per-row positions (contract 1 is refused at load)
+    loop_guard = loop_guard.SharedGuard()  # in every decoding path (runtime/loop_guard.py); None: off
 
     def __init__(
         self,
@@ -90,6 +91,7 @@ class Translator(BundleEngine):
         self.present_outputs = [graph_io.present(t, i) for i in layers for t in "kv"]
         self.cache_names = [graph_io.past(t, i) for i in layers for t in "kv"]
         self.on_tokens: Callable[[int], None] | None = None  # told how many tokens each call made
+        self.loop_guard = loop_guard.DEFAULT  # shared with the target-language views
         # Target vocabularies (runtime/vocab.py): a sentence is decoded by its target language's
         # view of this translator, whose decoder computes only that language's logits; column j
         # of the logits is piece `logit_ids[j]` (None: every piece, in order).
@@ -214,15 +216,16 @@ class Translator(BundleEngine):
 
     def _search_part(self, sources: Sequence[Sequence[int]], options: TranslateOptions) -> Steps:
         src, limits = self.padded(sources)
+        guard = self.loop_guard if options.loop_guard else None
         if options.beam_size > 1:  # on the device where the caches stay there
             runner = self.device_steps or self.steps
             hyps = yield from search(
-                runner, src, limits, options.beam_size, options.n_best, options.length_penalty, self.topk
+                runner, src, limits, options.beam_size, options.n_best, options.length_penalty, self.topk, guard
             )
             tokens = sum(h[0].length for h in hyps if h)
         else:  # scores are summed by the host loop
             runner = self.steps if options.return_scores else self.device_steps or self.steps
-            hyps = greedy_hypotheses(runner, src, limits, options.return_scores)
+            hyps = greedy_hypotheses(runner, src, limits, options.return_scores, guard)
             tokens = sum(len(h[0].tokens) for h in hyps)
         if self.on_tokens:
             self.on_tokens(tokens)

@@ -141,7 +141,8 @@ def test_odt_keeps_paragraph_styles(client):
     assert teletype.extractText(p) == "".join(t for t, _ in pieces)
     spans = out.getElementsByType(text.Span)
     assert [teletype.extractText(x) for x in spans] == [t for t, span in pieces if span is None and t]
-    assert {x.getAttribute("stylename") for x in spans} == {"Bold"}
+    # every one in the paragraph's main style (the tiny model may put every word in the fragment)
+    assert all(x.getAttribute("stylename") == "Bold" for x in spans)
 
 
 def _zip(members: dict[str, bytes]) -> bytes:

@@ -102,7 +102,7 @@ def test_marian_import_served_through_the_api(marian_dir, tmp_path: Path) -> Non
             gen = hf.generate(torch.tensor([ids]), num_beams=1, do_sample=False, max_new_tokens=40)[0].tolist()
         special = {0, hf.config.pad_token_id}
         expected.append(tsp.decode_pieces([pieces[i] for i in gen if i not in special]))
-    with make_client(out) as client:
+    with make_client(out, loop_guard=False) as client:  # transformers has no loop guard
         wait_ready(client)
         r = client.post("/translate", json={"q": texts, "source": "xx", "target": "en"})
         assert r.status_code == 200, r.text

@@ -85,7 +85,7 @@ def _source_ids(imp, sp: spm.SentencePieceProcessor, text: str) -> list[int]:
 
 
 def _greedy(model, ids: list[int]) -> list[int]:
-    return model.greedy_decode(torch.tensor([ids]), max_output_ratio=0, max_output_extra=LIMIT)[0]
+    return model.greedy_decode(torch.tensor([ids]), max_output_ratio=0, max_output_extra=LIMIT, loop_guard=None)[0]
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -664,11 +664,12 @@ def test_import_marian_bundle(marian_dir, tmp_path):
     print(f"variants on the validation text: {chosen}; served {manifest.default_variant}")
     model, imp = import_model(read_marian(marian_dir))
     engine = Translator(out, manifest, resolve_providers("cpu"), variant="fp32")
+    engine.loop_guard = None  # compared with transformers, which has none
     sources = engine.encode(INPUTS)
     sp = spm.SentencePieceProcessor(model_file=str(marian_dir / "source.spm"))
     assert sources == [_source_ids(imp, sp, t) for t in INPUTS]
     assert engine.generate(sources) == [
-        model.greedy_decode(torch.tensor([s]))[0] for s in sources
+        model.greedy_decode(torch.tensor([s]), loop_guard=None)[0] for s in sources
     ]  # the service's length rule on both sides
     from transformers import MarianMTModel
 
@@ -722,11 +723,12 @@ def test_import_argos_packages_folder(ours_ckpt, tmp_path):
     card = (bundle / "README.md").read_text(encoding="utf-8")
     assert "Made-up to English" in card and "version 1.2" in card and "dequantized" in card
     engine = Translator(bundle, manifest, resolve_providers("cpu"), variant="fp32")
+    engine.loop_guard = None  # compared with ctranslate2, which has none
     model, imp = import_model(read_ct2(ct2_dir))
     sources = engine.encode(INPUTS)
     sp = spm.SentencePieceProcessor(model_file=str(spm_path))
     assert sources == [_source_ids(imp, sp, t) for t in INPUTS]
-    assert engine.generate(sources) == [model.greedy_decode(torch.tensor([s]))[0] for s in sources]
+    assert engine.generate(sources) == [model.greedy_decode(torch.tensor([s]), loop_guard=None)[0] for s in sources]
     tr = ctranslate2.Translator(str(ct2_dir), compute_type="float32", intra_threads=1)
     vocab = json.loads((bundle / manifest.codec["target_vocabulary"]).read_text())
     pieces = [sp.encode(t, out_type=str) for t in INPUTS]
