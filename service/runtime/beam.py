@@ -133,24 +133,19 @@ def beam_steps(
     """The `n_best` best hypotheses of each source row of `src`, best first; a generator that
     yields after each decoder step (a scheduler runs other work between two steps) and returns them.
 
-    `start(src)` gives the decoder state for the sources (batch-first arrays); `step(state,
-    tokens)` runs one decoder step on `tokens` (R, 1) and returns the logits (R, V), updating the
-    caches in `state`. `limits` bounds each sentence's tokens. `per_beam` names the state
-    entries that differ between a sentence's beams (the self-attention caches): they follow the
-    surviving beams every step; the others (encoder keys/values, masks) only when sentences
-    leave. `topk(logits, n)`: each row's n best log-probabilities and token ids (topk_numpy).
-    `gather(value, rows)`: a state entry's rows, in that order (numpy indexing; on a device, a
-    gather there, with the logits and caches device tensors: `vocab` then gives V).
-    `gather_cache(name, value, rows)`: the same for the `per_beam` entries, where that can be
-    cheaper (fixed-width caches: only the slots written so far; on the CPU in place, only the rows
-    that change). Both may return a prefix of the same array when rows leave. `guard`: the loop
-    guard (None: off), reading the sources without `pad`."""
+    `start(src)`: the decoder state (batch-first arrays); `step(state, tokens)`: one step on
+    `tokens` (R, 1) -> logits (R, V), caches updated in `state`. `limits`: each sentence's tokens.
+    `per_beam`: the entries that differ between a sentence's beams (self-attention caches), which
+    follow the surviving beams every step; the others only when sentences leave. `topk`: each
+    row's n best log-probabilities and ids. `gather(value, rows)` / `gather_cache(name, value,
+    rows)`: an entry's rows in that order (on a device, tensors there: `vocab` gives V; the cache
+    one may be cheaper, e.g. only the slots written, in place); both may return a prefix of the
+    same array. `guard`: the loop guard (None: off), reading the sources without `pad`."""
     take_cache = gather_cache or (lambda _name, value, rows: gather(value, rows))
     k, n_best = beam, min(n_best, beam)
     b = src.shape[0]
     state = {name: gather(value, np.repeat(np.arange(b), k)) for name, value in start(src).items()}
-    scores = np.full((b, k), -np.inf, dtype=np.float64)
-    scores[:, 0] = 0.0  # one live beam to begin with: the others are copies of it
+    scores = np.where(np.arange(k) == 0, 0.0, -np.inf)[None].repeat(b, 0)  # one live beam; the others copy it
     history = np.zeros((b, k, 0), dtype=np.int64)
     done = _Finished(b, k, length_penalty)
     active = np.arange(b)  # original sentence of each block of k rows
@@ -158,14 +153,13 @@ def beam_steps(
     tokens = np.full((b * k, 1), bos, dtype=np.int64)
     identity = np.arange(k)
     repeats = guard.state(np.repeat(src, k, axis=0), pad) if guard is not None else None
-    more = loop_guard.extra_width(repeats)
     for t in range(int(limits.max())):
         if t:
             yield  # between two steps (nothing of this search is held in a shared buffer here)
         logits = step(state, tokens)  # (a * k, V) float32
         a, vocab = len(active), vocab or logits.shape[-1]
         w = min(2 * k, vocab)  # candidates per row
-        logprobs, ids = topk(logits, min(w + more, vocab))  # (a * k, w + more), each row best first
+        logprobs, ids = topk(logits, min(w + loop_guard.extra_width(repeats), vocab))  # each row best first
         logprobs, ids = loop_guard.filter_topk(logprobs, ids, repeats, w)  # (a * k, w) without banned tokens
         sel = _select(scores, logprobs, ids, k, w, min(2 * k, k * vocab), eos)
         at_limit = running & (t + 1 >= limits[active])
@@ -174,9 +168,8 @@ def beam_steps(
         running &= ~(at_limit | (running & (kth > -np.inf) & ((sel.n_live == 0) | (best_live < kth))))
         if not running.any():
             break
-        # A stopped sentence's rows stay in the batch (their outputs ignored, their caches left as
-        # they are) until a quarter of the blocks have stopped: dropping rows costs a gather of
-        # every state entry, as the greedy loop finds (runtime/search.greedy).
+        # Stopped sentences' rows stay (outputs ignored, caches as they are) until a quarter of the
+        # blocks stopped: dropping rows costs a gather of every state entry (as in search.greedy).
         new_scores, new_beam, new_token = sel.new_scores, sel.new_beam, sel.new_token
         new_scores[~running], new_beam[~running], new_token[~running] = -np.inf, identity, eos
         by_row = np.arange(a)[:, None]
