@@ -46,6 +46,7 @@ _PLACEHOLDER = r"""
                                                               # %s %1$s %-5d %+d %.2f %@ %% (not %-Zeichen)
     | %L?\d+(?![A-Za-z0-9_])                                  # %1 (Qt)
     | \$t\([^()]*\)                                           # $t(key) (i18next nesting)
+    | \$[A-Za-z0-9_@]+\$(?![A-Za-z0-9_])                     # $USER$ (Chrome extension messages.json)
     | \$[A-Za-z_][A-Za-z0-9_]*(?:(?:\.|\|\.?|\$)[A-Za-z_][A-Za-z0-9_]*|\[\d+\])*\|?  # $var, $unit.name| (WML)
     | \$\d+(?![.,]?\d)                                        # $1 (MediaWiki; $5.99 is a price)
     | (?<![\w:/]):[A-Za-z_][A-Za-z0-9_]*                      # :name (Laravel, Rails)

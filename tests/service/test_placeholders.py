@@ -22,6 +22,7 @@ CORPUS: list[tuple[str, list[str]]] = [
     ("You have {{count}} unread messages", ["{{count}}"]),
     ("Signed in as {{ username }}", ["{{ username }}"]),
     ("Could not open file %s", ["%s"]),
+    ("Hello $USER$, you have $COUNT$ new messages", ["$USER$", "$COUNT$"]),  # Chrome messages.json
     ("%d files were copied", ["%d"]),
     ("%s wants to share %d photos with you", ["%s", "%d"]),
     ("Moved %1$s to %2$s", ["%1$s", "%2$s"]),
