@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import glossary
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.middleware import BodyLimitAndMetrics, InFlight
@@ -163,6 +164,8 @@ def _load(state: ServiceState) -> None:
             lambda name, engine: _attach(state, scheduler, name, engine), scheduler.remove_model, state.metrics
         )
         state.registry = registry
+        if (reader := glossary.files(state.settings.glossary_dir)) is not None:
+            reader.refresh()  # read (and logged) before the first request, which need not wait for it
         state.ready_seconds = round(time.monotonic() - state.started, 3)
         log.info(
             "ready in %.2fs: %s",

@@ -151,3 +151,10 @@ def test_bad_glossaries_refused_with_a_stable_message(client, glossary_value, me
     r = client.post("/translate", json={"q": "hallo", "source": "de", "target": "en", "glossary": glossary_value})
     assert r.status_code == 400
     assert r.json() == {"error": message}
+
+
+def test_the_files_are_read_at_start_up_before_any_request(model_dir, tmp_path):
+    (tmp_path / "de-en.tsv").write_text("Hund\tcanine\n", encoding="utf-8")
+    with make_client(model_dir, glossary_dir=tmp_path) as c:
+        wait_ready(c)
+        assert glossary.files(tmp_path).pairs == {("de", "en"): {("hund",): "canine"}}
