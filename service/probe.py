@@ -134,6 +134,8 @@ def choose(settings: Settings, cuda: bool, n_cores: int | None = None) -> Thread
 
 
 def _skip_reason(settings: Settings, cuda: bool, n_cores: int) -> str | None:
+    if not settings.layout_probe:
+        return "TRANSERVE_LAYOUT_PROBE off"
     if settings.threads or settings.decode_workers:
         return "TRANSERVE_THREADS / TRANSERVE_DECODE_WORKERS set"
     if settings.scheduler != "continuous" or not settings.batching:

@@ -149,8 +149,8 @@ class Settings(BaseSettings):
         ge=0,
         le=64,
         description="continuous scheduler: worker threads, each stepping running batches of its own on its "
-        "share of the cores (0 = auto: on 2 or more CPU cores with threads 0 the start-up probe picks one worker "
-        "on every core or two (service/probe.py), else 1; 1 on CUDA). On 2 vCPUs two "
+        "share of the cores (0 = auto: 2 on 2 or more CPU cores, or with layout_probe the start-up probe's pick "
+        "of one worker on every core or two (service/probe.py), else 1; 1 on CUDA). On 2 vCPUs two "
         "1-thread workers decode 1.3-1.5x the rows of one 2-thread worker (BENCHMARKS.md section 12)",
     )
     admission: Literal["hybrid", "fifo", "round-robin", "shortest-first"] = Field(
@@ -164,6 +164,13 @@ class Settings(BaseSettings):
         description="continuous scheduler: a beam-search batch (beam_size > 1, alternatives) takes one decoder step "
         "per worker turn beside the running batches; false: it runs whole between two of their steps, and greedy "
         "requests beside beam traffic wait for it (BENCHMARKS.md section 11)",
+    )
+    layout_probe: bool = Field(
+        False,
+        description="with threads and decode workers on auto, on 2+ CPU cores, time one worker on every core "
+        "against two at start-up and keep the faster (service/probe.py). Off by default: on a 2-vCPU Zen 3 the "
+        "decoder-step probe picked one worker at every idle start while two served more requests over HTTP "
+        "(Poisson mix capacity 51 vs 59 req/s, BENCHMARKS.md section 14)",
     )
     loop_guard: bool = Field(
         True,

@@ -76,7 +76,7 @@ def test_explicit_settings_cuda_and_the_batch_scheduler_skip_it(
 ):
     monkeypatch.setattr(probe, "measure", _no_probe)
     monkeypatch.setattr("service.settings.cores", lambda: n_cores)
-    choice = choose(Settings(model_dir=model_dir, **overrides), cuda, n_cores)
+    choice = choose(Settings(model_dir=model_dir, layout_probe=True, **overrides), cuda, n_cores)
     assert choice.chosen_by == "settings" and choice.reason
     assert (choice.workers, choice.threads) == (workers, threads)
     assert choice.rows_per_s == {} and choice.probe_seconds is None
@@ -85,14 +85,14 @@ def test_explicit_settings_cuda_and_the_batch_scheduler_skip_it(
 def test_one_core_skips_it(monkeypatch, model_dir):
     monkeypatch.setattr(probe, "measure", _no_probe)
     monkeypatch.setattr("service.settings.cores", lambda: 1)
-    choice = choose(Settings(model_dir=model_dir), False, 1)
+    choice = choose(Settings(model_dir=model_dir, layout_probe=True), False, 1)
     assert (choice.chosen_by, choice.reason, choice.workers) == ("settings", "one usable core", 1)
 
 
 def test_auto_takes_the_probes_pick(monkeypatch, model_dir, caplog):
     monkeypatch.setattr(probe, "measure", lambda *a, **k: {ONE: [3000.0] * 3, TWO: [2000.0] * 3})
     with caplog.at_level("INFO", logger="service.probe"):
-        choice = choose(Settings(model_dir=model_dir), False, 2)
+        choice = choose(Settings(model_dir=model_dir, layout_probe=True), False, 2)
     assert (choice.workers, choice.threads, choice.chosen_by) == (1, 2, "probe")
     assert choice.rows_per_s == {"1x2": 3000.0, "2x1": 2000.0}
     assert choice.bundle and choice.probe_seconds is not None
@@ -106,7 +106,7 @@ def test_a_failed_probe_leaves_the_default(monkeypatch, model_dir):
 
     monkeypatch.setattr(probe, "measure", broken)
     monkeypatch.setattr("service.settings.cores", lambda: 2)
-    choice = choose(Settings(model_dir=model_dir), False, 2)
+    choice = choose(Settings(model_dir=model_dir, layout_probe=True), False, 2)
     assert (choice.workers, choice.threads, choice.chosen_by) == (2, 1, "default")
 
 
@@ -168,7 +168,7 @@ def test_the_pick_is_what_the_scheduler_and_engines_get(monkeypatch, model_dir, 
     figures = {ONE: [1000.0] * 3, TWO: [1000.0] * 3}
     figures[faster] = [2000.0] * 3
     monkeypatch.setattr(probe, "measure", lambda *a, **k: figures)
-    settings = Settings(model_dir=model_dir, threads=0, decode_workers=0, thread_pool="per-session")
+    settings = Settings(model_dir=model_dir, threads=0, decode_workers=0, thread_pool="per-session", layout_probe=True)
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
         state = client.app.state.service
@@ -192,3 +192,9 @@ def test_explicit_threads_are_shown_as_the_settings(model_dir):
         layout = client.get("/ready").json()["decode_layout"]
         assert layout["chosen_by"] == "settings" and layout["rows_per_s"] == {}
         assert len(client.app.state.service.scheduler.workers) == layout["workers"]
+
+
+def test_the_probe_is_off_unless_asked_for(model_dir):
+    choice = choose(Settings(model_dir=model_dir), False, 2)
+    assert (choice.chosen_by, choice.reason) == ("settings", "TRANSERVE_LAYOUT_PROBE off")
+    assert (choice.workers, choice.threads) == (2, 1)  # the auto layout: two workers on a core each
