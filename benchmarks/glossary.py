@@ -28,7 +28,6 @@ import argparse
 import gzip
 import json
 import re
-import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -37,9 +36,8 @@ import sacrebleu
 from fastapi.testclient import TestClient
 
 from benchmarks.machine import describe
+from benchmarks.pipeline import served
 from service import glossary
-from service.app import create_app
-from service.settings import Settings
 
 PAIRS = ("de", "fr")
 TERM_SOURCE = "libreoffice-ui"
@@ -125,14 +123,8 @@ def _masked(text: str, term: str) -> str:
 
 
 def run(l10n: Path, model: Path, limit: int, threads: int = 1, examples: int = 5) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / model.name).symlink_to(model.resolve())
-        # no cache: a sentence translated without the glossary must not answer the same one with it
-        settings = Settings(model_dir=Path(tmp), threads=threads, decode_workers=1, cache_mb=0)
-        with TestClient(create_app(settings)) as client:
-            while client.get("/ready").status_code != 200:
-                time.sleep(0.1)
-            return _measure(client, l10n, limit, examples)
+    with served(model, threads) as client:  # no cache: an answer without the glossary is not one with it
+        return _measure(client, l10n, limit, examples)
 
 
 def _measure(client: TestClient, l10n: Path, limit: int, examples: int) -> dict:

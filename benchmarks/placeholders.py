@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -32,10 +31,9 @@ import sacrebleu
 from fastapi.testclient import TestClient
 
 from benchmarks.machine import describe
+from benchmarks.pipeline import served
 from service import protect, translation
-from service.app import create_app
 from service.registry import Route
-from service.settings import Settings
 from service.state import ServiceState
 
 PAIRS = ("de", "fr", "cs", "zh")
@@ -109,13 +107,8 @@ def _bleu(hyps: list[str], refs: list[str], target: str) -> float:
 
 
 def run(l10n: Path, model: Path, limit: int, threads: int = 1, examples: int = 5) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / model.name).symlink_to(model.resolve())
-        settings = Settings(model_dir=Path(tmp), threads=threads, decode_workers=1)
-        with TestClient(create_app(settings)) as client:
-            while client.get("/ready").status_code != 200:
-                time.sleep(0.1)
-            return _measure(client, l10n, limit, examples)
+    with served(model, threads) as client:  # no cache: the unprotected pass would answer the protected one
+        return _measure(client, l10n, limit, examples)
 
 
 def _measure(client: TestClient, l10n: Path, limit: int, examples: int) -> dict:

@@ -30,7 +30,7 @@ def _top(module: str) -> str:
 
 # The benchmarks that measure a stage of the translation pipeline against the pipeline without it
 # (placeholders, glossary terms: kept with and without) run the app in process and swap the stages.
-PIPELINE_BENCHMARKS = {"benchmarks/placeholders.py", "benchmarks/glossary.py"}
+PIPELINE_BENCHMARKS = {"benchmarks/placeholders.py", "benchmarks/glossary.py", "benchmarks/pipeline.py"}
 
 
 @pytest.mark.parametrize("package", ["training", "benchmarks"])
