@@ -9,6 +9,7 @@ modules are imported inside the functions: a benchmark worker that measures anot
 
 from __future__ import annotations
 
+import ctypes
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,19 +66,40 @@ def length_batches(n: int, lengths: Sequence[int], size: int) -> list[list[int]]
     return [order[i : i + size] for i in range(0, n, size)]
 
 
-def timed(run: Callable[[list[int]], list], batches: list[list[int]], n: int, repeats: int) -> tuple[list[float], list]:
+def timed(
+    run: Callable[[list[int]], list], batches: list[list[int]], n: int, repeats: int, cpu: list[float] | None = None
+) -> tuple[list[float], list]:
     """`run(batch)` over every batch, `repeats` times after a warm-up (sessions, allocators,
-    caches): the seconds of each pass and each sentence's output."""
+    caches): the seconds of each pass and each sentence's output. `cpu`, when given, gets each
+    pass's CPU seconds of this process (all its threads, user and system): on a machine others
+    load, a one-thread configuration's tokens per CPU-second move less than its wall-clock rate."""
     run(batches[0][:2])
     times: list[float] = []
     outputs: list = [None] * n
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for batch in batches:
             for i, out in zip(batch, run(batch)):
                 outputs[i] = out
         times.append(time.perf_counter() - t0)
+        if cpu is not None:
+            cpu.append(time.process_time() - c0)
     return times, outputs
+
+
+def retain_freed_memory(megabytes: int) -> bool:
+    """The service's glibc malloc retention (service.runtime.sessions.retain_freed_memory, the same
+    two `mallopt` calls) without importing the service: that module loads onnxruntime, which a
+    worker measuring CTranslate2 must not carry in its peak RSS."""
+    if megabytes <= 0:
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    size = megabytes << 20
+    return bool(mallopt(m_mmap_threshold, size)) and bool(mallopt(m_trim_threshold, 2 * size))
 
 
 def status_mb(field: str) -> float:

@@ -9,7 +9,8 @@ Written against ``ctranslate2.specs`` (pip install ctranslate2). Notes on the ma
 - Its default sinusoidal table is laid out [sin | cos] (tensor2tensor); ours interleaves sin
   and cos (the paper), so the converter writes our own table into ``position_encodings``.
 - Embeddings are scaled by sqrt(d_model) in both; the output projection is tied to the
-  embedding; the source gets </s> appended (``add_source_eos``), decoding starts from <s>.
+  embedding (plus the logits bias when the model has one, ``output_bias``); the source gets </s>
+  appended (``add_source_eos``), decoding starts from <s>.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ def convert(checkpoint: Path, tokenizer: Path, out: Path, quantization: str | No
     cfg = TransformerConfig.from_dict(ckpt["model_config"])
     if not cfg.pre_norm:
         raise ValueError("this converter maps the pre-norm layout; the checkpoint is post-norm")
+    if not (cfg.share_embeddings and cfg.tie_output and cfg.scale_embeddings) or cfg.activation != "relu":
+        raise ValueError("this converter maps shared, tied, scaled embeddings and ReLU (as Argos / OpenNMT models)")
+    if cfg.embedding_norm:
+        raise ValueError("this converter does not map an embedding LayerNorm")
     sd = ckpt["model"]
     spec = transformer_spec.TransformerSpec.from_config(
         (cfg.n_encoder_layers, cfg.n_decoder_layers), cfg.n_heads, pre_norm=True
@@ -71,7 +76,9 @@ def convert(checkpoint: Path, tokenizer: Path, out: Path, quantization: str | No
     dec.embeddings.weight = emb
     dec.scale_embeddings = True
     dec.position_encodings.encodings = pe
-    dec.projection.weight = emb  # tied output projection, no bias
+    dec.projection.weight = emb  # tied output projection
+    if cfg.output_bias:  # the logits bias (the engine benchmark's random models: -inf-like on </s>)
+        dec.projection.bias = _np(sd["output_bias"])
     for i, layer in enumerate(dec.layer):
         p = f"decoder.layers.{i}"
         norm(layer.self_attention.layer_norm, f"{p}.self_block.norm")
@@ -89,7 +96,7 @@ def convert(checkpoint: Path, tokenizer: Path, out: Path, quantization: str | No
     spec.register_source_vocabulary(vocab)
     spec.register_target_vocabulary(vocab)
     spec.config.add_source_eos = True
-    spec.config.layer_norm_epsilon = 1e-5  # torch.nn.LayerNorm's default
+    spec.config.layer_norm_epsilon = cfg.layer_norm_eps  # 1e-5 by default, torch.nn.LayerNorm's
     spec.validate()
     spec.optimize(quantization=quantization)
     out.mkdir(parents=True, exist_ok=True)

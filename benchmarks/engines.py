@@ -13,6 +13,19 @@ split defaults to the config's first validation evaluation set (tatoeba-valid). 
         --checkpoint runs/de-en/best.pt --tokenizer runs/de-en/spm.model \
         --split test_2016_flickr --threads 2 --batch 1 32 --repeats 3 --out benchmarks/results/engines.json
 
+On a model of a given size instead (`--model-size base`: transformer-base with random weights, its bundle
+and CTranslate2 conversions built once and cached by benchmarks/base_model.py; Tatoeba de-en valid sources):
+
+    python -m benchmarks.engines --model-size base --limit 192 --beam 1 --batch 32 \
+        --engines ort-int8-static ct2-int8 --threads 1 --ort-threads 1 2 --ct2-threads 1 2 --workers 1 2 \
+        --repeats 1 --rounds 3 --out benchmarks/results/engines-base.json
+
+The model never ends a sentence (its logits bias on </s>), so every engine decodes every sentence to
+`--output-length` tokens (default: the sources' mean length) and the rows' token counts are equal (checked
+and recorded: `tokens_equal_across_engines`); `fp32_agreement` is the greedy agreement of our fp32 graphs
+and CTranslate2 float32 on the same weights. There `served` is the export's default variant (fp32: the
+release's variant rule is not run on random weights; on every shipped model it picked int8-static).
+
 The result file is a JSON list of rows, one per (engine, threads, workers, beam, batch): engine, beam,
 batch, tokens_per_s, bleu, ratio_to_best_ct2 (to CTranslate2's fastest engine at the same beam and
 batch), the CPU model and flags, the command; greedy rows also the products' multiply-accumulates per
@@ -58,7 +71,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import length_batches, open_translator, status_mb, timed
+from benchmarks.common import length_batches, open_translator, retain_freed_memory, status_mb, timed
 from benchmarks.machine import describe
 
 ENGINES = [
@@ -76,6 +89,7 @@ ENGINES = [
     "ct2-int8",
 ]
 ALIASES = {"ct2": ["ct2-fp32", "ct2-int8"]}
+DEFAULT_MODEL_SIZE_ENGINES = ["ort-fp32", "ort-int8-static", "ct2"]  # --model-size without --engines
 
 Run = tuple[str, int, int]  # (engine, threads, workers): one configuration, a worker process per batch size
 
@@ -192,7 +206,10 @@ class OurEngine(Engine):
             bundle = args.bundle_c2 if contract2 else args.ort_bundle
             variant = name.removeprefix("ort-").removeprefix("c2-").removeprefix("fv-")
         shared = args.thread_pool == "shared"  # as the service does by default
-        self.tr = open_translator(bundle, args.threads, variant, shared_pool=shared, target_vocab=not full_vocab)
+        fixed = {"max_output_ratio": 0.0, "max_output_extra": args.output_length} if args.output_length else {}
+        self.tr = open_translator(
+            bundle, args.threads, variant, shared_pool=shared, target_vocab=not full_vocab, **fixed
+        )
         self.encoded = self.tr.encode(sources)
         self.logits = self.tr.view(self.tr.target_of(self.encoded[0])).n_logits  # a target vocabulary's width
 
@@ -200,6 +217,10 @@ class OurEngine(Engine):
     def prepare(cls, names: list[str], args: argparse.Namespace, cfg: Any, rows: list, work: Path) -> list[str]:
         if not any(e.startswith("ort") for e in names):  # `served` runs the released bundle itself
             return []
+        if args.model_size:  # the model's own bundle, exported (and cached) with it: benchmarks/base_model.py
+            if any(e.startswith(("ort-c2-", "ort-fv-")) for e in names):
+                raise SystemExit("--model-size: engines ort-c2-* and ort-fv-* are not built (no second export)")
+            return ["--ort-bundle", str(args.bundle)]
         from training.checkpoint import model_from_checkpoint
         from training.export import export_bundle
         from training.release import calibration_texts
@@ -258,12 +279,15 @@ class CT2Engine(Engine):
         )
         self.pieces = [self.sp.encode(s, out_type=str) for s in sources]
         self.lengths = [len(p) + 1 for p in self.pieces]  # + </s> (add_source_eos)
+        self.output_length = args.output_length
         self.logits = self.sp.get_piece_size()
 
     @classmethod
     def prepare(cls, names: list[str], args: argparse.Namespace, cfg: Any, rows: list, work: Path) -> list[str]:
         if not names:
             return []
+        if args.model_size:  # converted (and cached) with the model: benchmarks/base_model.py
+            return ["--ct2-fp32", str(args.built.ct2_fp32), "--ct2-int8", str(args.built.ct2_int8)]
         from benchmarks.ct2_convert import convert
 
         convert(args.checkpoint, args.tokenizer, work / "ct2-fp32")
@@ -275,11 +299,13 @@ class CT2Engine(Engine):
         return args.ct2_threads or [args.threads]
 
     def translate(self, batch: list[int], beam: int) -> list[list[int]]:
+        # our rule is per row, CTranslate2's one length per call: with --output-length both are that length
+        limit = self.output_length or max(int(self.lengths[i] * 1.5) + 10 for i in batch)
         res = self.tr.translate_batch(
             [self.pieces[i] for i in batch],
             beam_size=beam,
             length_penalty=1.0,  # score / length, as ours
-            max_decoding_length=max(int(self.lengths[i] * 1.5) + 10 for i in batch),
+            max_decoding_length=limit,
             max_batch_size=math.ceil(len(batch) / self.parts),
         )
         return [[self.sp.piece_to_id(t) for t in r.hypotheses[0]] for r in res]
@@ -373,8 +399,6 @@ def worker(args: argparse.Namespace) -> None:
     """Decode the split `repeats` times; print one JSON row (seconds of each pass, tokens,
     hypotheses, workload, peak RSS, logits)."""
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    from service.runtime.sessions import retain_freed_memory
-
     retain_freed_memory(args.retain_freed_mb)  # the service's default, for every engine alike
     sources = json.loads(Path(args.sources).read_text())
     beam, size = args.beam[0], args.batch[0]
@@ -387,8 +411,9 @@ def worker(args: argparse.Namespace) -> None:
         run = in_parallel(run, args.parts)
     lengths = engine.source_tokens()
     batches = length_batches(len(sources), lengths, size)
-    times, outputs = timed(run, batches, len(sources), args.repeats)
-    row = {"engine": args.worker, "beam": beam, "batch": size, "seconds": times}
+    cpu: list[float] = []
+    times, outputs = timed(run, batches, len(sources), args.repeats, cpu)
+    row = {"engine": args.worker, "beam": beam, "batch": size, "seconds": times, "cpu_seconds": cpu}
     row["tokens"] = sum(len(o) + 1 for o in outputs)  # + </s>
     row["hypotheses"] = engine.texts(outputs)
     row["workload"] = workload(batches, lengths, outputs)
@@ -424,8 +449,32 @@ def default_split(cfg) -> str:
     return next((n for n in names if "valid" in n), "test_2016_flickr")
 
 
+def model_size_defaults(args: argparse.Namespace) -> dict:
+    """With --model-size: the model of that size (benchmarks/base_model.py, built or taken from
+    its cache) is the run's checkpoint, tokenizer and bundle (`served`: its default variant; `ort-*`:
+    its variants); CTranslate2 runs its cached conversions. Returns the bundle's manifest."""
+    from benchmarks.base_model import RUN_CONFIG, build
+
+    if args.bundle or args.checkpoint or args.tokenizer:
+        raise SystemExit("--model-size builds its own model: no --bundle, --checkpoint or --tokenizer")
+    int8 = any(e.startswith("ort-int8") for e in engine_names(args.engines or DEFAULT_MODEL_SIZE_ENGINES))
+    args.built = build(args.model_size, args.seed, args.cache_dir, int8=int8, log=lambda m: print(m, flush=True))
+    args.bundle, args.checkpoint, args.tokenizer = args.built.bundle, args.built.checkpoint, args.built.tokenizer
+    if args.target_vocab:  # our engines decode into English's pieces only, as `multi` is served
+        from benchmarks.base_model import with_target_vocab
+
+        args.bundle = with_target_vocab(args.built)
+    args.config = args.config or str(RUN_CONFIG)
+    return json.loads((args.bundle / "manifest.json").read_text())
+
+
 def checked_args(args: argparse.Namespace) -> dict | None:
-    """Defaults filled in from --bundle and the engines' names expanded; the bundle's manifest."""
+    """Defaults filled in from --bundle (or --model-size) and the engines' names expanded; the
+    bundle's manifest."""
+    if args.model_size:
+        manifest = model_size_defaults(args)
+        args.engines = engine_names(args.engines or DEFAULT_MODEL_SIZE_ENGINES)
+        return manifest
     manifest = bundle_defaults(args) if args.bundle else None
     if manifest is None and (args.checkpoint is None or args.tokenizer is None):
         raise SystemExit("give --bundle, or --checkpoint and --tokenizer")
@@ -442,6 +491,12 @@ def load_split(args: argparse.Namespace) -> tuple[Any, list[tuple[str, str]], st
     from training.tasks import TranslationTask
 
     cfg = load_config(args.config)
+    if args.model_size:  # Tatoeba de-en (German sources, as the tokenizer was trained on)
+        from benchmarks.base_model import read_lines
+
+        args.split = args.split or "valid"
+        rows = list(zip(read_lines(args.split, "de"), read_lines(args.split, "en")))
+        return cfg, rows[: args.limit] if args.limit else rows, "en"
     task = TranslationTask(cfg, tokenizer=None)  # type: ignore[arg-type]
     args.split = args.split or default_split(cfg)
     rows = task.raw(args.split)
@@ -458,11 +513,20 @@ def prepare(args: argparse.Namespace, cfg: Any, rows: list[tuple[str, str]]) -> 
     """A work folder with the sources, one frozen copy of the weights for every engine (a training
     run may rewrite the original) and what each family's workers need; the workers' arguments."""
     work = Path(tempfile.mkdtemp(prefix="bench-"))
-    shutil.copyfile(args.checkpoint, work / "model.pt")
-    args.checkpoint = work / "model.pt"
+    if not args.model_size:  # its cache is written once, by the build
+        shutil.copyfile(args.checkpoint, work / "model.pt")
+        args.checkpoint = work / "model.pt"
     (work / "sources.json").write_text(json.dumps([r[0] for r in rows]))
     extra = ["--sources", str(work / "sources.json"), "--checkpoint", str(args.checkpoint)]
     extra += ["--tokenizer", str(args.tokenizer)]
+    if args.model_size and not args.output_length:  # as long as the sources, on average (</s> included)
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(args.tokenizer))
+        lengths = [len(sp.encode(r[0])) + 1 for r in rows]
+        args.output_length = math.ceil(sum(lengths) / len(lengths))
+    if args.output_length:
+        extra += ["--output-length", str(args.output_length)]
     if args.bundle:
         extra += ["--bundle", str(Path(args.bundle).resolve())]
     for family in FAMILIES:
@@ -515,6 +579,7 @@ def measure_rounds(args: argparse.Namespace, extra: list[str], runs: list[Run], 
             r = measure(args, extra, run, beam, batch, args.repeats)
             if run in measured:
                 measured[run]["seconds"] += r["seconds"]
+                measured[run]["cpu_seconds"] += r["cpu_seconds"]
                 measured[run]["peak_rss_mb"] = max(measured[run]["peak_rss_mb"], r["peak_rss_mb"])
             else:
                 measured[run] = r
@@ -535,6 +600,7 @@ def scored(
     median = statistics.median(r["seconds"])
     m = translation_metrics(r["hypotheses"], [x[1] for x in rows], target)
     r.update(median_s=median, sentences_per_s=len(rows) / median, tokens_per_s=r["tokens"] / median)
+    r["tokens_per_cpu_s"] = r["tokens"] / statistics.median(r["cpu_seconds"])  # all its threads' CPU time
     r.update(bleu=m["bleu"], bleu_lc_tok=m.get("bleu_lc_tok"))
     if r["beam"] == 1:  # greedy: the rows of each step are known from the outputs (beam: not recorded)
         macs = matmul_macs(r["workload"], *dims, r["logits"])
@@ -543,7 +609,8 @@ def scored(
         r.update(achieved_gmac_per_s=total / median / 1e9)
     print(
         f"{name:18s} beam {r['beam']} batch {r['batch']:3d}: {r['sentences_per_s']:8.1f} sent/s "
-        f"{r['tokens_per_s']:9.1f} tok/s rss {r['peak_rss_mb']:6.0f} MB  BLEU {m['bleu']:.2f} "
+        f"{r['tokens_per_s']:9.1f} tok/s ({r['tokens_per_cpu_s']:.1f} per CPU-s) rss {r['peak_rss_mb']:6.0f} MB "
+        f"BLEU {m['bleu']:.2f} "
         f"(lc-tok {m['bleu_lc_tok']:.2f})",
         flush=True,
     )
@@ -596,7 +663,7 @@ def write_results(args: argparse.Namespace, results: list[dict], sentences: int,
     args.out.parent.mkdir(parents=True, exist_ok=True)
     common = {
         "command": " ".join(sys.argv),
-        "bundle": args.bundle,
+        "bundle": str(args.bundle) if args.bundle else None,
         "split": args.split,
         "direction": args.direction,
         "sentences": sentences,
@@ -671,6 +738,37 @@ def parser() -> argparse.ArgumentParser:
         default="shared",
         help="our engines: one onnxruntime thread pool for the encoder and decoder (the service's default) or one each",
     )
+    p.add_argument(
+        "--model-size",
+        choices=["base", "tiny"],
+        help="no released bundle: a model of this size with random weights (benchmarks/base_model.py: "
+        "transformer-base, or tiny for tests), our bundle and CTranslate2 conversions of the same weights, "
+        "cached under --cache-dir; sources Tatoeba de-en (--split, default valid); every sentence decoded "
+        "to --output-length tokens by every engine",
+    )
+    p.add_argument("--seed", type=int, default=0, help="--model-size: the weights' seed (part of the cache key)")
+    p.add_argument("--cache-dir", type=Path, default=Path("/work/runs/base-bench"), help="--model-size: its cache")
+    p.add_argument(
+        "--output-length",
+        type=int,
+        default=0,
+        help="decode every sentence to this many tokens (ours: output limit ratio 0, extra N; CTranslate2: "
+        "max_decoding_length N), for models that never end a sentence (--model-size: </s> biased away); "
+        "0: the usual rule, and with --model-size the sources' mean length",
+    )
+    p.add_argument(
+        "--target-vocab",
+        action="store_true",
+        help="--model-size: our engines on a copy of the bundle with an English target vocabulary "
+        "(the output projection cut to the pieces of the Tatoeba English training text; cached)",
+    )
+    p.add_argument(
+        "--agreement",
+        type=int,
+        default=64,
+        help="--model-size: greedy agreement of our fp32 graphs and CTranslate2 float32 on this many sources, "
+        "checked before the timed runs (0: not checked)",
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/engines.json"))
     # a worker's own arguments (measure): the engine, its number of parts, the files prepared for it
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -688,6 +786,9 @@ def main() -> None:
     manifest = checked_args(args)
     cfg, rows, target = load_split(args)
     extra = prepare(args, cfg, rows)
+    agreement = (
+        fp32_agreement(args, [r[0] for r in rows], args.agreement) if args.model_size and args.agreement else None
+    )
     dims = model_dims(args, manifest)
     results, signature = [], ""
     for beam in args.beam:
@@ -699,7 +800,58 @@ def main() -> None:
                 results.append(row)
     compare(results, args.beam, args.batch, len(rows))
     print_table(results)
+    if args.model_size:
+        counts = token_counts(results)
+        print(f"\ntarget tokens per engine (every sentence {args.output_length} tokens + </s>): {counts}")
+        print(f"greedy agreement, our fp32 graphs vs CTranslate2 float32: {agreement}")
+        for r in results:
+            r.update(model_size=args.model_size, seed=args.seed, output_length=args.output_length)
+            r.update(tokens_equal_across_engines=counts[f"beam {r['beam']} batch {r['batch']}"]["equal"])
+            r["fp32_agreement"] = agreement
     write_results(args, results, len(rows), signature)
+
+
+def token_counts(results: list[dict]) -> dict[str, dict]:
+    """Each (beam, batch)'s target tokens per engine configuration, and whether they are all equal
+    (the speed comparison of a model that never ends a sentence is fair only then)."""
+    groups: dict[str, dict] = {}
+    for r in results:
+        groups.setdefault(f"beam {r['beam']} batch {r['batch']}", {})[r["engine"]] = r["tokens"]
+    return {key: {**g, "equal": len(set(g.values())) == 1} for key, g in groups.items()}
+
+
+def fp32_agreement(args: argparse.Namespace, sources: list[str], n: int = 64, batch: int = 32) -> dict:
+    """Greedy tokens of our fp32 graphs and CTranslate2 float32 on the same weights, the first `n`
+    sources in batches of `batch` (in this process, 1 thread; our loop guard off: CTranslate2 has
+    none): identical sentences, identical tokens position by position, and the mean position of the
+    first difference (random weights: near-ties between logits decide, so rounding differences
+    between the engines' kernels show as late divergences)."""
+    import ctranslate2
+    import sentencepiece as spm
+
+    sources = sources[:n]
+    limit = args.output_length
+    tr = open_translator(args.built.bundle, 1, "fp32", max_output_ratio=0.0, max_output_extra=limit)
+    tr.loop_guard = None
+    encoded = tr.encode(sources)
+    ours = [o for i in range(0, len(encoded), batch) for o in tr.generate(encoded[i : i + batch])]
+    sp = spm.SentencePieceProcessor(model_file=str(args.tokenizer))
+    ct = ctranslate2.Translator(str(args.built.ct2_fp32), device="cpu", intra_threads=1, compute_type="float32")
+    res = ct.translate_batch(
+        [sp.encode(s, out_type=str) for s in sources], beam_size=1, max_decoding_length=limit, max_batch_size=batch
+    )
+    theirs = [[sp.piece_to_id(t) for t in r.hypotheses[0]] for r in res]
+    same = sum(a == b for o, t in zip(ours, theirs) for a, b in zip(o, t))
+    pairs = list(zip(ours, theirs))
+    firsts = [next((j for j, (a, b) in enumerate(zip(o, t)) if a != b), min(len(o), len(t))) for o, t in pairs]
+    return {
+        "sentences": len(sources),
+        "identical_sentences": sum(o == t for o, t in zip(ours, theirs)) / len(sources),
+        "identical_tokens": same / max(1, sum(max(len(o), len(t)) for o, t in zip(ours, theirs))),
+        "mean_first_difference": sum(firsts) / len(firsts),
+        "lengths_ours": sorted({len(o) for o in ours}),
+        "lengths_ct2": sorted({len(t) for t in theirs}),
+    }
 
 
 if __name__ == "__main__":
