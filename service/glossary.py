@@ -1,10 +1,17 @@
 """Glossaries: terms whose translation a user fixes (`glossary` of /translate, and server-side
 files per pair in `TRANSERVE_GLOSSARY_DIR`).
 
-A term of the source matched in a sentence becomes a protected span of it (service/protect.py)
-whose replacement is the term's target: the sentence is translated with a placeholder digit in
-its place and the target put back where the digit comes out (each hypothesis), or, where that
-fails, the text around it translated piece by piece and the target put between the pieces.
+A sentence with terms is translated whole first, as it is, and kept with each term's target in
+it where `place` can put it there (the rest of the translation as the model gave it): a target
+the translation already holds is kept where it is, in the target's case; else the words that
+the model's own alignment (runtime/alignment.py) links to the term are replaced by the target.
+Where that fails (no link, links far apart, a route through English, which has no alignment, a
+protected span lost), a term is a protected span of the sentence (service/protect.py) whose
+replacement is its target: the sentence is translated again with a placeholder digit in its
+place and the target put back where the digit comes out (each hypothesis), or, where that fails
+too, the text around it translated piece by piece and the target put between the pieces. The
+whole sentence first because a digit in place of a word is not a sentence the model was trained
+on: long sentences lose more of their digits, and the piecewise fallback breaks them apart.
 
 Matching (`Terms.find`): whole words (`\\w+` runs; words of a term separated by whitespace in
 the text), case-insensitive, leftmost, longest term first; the last word of a term may carry one
@@ -26,7 +33,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,3 +205,85 @@ def terms(folder: Path | None, source: str, target: str, request: Iterable[tuple
     if reader is not None:
         layers.append(reader.get(source, target))
     return Terms([layer for layer in layers if layer])
+
+
+Link = tuple[int, int, int, int]  # (translation start, end, source start, end), as runtime/alignment.py
+Edit = tuple[int, int, str]
+
+
+def _spaced(ch: str) -> bool:
+    """A letter or digit of a script written with spaces: a word boundary needs another character."""
+    return ch.isalnum() and ord(ch) < 0x2E80
+
+
+def _occurrences(text: str, target: str) -> list[tuple[int, int]]:
+    """Where `target` is in `text` as a word of its own (case-insensitive), one of the endings
+    `SUFFIXES` allowed after it (the model's "Dateien" holds "Datei"): (start, end of the target)."""
+    out: list[tuple[int, int]] = []
+    folded, want = text.casefold(), target.casefold()
+    if len(folded) != len(text) or not want:  # a case fold that changes lengths: offsets would not hold
+        return out
+    at = folded.find(want)
+    while at >= 0:
+        end = at + len(want)
+        ends = ("", *SUFFIXES)
+        inflected = any(
+            folded.startswith(e, end) and not _spaced(folded[end + len(e) : end + len(e) + 1]) for e in ends
+        )
+        if inflected and not _spaced(folded[at - 1 : at] if at else ""):
+            out.append((at, end))
+        at = folded.find(want, at + 1)
+    return out
+
+
+def _region(translation: str, start: int, end: int, links: Sequence[Link], words: int) -> tuple[int, int] | None:
+    """The words of `translation` whose pieces the alignment links to the source's [start, end),
+    as one (start, end) of the translation; None where none is linked or they lie apart (more
+    words between the first and the last than the term's translation has, and two more)."""
+    spans = [(m.start(), m.end()) for m in _WORD.finditer(translation)]
+    hit = sorted(
+        {
+            k
+            for t0, t1, s0, s1 in links
+            if s0 < end and start < s1
+            for k, (a, b) in enumerate(spans)
+            if a < t1 and t0 < b
+        }
+    )
+    if not hit or hit[-1] - hit[0] + 1 > words + 2:
+        return None
+    return spans[hit[0]][0], spans[hit[-1]][1]
+
+
+def place(translation: str, found: Sequence[Match], links: Sequence[Link] | None = None) -> str | None:
+    """A whole sentence's translation with its glossary terms (`found`: start, end of the source,
+    target) in it, the rest of it as the model gave it; None where that cannot be done. A target
+    the translation already holds as a word as often as the source holds its terms (ignoring case,
+    an ending allowed) is kept where it is, in the target's case; the others replace the words the
+    alignment (`links`, of the source and this translation) links to their term: None where
+    `links` are needed and not given, or link no words of a term, or words far apart, or words
+    another term's are."""
+    need: dict[str, list[Match]] = {}
+    for m in found:
+        need.setdefault(m[2].casefold(), []).append(m)
+    edits: list[Edit] = []
+    for terms in need.values():
+        target = terms[0][2]
+        there = _occurrences(translation, target)
+        if len(there) >= len(terms):
+            edits += [(a, b, target) for a, b in there if translation[a:b] != target]
+            continue
+        if links is None:
+            return None
+        for start, end, target in terms:
+            region = _region(translation, start, end, links, len(_WORD.findall(target)))
+            if region is None:
+                return None
+            edits.append((*region, target))
+    edits.sort()
+    if any(a[1] > b[0] for a, b in zip(edits, edits[1:])):
+        return None
+    out = translation
+    for a, b, text in reversed(edits):
+        out = out[:a] + text + out[b:]
+    return out

@@ -285,10 +285,43 @@ async def translate_messages(state: ServiceState, route: Route, sentences: list[
 async def translate_whole(state: ServiceState, route: Route, sentences: list[Sentence], how: Decoding) -> None:
     """Stage: the sentences no stage has translated yet (a piece of a word cut by characters, one
     longer than the model takes, is its own translation), each whole; but for those with a
-    degenerate protected span or an ICU message: `keep_protected` translates them around it."""
-    whole = [s for s in sentences if not s.best.text and not protect.degenerate(s.source) and not s.spans]
+    degenerate protected span or an ICU message: `keep_protected` translates them around it (a
+    sentence with glossary terms is tried whole: `place_glossary`)."""
+    whole = [
+        s
+        for s in sentences
+        if not s.best.text and not protect.degenerate(s.source) and not set(s.spans) - _term_texts(s)
+    ]
     for s, (hyps, factor) in zip(whole, await _through(state, route, [s.source for s in whole], how)):
         s.hyps, s.factor = hyps, factor
+
+
+def _term_texts(s: Sentence) -> set[str]:
+    return {s.source[a:b] for a, b in s.terms}
+
+
+async def place_glossary(state: ServiceState, route: Route, sentences: list[Sentence], how: Decoding) -> None:
+    """Stage: a sentence with glossary terms, translated whole, keeps that translation with each
+    term's target in it where `glossary.place` can put it there: a target it already holds is
+    kept (in the target's case), the others replace the words the model's alignment links to
+    their term (a direct route whose model aligns). Each hypothesis so placed is one (the best
+    must be, and every span of the source kept: else `keep_protected` translates the sentence
+    again with a digit in place of each term)."""
+    todo = [s for s in sentences if s.terms and s.best.text]
+    found = {id(s): [(a, b, s.spans[s.source[a:b]]) for a, b in s.terms] for s in todo}
+    placed = {(id(s), k): glossaries.place(h.text, found[id(s)]) for s in todo for k, h in enumerate(s.hyps)}
+    need = [(s, k) for s in todo for k in range(len(s.hyps)) if placed[(id(s), k)] is None]
+    if need:
+        pairs = [(s.source, s.hyps[k].text) for s, k in need]
+        for (s, k), links in zip(need, await _align(state, pairs, route[0].source, route[-1].target)):
+            if links:
+                placed[(id(s), k)] = glossaries.place(s.hyps[k].text, found[id(s)], links)
+    for s in todo:
+        texts = [placed[(id(s), k)] for k in range(len(s.hyps))]
+        best = texts[0]
+        if best is not None and protect.kept(s.source, best):
+            s.hyps = [h._replace(text=t) for h, t in zip(s.hyps, texts) if t is not None]
+            s.terms = []  # in place: `keep_protected` has nothing to do for them
 
 
 async def keep_protected(state: ServiceState, route: Route, sentences: list[Sentence], how: Decoding) -> None:
@@ -334,7 +367,7 @@ Stage = Callable[[ServiceState, Route, list[Sentence], Decoding], Awaitable[None
 # What happens to each source language's sentences between `plan` and `assemble`, in order; a
 # stage sees every sentence (with its translations so far) and may change any; the sentences
 # the cache answers never reach them (`translate_sentences`).
-STAGES: tuple[Stage, ...] = (translate_messages, translate_whole, keep_protected)
+STAGES: tuple[Stage, ...] = (translate_messages, translate_whole, place_glossary, keep_protected)
 
 
 async def translate_sentences(state: ServiceState, route: Route, sentences: list[Sentence], how: Decoding) -> None:

@@ -158,3 +158,51 @@ def test_the_files_are_read_at_start_up_before_any_request(model_dir, tmp_path):
     with make_client(model_dir, glossary_dir=tmp_path) as c:
         wait_ready(c)
         assert glossary.files(tmp_path).pairs == {("de", "en"): {("hund",): "canine"}}
+
+
+def test_place_keeps_the_translation_and_puts_the_term_where_it_was_aligned():
+    # a target the translation holds already (ignoring case, an ending allowed): kept there, in its case
+    assert glossary.place("The Files are here", [(0, 5, "file")]) == "The files are here"
+    assert glossary.place("Die Dateien sind hier", [(0, 5, "Datei")]) == "Die Dateien sind hier"
+    assert glossary.place("the profiles", [(0, 5, "file")]) is None  # inside a word: not there; no links
+    # else the words the alignment links to the term: replaced, the rest as it was
+    links = [(4, 8, 4, 9), (12, 14, 10, 12)]  # "road" <- the term at 4-9 of the source
+    assert glossary.place("The road is long", [(4, 9, "street")], links) == "The street is long"
+    assert glossary.place("The road is long", [(20, 25, "street")], links) is None  # nothing linked
+    apart = [(0, 3, 4, 9), (16, 20, 4, 9)]  # "The" ... "long": words far apart
+    assert glossary.place("The big road is far too long", [(4, 9, "street")], apart) is None
+    # two terms on one word: no
+    assert glossary.place("The road", [(0, 2, "a"), (3, 5, "b")], [(4, 8, 0, 2), (4, 8, 3, 5)]) is None
+
+
+def test_a_term_the_model_already_uses_leaves_its_translation_as_it_was(client):
+    q = "der hund spielt."
+    plain = post(client, q=q, confidence=True)
+    word = plain["translatedText"].split()[0].strip(".,")
+    asked = post(client, q=q, confidence=True, glossary=[{"source": "hund", "target": word}])
+    assert asked == plain  # the same decode, the same confidence: nothing translated again
+
+
+def test_a_term_goes_where_the_alignment_puts_it(client, monkeypatch):
+    from service import translation
+
+    q = "die frau und der hund."
+    plain = post(client, q=q, alternatives=2)
+    at = q.index("hund")
+    asked_for: list[tuple[str, str]] = []
+
+    async def aligned(state, pairs, source, target):  # the second word of each translation <- "hund"
+        asked_for.extend(pairs)
+        out = []
+        for _, translation_ in pairs:
+            words = [m.span() for m in glossary._WORD.finditer(translation_)]
+            out.append([(*words[1], at, at + 4)] if len(words) > 1 else [])
+        return out
+
+    monkeypatch.setattr(translation, "_align", aligned)
+    g = [{"source": "hund", "target": "HOUND"}]
+    out = post(client, q=q, alternatives=2, glossary=g)
+    assert asked_for and all(source == q for source, _ in asked_for)
+    first, second, *rest = plain["translatedText"].split(" ", 2)
+    assert out["translatedText"] == " ".join([first, "HOUND", *rest])  # the rest as the model gave it
+    assert all("HOUND" in alt for alt in out["alternatives"])
