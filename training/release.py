@@ -26,8 +26,8 @@ from training.config import RunConfig
 from training.devices import cpuinfo
 from training.evaluate import classification_metrics, format_confusion
 from training.export import export_bundle
-from training.tasks import TOKENIZER_FILE, make_task, split_names
-from training.tokenizer import Tokenizer
+from training.tasks import TOKENIZER_FILE, make_task, run_tokenizer, split_names
+from training.tokenizer import CodecTokenizer
 from training.train import train
 from training.vocab import add_target_vocab, keep_variant_vocab
 
@@ -175,10 +175,13 @@ def release(
         summary = checkpoint_summary(ckpt, run_dir / "last.pt")
         log.info("release %s from the given checkpoint %s, without training", cfg.name, ckpt)
     model = model_from_checkpoint(ckpt)
-    task = make_task(cfg, Tokenizer(run_dir / TOKENIZER_FILE))
+    tokenizer = run_tokenizer(run_dir)
+    # a fine-tuned imported model: exported with its own codec (training/tasks.py, prepare_imported)
+    imported = tokenizer if isinstance(tokenizer, CodecTokenizer) else None
+    task = make_task(cfg, tokenizer)
     valid_split = split_names(cfg)[1]
     parity_texts = [r[0] for r in task.raw(valid_split)[:50]]
-    extra = [p for p in (run_dir / "curves.png",) if p.exists()]
+    extra = [p for p in (run_dir / "curves.png",) if p.exists()] + (imported.export_files() if imported else [])
     manifest, parity = export_bundle(
         model,
         cfg,
@@ -189,8 +192,9 @@ def release(
         extra_files=extra,
         training_info={"checkpoint": ckpt.name, **summary, "hardware": hardware(trained_threads(ckpt))},
         calibration_texts=calibration_texts(cfg),
+        codec=imported.spec if imported else None,
     )
-    if cfg.task == "translation":  # before the evaluation: the served engine decodes with them
+    if cfg.task == "translation" and not imported:  # before the evaluation: the served engine decodes with them
         manifest = add_target_vocab(out_dir, cfg, run_dir / TOKENIZER_FILE)
     valid = {v: evaluate_bundle(out_dir, cfg, valid_split, v, invariance=True) for v in manifest.variants}
     served = choose_variant(valid, metric)

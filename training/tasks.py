@@ -3,8 +3,10 @@ data (translation, classification, masked-LM pretraining), and the tokenizer it 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from training.evaluate import (
     translate,
     translation_metrics,
 )
-from training.tokenizer import Tokenizer, train_tokenizer
+from training.tokenizer import CODEC_FILE, CodecTokenizer, Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,95 @@ class TranslationTask:
         if "per_direction" in result:
             log.info("valid BLEU per direction: %s", {k: m["bleu"] for k, m in result["per_direction"].items()})
         return result
+
+
+class ImportedTranslationTask(TranslationTask):
+    """Translation fine-tuning of an imported bundle (train.init_from = its weights.pt): pairs
+    encoded with the bundle's codec (`CodecTokenizer`: a source is exactly what the service
+    feeds the model, a target the target side's ids), the decoder started from the model's own
+    start token, validated by decoding through the codec as the service does. Tokens the model
+    never generates (a logit bias of BANNED_LOGIT: Marian's <pad>, an appended start row) take no
+    part in the loss: label smoothing spreads no mass on them and their rows get no gradient."""
+
+    def __init__(self, cfg: RunConfig, tokenizer: CodecTokenizer) -> None:
+        super().__init__(cfg, tokenizer)
+        problems = []
+        if cfg.train.subword_alpha > 0:
+            problems.append("train.subword_alpha (sampled segmentations)")
+        if cfg.data.target_tags:
+            problems.append("data.target_tags (the imported model has no target tags)")
+        if problems:
+            raise ValueError(f"fine-tuning an imported model does not support {'; '.join(problems)}")
+        self.codec_tok = tokenizer
+        banned = sorted(set(tokenizer.banned) | {tokenizer.pad_id})
+        column = torch.full((tokenizer.vocab_size,), -100, dtype=torch.long)  # target id -> loss column
+        allowed = [i for i in range(tokenizer.vocab_size) if i not in set(tokenizer.banned)]
+        column[allowed] = torch.arange(len(allowed))
+        column[banned] = -100  # padding, and never a target
+        self.allowed = torch.tensor(allowed) if tokenizer.banned else None
+        self.column = column
+
+    def encode(
+        self, pairs: list[tuple[str, str]], filter_long: bool, sample_alpha: float = 0.0
+    ) -> list[tuple[list, list]]:
+        d, tok = self.cfg.data, self.codec_tok
+        srcs = tok.source_pieces([p[0] for p in pairs])
+        tgts = tok.target_ids([p[1] for p in pairs])
+        limit, extra = d.max_tokens_per_sentence, tok.specials
+        out = []
+        for s, t in zip(srcs, tgts):
+            if filter_long and (
+                not s
+                or not t
+                or len(s) + extra > limit
+                or len(t) >= limit
+                or max(len(s), len(t)) > d.max_length_ratio * min(len(s), len(t)) + 5
+            ):
+                continue
+            out.append((tok.source_ids(s[: max(limit - extra, 0)]), t[: limit - 1]))
+        return out
+
+    def collate(self, examples: list, device: torch.device) -> dict[str, Tensor]:
+        tok = self.codec_tok
+        src = pad_batch([e[0] for e in examples], tok.pad_id)
+        tgt_in = pad_batch([[tok.bos_id] + e[1] for e in examples], tok.pad_id)
+        tgt_out = pad_batch([e[1] + [tok.eos_id] for e in examples], tok.pad_id)
+        return {"src": src.to(device), "tgt_in": tgt_in.to(device), "tgt_out": tgt_out.to(device)}
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor], smoothing: float) -> tuple[Tensor, int]:
+        logits = model(batch["src"], batch["tgt_in"])
+        target = self.column.to(batch["tgt_out"].device)[batch["tgt_out"]]
+        if self.allowed is not None:
+            logits = logits.index_select(-1, self.allowed.to(logits.device))
+        n_tokens = int((target != -100).sum())
+        loss = F.cross_entropy(
+            logits.float().flatten(0, 1),
+            target.flatten(),
+            ignore_index=-100,
+            label_smoothing=smoothing,
+            reduction="sum",
+        )
+        return loss, n_tokens
+
+    @torch.no_grad()
+    def translate(
+        self, model: nn.Module, sentences: list[str], device: torch.device | str = "cpu", max_tokens: int = 6000
+    ) -> list[str]:
+        """Greedy translations, encoded and decoded by the codec as the service does."""
+        model.eval()
+        tok = self.codec_tok
+        encoded = tok.encode_sources(sentences)
+        out = [""] * len(sentences)
+        for batch in token_batches([len(e) * 3 for e in encoded], max_tokens, 0, 0, shuffle=False):
+            src = pad_batch([encoded[i] for i in batch], tok.pad_id).to(device)
+            for i, text in zip(batch, tok.decode(model.greedy_decode(src))):
+                out[i] = text
+        return out
+
+    def validate(self, model: nn.Module, raw: list, device: torch.device) -> dict[str, Any]:
+        limit = self.cfg.train.valid_bleu_sentences or len(raw)
+        hyps = self.translate(model, [p[0] for p in raw[:limit]], device=device)
+        return self.metrics(self.cfg.data.valid_split, hyps, [p[1] for p in raw[:limit]])
 
 
 class ClassificationTask:
@@ -283,7 +374,11 @@ def _balanced_sample(rows: list, per_label: int, seed: int) -> list:
     return out
 
 
-def make_task(cfg: RunConfig, tokenizer: Tokenizer):
+def make_task(cfg: RunConfig, tokenizer: Tokenizer | CodecTokenizer | None):
+    if isinstance(tokenizer, CodecTokenizer):
+        if cfg.task != "translation":
+            raise ValueError(f"an imported bundle's codec is for translation, not task={cfg.task!r}")
+        return ImportedTranslationTask(cfg, tokenizer)
     tasks = {"translation": TranslationTask, "classification": ClassificationTask, "pretrain": MaskedLMTask}
     return tasks[cfg.task](cfg, tokenizer)
 
@@ -322,7 +417,73 @@ def tokenizer_texts(cfg: RunConfig) -> list[str]:
     return [t for t, _ in dummy.raw("train")]
 
 
-def prepare_tokenizer(cfg: RunConfig, run_dir: Path, force: bool = False) -> Tokenizer:
+def imported_bundle(init_from: str | Path) -> Path | None:
+    """The imported bundle `train.init_from` names (its weights.pt, or the bundle folder): a
+    bundle whose manifest has a `codec` (training/importers). None for our own weights."""
+    init = Path(init_from)
+    folder = init if init.is_dir() else init.parent
+    path = folder / "manifest.json"
+    if not path.is_file():
+        return None
+    return folder if json.loads(path.read_text(encoding="utf-8")).get("codec") else None
+
+
+def prepare_imported(bundle: Path, run_dir: Path) -> CodecTokenizer:
+    """Copy an imported bundle's codec into `run_dir` (its SentencePiece models and vocabulary
+    files under their bundle names, and CODEC_FILE: the codec, special ids, the model's config
+    and the target ids it never generates), so the run, its resumption and its release need
+    nothing more from the bundle. A run folder that has them already is left as it is."""
+    from service.runtime.bundle import load_manifest
+    from service.runtime.codec import CodecSpec
+    from training.checkpoint import WEIGHTS_FILE, load_checkpoint
+    from training.importers.common import BANNED_LOGIT
+
+    if (run_dir / CODEC_FILE).exists():
+        return CodecTokenizer(run_dir)
+    manifest = load_manifest(bundle)
+    if manifest.task != "translation":
+        raise ValueError(f"{bundle}: an imported {manifest.task} bundle; only translation is fine-tuned")
+    weights = bundle / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"{bundle}: no {WEIGHTS_FILE}: import the model again (python -m training import ... --force) "
+            "to write its PyTorch weights"
+        )
+    spec = CodecSpec.of(manifest)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in spec.files():
+        shutil.copyfile(bundle / name, run_dir / name)
+    state = load_checkpoint(weights)
+    bias = state["model"].get("output_bias", state["model"].get("output.bias"))
+    banned = [] if bias is None else [i for i, b in enumerate(bias.float().tolist()) if b <= BANNED_LOGIT / 2]
+    info = {
+        "bundle": str(bundle),
+        "codec": spec.to_dict(),
+        "special_ids": manifest.special_ids,
+        "max_len": manifest.max_len,
+        "model": state["model_config"],
+        "banned": banned,
+        "source_lang": manifest.source_lang,
+        "target_lang": manifest.target_lang,
+        "license": manifest.data.get("license", ""),
+    }
+    tmp = run_dir / (CODEC_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(run_dir / CODEC_FILE)
+    log.info("fine-tuning the imported bundle %s: its codec copied into %s", bundle, run_dir)
+    return CodecTokenizer(run_dir)
+
+
+def run_tokenizer(run_dir: Path) -> Tokenizer | CodecTokenizer:
+    """A run's tokenizer: an imported bundle's codec where the run has one, else our spm.model."""
+    if (run_dir / CODEC_FILE).exists():
+        return CodecTokenizer(run_dir)
+    return Tokenizer(run_dir / TOKENIZER_FILE)
+
+
+def prepare_tokenizer(cfg: RunConfig, run_dir: Path, force: bool = False) -> Tokenizer | CodecTokenizer:
+    if (run_dir / CODEC_FILE).exists():  # fine-tuning an imported model: its own codec, never retrained
+        return CodecTokenizer(run_dir)
     path = run_dir / TOKENIZER_FILE
     if force or not path.exists():
         t = cfg.tokenizer

@@ -94,3 +94,84 @@ class Tokenizer:
 
     def piece_to_id(self, piece: str) -> int:
         return self.sp.piece_to_id(piece)
+
+
+# ----------------------------------------------------------------------------- imported codecs
+
+CODEC_FILE = "codec.json"  # in a run folder: the imported bundle's codec, special ids and model
+
+
+class CodecTokenizer:
+    """The text conventions of an imported bundle being fine-tuned (its manifest's `codec`:
+    service/runtime/codec.py), read from a run folder where `tasks.prepare_imported` copied them:
+    separate source and target SentencePiece models, vocabulary files whose ids are the model's,
+    <s>/</s> on the source as the model was driven, the decoder's start token. It encodes with the
+    service's own Codec, so a training source is exactly the ids the service feeds the model for
+    that text, and a target is the target side's ids of the same codec."""
+
+    def __init__(self, run_dir: Path | str) -> None:
+        import json
+        from types import SimpleNamespace
+
+        from service.runtime.codec import Codec, CodecSpec
+
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / CODEC_FILE
+        self.info = json.loads(self.path.read_text(encoding="utf-8"))
+        self.spec = CodecSpec.from_dict(self.info["codec"])
+        # what Codec reads of a manifest
+        view = SimpleNamespace(
+            codec=self.spec.to_dict(),
+            tokenizer=self.spec.source_spm,
+            special_ids=self.info["special_ids"],
+            max_len=self.info["max_len"],
+        )
+        self.sp = spm.SentencePieceProcessor(model_file=str(self.run_dir / self.spec.source_spm))
+        self.codec = Codec(self.run_dir, view, self.sp)  # type: ignore[arg-type]
+        ids = self.info["special_ids"]
+        self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
+        self.banned: list[int] = list(self.info.get("banned", []))
+        self.vocab_size = int(self.info["model"]["vocab_size"])
+        self.specials = len(self.codec.prefix) + len(self.codec.suffix)
+
+    # The fields of the imported model a fine-tuning config may set ([model]); the rest is the
+    # bundle's architecture and must stay as it is.
+    TRAINING_FIELDS = ("dropout", "attention_dropout")
+
+    def model_config(self, overrides: dict):
+        """The imported model's TransformerConfig with the training-only fields of `overrides`."""
+        from training.transformer import TransformerConfig
+
+        base = dict(self.info["model"])
+        wrong = sorted(k for k, v in overrides.items() if k not in self.TRAINING_FIELDS and base.get(k) != v)
+        if wrong:
+            raise ValueError(
+                f"[model] {', '.join(f'{k}={overrides[k]!r}' for k in wrong)}: the imported model's architecture "
+                f"comes from its bundle ({', '.join(f'{k}={base.get(k)!r}' for k in wrong)}); "
+                f"a fine-tuning config may set only {', '.join(self.TRAINING_FIELDS)}"
+            )
+        return TransformerConfig.from_dict({**base, **overrides})
+
+    def source_pieces(self, texts: list[str]) -> list[list[int]]:
+        """Each source's pieces as model ids, without the specials (`source_ids` adds them)."""
+        return self.codec.source.ids(list(texts), None)
+
+    def source_ids(self, pieces: list[int]) -> list[int]:
+        """The service's rule (Codec.source_ids): the specials around the pieces, cut to max_len."""
+        return self.codec.source_ids(pieces)
+
+    def encode_sources(self, texts: list[str]) -> list[list[int]]:
+        """What the service feeds the encoder for `texts` (Codec.encode)."""
+        return self.codec.encode(list(texts))
+
+    def target_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each target's pieces as the model's target ids (no start, no end)."""
+        return self.codec.target.ids(list(texts), None)
+
+    def decode(self, rows: list[list[int]]) -> list[str]:
+        """Target id rows -> text, as the service decodes (specials hidden, bytes repaired)."""
+        return self.codec.decode(rows)
+
+    def export_files(self) -> list[Path]:
+        """The codec's files besides the source SentencePiece model (written as spm.model)."""
+        return [self.run_dir / name for name in self.spec.files() if name != self.spec.source_spm]

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.checkpoint import (
+    WEIGHTS_FILE,
     average_checkpoints,
     load_checkpoint,
     model_config,
@@ -34,8 +35,17 @@ from training.config import RESUMABLE_CHANGES, RunConfig, config_changes
 from training.data import token_batches
 from training.devices import cpu_has_bf16, resolve_device, setup_distributed
 from training.report import write_log
-from training.tasks import TOKENIZER_FILE, make_task, prepare_tokenizer, pretrain_config, split_names
-from training.tokenizer import Tokenizer
+from training.tasks import (
+    TOKENIZER_FILE,
+    imported_bundle,
+    make_task,
+    prepare_imported,
+    prepare_tokenizer,
+    pretrain_config,
+    run_tokenizer,
+    split_names,
+)
+from training.tokenizer import CodecTokenizer, Tokenizer
 from training.transformer import build_model, count_parameters
 
 log = logging.getLogger(__name__)
@@ -62,7 +72,13 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume or use a new --run-dir")
 
     init = Path(tc.init_from) if tc.init_from else None
-    if init is not None and dd.main and not (run_dir / TOKENIZER_FILE).exists():
+    imported = imported_bundle(init) if init is not None else None
+    if imported is not None:
+        # An imported model (training/importers): its weights.pt, and its codec copied into the run.
+        init = imported / WEIGHTS_FILE
+        if dd.main:
+            prepare_imported(imported, run_dir)
+    elif init is not None and dd.main and not (run_dir / TOKENIZER_FILE).exists():
         # Continue from released weights: their tokenizer is the one beside them.
         if not (init.parent / TOKENIZER_FILE).exists():
             raise FileNotFoundError(f"train.init_from={init}: no {TOKENIZER_FILE} beside it")
@@ -81,7 +97,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
         pretrained = train(pretrain_config(cfg), pre_dir, resume=(pre_dir / "last.pt").exists(), device=device)
         if pretrained.get("interrupted"):
             return {**pretrained, "phase": "pretrain"}
-    tokenizer = Tokenizer(run_dir / TOKENIZER_FILE)
+    tokenizer = run_tokenizer(run_dir)
     task = make_task(cfg, tokenizer)
     train_split, valid_split = split_names(cfg)
     train_raw = task.raw(train_split)
@@ -90,7 +106,10 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "au
     valid_data = task.encode(valid_raw, filter_long=False)
     lengths = [task.length(e) for e in train_data]
 
-    mcfg = model_config(cfg, tokenizer)
+    if isinstance(tokenizer, CodecTokenizer):  # the imported model's own config; [model] sets dropout only
+        mcfg = tokenizer.model_config(cfg.model)
+    else:
+        mcfg = model_config(cfg, tokenizer)
     torch.manual_seed(tc.seed)
     model = build_model(mcfg).to(dev)
     if pretrained is not None:

@@ -737,6 +737,171 @@ def test_import_argos_packages_folder(ours_ckpt, tmp_path):
     assert all(_agree(_greedy(model, s), t) for s, t in zip(sources, theirs))
 
 
+def test_import_options_from_the_command_line(tmp_path):
+    """`python -m training import`'s arguments as ImportOptions: the one set of options that
+    run_import, import_one and the command line share."""
+    from training.__main__ import build_parser
+    from training.importers import ImportOptions
+
+    valid = tmp_path / "valid.xx"
+    valid.write_text("zor blik\nmafu\n", encoding="utf-8")
+    argv = ["import", "ct2", "m", "--out", "o", "--source-spm", "s.model", "--source-lang", "xx"]
+    args = build_parser().parse_args(
+        argv + ["--target-lang", "en", "--no-int8", "--max-len", "128", "--valid-source", str(valid)]
+    )
+    assert ImportOptions.from_args(args) == ImportOptions(
+        source_spm=Path("s.model"),
+        source_lang="xx",
+        target_lang="en",
+        valid_source=["zor blik", "mafu"],
+        max_len=128,
+        int8=False,
+    )
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+
+def _finetune_config(data: Path, init: Path, **train):
+    from training.config import config_from_dict
+
+    return config_from_dict(
+        {
+            "name": "xx-en-ft",
+            "task": "translation",
+            "data": {"dir": str(data), "source_lang": "xx", "target_lang": "en", "license": "made up for the test"},
+            "model": {"dropout": 0.1},
+            "train": {
+                "init_from": str(init),
+                "max_tokens": 300,
+                "lr": 3e-3,
+                "warmup_steps": 10,
+                "epochs": 6,
+                "patience": 0,
+                "threads": 1,
+                "amp": "off",
+                **train,
+            },
+        }
+    )
+
+
+@needs_hf
+def test_finetune_imported_marian_bundle(marian_dir, tmp_path):
+    """An imported Marian bundle fine-tuned by the training job (train.init_from = its weights.pt)
+    on pairs made here (the made-up pair with its target words in reverse order): the pairs are
+    encoded as the service encodes (source ids = the engine's, and both sides = transformers'
+    MarianTokenizer), the loss falls, and `release --checkpoint` exports a bundle with the same
+    codec and model options that the service's engine serves as PyTorch decodes."""
+    from service.runtime.bundle import load_manifest
+    from service.runtime.sessions import resolve_providers
+    from service.runtime.translator import Translator
+    from training.checkpoint import load_checkpoint, model_from_checkpoint
+    from training.config import config_from_dict
+    from training.release import release
+    from training.tasks import make_task, run_tokenizer
+    from training.tokenizer import CodecTokenizer
+    from training.train import train
+
+    bundle = tmp_path / "model" / "opus-mt-xx-en"
+    run_import("marian", marian_dir, bundle, int8=False)
+    assert (bundle / "weights.pt").is_file() and "weights.pt" not in load_manifest(bundle).files
+    weights = load_checkpoint(bundle / "weights.pt")
+    assert weights["model"]["output_bias"].dtype == torch.float16
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, n, seed in (("train", 240, 7), ("val", 24, 8)):
+        pairs = [(s, " ".join(reversed(t.split()))) for s, t in _corpus(n, seed)]
+        (data / f"{split}.xx").write_text("\n".join(s for s, _ in pairs) + "\n", encoding="utf-8")
+        (data / f"{split}.en").write_text("\n".join(t for _, t in pairs) + "\n", encoding="utf-8")
+    cfg = _finetune_config(data, bundle / "weights.pt")
+    run_dir = tmp_path / "run"
+    summary = train(cfg, run_dir, device="cpu")
+    history = [row for row in load_checkpoint(run_dir / "last.pt")["state"]["history"]]
+    print(f"fine-tuning: {[(r['train_loss'], r['valid_loss'], r['valid_bleu']) for r in history]}")
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.3
+    assert history[-1]["valid_loss"] < history[0]["valid_loss"]
+    assert summary["best_valid_bleu"] > 0
+
+    # the training pairs' ids: what the service feeds the model, and what transformers makes
+    tok = run_tokenizer(run_dir)
+    assert isinstance(tok, CodecTokenizer) and (tok.pad_id, tok.bos_id, tok.eos_id) == (
+        weights["model_config"]["pad_id"],
+        weights["model_config"]["bos_id"],
+        0,
+    )
+    task = make_task(cfg, tok)
+    raw = task.raw("val")
+    encoded = task.encode(raw, filter_long=False)
+    engine = Translator(bundle, load_manifest(bundle), resolve_providers("cpu"), variant="fp32")
+    assert [e[0] for e in encoded] == engine.encode([s for s, _ in raw])
+    from transformers import MarianTokenizer
+
+    hf_tok = MarianTokenizer.from_pretrained(str(marian_dir))
+    for (s, t), (src, tgt) in zip(raw, encoded):
+        assert hf_tok(s)["input_ids"] == src
+        assert hf_tok(text_target=t)["input_ids"] == tgt + [tok.eos_id]
+    batch = task.collate(encoded[:2], torch.device("cpu"))
+    assert batch["tgt_in"][0, 0] == hf_tok.pad_token_id  # Marian's decoder starts from <pad>
+    # its config is the bundle's; [model] may set the training-only fields, nothing else
+    with pytest.raises(ValueError, match="d_model=64"):
+        tok.model_config({"d_model": 64})
+
+    out = tmp_path / "model" / "opus-mt-xx-en-ft"
+    report = release(cfg, run_dir, out, keep_all_variants=True, checkpoint=run_dir / "best.pt")
+    tuned, imported = load_manifest(out), load_manifest(bundle)
+    assert tuned.codec == imported.codec and tuned.special_ids == imported.special_ids
+    same = ("activation", "pre_norm", "positions", "share_embeddings", "tie_output", "output_bias", "vocab_size")
+    assert all(tuned.model[k] == imported.model[k] for k in same)
+    for name in imported.codec.values():
+        if isinstance(name, str) and name.endswith((".json", ".model")):
+            assert (out / name).read_bytes() == (bundle / name).read_bytes(), name
+    assert (out / "weights.pt").is_file() and report["served_variant"] in tuned.variants
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "`imported (Hugging Face Marian)`" in card and f"`{bundle / 'weights.pt'}`" in card  # its history
+    served = Translator(out, tuned, resolve_providers("cpu"), variant="fp32")
+    sources = [s for s, _ in raw]
+    assert served.encode(sources) == [e[0] for e in encoded]
+    model = model_from_checkpoint(run_dir / "best.pt")
+    assert served.translate(sources) == task.translate(model, sources)
+    bleu = next(r for r in report["results"] if r["variant"] == "fp32" and r["split"] == "val")["bleu"]
+    print(f"fine-tuned bundle: val BLEU {bleu} (fp32), served {report['served_variant']}")
+
+    # the run folder holds the codec: --resume needs nothing more from the imported bundle
+    shutil.move(bundle, tmp_path / "elsewhere")
+    longer = config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": 7}})
+    train(longer, run_dir, resume=True, device="cpu")
+    state = load_checkpoint(run_dir / "last.pt")["state"]
+    assert len(state["history"]) == 7 and state["step"] > history[-1]["step"]
+
+
+def test_readme_finetuning_example_is_a_valid_config_and_commands():
+    """README's "Fine-tuning an imported model" example: its config parses, sets only what an
+    imported model may take, and every command line parses with the training job's arguments."""
+    import re
+    import shlex
+    import tomllib
+
+    from training.__main__ import build_parser
+    from training.config import config_from_dict
+    from training.tokenizer import CodecTokenizer
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Fine-tuning an imported model", 1)[1].split("\n## ", 1)[0]
+    toml_block = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    cfg = config_from_dict(tomllib.loads(toml_block))
+    assert cfg.train.init_from.endswith("/weights.pt") and cfg.task == "translation"
+    assert set(cfg.model) <= set(CodecTokenizer.TRAINING_FIELDS)
+    commands = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    lines = [line.split("  #")[0] for line in commands.splitlines() if line.strip()]
+    assert len(lines) == 5
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[:3] == [".venv/bin/python", "-m", "training"]
+        build_parser().parse_args(argv[3:])
+
+
 # ----------------------------------------------------------------------------- measurement
 
 

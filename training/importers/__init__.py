@@ -8,9 +8,10 @@
 Every format is read by our own code (ct2.py: model.bin, config.json and vocabularies;
 marian.py: config.json, safetensors or pytorch_model.bin, vocab.json; argos.py: package
 metadata, zips, folders of packages); build.py makes our Transformer with the same weights and
-exports it like any trained model. ctranslate2 and transformers are only used by ``--check``
-(and the tests) to compare greedy outputs with the original runtime. A refusal names what is not
-supported; nothing half-written is left under --out.
+exports it like any trained model, with its PyTorch weights beside the graphs (weights.pt: what
+``train.init_from`` fine-tunes with the bundle's codec, training/tasks.py). ctranslate2 and
+transformers are only used by ``--check`` (and the tests) to compare greedy outputs with the
+original runtime. A refusal names what is not supported; nothing half-written is left under --out.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,32 +125,66 @@ def _languages(
     return source_lang, target_lang
 
 
+@dataclass(frozen=True)
+class ImportOptions:
+    """How to import: what `run_import`, `import_one` and ``python -m training import`` share.
+    `source_spm`/`target_spm` only serve the readers (ct2 needs them; marian: instead of the
+    folder's own); the rest go to every model of an import (each package of an argos folder)."""
+
+    source_spm: Path | None = None
+    target_spm: Path | None = None
+    source_lang: str | None = None
+    target_lang: str | None = None
+    license_text: str = ""
+    valid_source: Sequence[str] | None = None
+    valid_target: Sequence[str] | None = None
+    force: bool = False
+    check: bool = False
+    max_len: int = 512
+    int8: bool = True
+    keep_all_variants: bool = False
+    # the PyTorch weights beside the graphs (weights.pt, float16 as our releases'): what
+    # train.init_from fine-tunes; not served, not in the manifest's files
+    weights: bool = True
+
+    @classmethod
+    def from_args(cls, args: Any) -> ImportOptions:
+        """The options of ``python -m training import``'s parsed arguments."""
+
+        def lines(path: str | None) -> list[str] | None:
+            return Path(path).read_text(encoding="utf-8").splitlines() if path else None
+
+        return cls(
+            source_spm=Path(args.source_spm) if args.source_spm else None,
+            target_spm=Path(args.target_spm) if args.target_spm else None,
+            source_lang=args.source_lang,
+            target_lang=args.target_lang,
+            license_text=args.license or "",
+            valid_source=lines(args.valid_source),
+            valid_target=lines(args.valid_target),
+            force=args.force,
+            check=args.check,
+            max_len=args.max_len,
+            int8=not args.no_int8,
+            keep_all_variants=args.keep_all_variants,
+            weights=not getattr(args, "no_weights", False),
+        )
+
+
 def import_one(
-    kind: str,
-    path: Path,
-    out: Path,
-    imp: Imported,
-    origin: Path,
-    source_lang: str | None = None,
-    target_lang: str | None = None,
-    license_text: str = "",
-    valid_source: Sequence[str] | None = None,
-    valid_target: Sequence[str] | None = None,
-    force: bool = False,
-    check: bool = False,
-    max_len: int = 512,
-    int8: bool = True,
-    keep_all_variants: bool = False,
+    kind: str, path: Path, out: Path, imp: Imported, origin: Path, options: ImportOptions = ImportOptions()
 ) -> dict[str, Any]:
+    """One model read as `imp` (from `origin`) into the bundle `out`."""
     from training.importers.build import builtin_sentences, import_model, write_bundle
 
+    o = options
     for side, spm_path in (("source", imp.source_spm), ("target", imp.target_spm)):
         if spm_path is None or not Path(spm_path).is_file():
             raise Refused(f"{path}: missing tokenizer: no {side} SentencePiece model ({spm_path or 'none given'})")
-    src, tgt = _languages(kind, path, imp, source_lang, target_lang)
-    model, done = import_model(imp, max_len=max_len)
-    if check:
-        texts = list(valid_source) if valid_source else builtin_sentences(src)[0]
+    src, tgt = _languages(kind, path, imp, o.source_lang, o.target_lang)
+    model, done = import_model(imp, max_len=o.max_len)
+    if o.check:
+        texts = list(o.valid_source) if o.valid_source else builtin_sentences(src)[0]
         try:
             done.info["check"] = check_agreement(kind, origin, model, done, texts)
         except ImportError as e:
@@ -161,54 +197,31 @@ def import_one(
         name=out.name,
         source_lang=src,
         target_lang=tgt,
-        license_text=license_text or done.info.get("license", ""),
-        valid_source=valid_source,
-        valid_target=valid_target,
-        force=force,
-        int8=int8,
-        keep_all_variants=keep_all_variants,
+        license_text=o.license_text or done.info.get("license", ""),
+        valid_source=o.valid_source,
+        valid_target=o.valid_target,
+        force=o.force,
+        int8=o.int8,
+        keep_all_variants=o.keep_all_variants,
+        weights=o.weights,
     )
-    if check:
+    if o.check:
         result["check"] = done.info["check"]
     return result
 
 
 def run_import(
-    kind: str,
-    path: Path,
-    out: Path,
-    source_spm: Path | None = None,
-    target_spm: Path | None = None,
-    source_lang: str | None = None,
-    target_lang: str | None = None,
-    license_text: str = "",
-    valid_source: Sequence[str] | None = None,
-    valid_target: Sequence[str] | None = None,
-    force: bool = False,
-    check: bool = False,
-    max_len: int = 512,
-    int8: bool = True,
-    keep_all_variants: bool = False,
+    kind: str, path: Path, out: Path, options: ImportOptions | None = None, **fields: Any
 ) -> list[dict[str, Any]]:
     """Import `path` into the bundle `out` (argos with several packages: one bundle per package
-    under `out`). Returns one result per model: the bundle and its figures, or the refusal."""
-    common = dict(
-        source_lang=source_lang,
-        target_lang=target_lang,
-        license_text=license_text,
-        valid_source=valid_source,
-        valid_target=valid_target,
-        force=force,
-        check=check,
-        max_len=max_len,
-        int8=int8,
-        keep_all_variants=keep_all_variants,
-    )
+    under `out`). `fields`: ImportOptions fields, over `options`. Returns one result per model:
+    the bundle and its figures, or the refusal."""
+    o = replace(options or ImportOptions(), **fields)
     if kind != "argos":
-        if kind == "ct2" and not source_spm:
+        if kind == "ct2" and not o.source_spm:
             raise Refused("missing tokenizer: ct2 needs --source-spm (and --target-spm when the target's differs)")
-        imp = read(kind, Path(path), source_spm, target_spm)
-        return [import_one(kind, Path(path), out, imp, Path(path), **common)]
+        imp = read(kind, Path(path), o.source_spm, o.target_spm)
+        return [import_one(kind, Path(path), out, imp, Path(path), o)]
 
     from training.importers.argos import find_packages, open_package, read_argos
 
@@ -223,7 +236,7 @@ def run_import(
             target = out / pkg.name if many else out
             imp = read_argos(pkg)
             imp.info["package_codes"] = (pkg.metadata["from_code"], pkg.metadata["to_code"])
-            result = import_one("argos", source, target, imp, pkg.folder, **common)
+            result = import_one("argos", source, target, imp, pkg.folder, o)
             result["package"] = str(source)
             results.append(result)
         except (Refused, FileExistsError, FileNotFoundError) as e:
@@ -236,4 +249,4 @@ def run_import(
     return results
 
 
-__all__ = ["KINDS", "Imported", "Refused", "check_agreement", "read", "run_import"]
+__all__ = ["KINDS", "ImportOptions", "Imported", "Refused", "check_agreement", "import_one", "read", "run_import"]

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from training.checkpoint import WEIGHTS_FILE
 from training.importers.common import BANNED_LOGIT, Imported, Refused, ct2_default_positions
 
 log = logging.getLogger(__name__)
@@ -430,10 +431,12 @@ def write_bundle(
     force: bool = False,
     int8: bool = True,
     keep_all_variants: bool = False,
+    weights: bool = True,
 ) -> dict[str, Any]:
     """Export `model` (imported as `imp`, vocabularies final) to the bundle `out`: our ONNX graphs,
     the SentencePiece models and vocabularies under the codec's names, the served variant chosen
-    on `valid_source` (or a few built-in sentences, fp32's outputs as their reference), a card."""
+    on `valid_source` (or a few built-in sentences, fp32's outputs as their reference), a card;
+    with `weights`, the PyTorch weights as weights.pt (`save_weights`)."""
     from service.runtime.bundle import load_manifest, sha256_file, write_manifest
     from service.runtime.codec import CodecSpec
     from training.export import export_bundle
@@ -515,17 +518,58 @@ def write_bundle(
                 "parity": parity,
                 "variants": results,
                 "served_variant_reason": f"fastest batch-invariant variant within 0.5 BLEU of fp32 on {valid_note}",
+                # the first stage of its history: a fine-tuned model's card (training.release) starts from it
+                "stages": [import_stage(imp)],
             },
         )
         card = write_card(stage, imp, manifest, parity, results, served, valid_note)
         manifest = replace(manifest, files={**manifest.files, card.name: sha256_file(card)})
         write_manifest(stage, manifest)
+        if weights:
+            save_weights(model, cfg, stage / WEIGHTS_FILE)
         if out.exists():
             shutil.rmtree(out)
         stage.rename(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"bundle": str(out), "served_variant": served, "parity": parity, "variants": results}
+
+
+def import_stage(imp: Imported) -> dict[str, Any]:
+    """The imported model as a training stage (training.release.stage_record's fields): trained
+    elsewhere, from the package or folder it was read from."""
+    info = imp.info
+    name = info.get("package", {}).get("name") or info.get("name") or info.get("source_path", "?")
+    return {
+        "config": f"imported ({info.get('format', '?')})",
+        "run": "",
+        "init_from": str(info.get("source_path", "")),
+        "train_sets": [f"trained elsewhere: {name}"],
+        "steps": None,
+        "train_seconds": 0.0,
+        "hardware": "trained elsewhere",
+        "checkpoint": "",
+    }
+
+
+def save_weights(model, cfg, path: Path) -> Path:
+    """The model's weights as our releases keep them (training.checkpoint.export_weights): float16,
+    tied tensors saved once, with the model and run configs; no optimizer. What `train.init_from`
+    fine-tunes: with the codec beside it in the bundle, the training job encodes the user's pairs
+    as the service does (training/tasks.py, ImportedTranslationTask). float16 as ours: half the
+    size, and its rounding (relative 2**-11) is far below what the served int8 variants change
+    and what any fine-tuning step moves."""
+    state: dict[str, torch.Tensor] = {}
+    shared: dict[tuple[int, tuple], torch.Tensor] = {}
+    for name, value in model.state_dict().items():
+        key = (value.data_ptr(), tuple(value.shape))
+        if key not in shared:
+            shared[key] = value.half() if value.is_floating_point() else value
+        state[name] = shared[key]
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model_config": model.cfg.to_dict(), "run_config": cfg.to_dict(), "model": state}, tmp)
+    tmp.replace(path)
+    return path
 
 
 def _jsonable(value: Any) -> Any:
