@@ -414,7 +414,14 @@ def _engine(bundle_dir: Path, manifest: Manifest, providers: list[str], settings
     arena = settings.memory_arena
     if manifest.task == "translation":
         engine = Translator(
-            bundle_dir, manifest, providers, threads, variant, memory_arena=arena, target_vocab=settings.target_vocab
+            bundle_dir,
+            manifest,
+            providers,
+            threads,
+            variant,
+            memory_arena=arena,
+            target_vocab=settings.target_vocab,
+            shortlist=settings.shortlist,
         )
         if not settings.loop_guard:
             engine.loop_guard = None

@@ -75,6 +75,11 @@ class TranslateRequest(BaseModel):
         False,
         description="also return a confidence per text: 100 x the geometric mean of its tokens' probabilities",
     )
+    shortlist: bool = Field(
+        True,
+        description="decode with the model's lexical shortlist where it has one and the server uses it (each "
+        "sentence's output pieces cut to those its source suggests); false = every piece of the target language",
+    )
 
     glossary: list[GlossaryTerm] | None = Field(
         None,

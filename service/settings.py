@@ -68,6 +68,12 @@ class Settings(BaseSettings):
         description="decode each sentence with the output projection cut to its target language's pieces, where "
         "the bundle has target vocabularies (runtime/vocab.py); false = every piece of the vocabulary",
     )
+    shortlist: bool = Field(
+        True,
+        description="decode each sentence with its lexical shortlist, where the bundle has one (runtime/shortlist.py): "
+        "the output projection computed only for the pieces its source suggests and its language's frequent pieces; "
+        "false = the target language's every piece",
+    )
     beam_size: int = Field(1, ge=1, le=16, description="beam size when a request names none (1 = greedy)")
     max_beam_size: int = Field(8, ge=1, le=16, description="largest beam_size a request may ask for")
     max_alternatives: int = Field(5, ge=0, le=15, description="most alternatives a request may ask for")

@@ -64,13 +64,16 @@ class Decoding:
     beam_size: int = 1
     alternatives: int = 0
     confidence: bool = False
+    shortlist: bool = True  # False: without the bundle's lexical shortlist (runtime/shortlist.py)
 
     @property
     def plain(self) -> bool:
-        return self.beam_size == 1 and not self.alternatives and not self.confidence
+        return self.beam_size == 1 and not self.alternatives and not self.confidence and self.shortlist
 
 
-def decoding(state: ServiceState, beam_size: int | None, alternatives: int, confidence: bool) -> Decoding:
+def decoding(
+    state: ServiceState, beam_size: int | None, alternatives: int, confidence: bool, shortlist: bool = True
+) -> Decoding:
     """The request's decoding, checked against the server's bounds (400 with the bound)."""
     s = state.settings
     if not 0 <= alternatives <= s.max_alternatives:
@@ -82,7 +85,7 @@ def decoding(state: ServiceState, beam_size: int | None, alternatives: int, conf
         if beam_size is not None and beam_size < alternatives + 1:
             raise bad_request(f"beam_size {beam_size} cannot give {alternatives} alternatives (needs alternatives + 1)")
         beam = max(beam, min(alternatives + 1, s.max_beam_size))
-    return Decoding(beam, alternatives, confidence)
+    return Decoding(beam, alternatives, confidence, shortlist)
 
 
 @dataclass
@@ -275,7 +278,7 @@ async def translate_messages(state: ServiceState, route: Route, sentences: list[
     texts = [protect.texts_to_translate(p) for p in parts]
     inner = [Sentence.of(Segment(t, "")) for ts in texts for t in ts]
     if any(b.translate for b in inner):
-        one = Decoding(how.beam_size, 0, how.confidence)
+        one = Decoding(how.beam_size, 0, how.confidence, how.shortlist)
         await translate_sentences(state, route, [b for b in inner if b.translate], one)
     done = iter(inner)
     for (s, message), p, ts in zip(found, parts, texts):
@@ -332,7 +335,7 @@ async def keep_protected(state: ServiceState, route: Route, sentences: list[Sent
     message as `translate_messages` rebuilt it, a glossary term as its target (such a sentence
     has no alternatives; but one with glossary terms: each hypothesis whose digits all come back
     is one, with its target terms)."""
-    one = Decoding(how.beam_size, 0, how.confidence)
+    one = Decoding(how.beam_size, 0, how.confidence, how.shortlist)
     # True without spans; a sentence with glossary terms was not tried whole
     broken = [s for s in sentences if s.terms or not protect.kept(s.source, s.best.text)]
     # first, again with a placeholder digit for each span (none where there are more spans than
@@ -497,6 +500,8 @@ async def _through(state: ServiceState, route: Route, texts: list[str], how: Dec
             continue
         last = n == len(route) - 1
         options = {"beam_size": how.beam_size, "n_best": how.alternatives + 1 if last else 1}
+        if not how.shortlist:
+            options["shortlist"] = False
         # the continuous scheduler answers scored greedy rows as plain (text, score, length) tuples
         found = [[Translation(*h) for h in hyps] for hyps in await _batched(state, model, inputs, options)]
         outcomes = [
@@ -589,7 +594,7 @@ async def translate_markup(
         visible = [BeautifulSoup(t, "html.parser").get_text(" ").strip() or t for t in texts]
         detected = [d[0] for d in await detect(state, visible)]
     out = Translated([], detected)
-    pieces_how = Decoding(how.beam_size, 0, how.confidence)
+    pieces_how = Decoding(how.beam_size, 0, how.confidence, how.shortlist)
     confidences: list[float] = []
     for i, text in enumerate(texts):
         src = detected[i].language if detected else source

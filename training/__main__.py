@@ -196,6 +196,25 @@ def cmd_vocab(args) -> int:
     return 0
 
 
+def cmd_shortlist(args) -> int:
+    """A lexical shortlist from parallel text into the bundle (training/shortlist.py): the
+    config's training pairs, or the files given."""
+    from training import shortlist
+
+    if bool(args.config) == bool(args.source):
+        raise SystemExit("shortlist: give --config, or --source and --target")
+    bundle = Path(args.bundle)
+    if args.config:
+        rows = shortlist.config_rows(_config(args))
+        source = args.config
+    else:
+        rows = shortlist.file_rows(Path(args.bundle), Path(args.source), Path(args.target), args.target_lang)
+        source = f"{args.source} {args.target}"
+    manifest = shortlist.add_shortlist(bundle, rows, args.k, args.frequent, args.max_pairs, source)
+    print(json.dumps({"bundle": str(bundle), **manifest.shortlist}))
+    return 0
+
+
 def cmd_import(args) -> int:
     """A model made elsewhere (Argos package, CTranslate2 directory, Hugging Face Marian folder)
     into a bundle, read by our own code (training/importers)."""
@@ -345,6 +364,20 @@ def build_parser() -> argparse.ArgumentParser:
     v = with_config(sub.add_parser("vocab", help="add each target language's vocabulary to a bundle"))
     v.add_argument("--bundle", required=True, help="a translation bundle folder")
     v.set_defaults(func=cmd_vocab)
+
+    sl = sub.add_parser(
+        "shortlist", help="add a lexical shortlist (each source piece's likely target pieces) to a bundle"
+    )
+    sl.add_argument("--bundle", required=True, help="a translation bundle folder")
+    sl.add_argument("--config", help="a TOML file: its training pairs (data.train_sets, or the corpus)")
+    sl.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    sl.add_argument("--source", help="parallel text instead of a config: the source side, one sentence a line")
+    sl.add_argument("--target", help="the target side, line by line with --source")
+    sl.add_argument("--target-lang", help="the target language of --source/--target (default: the bundle's)")
+    sl.add_argument("--k", type=int, default=50, help="target pieces kept per source piece")
+    sl.add_argument("--frequent", type=int, default=1000, help="most frequent target pieces every sentence gets")
+    sl.add_argument("--max-pairs", type=int, default=300_000, help="sentence pairs used per direction (sampled)")
+    sl.set_defaults(func=cmd_shortlist)
 
     im = sub.add_parser("import", help="import an Argos package, a CTranslate2 model or a Marian folder as a bundle")
     im.add_argument("kind", choices=["argos", "ct2", "marian"])

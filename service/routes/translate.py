@@ -41,7 +41,7 @@ router = APIRouter(tags=["translation"])
 async def translate(call: Call[TranslateRequest] = Depends(admitted(TranslateRequest, "q"))) -> TranslateResponse:
     body = call.body
     texts = [body.q] if isinstance(body.q, str) else list(body.q)
-    how = translation.decoding(call.state, body.beam_size, body.alternatives, body.confidence)
+    how = translation.decoding(call.state, body.beam_size, body.alternatives, body.confidence, body.shortlist)
     glossary = [(t.source, t.target) for t in body.glossary or ()]
     most = call.state.settings.max_glossary_terms
     if len(glossary) > most:

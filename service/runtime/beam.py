@@ -37,12 +37,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from service.runtime import loop_guard
 from service.runtime.loop_guard import LoopGuard
+
+if TYPE_CHECKING:
+    from service.runtime.shortlist import Columns
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ def beam_steps(
     gather_cache: Callable[[str, Any, np.ndarray], Any] | None = None,
     guard: LoopGuard | None = loop_guard.DEFAULT,
     pad: int | None = None,
+    columns: Columns | None = None,
 ) -> Generator[None, None, list[list[Hypothesis]]]:
     """The `n_best` best hypotheses of each source row of `src`, best first; a generator that
     yields after each decoder step (a scheduler runs other work between two steps) and returns them.
@@ -140,7 +144,10 @@ def beam_steps(
     row's n best log-probabilities and ids. `gather(value, rows)` / `gather_cache(name, value,
     rows)`: an entry's rows in that order (on a device, tensors there: `vocab` gives V; the cache
     one may be cheaper, e.g. only the slots written, in place); both may return a prefix of the
-    same array. `guard`: the loop guard (None: off), reading the sources without `pad`."""
+    same array. `guard`: the loop guard (None: off), reading the sources without `pad`.
+    `columns`: a lexical shortlist's (runtime/shortlist.py), one mask row per source: `step`
+    gives the projection's input and the logits are computed on the columns, each row's own
+    (its sentence's) only; `topk` must then be `columns.topk`."""
     take_cache = gather_cache or (lambda _name, value, rows: gather(value, rows))
     k, n_best = beam, min(n_best, beam)
     b = src.shape[0]
@@ -157,6 +164,8 @@ def beam_steps(
         if t:
             yield  # between two steps (nothing of this search is held in a shared buffer here)
         logits = step(state, tokens)  # (a * k, V) float32
+        if columns is not None:
+            logits = columns.logits(logits, np.repeat(active, k))
         a, vocab = len(active), vocab or logits.shape[-1]
         w = min(2 * k, vocab)  # candidates per row
         logprobs, ids = topk(logits, min(w + loop_guard.extra_width(repeats), vocab))  # each row best first

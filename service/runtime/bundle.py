@@ -82,6 +82,9 @@ class Manifest:
     # How text becomes the model's ids where that is not `tokenizer`'s ids with </s> after the
     # source (imported models: runtime/codec.py CodecSpec); empty: that rule.
     codec: dict[str, Any] = field(default_factory=dict)
+    # Lexical shortlists (runtime/shortlist.py): {"file": npz, "languages": [...], "graphs":
+    # {variant: its decoder without the output projection}, and how it was built}
+    shortlist: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def graph(self, variant: str, role: str) -> GraphSpec:
@@ -199,6 +202,17 @@ def parse_manifest(raw: dict[str, Any], where: str = MANIFEST) -> Manifest:
         for vname in vocab.get("projection") or {}:
             if vname not in raw["variants"]:
                 problems.append(f"target_vocab projection for {vname!r}, not a variant")
+    shortlist = raw.get("shortlist") or {}
+    if shortlist:
+        if shortlist.get("file") not in raw["files"]:
+            problems.append(f"shortlist file {shortlist.get('file')!r} has no checksum in files")
+        if not shortlist.get("languages"):
+            problems.append("shortlist lists no languages")
+        for vname, file in (shortlist.get("graphs") or {}).items():
+            if vname not in raw["variants"]:
+                problems.append(f"shortlist graph for {vname!r}, not a variant")
+            if file not in raw["files"]:
+                problems.append(f"shortlist graph file {file!r} has no checksum in files")
     problems += codec_problems(raw)
     if problems:
         raise BundleError(f"{where}: " + "; ".join(problems))

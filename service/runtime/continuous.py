@@ -31,6 +31,12 @@ With a contract-3 decoder (fixed-width caches written in place) a row's cache sl
 from slot 0: a newcomer in a free slot starts at position 0 and the old occupant's slots past it
 are never read, so there is no self mask and nothing to cut on the left; the attention spans the
 live rows' longest position, and the buffers are as wide as the largest output limit admitted.
+
+With a lexical shortlist (the engine's `shortlist`, runtime/shortlist.py) the decoder gives the
+output projection's input and the batch computes the logits on the union of its rows' lists,
+each row's outside its own list at -inf: the union grows when a row joins with a piece it lacks,
+and is cut back to the live rows' at a compaction; a row's logits and choices are those of the
+row alone whatever the union (exact integer products, ties to the lowest piece).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from service.runtime import graph_io, loop_guard
 from service.runtime.beam import logsumexp
 from service.runtime.engine import StepEngine
 from service.runtime.loop_guard import Repeats
+from service.runtime.shortlist import Columns
 
 
 @dataclass
@@ -71,7 +78,9 @@ class DecodeBatch:
     target vocabularies)."""
 
     def __init__(self, engine: StepEngine) -> None:
-        self.engine = engine
+        chosen = getattr(engine, "batch_engine", None)  # a translator's engine for running batches
+        self.engine = engine = chosen() if chosen is not None else engine
+        self.shortlist = getattr(engine, "shortlist", None)
         self.static = engine.static  # contract 3: caches written in place
         self.steps = 0  # decoder calls so far
         self.compactions = 0
@@ -85,6 +94,8 @@ class DecodeBatch:
         self.next_ids = np.zeros((0, 1), dtype=np.int64)  # each row's next input token
         self.guard = self.engine.loop_guard  # the engine's, as it is when the batch (re)starts
         self.repeats: Repeats | None = self.guard.state([]) if self.guard is not None else None
+        self.lists: list[np.ndarray | None] = []  # a shortlist's: each slot's pieces (None: free)
+        self.columns: Columns | None = None  # the projection's columns (None: to be made at the next step)
 
     @property
     def rows(self) -> list[Row]:
@@ -136,7 +147,9 @@ class DecodeBatch:
         new = e.start(src, width=int(limits.max()) if not self.slots else 0)
         new.pop(graph_io.POSITION, None)  # the batch keeps every row's position itself
         rows = [Row(t, int(n), len(s), scored=scored, guard=guard) for t, n, s in zip(tags, limits, sources)]
+        lists = [self.shortlist.pieces(s) for s in sources] if self.shortlist is not None else []
         if not self.slots:
+            self.lists, self.columns = list(lists), None
             self.state = new
             self.valid = np.zeros((len(rows), 0), dtype=bool)
             self.position = np.zeros(len(rows), dtype=np.int64)
@@ -162,6 +175,7 @@ class DecodeBatch:
             if self.repeats is not None:
                 self.repeats.grow(grow)
             self.slots += [None] * grow
+            self.lists += [None] * grow
             free += list(range(b, b + grow))
         at = np.array(free)
         w = src.shape[1]  # written in place: the newcomers' columns, then zeros (masked) up to the batch's width
@@ -178,6 +192,10 @@ class DecodeBatch:
             self.repeats.reset(at, self.repeats.guard.source_units(sources))
         for i, row in zip(free, rows):
             self.slots[i] = row
+        if self.shortlist is not None:
+            for i, ids in zip(free, lists):
+                self.lists[i] = ids
+            self.columns = None
 
     def step(self) -> list[Row]:
         """One decoder call for every slot; returns the rows that finished (and left)."""
@@ -196,18 +214,32 @@ class DecodeBatch:
                 **self.state,
             }
         logits = e.run_step(self.state, feeds)
+        tokens_of, normaliser = e.tokens_of, logsumexp
+        if self.shortlist is not None:
+            if self.columns is None or len(self.columns.mask) != b:
+                self.columns = (
+                    self.columns.with_rows(self.lists)
+                    if self.columns is not None
+                    else Columns.of(self.shortlist.projection, [x for x in self.lists if x is not None]).with_rows(
+                        self.lists
+                    )
+                )
+            logits = self.columns.logits(logits)
+            tokens_of, normaliser = self.columns.tokens_of, self.columns.logsumexp
         self.steps += 1
         best = logits.argmax(-1)
-        next_ids = e.tokens_of(best)  # the engine's view of one target vocabulary: its columns' pieces
+        next_ids = tokens_of(best)  # the engine's view of one target vocabulary: its columns' pieces
         live = [(r, row) for r, row in enumerate(self.slots) if row is not None]
         if self.repeats is not None:
             guarded = np.array([row is not None and row.guard for row in self.slots])
-            best, next_ids = loop_guard.pick(logits, best, next_ids, self.repeats, e.tokens_of, guarded)
+            best, next_ids = loop_guard.pick(logits, best, next_ids, self.repeats, tokens_of, guarded)
             self.repeats.push(next_ids)
         scored = any(row.scored for _, row in live)  # the softmax only where someone reads it
         if scored:
-            chosen = logits[np.arange(b), best].astype(np.float64)
-            logprobs = chosen - logsumexp(logits.astype(np.float64))
+            at = np.array([r for r, _ in live])  # free rows' logits are -inf with a shortlist
+            logprobs = np.zeros(b, dtype=np.float64)
+            chosen = logits[at, best[at]].astype(np.float64)
+            logprobs[at] = chosen - normaliser(logits[at].astype(np.float64))
         done = []
         for r, row in live:
             if scored:
@@ -277,6 +309,9 @@ class DecodeBatch:
         self.position, self.next_ids = self.position[keep], self.next_ids[keep]
         if self.repeats is not None:
             self.repeats = self.repeats.take(keep)
+        if self.shortlist is not None:  # the union cut back to the live rows' lists
+            self.lists = [x for x, k in zip(self.lists, keep) if k]
+            self.columns = None
 
 
 def _pad_axis(a: np.ndarray, axis: int, size: int) -> np.ndarray:

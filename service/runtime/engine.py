@@ -28,13 +28,15 @@ from service.runtime.vocab import TargetVocab
 class TranslateOptions:
     """How `translate_batch` decodes. `beam_size` 1 is greedy decoding; `return_scores` with it
     sums each output's log-probabilities (beam search always does); `loop_guard` False: without
-    the engine's loop guard (runtime/loop_guard.py)."""
+    the engine's loop guard (runtime/loop_guard.py); `shortlist` False: without the bundle's
+    lexical shortlist (runtime/shortlist.py), every piece of the target language."""
 
     beam_size: int = 1
     n_best: int = 1
     length_penalty: float = 1.0
     return_scores: bool = False
     loop_guard: bool = True
+    shortlist: bool = True
 
 
 class Translation(NamedTuple):
@@ -91,7 +93,7 @@ class TranslationEngine(Protocol):
 
     def target_of(self, source: Sequence[int]) -> str | None: ...
 
-    def view(self, lang: str | None) -> DecodingEngine: ...
+    def view(self, lang: str | None, shortlist: bool | None = None) -> DecodingEngine: ...
 
 
 class DecodingEngine(TranslationEngine, StepEngine, Protocol):

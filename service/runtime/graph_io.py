@@ -42,6 +42,7 @@ from service.runtime.bundle import BundleError, GraphSpec, TensorSpec
 SRC_IDS, INPUT_IDS, SRC_MASK, LOGITS = "src_ids", "input_ids", "src_mask", "logits"
 POSITION, SELF_MASK, ALIGNMENT = "position", "self_mask", "alignment"
 ALIGN_QUERY = "align_query"
+HIDDEN = "hidden"  # a shortlist decoder's last output: the output projection's uint8 input (runtime/shortlist.py)
 CLASSIFIER_IDS, PROBABILITIES = "ids", "probabilities"
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from service.runtime import loop_guard
 from service.runtime.beam import Hypothesis, Steps, TopK, beam_steps, logsumexp
 from service.runtime.loop_guard import LoopGuard
+from service.runtime.shortlist import Columns
 
 
 def greedy(
@@ -25,10 +26,13 @@ def greedy(
     limits: np.ndarray,
     scores: np.ndarray | None = None,
     guard: LoopGuard | None = loop_guard.DEFAULT,
+    columns: Columns | None = None,
 ):
     """The greedy loop over the padded sources `src` (B, S): each row's tokens (B, steps) and
     their counts (B,), </s> not included. With `scores` (B,), adds each row's chosen tokens'
-    log-probabilities to it (</s> included)."""
+    log-probabilities to it (</s> included). With `columns` (a lexical shortlist, one row per
+    source: runtime/shortlist.py) the runner's decoder gives the projection's input and the
+    logits are computed on the batch's columns, each row's own only."""
     g = runner.graph
     b, steps = src.shape[0], int(limits.max())
     state = runner.start(src, width=steps)
@@ -39,16 +43,17 @@ def greedy(
     tokens = np.full((b, 1), g.bos, dtype=np.int64)
     run = runner.stepper(state)
     repeats = guard.state(src, g.pad) if guard is not None else None
+    tokens_of, normaliser = (g.tokens_of, logsumexp) if columns is None else (columns.tokens_of, columns.logsumexp)
     for step in range(steps):
-        logits = run(tokens)
+        logits = run(tokens) if columns is None else columns.logits(run(tokens))
         best = logits.argmax(-1)
-        next_ids = g.tokens_of(best)
+        next_ids = tokens_of(best)
         live = alive >= 0
-        best, next_ids = loop_guard.pick(logits, best, next_ids, repeats, g.tokens_of, live)
+        best, next_ids = loop_guard.pick(logits, best, next_ids, repeats, tokens_of, live)
         if scores is not None:
             rows = np.nonzero(live)[0]
             chosen = logits[rows, best[rows]].astype(np.float64)
-            scores[alive[rows]] += chosen - logsumexp(logits[rows].astype(np.float64))
+            scores[alive[rows]] += chosen - normaliser(logits[rows].astype(np.float64))
         ended = next_ids == g.eos
         write = live & ~ended
         out[alive[write], step] = next_ids[write]
@@ -61,6 +66,7 @@ def greedy(
             keep = ~dead
             alive, next_ids, row_limits = alive[keep], next_ids[keep], row_limits[keep]
             repeats = repeats.take(keep) if repeats is not None else None
+            columns = columns.take(keep) if columns is not None else None
             state = {name: runner.keep_row(name, value, keep, step + 1) for name, value in state.items()}
             run = runner.stepper(state)
         if repeats is not None:
@@ -70,12 +76,17 @@ def greedy(
 
 
 def greedy_hypotheses(
-    runner: Any, src: np.ndarray, limits: np.ndarray, scored: bool, guard: LoopGuard | None = loop_guard.DEFAULT
+    runner: Any,
+    src: np.ndarray,
+    limits: np.ndarray,
+    scored: bool,
+    guard: LoopGuard | None = loop_guard.DEFAULT,
+    columns: Columns | None = None,
 ) -> list[list[Hypothesis]]:
     """`greedy` as one hypothesis per row; its score only when `scored` (else 0.0)."""
     b = src.shape[0]
     scores = np.zeros(b, dtype=np.float64)
-    out, out_len = greedy(runner, src, limits, scores if scored else None, guard)
+    out, out_len = greedy(runner, src, limits, scores if scored else None, guard, columns)
     # a row that ended with </s> scored it too; one cut at its limit did not
     n = out_len + (out_len < limits)
     return [[Hypothesis(out[i, : out_len[i]].tolist(), float(scores[i]), int(n[i]))] for i in range(b)]
@@ -90,13 +101,15 @@ def search(
     length_penalty: float,
     topk: TopK,
     guard: LoopGuard | None = loop_guard.DEFAULT,
+    columns: Columns | None = None,
 ) -> Steps:
     """The `n_best` best hypotheses of each row of `src` by beam search (runtime/beam.py), a
-    generator that yields between two decoder steps; beam 1 is the greedy loop, scored."""
+    generator that yields between two decoder steps; beam 1 is the greedy loop, scored.
+    `columns`: a lexical shortlist's (as `greedy`), whose selection replaces `topk`."""
     if beam_size == 1:
-        return greedy_hypotheses(runner, src, limits, scored=True, guard=guard)
+        return greedy_hypotheses(runner, src, limits, scored=True, guard=guard, columns=columns)
     g = runner.graph
-    parts = runner.beam_parts(topk)
+    parts = runner.beam_parts(columns.topk if columns is not None else topk)
     hyps = yield from beam_steps(
         parts.start,
         parts.step,
@@ -110,9 +123,10 @@ def search(
         per_beam=set(g.cache_names),
         topk=parts.topk,
         gather=parts.gather,
-        vocab=g.n_logits,
+        vocab=g.n_logits if columns is None else columns.width,
         gather_cache=parts.gather_cache,
         guard=guard,
         pad=g.pad,
+        columns=columns,
     )
     return hyps

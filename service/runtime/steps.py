@@ -67,6 +67,10 @@ class DecoderGraph:
     n_logits: int
     logit_ids: np.ndarray | None  # column j of the logits is piece logit_ids[j] (None: every piece)
     limit: Callable[[int], int]  # the output-length limit of a source of n tokens
+    # What a step gives: the logits (B, n_logits) float32, or a shortlist decoder's `hidden`
+    # (B, d_model) uint8, the output projection's input (runtime/shortlist.py)
+    output: str = graph_io.LOGITS
+    output_dtype: Any = np.float32
 
     def tokens_of(self, columns: np.ndarray) -> np.ndarray:
         """The piece ids of logit columns."""
@@ -90,6 +94,8 @@ class DecoderGraph:
             t.n_logits,
             t.logit_ids,
             t.output_limit,
+            t.step_output,
+            t.step_output_dtype,
         )
 
 
@@ -144,7 +150,7 @@ class CopyStep:
         """The decoder on `feeds`; the new caches go into `state`; returns the logits (and the
         `extra` outputs after them, when asked: a list)."""
         g = self.graph
-        logits, *rest = g.decoder.run([graph_io.LOGITS, *extra, *g.present_outputs], feeds)
+        logits, *rest = g.decoder.run([g.output, *extra, *g.present_outputs], feeds)
         state.update(zip(g.cache_names, rest[len(extra) :]))
         return [logits, *rest[: len(extra)]] if extra else logits
 
@@ -214,10 +220,10 @@ class BoundStep(CopyStep):
         b = state[graph_io.POSITION].shape[0]
         bind = g.decoder.io_binding()
         ids = np.empty((b, 1), dtype=np.int64)
-        logits = np.empty((b, g.n_logits), dtype=np.float32)
+        logits = np.empty((b, g.n_logits), dtype=g.output_dtype)
         position = state[graph_io.POSITION]
         held = [ort.OrtValue.ortvalue_from_numpy(logits)]  # the OrtValues share the arrays' memory
-        bind.bind_ortvalue_output(graph_io.LOGITS, held[0])
+        bind.bind_ortvalue_output(g.output, held[0])
         for name in extra:
             bind.bind_output(name, "cpu")
         caches = dict(zip(g.cache_names, g.present_outputs))

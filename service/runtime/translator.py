@@ -32,6 +32,7 @@ from service.runtime.engine import TranslateOptions, Translation
 from service.runtime.preprocess import DECODING, output_limits
 from service.runtime.search import greedy_hypotheses, search
 from service.runtime.sessions import BundleEngine, create_session
+from service.runtime.shortlist import PROJECTION, Shortlist, check_hidden, load_shortlist
 from service.runtime.steps import ROWS_GATHER as ROWS_GATHER  # where callers look for it
 from service.runtime.steps import BoundStep, CopyStep, DecoderGraph, DeviceStep
 from service.runtime.vocab import load_target_vocab, tag_languages, target_of
@@ -56,6 +57,7 @@ class Translator(BundleEngine):
         io_binding: bool | None = None,
         memory_arena: bool = False,
         target_vocab: bool = True,
+        shortlist: bool = True,
     ) -> None:
         super().__init__(bundle_dir, manifest, variant, memory_arena)
         spec = manifest.graph(self.variant, "decoder")
@@ -99,8 +101,17 @@ class Translator(BundleEngine):
         self.n_logits = manifest.vocab_size
         self.target_vocab = load_target_vocab(bundle_dir, manifest, self.variant) if target_vocab else None
         self._tag_langs = tag_languages(manifest, self.text.source.piece_to_id) if manifest.target_tags else {}
-        self._views: dict[str, Translator] = {}
+        self._views: dict[tuple[str | None, bool], Translator] = {}
         self._views_lock = threading.Lock()
+        # Lexical shortlists (runtime/shortlist.py): the bundle's tables and its decoder without
+        # the output projection (one session for every target language: the projection is
+        # computed per batch), on the CPU only; `shortlist` set in a view that decodes with them.
+        self.step_output: str = graph_io.LOGITS
+        self.step_output_dtype: Any = np.float32
+        # (`shortlist` False: not loaded; a request may turn it off where it is)
+        self.shortlist: Shortlist | None = None
+        self._root, self._plain = True, self  # a view: False, and (shortlisted) the view without it
+        self._hidden = self._load_shortlist(providers, threads) if shortlist and self.device == "cpu" else None
         # Every language's decoder session is opened (and checked) here, at load: one opened at
         # the language's first sentence would read the graph from disk then, and a file replaced
         # or truncated since, or a process out of file descriptors, would fail that sentence in
@@ -116,6 +127,27 @@ class Translator(BundleEngine):
             DeviceStep(graph, self.device, providers, threads, memory_arena, BEAM_TOPK) if self.io_binding else None
         )
         self._choose_steps(graph)
+
+    def _load_shortlist(self, providers: list[str], threads: int) -> tuple[Shortlist, Any] | None:
+        """The bundle's shortlist and its projection-less decoder's session; None without one."""
+        vocab = self.target_vocab
+        found = load_shortlist(
+            self.bundle_dir, self.manifest, self.variant, self.text.source.piece_to_id, vocab.ids if vocab else None
+        )
+        if found is None:
+            return None
+        tables, spec = found
+        path = self.bundle_dir / spec.file
+        session = create_session(path, providers, threads, self.memory_arena)
+        check_hidden(session, spec, str(path))
+        tables.projection.session = create_session(PROJECTION, ["CPUExecutionProvider"], threads, self.memory_arena)
+        return tables, session
+
+    @property
+    def has_shortlist(self) -> bool:
+        """Whether the bundle's lexical shortlist is loaded (then sentences are decoded with it
+        unless a request turns it off)."""
+        return self._hidden is not None
 
     def _choose_steps(self, graph: DecoderGraph) -> None:
         """The step runners for `graph`: `steps` for the loops on the host (and the running
@@ -180,11 +212,17 @@ class Translator(BundleEngine):
 
     def align(self, pairs: Sequence[tuple[str, str]]) -> list[list[tuple[int, int, int, int]]]:
         """Word alignment by forced decoding (runtime/alignment.py)."""
-        return alignment.align(self, pairs)
+        return alignment.align(self._forced(), pairs)
 
     def attention(self, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> np.ndarray:
         """Cross-attention weights of forced decoding (runtime/alignment.attention)."""
-        return alignment.attention(self, sources, targets)
+        return alignment.attention(self._forced(), sources, targets)
+
+    def _forced(self) -> Translator:
+        """The engine of forced decoding, which reads no logits: the shortlist's decoder without
+        the output projection where the bundle has one (the same cross-attention, every other
+        output the same bits), else this one."""
+        return self.view(None, shortlist=True) if self._hidden is not None and self.aligns else self
 
     def _by_length(self, texts: Sequence[str]) -> tuple[list[int], list[list[int]]]:
         """The indices of the non-empty texts, shortest source first, and their source ids."""
@@ -209,7 +247,7 @@ class Translator(BundleEngine):
         """Hypotheses for source id lists: each target language's part by its view, in turn."""
         out: list = [None] * len(sources)
         for lang, idx in self._target_groups(sources).items():
-            found = yield from self.view(lang)._search_part([sources[i] for i in idx], options)
+            found = yield from self.view(lang, options.shortlist)._search_part([sources[i] for i in idx], options)
             for i, result in zip(idx, found):
                 out[i] = result
         return out
@@ -217,6 +255,25 @@ class Translator(BundleEngine):
     def _search_part(self, sources: Sequence[Sequence[int]], options: TranslateOptions) -> Steps:
         src, limits = self.padded(sources)
         guard = self.loop_guard if options.loop_guard else None
+        if self.shortlist is not None:  # on the host: the projection is computed here per batch
+            columns = self.shortlist.columns(sources)
+            if options.beam_size > 1:
+                hyps = yield from search(
+                    self.steps,
+                    src,
+                    limits,
+                    options.beam_size,
+                    options.n_best,
+                    options.length_penalty,
+                    self.topk,
+                    guard,
+                    columns,
+                )
+            else:
+                hyps = greedy_hypotheses(self.steps, src, limits, options.return_scores, guard, columns)
+            if self.on_tokens:
+                self.on_tokens(sum(h[0].length if options.beam_size > 1 else len(h[0].tokens) for h in hyps if h))
+            return hyps
         if options.beam_size > 1:  # on the device where the caches stay there
             runner = self.device_steps or self.steps
             hyps = yield from search(
@@ -273,23 +330,49 @@ class Translator(BundleEngine):
         """The target language whose vocabulary decodes `source` (None: the full vocabulary)."""
         return target_of(self.manifest, self.target_vocab, self._tag_langs, source)
 
-    def view(self, lang: str | None) -> Translator:
+    def view(self, lang: str | None, shortlist: bool | None = None) -> Translator:
         """This translator decoding into `lang`'s vocabulary only: its decoder session of the same
-        graph with the projection cut to the language's pieces (opened at load); None: itself. A
-        view shares the encoder, the tokenizer and the settings (as they are at its first use)."""
-        if lang is None or self.target_vocab is None:
+        graph with the projection cut to the language's pieces (opened at load); None: the full
+        vocabulary. Unless `shortlist` is False, where the bundle's shortlist is loaded, the
+        view decodes each sentence with its lexical shortlist instead (runtime/shortlist.py: the
+        decoder without the projection, which is computed per batch; cut to the language's
+        vocabulary too). A view shares the encoder, the tokenizer and the settings (as they are
+        at its first use)."""
+        use = self._hidden is not None and shortlist is not False
+        if self.target_vocab is None:
+            lang = None
+        if (lang is None and not use) or not self._root:  # a view decodes as it is
             return self
+        key = (lang, use)
         with self._views_lock:
-            found = self._views.get(lang)
-            if found is None:
-                found = copy.copy(self)
-                found.decoder = self._view_decoders[lang]
-                found.logit_ids = self.target_vocab.ids[lang]
-                found.n_logits = len(found.logit_ids)
-                found.target_vocab, found._views, found._view_decoders = None, {}, {}
-                found._choose_steps(DecoderGraph.of(found))
-                self._views[lang] = found
+            found = self._views.get(key)
+        if found is not None:
             return found
+        plain = self.view(lang, shortlist=False) if use else self
+        with self._views_lock:
+            found = self._views.get(key)
+            if found is None:
+                found = copy.copy(plain)
+                if use and self._hidden is not None:
+                    found.shortlist, found.decoder = self._hidden
+                    found.logit_ids, found.n_logits = None, self.manifest.model["d_model"]
+                    found.step_output, found.step_output_dtype = graph_io.HIDDEN, np.uint8
+                    found._plain = plain
+                else:
+                    assert lang is not None and self.target_vocab is not None
+                    found.decoder = self._view_decoders[lang]
+                    found.logit_ids = self.target_vocab.ids[lang]
+                    found.n_logits = len(found.logit_ids)
+                found.target_vocab, found._views, found._view_decoders, found._root = None, {}, {}, False
+                found.device_steps = None if use else found.device_steps
+                found._choose_steps(DecoderGraph.of(found))
+                self._views[key] = found
+            return found
+
+    def batch_engine(self) -> Translator:
+        """The engine a running batch of this translator steps (runtime/continuous.DecodeBatch):
+        its view with the shortlist where it decodes with one by default, else itself."""
+        return self.view(None) if self._root and self.target_vocab is None else self
 
     def _target_groups(self, sources: Sequence[Sequence[int]]) -> dict[str | None, list[int]]:
         """The indices of `sources` by the target language whose vocabulary decodes them."""

@@ -238,7 +238,13 @@ class ContinuousScheduler:
 
     def continuous(self, model: str, options: dict[str, Any] | None) -> bool:
         o = options or {}
-        return model in self.decoders and o.get("beam_size", 1) == 1 and o.get("n_best", 1) == 1 and not o.get("align")
+        return (
+            model in self.decoders
+            and o.get("beam_size", 1) == 1
+            and o.get("n_best", 1) == 1
+            and not o.get("align")
+            and o.get("shortlist", True)  # the running batches decode with it where the bundle has one
+        )
 
     def _job(
         self,
