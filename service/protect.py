@@ -24,6 +24,7 @@ translated with the message as a placeholder, and the message put back rebuilt (
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -77,6 +78,36 @@ _REFERENCE = re.compile(rf"{_URL}|{_EMAIL}|{_MENTION}|{_HASHTAG}")
 # Spans no model can translate and every model decodes to its length limit (a 5000-character
 # "xxx..." came back as 8,128 tokens in 1.5 s of the worker): such pieces are not even tried whole.
 _DEGENERATE = re.compile(r"(\S)\1{5,}|\S{64,}|(?<!\S)(\S+(?:\s+\S+){0,2}?)(?:\s+\2){3,}(?!\w)")
+# Cheap tests that let most sentences skip the expressions above (`_may_match`): every
+# alternative of `_SPAN` but the last three, and every ICU message, needs one of these characters
+# or strings (a URL's scheme has its ":"; `\\d` is any Unicode decimal digit, as in the patterns);
+# the last three (and `_DEGENERATE`) need six of one character in a row, 64 non-spaces in a row,
+# or a word said at least three times (the first word of a unit said 4+ times ends in a space in
+# its first three copies).
+_TRIGGER = re.compile(r"[{}%$:<&#@\d]|www\.")
+_RUN_OR_LONG = re.compile(r"(\S)\1{5}|\S{64}")
+
+
+def _may_repeat(text: str) -> bool:
+    """Whether some word of `text` (split at whitespace, as `\\s` reads it) is there 3+ times."""
+    words = text.split()
+    if len(set(words)) > len(words) - 2:
+        return False
+    return max(Counter(words).values()) >= 3
+
+
+def _may_degenerate(text: str) -> bool:
+    """False only where `_DEGENERATE` (and the same three alternatives of `_SPAN`) cannot match."""
+    return _RUN_OR_LONG.search(text) is not None or _may_repeat(text)
+
+
+def _may_match(text: str, pattern: re.Pattern[str]) -> bool:
+    """False only where `pattern` (`_SPAN` or `_PLACEHOLDERS`) and `messages` find nothing in `text`."""
+    if _TRIGGER.search(text) is not None:
+        return True
+    return pattern is _SPAN and _may_degenerate(text)
+
+
 # ICU: `{arg, plural|select|selectordinal,` opens a message; each branch is a selector (`one`,
 # `=0`, `other`, after an optional `offset:1`) and its text in braces.
 _ICU_HEAD = re.compile(r"\{\s*[\w.]+\s*,\s*(?:plural|selectordinal|select)\s*,")
@@ -163,6 +194,17 @@ def _found(
     """Every protected span of `text` (start, end, is a placeholder), in order: the ICU messages,
     and the matches of `pattern` outside them; and the `terms` (glossary terms, service/glossary.py:
     spans whose replacement is their target) that overlap none of them."""
+    out = list(_remembered(text, pattern) if len(text) <= _REMEMBERED_CHARS else _scan(text, pattern))
+    if terms:
+        free = [(a, b, False) for a, b in terms if not any(a < e and s < b for s, e, _ in out)]
+        out = sorted(out + free)
+    return out
+
+
+def _scan(text: str, pattern: re.Pattern[str]) -> tuple[tuple[int, int, bool], ...]:
+    """`_found` without terms."""
+    if not _may_match(text, pattern):
+        return ()
     out: list[tuple[int, int, bool]] = []
     pos = 0
     for start, end in [*messages(text), (len(text), len(text))]:
@@ -170,10 +212,13 @@ def _found(
         if end > start:
             out.append((start, end, True))
         pos = end
-    if terms:
-        free = [(a, b, False) for a, b in terms if not any(a < e and s < b for s, e, _ in out)]
-        out = sorted(out + free)
-    return out
+    return tuple(out)
+
+
+# A sentence's spans are looked for when it is planned and again when its translation is
+# checked: the last texts' scans are kept (sentence-sized texts only, so that the memory stays small).
+_REMEMBERED_CHARS = 2000
+_remembered = functools.lru_cache(maxsize=1024)(_scan)
 
 
 def terms_free(text: str, terms: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -200,7 +245,7 @@ def reference(text: str) -> bool:
 
 def degenerate(text: str) -> bool:
     """Whether `text` holds a span that is not worth a translation attempt (split at once)."""
-    return _DEGENERATE.search(text) is not None
+    return _may_degenerate(text) and _DEGENERATE.search(text) is not None
 
 
 def kept(source: str, translation: str) -> bool:

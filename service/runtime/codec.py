@@ -85,6 +85,13 @@ class Side:
         get, unk = self.index.get, self.unk
         return [[get(p, unk) for p in row] for row in self.sp.encode(texts, out_type=str, num_threads=threads)]
 
+    def ids_of(self, text: str) -> list[int]:
+        """One text's ids (sentencepiece's list call would start a thread pool for it)."""
+        if self.vocabulary is None:
+            return self.sp.encode(text)
+        get, unk = self.index.get, self.unk
+        return [get(p, unk) for p in self.sp.encode(text, out_type=str)]
+
     def pieces(self, text: str) -> list[Piece]:
         """`text`'s pieces with their spans in characters (sentencepiece gives UTF-8 byte offsets)."""
         proto = self.sp.encode(text, out_type="proto")
@@ -134,13 +141,15 @@ class Codec:
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's source ids (`source_ids`)."""
-        # sentencepiece encodes a list on a thread pool: worth it for a batch, not for a few
-        threads = 1 if len(texts) < 8 else None
-        return [self.source_ids(ids) for ids in self.source.ids(list(texts), threads)]
+        # sentencepiece encodes a list on a thread pool (started for each call): worth it for a
+        # batch, not for a few
+        if len(texts) < 8:
+            return [self.source_ids(self.source.ids_of(t)) for t in texts]
+        return [self.source_ids(ids) for ids in self.source.ids(list(texts), None)]
 
     def n_tokens(self, text: str) -> int:
         """The source ids `text` takes before the cut to the model's length."""
-        return len(self.source.ids([text], 1)[0]) + len(self.prefix) + len(self.suffix)
+        return len(self.source.ids_of(text)) + len(self.prefix) + len(self.suffix)
 
     def decode(self, rows: Sequence[Sequence[int]]) -> list[str]:
         """The texts of target id rows (one SentencePiece call)."""

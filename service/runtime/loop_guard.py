@@ -108,7 +108,9 @@ class SharedGuard:
 class Repeats:
     """The guard's state of some rows: `last[:, j]` each row's token j + 1 steps back (-1: none
     yet), `run[:, n - 1]` how many of its last tokens in a row equal the token n before each,
-    `units[r]` the repeats row r's source has."""
+    `units[r]` the repeats row r's source has. `armed`: False only when no row's next token can
+    be banned (no run has reached its unit's `need`): then `banned` is all -1, and `pick` and
+    `filter_topk` return at once (a decoder step usually has no row near a repeat)."""
 
     def __init__(self, guard: LoopGuard, units: list[Units]) -> None:
         rows = len(units)
@@ -118,12 +120,20 @@ class Repeats:
         self.run = np.zeros((rows, guard.max_ngram), dtype=np.int64)
         n = range(1, guard.max_ngram + 1)
         self.need = np.array([(guard.copies_of(k) - 1) * k - 1 for k in n])  # then the next copy is the last
+        self._arm()
+
+    def _arm(self) -> None:
+        self.armed = bool((self.run >= self.need).any())
 
     def push(self, tokens: np.ndarray) -> None:
         """Each row's next token (R,)."""
         tokens = np.asarray(tokens, dtype=np.int64)
-        self.run = np.where(self.last == tokens[:, None], self.run + 1, 0)
-        self.last = np.concatenate([tokens[:, None], self.last[:, :-1]], axis=1)
+        same = self.last == tokens[:, None]
+        self.run += 1
+        self.run *= same
+        self.last[:, 1:] = self.last[:, :-1]  # numpy copies overlapping slices as if through a buffer
+        self.last[:, 0] = tokens
+        self._arm()
 
     def banned(self) -> np.ndarray:
         """(R, N) the token each row may not take next, per unit length n (-1: none)."""
@@ -141,6 +151,7 @@ class Repeats:
         out.guard, out.need, out.last, out.run = self.guard, self.need, self.last[rows], self.run[rows]
         out.units = [self.units[i] for i in np.arange(len(self.units))[rows]]
         out.has_units = self.has_units[rows]
+        out._arm()
         return out
 
     def reset(self, rows: Sequence[int] | np.ndarray, units: Sequence[Units]) -> None:
@@ -149,6 +160,7 @@ class Repeats:
         for r, u in zip(rows, units):
             self.units[r] = u
             self.has_units[r] = bool(u)
+        self._arm()
 
     def grow(self, rows: int) -> None:
         """`rows` more rows (their outputs empty; `reset` them before use)."""
@@ -156,6 +168,7 @@ class Repeats:
         self.run = np.concatenate([self.run, np.zeros((rows, self.run.shape[1]), dtype=np.int64)])
         self.units += [frozenset()] * rows
         self.has_units = np.concatenate([self.has_units, np.zeros(rows, dtype=bool)])
+        self._arm()
 
 
 def pick(
@@ -170,7 +183,7 @@ def pick(
     `ids` its piece; a row whose piece is banned takes its best column whose piece is not (ties:
     the lowest column, as argmax). Only the rows `rows` (a mask; None: all) are guarded. Returns
     the columns and the pieces (new arrays only where something changed; `logits` unchanged)."""
-    if repeats is None:
+    if repeats is None or not repeats.armed:
         return best, ids
     banned = repeats.banned()
     hit = (banned == ids[:, None]).any(axis=1)
@@ -201,7 +214,7 @@ def filter_topk(
     """Beam search's candidates (R, width + max_ngram), best first, without each row's banned
     tokens, cut to `width`: a banned candidate goes to the end (-inf), the others keep their
     order (ties included)."""
-    if repeats is None:
+    if repeats is None or not repeats.armed:
         return values[:, :width], ids[:, :width]
     hit = (repeats.banned()[:, :, None] == ids[:, None, :]).any(axis=1)  # (R, W)
     if not hit.any():

@@ -61,6 +61,8 @@ def test_the_incremental_state_bans_what_the_rule_says(guard):
             want = sorted(set(row_bans(row[:t], guard, sources[r])))
             assert sorted(set(banned[r][banned[r] >= 0].tolist())) == want, (r, t)
         repeats.push(np.array([row[t] for row in rows]))
+        # not armed: no row can be banned anything (pick and filter_topk return at once)
+        assert repeats.armed or (repeats.banned() == -1).all(), t
     # a sub-batch (rows leave, beams reordered) keeps each row's own state
     keep = np.array([5, 0, 5, 17])
     sub = repeats.take(keep)

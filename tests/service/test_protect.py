@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from service import protect
@@ -22,6 +24,35 @@ def test_spans_are_found_and_split_gives_the_text_back(text):
     parts = protect.split(text)
     assert "".join(p for p, _ in parts) == text
     assert [p for p, is_span in parts if is_span] == CASES[text]
+
+
+def _plain_found(text: str, pattern) -> list[tuple[int, int, bool]]:
+    """`protect._found` without its shortcuts (the cheap tests and the memory of recent texts)."""
+    out, pos = [], 0
+    for start, end in [*protect.messages(text), (len(text), len(text))]:
+        out += [(m.start(), m.end(), m.group("placeholder") is not None) for m in pattern.finditer(text, pos, start)]
+        if end > start:
+            out.append((start, end, True))
+        pos = end
+    return out
+
+
+def test_the_shortcuts_skip_only_texts_without_spans():
+    rng = random.Random(0)
+    pieces = [*"ab c{}%$:<&#@1\u0663w./_-()!?'=,;|\u00e4\t\n\u00a0\u2003", "www.", "http://", "%s", "$USER$", ":name"]
+    pieces += ["{n, plural, one {# x} other {# y}}", "&amp;", "<0>", "</0>", "aaaaaa", "x" * 64, "ab ab ", "the "]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 30))) for _ in range(4000)]
+    words = ["der", "die", "the", "a", "ab", "x.", "Haus"]
+    texts += [
+        rng.choice([" ", "  ", "\u00a0", "\t"]).join(rng.choice(words) for _ in range(rng.randint(1, 14)))
+        + rng.choice(["", ".", "!", "a"])
+        for _ in range(4000)
+    ]
+    texts += list(CASES) + ["die die die die", "ja ja ja ja.", "so so so so", "Er sagte das das das."]
+    for text in texts:
+        for pattern in (protect._SPAN, protect._PLACEHOLDERS):
+            assert protect._found(text, pattern) == _plain_found(text, pattern), text
+        assert protect.degenerate(text) == (protect._DEGENERATE.search(text) is not None), text
 
 
 def test_assemble_keeps_spans_and_whitespace():
