@@ -87,18 +87,21 @@ def cmd_evaluate(args) -> int:
 
         from training.checkpoint import model_from_checkpoint
         from training.evaluate import classification_metrics, classify, translate
-        from training.tasks import TOKENIZER_FILE, make_task
-        from training.tokenizer import Tokenizer
+        from training.tasks import make_task, run_tokenizer
+        from training.tokenizer import CodecTokenizer
 
         run_dir = _run_dir(args, cfg)
         ckpt = Path(args.checkpoint) if args.checkpoint else run_dir / "best.pt"
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = model_from_checkpoint(ckpt, device)
-        tok = Tokenizer(run_dir / TOKENIZER_FILE)
+        tok = run_tokenizer(run_dir)  # a fine-tuned imported model: its bundle's codec
         task = make_task(cfg, tok)
         rows = task.raw(args.split)
         if cfg.task == "translation":
-            hyps = translate(model, tok, [r[0] for r in rows], device=device)
+            if isinstance(tok, CodecTokenizer):  # encoded and decoded through the codec, as the service does
+                hyps = task.translate(model, [r[0] for r in rows], device=device)
+            else:
+                hyps = translate(model, tok, [r[0] for r in rows], device=device)
             result = task.metrics(args.split, hyps, [r[1] for r in rows])
             if "per_direction" in result:  # multilingual: each direction's BLEU and chrF, and their mean
                 result["per_direction"] = {
@@ -121,20 +124,31 @@ def cmd_evaluate(args) -> int:
 def cmd_export(args) -> int:
     from training.checkpoint import model_from_checkpoint
     from training.export import export_bundle
-    from training.tasks import TOKENIZER_FILE, make_task, split_names
-    from training.tokenizer import Tokenizer
+    from training.tasks import TOKENIZER_FILE, make_task, run_tokenizer, split_names
+    from training.tokenizer import CodecTokenizer
 
     cfg = _config(args)
     run_dir = _run_dir(args, cfg)
     ckpt = Path(args.checkpoint) if args.checkpoint else run_dir / "best.pt"
     model = model_from_checkpoint(ckpt)
-    task = make_task(cfg, Tokenizer(run_dir / TOKENIZER_FILE))
+    tokenizer = run_tokenizer(run_dir)
+    # a fine-tuned imported model: exported with its own codec, as release does
+    imported = tokenizer if isinstance(tokenizer, CodecTokenizer) else None
+    task = make_task(cfg, tokenizer)
     split = split_names(cfg)[1]
     texts = [r[0] for r in task.raw(split)[:50]]
-    extra = [p for p in (run_dir / "curves.png",) if p.exists()]
+    extra = [p for p in (run_dir / "curves.png",) if p.exists()] + (imported.export_files() if imported else [])
     out = Path(args.out) if args.out else Path("model") / cfg.name
     manifest, parity = export_bundle(
-        model, cfg, run_dir / TOKENIZER_FILE, out, texts, force=args.force, int8=not args.no_int8, extra_files=extra
+        model,
+        cfg,
+        run_dir / TOKENIZER_FILE,
+        out,
+        texts,
+        force=args.force,
+        int8=not args.no_int8,
+        extra_files=extra,
+        codec=imported.spec if imported else None,
     )
     print(json.dumps({"bundle": str(out), "variants": sorted(manifest.variants), "parity": parity}, indent=2))
     return 0
@@ -218,28 +232,9 @@ def cmd_shortlist(args) -> int:
 def cmd_import(args) -> int:
     """A model made elsewhere (Argos package, CTranslate2 directory, Hugging Face Marian folder)
     into a bundle, read by our own code (training/importers)."""
-    from training.importers import run_import
+    from training.importers import ImportOptions, run_import
 
-    def lines(path):
-        return Path(path).read_text(encoding="utf-8").splitlines() if path else None
-
-    results = run_import(
-        args.kind,
-        Path(args.path),
-        Path(args.out),
-        source_spm=Path(args.source_spm) if args.source_spm else None,
-        target_spm=Path(args.target_spm) if args.target_spm else None,
-        source_lang=args.source_lang,
-        target_lang=args.target_lang,
-        license_text=args.license or "",
-        valid_source=lines(args.valid_source),
-        valid_target=lines(args.valid_target),
-        force=args.force,
-        check=args.check,
-        max_len=args.max_len,
-        int8=not args.no_int8,
-        keep_all_variants=args.keep_all_variants,
-    )
+    results = run_import(args.kind, Path(args.path), Path(args.out), ImportOptions.from_args(args))
     print(json.dumps(results, indent=2, ensure_ascii=False, default=str))
     return 2 if any("refused" in r for r in results) else 0
 
@@ -399,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--force", action="store_true", help="overwrite an existing bundle")
     im.add_argument("--no-int8", action="store_true", help="skip the int8 variants")
     im.add_argument("--keep-all-variants", action="store_true", help="keep every variant's graphs")
+    im.add_argument(
+        "--no-weights",
+        action="store_true",
+        help="skip the PyTorch weights (weights.pt) that train.init_from fine-tunes",
+    )
     im.set_defaults(func=cmd_import)
 
     mt = sub.add_parser("models-table", help="print the README's model table from model/*/manifest.json")

@@ -762,42 +762,57 @@ def test_import_options_from_the_command_line(tmp_path):
 # ----------------------------------------------------------------------------- fine-tuning
 
 
+def _finetune_raw(data: Path, init: Path, **train) -> dict:
+    return {
+        "name": "xx-en-ft",
+        "task": "translation",
+        "data": {"dir": str(data), "source_lang": "xx", "target_lang": "en", "license": "made up for the test"},
+        "model": {"dropout": 0.1},
+        "train": {
+            "init_from": str(init),
+            "max_tokens": 300,
+            "lr": 3e-3,
+            "warmup_steps": 10,
+            "epochs": 6,
+            "patience": 0,
+            "threads": 1,
+            "amp": "off",
+            **train,
+        },
+    }
+
+
 def _finetune_config(data: Path, init: Path, **train):
     from training.config import config_from_dict
 
-    return config_from_dict(
-        {
-            "name": "xx-en-ft",
-            "task": "translation",
-            "data": {"dir": str(data), "source_lang": "xx", "target_lang": "en", "license": "made up for the test"},
-            "model": {"dropout": 0.1},
-            "train": {
-                "init_from": str(init),
-                "max_tokens": 300,
-                "lr": 3e-3,
-                "warmup_steps": 10,
-                "epochs": 6,
-                "patience": 0,
-                "threads": 1,
-                "amp": "off",
-                **train,
-            },
-        }
-    )
+    return config_from_dict(_finetune_raw(data, init, **train))
+
+
+def _write_toml(raw: dict, path: Path) -> Path:
+    """A config dict of strings and numbers (one level of sections) as a TOML file, for the CLI."""
+    top = [f"{k} = {json.dumps(v)}" for k, v in raw.items() if not isinstance(v, dict)]
+    for section, values in raw.items():
+        if isinstance(values, dict):
+            top += [f"[{section}]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path.write_text("\n".join(top) + "\n", encoding="utf-8")
+    return path
 
 
 @needs_hf
-def test_finetune_imported_marian_bundle(marian_dir, tmp_path):
+def test_finetune_imported_marian_bundle(marian_dir, tmp_path, capsys):
     """An imported Marian bundle fine-tuned by the training job (train.init_from = its weights.pt)
     on pairs made here (the made-up pair with its target words in reverse order): the pairs are
     encoded as the service encodes (source ids = the engine's, and both sides = transformers'
     MarianTokenizer), the loss falls, and `release --checkpoint` exports a bundle with the same
-    codec and model options that the service's engine serves as PyTorch decodes."""
+    codec and model options that the service's engine serves as PyTorch decodes. From the run
+    folder alone (the imported bundle moved away), `python -m training export` writes a bundle
+    with the same codec that translates as the released one, and `evaluate --checkpoint` decodes
+    through the codec as the service does."""
     from service.runtime.bundle import load_manifest
     from service.runtime.sessions import resolve_providers
     from service.runtime.translator import Translator
     from training.checkpoint import load_checkpoint, model_from_checkpoint
-    from training.config import config_from_dict
+    from training.config import config_from_dict, load_config
     from training.release import release
     from training.tasks import make_task, run_tokenizer
     from training.tokenizer import CodecTokenizer
@@ -868,12 +883,53 @@ def test_finetune_imported_marian_bundle(marian_dir, tmp_path):
     bleu = next(r for r in report["results"] if r["variant"] == "fp32" and r["split"] == "val")["bleu"]
     print(f"fine-tuned bundle: val BLEU {bleu} (fp32), served {report['served_variant']}")
 
-    # the run folder holds the codec: --resume needs nothing more from the imported bundle
+    # the run folder holds the codec: export, evaluate and --resume need nothing more from the bundle
     shutil.move(bundle, tmp_path / "elsewhere")
+    from training.__main__ import main
+
+    config = _write_toml(_finetune_raw(data, bundle / "weights.pt"), tmp_path / "ft.toml")
+    assert {**load_config(config).to_dict(), "source": ""} == {**cfg.to_dict(), "source": ""}
+    common = ["--config", str(config), "--run-dir", str(run_dir), "--checkpoint", str(run_dir / "best.pt")]
+    exported = tmp_path / "model" / "exported"
+    capsys.readouterr()  # what the test printed so far
+    assert main(["export", *common, "--out", str(exported), "--no-int8"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["variants"] == ["fp32"] and shown["bundle"] == str(exported)
+    manifest = load_manifest(exported)
+    assert manifest.codec == imported.codec and manifest.special_ids == imported.special_ids
+    assert all(manifest.model[k] == imported.model[k] for k in same)
+    for name in imported.codec.values():
+        if isinstance(name, str) and name.endswith((".json", ".model")):
+            assert (exported / name).read_bytes() == (out / name).read_bytes(), name
+    assert Translator(exported, manifest, resolve_providers("cpu"), variant="fp32").translate(sources) == (
+        served.translate(sources)
+    )
+    hyps_file = tmp_path / "hyps.txt"
+    assert main(["evaluate", *common, "--split", "val", "--output", str(hyps_file)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    hyps = task.translate(model, sources)
+    assert hyps_file.read_text(encoding="utf-8").splitlines() == hyps
+    expected = task.metrics("val", hyps, [t for _, t in raw])
+    assert result["split"] == "val" and (result["bleu"], result["chrf"]) == (expected["bleu"], expected["chrf"])
+    assert result["bleu"] == bleu  # the released bundle's fp32, decoded by the service's engine
+
     longer = config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": 7}})
     train(longer, run_dir, resume=True, device="cpu")
     state = load_checkpoint(run_dir / "last.pt")["state"]
     assert len(state["history"]) == 7 and state["step"] > history[-1]["step"]
+
+
+@needs_hf
+def test_import_no_weights(marian_dir, tmp_path, capsys):
+    """`python -m training import --no-weights`: a bundle only to serve, without weights.pt."""
+    from service.runtime.bundle import load_manifest
+    from training.__main__ import main
+
+    out = tmp_path / "model" / "opus-mt-xx-en"
+    assert main(["import", "marian", str(marian_dir), "--out", str(out), "--no-int8", "--no-weights"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert "refused" not in result and not (out / "weights.pt").exists()
+    assert load_manifest(out).variants.keys() == {"fp32"}
 
 
 def test_readme_finetuning_example_is_a_valid_config_and_commands():
