@@ -7,8 +7,10 @@ Decoder graph:  input_ids (B, 1) int64, position (B,) int64, src_mask (B, S) boo
                 (graph_io: contract 3 has fixed-width caches and no self_mask)
 
 Every decoder input is batch-first, so the decoding state is one dict of arrays. The parts are
-chosen once, when the translator (or a target language's view of it) is built: step runners
+chosen once, when the translator (or a view of it: runtime/views.py) is built: step runners
 (runtime/steps.py) and greedy decoding and beam search as functions of them (runtime/search.py).
+A sentence is decoded by the view its target language (runtime/vocab.py) and the lexical
+shortlist (runtime/shortlist.py) choose.
 `translate_batch` is the one text-level entry point; `translate`, `translate_nbest(_steps)`,
 `generate` and `generate_nbest` are its older spellings, kept for their callers. Decoders
 without per-row positions (graph contract 1) are refused at load.
@@ -16,15 +18,13 @@ without per-row positions (graph contract 1) are refused at load.
 
 from __future__ import annotations
 
-import copy
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.runtime import alignment, graph_io, loop_guard
+from service.runtime import alignment, graph_io, loop_guard, views
 from service.runtime.beam import Hypothesis, Steps, drain
 from service.runtime.bundle import BundleError, Manifest
 from service.runtime.codec import Codec
@@ -32,7 +32,7 @@ from service.runtime.engine import TranslateOptions, Translation
 from service.runtime.preprocess import DECODING, output_limits
 from service.runtime.search import greedy_hypotheses, search
 from service.runtime.sessions import BundleEngine, create_session
-from service.runtime.shortlist import PROJECTION, Shortlist, check_hidden, load_shortlist
+from service.runtime.shortlist import Shortlist
 from service.runtime.steps import ROWS_GATHER as ROWS_GATHER  # where callers look for it
 from service.runtime.steps import BoundStep, CopyStep, DecoderGraph, DeviceStep
 from service.runtime.vocab import load_target_vocab, tag_languages, target_of
@@ -93,61 +93,30 @@ class Translator(BundleEngine):
         self.present_outputs = [graph_io.present(t, i) for i in layers for t in "kv"]
         self.cache_names = [graph_io.past(t, i) for i in layers for t in "kv"]
         self.on_tokens: Callable[[int], None] | None = None  # told how many tokens each call made
-        self.loop_guard = loop_guard.DEFAULT  # shared with the target-language views
-        # Target vocabularies (runtime/vocab.py): a sentence is decoded by its target language's
-        # view of this translator, whose decoder computes only that language's logits; column j
-        # of the logits is piece `logit_ids[j]` (None: every piece, in order).
+        self.loop_guard = loop_guard.DEFAULT  # shared with the views (runtime/views.py)
+        # What the decoder gives (a view's may differ: runtime/views.py): column j of the logits
+        # is piece `logit_ids[j]` (None: every piece, in order).
         self.logit_ids: np.ndarray | None = None
         self.n_logits = manifest.vocab_size
-        self.target_vocab = load_target_vocab(bundle_dir, manifest, self.variant) if target_vocab else None
-        self._tag_langs = tag_languages(manifest, self.text.source.piece_to_id) if manifest.target_tags else {}
-        self._views: dict[tuple[str | None, bool], Translator] = {}
-        self._views_lock = threading.Lock()
-        # Lexical shortlists (runtime/shortlist.py): the bundle's tables and its decoder without
-        # the output projection (one session for every target language: the projection is
-        # computed per batch), on the CPU only; `shortlist` set in a view that decodes with them.
         self.step_output: str = graph_io.LOGITS
         self.step_output_dtype: Any = np.float32
-        # (`shortlist` False: not loaded; a request may turn it off where it is)
-        self.shortlist: Shortlist | None = None
-        self._root, self._plain = True, self  # a view: False, and (shortlisted) the view without it
-        self._hidden = self._load_shortlist(providers, threads) if shortlist and self.device == "cpu" else None
-        # Every language's decoder session is opened (and checked) here, at load: one opened at
-        # the language's first sentence would read the graph from disk then, and a file replaced
-        # or truncated since, or a process out of file descriptors, would fail that sentence in
-        # a decode worker instead of refusing the bundle at load.
-        vocab = self.target_vocab
-        self._view_decoders = (
-            {lang: self.session("decoder", providers, threads, vocab.initializers(lang)) for lang in vocab.ids}
-            if vocab
-            else {}
-        )
+        self.shortlist: Shortlist | None = None  # set in a shortlisted view
+        self.target_vocab = load_target_vocab(bundle_dir, manifest, self.variant) if target_vocab else None
+        self._tag_langs = tag_languages(manifest, self.text.source.piece_to_id) if manifest.target_tags else {}
+        self._root = True  # a view: False
+        # every view's sessions, opened at load (`shortlist` False: the shortlist is not loaded)
+        self._views = views.Views.open(self, providers, threads, shortlist)
         graph = DecoderGraph.of(self)
         self.device_steps = (
             DeviceStep(graph, self.device, providers, threads, memory_arena, BEAM_TOPK) if self.io_binding else None
         )
         self._choose_steps(graph)
 
-    def _load_shortlist(self, providers: list[str], threads: int) -> tuple[Shortlist, Any] | None:
-        """The bundle's shortlist and its projection-less decoder's session; None without one."""
-        vocab = self.target_vocab
-        found = load_shortlist(
-            self.bundle_dir, self.manifest, self.variant, self.text.source.piece_to_id, vocab.ids if vocab else None
-        )
-        if found is None:
-            return None
-        tables, spec = found
-        path = self.bundle_dir / spec.file
-        session = create_session(path, providers, threads, self.memory_arena)
-        check_hidden(session, spec, str(path))
-        tables.projection.session = create_session(PROJECTION, ["CPUExecutionProvider"], threads, self.memory_arena)
-        return tables, session
-
     @property
     def has_shortlist(self) -> bool:
         """Whether the bundle's lexical shortlist is loaded (then sentences are decoded with it
         unless a request turns it off)."""
-        return self._hidden is not None
+        return self._views.hidden is not None
 
     def _choose_steps(self, graph: DecoderGraph) -> None:
         """The step runners for `graph`: `steps` for the loops on the host (and the running
@@ -219,10 +188,8 @@ class Translator(BundleEngine):
         return alignment.attention(self._forced(), sources, targets)
 
     def _forced(self) -> Translator:
-        """The engine of forced decoding, which reads no logits: the shortlist's decoder without
-        the output projection where the bundle has one (the same cross-attention, every other
-        output the same bits), else this one."""
-        return self.view(None, shortlist=True) if self._hidden is not None and self.aligns else self
+        """The engine of forced decoding (views.forced)."""
+        return views.forced(self)
 
     def _by_length(self, texts: Sequence[str]) -> tuple[list[int], list[list[int]]]:
         """The indices of the non-empty texts, shortest source first, and their source ids."""
@@ -255,34 +222,16 @@ class Translator(BundleEngine):
     def _search_part(self, sources: Sequence[Sequence[int]], options: TranslateOptions) -> Steps:
         src, limits = self.padded(sources)
         guard = self.loop_guard if options.loop_guard else None
-        if self.shortlist is not None:  # on the host: the projection is computed here per batch
-            columns = self.shortlist.columns(sources)
-            if options.beam_size > 1:
-                hyps = yield from search(
-                    self.steps,
-                    src,
-                    limits,
-                    options.beam_size,
-                    options.n_best,
-                    options.length_penalty,
-                    self.topk,
-                    guard,
-                    columns,
-                )
-            else:
-                hyps = greedy_hypotheses(self.steps, src, limits, options.return_scores, guard, columns)
-            if self.on_tokens:
-                self.on_tokens(sum(h[0].length if options.beam_size > 1 else len(h[0].tokens) for h in hyps if h))
-            return hyps
+        # a shortlisted view (no device steps) computes the projection here, on the batch's columns
+        columns = self.shortlist.columns(sources) if self.shortlist is not None else None
         if options.beam_size > 1:  # on the device where the caches stay there
             runner = self.device_steps or self.steps
-            hyps = yield from search(
-                runner, src, limits, options.beam_size, options.n_best, options.length_penalty, self.topk, guard
-            )
+            beam = (options.beam_size, options.n_best, options.length_penalty)
+            hyps = yield from search(runner, src, limits, *beam, self.topk, guard, columns)
             tokens = sum(h[0].length for h in hyps if h)
         else:  # scores are summed by the host loop
             runner = self.steps if options.return_scores else self.device_steps or self.steps
-            hyps = greedy_hypotheses(runner, src, limits, options.return_scores, guard)
+            hyps = greedy_hypotheses(runner, src, limits, options.return_scores, guard, columns)
             tokens = sum(len(h[0].tokens) for h in hyps)
         if self.on_tokens:
             self.on_tokens(tokens)
@@ -331,43 +280,10 @@ class Translator(BundleEngine):
         return target_of(self.manifest, self.target_vocab, self._tag_langs, source)
 
     def view(self, lang: str | None, shortlist: bool | None = None) -> Translator:
-        """This translator decoding into `lang`'s vocabulary only: its decoder session of the same
-        graph with the projection cut to the language's pieces (opened at load); None: the full
-        vocabulary. Unless `shortlist` is False, where the bundle's shortlist is loaded, the
-        view decodes each sentence with its lexical shortlist instead (runtime/shortlist.py: the
-        decoder without the projection, which is computed per batch; cut to the language's
-        vocabulary too). A view shares the encoder, the tokenizer and the settings (as they are
-        at its first use)."""
-        use = self._hidden is not None and shortlist is not False
-        if self.target_vocab is None:
-            lang = None
-        if (lang is None and not use) or not self._root:  # a view decodes as it is
-            return self
-        key = (lang, use)
-        with self._views_lock:
-            found = self._views.get(key)
-        if found is not None:
-            return found
-        plain = self.view(lang, shortlist=False) if use else self
-        with self._views_lock:
-            found = self._views.get(key)
-            if found is None:
-                found = copy.copy(plain)
-                if use and self._hidden is not None:
-                    found.shortlist, found.decoder = self._hidden
-                    found.logit_ids, found.n_logits = None, self.manifest.model["d_model"]
-                    found.step_output, found.step_output_dtype = graph_io.HIDDEN, np.uint8
-                    found._plain = plain
-                else:
-                    assert lang is not None and self.target_vocab is not None
-                    found.decoder = self._view_decoders[lang]
-                    found.logit_ids = self.target_vocab.ids[lang]
-                    found.n_logits = len(found.logit_ids)
-                found.target_vocab, found._views, found._view_decoders, found._root = None, {}, {}, False
-                found.device_steps = None if use else found.device_steps
-                found._choose_steps(DecoderGraph.of(found))
-                self._views[key] = found
-            return found
+        """This translator decoding into `lang`'s vocabulary only (None: the full vocabulary) and,
+        unless `shortlist` is False, with the bundle's lexical shortlist where it is loaded; a
+        view decodes as it is (runtime/views.py)."""
+        return self._views.get(self, lang, shortlist)
 
     def batch_engine(self) -> Translator:
         """The engine a running batch of this translator steps (runtime/continuous.DecodeBatch):
