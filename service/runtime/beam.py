@@ -166,7 +166,7 @@ def beam_steps(
         logits = step(state, tokens)  # (a * k, V) float32
         if columns is not None:
             logits = columns.logits(logits, np.repeat(active, k))
-        a, vocab = len(active), vocab or logits.shape[-1]
+        vocab = vocab or logits.shape[-1]
         w = min(2 * k, vocab)  # candidates per row
         logprobs, ids = topk(logits, min(w + loop_guard.extra_width(repeats), vocab))  # each row best first
         logprobs, ids = loop_guard.filter_topk(logprobs, ids, repeats, w)  # (a * k, w) without banned tokens
@@ -179,27 +179,45 @@ def beam_steps(
             break
         # Stopped sentences' rows stay (outputs ignored, caches as they are) until a quarter of the
         # blocks stopped: dropping rows costs a gather of every state entry (as in search.greedy).
-        new_scores, new_beam, new_token = sel.new_scores, sel.new_beam, sel.new_token
-        new_scores[~running], new_beam[~running], new_token[~running] = -np.inf, identity, eos
-        by_row = np.arange(a)[:, None]
-        rows = by_row * k + new_beam  # each row's source row (a, k)
-        history = np.concatenate([history[by_row, new_beam], new_token[:, :, None]], axis=2)
-        scores = new_scores
-        if 4 * int((~running).sum()) < a:
-            flat = rows.reshape(-1)
-            state.update({name: take_cache(name, state[name], flat) for name in per_beam})
-            new_token = new_token.reshape(-1)
-        else:
-            keep = running
-            flat = rows[keep].reshape(-1)
-            state = _keep_blocks(state, keep, flat, k, per_beam, take_cache, gather)
-            history, scores, active, running = history[keep], scores[keep], active[keep], running[keep]
-            new_token = new_token[keep].reshape(-1)
+        sel.new_scores[~running], sel.new_beam[~running], sel.new_token[~running] = -np.inf, identity, eos
+        state, history, scores, active, running, flat, new_token = _follow(
+            sel, state, history, active, running, k, per_beam, take_cache, gather
+        )
         if repeats is not None:
             repeats = repeats.take(flat)
             repeats.push(new_token)
         tokens = new_token.reshape(-1, 1)
     return done.best(n_best)
+
+
+def _follow(
+    sel: _Selection,
+    state: dict[str, Any],
+    history: np.ndarray,
+    active: np.ndarray,
+    running: np.ndarray,
+    k: int,
+    per_beam: frozenset[str] | set[str],
+    take_cache: Callable[[str, Any, np.ndarray], Any],
+    gather: Callable[[Any, np.ndarray], Any],
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The search after a step's selection: the per-beam state entries and the histories follow
+    each row's chosen beam; once a quarter of the blocks stopped, the stopped blocks' rows leave
+    (every entry gathered). Returns the state, histories, scores, active and running blocks, the
+    source row of each new row and the new tokens (flat)."""
+    a = len(active)
+    by_row = np.arange(a)[:, None]
+    rows = by_row * k + sel.new_beam  # each row's source row (a, k)
+    history = np.concatenate([history[by_row, sel.new_beam], sel.new_token[:, :, None]], axis=2)
+    scores, new_token = sel.new_scores, sel.new_token
+    if 4 * int((~running).sum()) < a:
+        flat = rows.reshape(-1)
+        state.update({name: take_cache(name, state[name], flat) for name in per_beam})
+        return state, history, scores, active, running, flat, new_token.reshape(-1)
+    keep = running
+    flat = rows[keep].reshape(-1)
+    state = _keep_blocks(state, keep, flat, k, per_beam, take_cache, gather)
+    return state, history[keep], scores[keep], active[keep], running[keep], flat, new_token[keep].reshape(-1)
 
 
 class _Selection(NamedTuple):

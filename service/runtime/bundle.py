@@ -193,6 +193,18 @@ def parse_manifest(raw: dict[str, Any], where: str = MANIFEST) -> Manifest:
         problems.append(f"default_variant {raw['default_variant']!r} not in {sorted(raw['variants'])}")
     if raw["tokenizer"] not in raw["files"]:
         problems.append(f"tokenizer {raw['tokenizer']!r} has no checksum in files")
+    problems += projection_problems(raw)
+    problems += codec_problems(raw)
+    if problems:
+        raise BundleError(f"{where}: " + "; ".join(problems))
+    known = {k: raw[k] for k in Manifest.__dataclass_fields__ if k in raw and k != "variants"}
+    return Manifest(**known, variants=variants)
+
+
+def projection_problems(raw: dict[str, Any]) -> list[str]:
+    """What is wrong with a manifest's `target_vocab` and `shortlist` (files without checksums,
+    no languages, graphs or projections of variants the bundle lacks)."""
+    problems: list[str] = []
     vocab = raw.get("target_vocab") or {}
     if vocab:
         if vocab.get("file") not in raw["files"]:
@@ -213,11 +225,7 @@ def parse_manifest(raw: dict[str, Any], where: str = MANIFEST) -> Manifest:
                 problems.append(f"shortlist graph for {vname!r}, not a variant")
             if file not in raw["files"]:
                 problems.append(f"shortlist graph file {file!r} has no checksum in files")
-    problems += codec_problems(raw)
-    if problems:
-        raise BundleError(f"{where}: " + "; ".join(problems))
-    known = {k: raw[k] for k in Manifest.__dataclass_fields__ if k in raw and k != "variants"}
-    return Manifest(**known, variants=variants)
+    return problems
 
 
 def codec_problems(raw: dict[str, Any]) -> list[str]:
