@@ -78,9 +78,8 @@ class DecodeBatch:
     target vocabularies)."""
 
     def __init__(self, engine: StepEngine) -> None:
-        chosen = getattr(engine, "batch_engine", None)  # a translator's engine for running batches
-        self.engine = engine = chosen() if chosen is not None else engine
-        self.shortlist = getattr(engine, "shortlist", None)
+        self.engine = engine = engine.batch_engine()
+        self.shortlist = engine.shortlist
         self.static = engine.static  # contract 3: caches written in place
         self.steps = 0  # decoder calls so far
         self.compactions = 0

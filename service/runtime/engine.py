@@ -21,6 +21,7 @@ from service.runtime.beam import Steps
 from service.runtime.bundle import Manifest
 from service.runtime.codec import Codec
 from service.runtime.loop_guard import LoopGuard
+from service.runtime.shortlist import Shortlist
 from service.runtime.vocab import TargetVocab
 
 
@@ -57,6 +58,12 @@ class StepEngine(Protocol):
     encoder_outputs: list[str]
     cache_names: list[str]
     loop_guard: LoopGuard | None  # runtime/loop_guard.py (None: off)
+    shortlist: Shortlist | None  # runtime/shortlist.py: the lists this engine decodes with (None: none)
+
+    def batch_engine(self) -> StepEngine:
+        """The engine a running batch of this one steps (itself, or its view with the bundle's
+        shortlist where it decodes with one by default)."""
+        ...
 
     def padded(self, sources: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]: ...
 
