@@ -9,7 +9,6 @@ modules are imported inside the functions: a benchmark worker that measures anot
 
 from __future__ import annotations
 
-import ctypes
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,7 +46,8 @@ def open_translator(
     onnxruntime thread pool for every session, as the service runs by default (without it each
     session has its own, as in-process tests do); `retain_freed_mb`: glibc keeps that much freed
     memory instead of returning it (the service's `TRANSERVE_RETAIN_FREED_MB`, default 64)."""
-    from service.runtime.sessions import resolve_providers, retain_freed_memory, share_thread_pool
+    from service.runtime.allocator import retain_freed_memory
+    from service.runtime.sessions import resolve_providers, share_thread_pool
     from service.runtime.translator import Translator
 
     if shared_pool:
@@ -85,21 +85,6 @@ def timed(
         if cpu is not None:
             cpu.append(time.process_time() - c0)
     return times, outputs
-
-
-def retain_freed_memory(megabytes: int) -> bool:
-    """The service's glibc malloc retention (service.runtime.sessions.retain_freed_memory, the same
-    two `mallopt` calls) without importing the service: that module loads onnxruntime, which a
-    worker measuring CTranslate2 must not carry in its peak RSS."""
-    if megabytes <= 0:
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-    size = megabytes << 20
-    return bool(mallopt(m_mmap_threshold, size)) and bool(mallopt(m_trim_threshold, 2 * size))
 
 
 def status_mb(field: str) -> float:

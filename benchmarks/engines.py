@@ -71,8 +71,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import length_batches, open_translator, retain_freed_memory, status_mb, timed
+from benchmarks.common import length_batches, open_translator, status_mb, timed
 from benchmarks.machine import describe
+from service.runtime.allocator import retain_freed_memory
 
 ENGINES = [
     "served",  # a released bundle's own graphs (--bundle), as the service runs them

@@ -35,9 +35,10 @@ from typing import NamedTuple
 from service import probe
 from service.errors import ServiceError
 from service.metrics import Metrics
+from service.runtime.allocator import retain_freed_memory
 from service.runtime.bundle import BundleError, Manifest, find_bundles, load_manifest, verify_files
 from service.runtime.classifier import Classifier
-from service.runtime.sessions import resolve_providers, retain_freed_memory, share_thread_pool
+from service.runtime.sessions import resolve_providers, share_thread_pool
 from service.runtime.translator import Translator
 from service.settings import Settings
 

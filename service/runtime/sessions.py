@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 from pathlib import Path
 
@@ -22,26 +21,6 @@ PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 # made before the first session exists, and then every session must use that pool.
 _shared_pool_threads: int | None = None
 _sessions_created = 0
-
-
-def retain_freed_memory(megabytes: int) -> bool:
-    """glibc's malloc: allocations below `megabytes` come from the heap, and up to twice that of
-    freed memory stays there for the next ones, instead of each large array being a fresh
-    mapping whose pages fault in on first touch. A decoder step's arrays (a beam batch's logits,
-    each cache's two buffers) are allocated anew at every call; glibc's own threshold adapts
-    only up to the last freed size and then returns the memory at once, so beam search spent
-    much of its time in page faults (BENCHMARKS.md section 9). A process-wide setting; 0 leaves
-    glibc's defaults. Returns whether it applied (False where the C library is not glibc)."""
-    if megabytes <= 0:
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-    size = megabytes << 20
-    return bool(mallopt(m_mmap_threshold, size)) and bool(mallopt(m_trim_threshold, 2 * size))
 
 
 def resolve_providers(choice: str) -> list[str]:

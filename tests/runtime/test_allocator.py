@@ -1,4 +1,4 @@
-"""retain_freed_memory: glibc malloc keeps large freed arrays for reuse (runtime/sessions.py)."""
+"""retain_freed_memory: glibc malloc keeps large freed arrays for reuse (runtime/allocator.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import platform
 
 import pytest
 
-from service.runtime.sessions import retain_freed_memory
+from service.runtime.allocator import retain_freed_memory
 from service.settings import Settings
 
 
