@@ -210,21 +210,6 @@ def _prune(g: onnx.GraphProto) -> None:
     g.value_info.extend(infos)
 
 
-def _random_feeds(session, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    feeds = {}
-    for i in session.get_inputs():
-        shape = [d if isinstance(d, int) else {"batch": 3}.get(str(d), 5) for d in i.shape]
-        if i.type == "tensor(int64)":
-            feeds[i.name] = rng.integers(4, 50, shape, dtype=np.int64)
-        elif i.type == "tensor(bool)":
-            feeds[i.name] = np.ones(shape, dtype=bool)
-        else:
-            feeds[i.name] = rng.standard_normal(shape, dtype=np.float32) * 0.1
-    if graph_io.POSITION in feeds:
-        feeds[graph_io.POSITION] = np.full(feeds[graph_io.POSITION].shape, 2, dtype=np.int64)
-    return feeds
-
-
 def build_projection_int8() -> onnx.ModelProto:
     """A shortlist's output projection, model-independent: MatMulIntegerToFloat of `a` (R, D)
     uint8 and the weight columns `b` (D, C) int8 given as inputs, with their zero points and
@@ -259,9 +244,11 @@ def build_projection_int8() -> onnx.ModelProto:
 def _check(full_path: Path, hidden_path: Path, projection: Projection) -> str | None:
     """Why the projection-less graph with `projection` does not reproduce the full graph (its
     other outputs and, on random columns and rows, its logits: the same bits), or None."""
+    from training.vocab import random_feeds
+
     full = create_session(full_path, ["CPUExecutionProvider"], 1)
     hidden = create_session(hidden_path, ["CPUExecutionProvider"], 1)
-    feeds = _random_feeds(full, np.random.default_rng(0))
+    feeds = random_feeds(full, np.random.default_rng(0), scale=0.1)
     want = dict(zip([o.name for o in full.get_outputs()], full.run(None, feeds)))
     got = dict(zip([o.name for o in hidden.get_outputs()], hidden.run(None, feeds)))
     for name, value in got.items():

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -100,22 +101,29 @@ def symbolic_vocab(proto: onnx.ModelProto) -> bool:
     return True
 
 
-def _check(path: Path, vocab: TargetVocab) -> str | None:
-    """Why a session with `vocab`'s cut projection does not give the full graph's logits on
-    the kept columns (random inputs, every language), or None."""
-    full = create_session(path, ["CPUExecutionProvider"], 1)
-    rng = np.random.default_rng(0)
+def random_feeds(session: Any, rng: np.random.Generator, scale: float = 1.0) -> dict[str, np.ndarray]:
+    """Random inputs for every input of a decoder `session` (3 rows, 5 for every other symbolic
+    dimension; ids 4-49, masks all true, floats normal times `scale`, the position 2): what the
+    checks that a rewritten graph gives the full graph's outputs feed both graphs."""
     feeds = {}
-    for i in full.get_inputs():
+    for i in session.get_inputs():
         shape = [d if isinstance(d, int) else {"batch": 3}.get(str(d), 5) for d in i.shape]
         if i.type == "tensor(int64)":
             feeds[i.name] = rng.integers(4, 50, shape, dtype=np.int64)
         elif i.type == "tensor(bool)":
             feeds[i.name] = np.ones(shape, dtype=bool)
         else:
-            feeds[i.name] = rng.standard_normal(shape, dtype=np.float32)
+            feeds[i.name] = rng.standard_normal(shape, dtype=np.float32) * scale
     if graph_io.POSITION in feeds:
         feeds[graph_io.POSITION] = np.full(feeds[graph_io.POSITION].shape, 2, dtype=np.int64)
+    return feeds
+
+
+def _check(path: Path, vocab: TargetVocab) -> str | None:
+    """Why a session with `vocab`'s cut projection does not give the full graph's logits on
+    the kept columns (random inputs, every language), or None."""
+    full = create_session(path, ["CPUExecutionProvider"], 1)
+    feeds = random_feeds(full, np.random.default_rng(0))
     want = full.run([graph_io.LOGITS], feeds)[0]
     for lang, ids in vocab.ids.items():
         try:
