@@ -201,30 +201,31 @@ def parse_manifest(raw: dict[str, Any], where: str = MANIFEST) -> Manifest:
     return Manifest(**known, variants=variants)
 
 
+def _listed(raw: dict[str, Any], key: str) -> list[str]:
+    """What is wrong with the manifest entry `key` of a per-language file (none: nothing): its file
+    without a checksum, no languages."""
+    spec = raw.get(key) or {}
+    problems = []
+    if spec and spec.get("file") not in raw["files"]:
+        problems.append(f"{key} file {spec.get('file')!r} has no checksum in files")
+    if spec and not spec.get("languages"):
+        problems.append(f"{key} lists no languages")
+    return problems
+
+
 def projection_problems(raw: dict[str, Any]) -> list[str]:
     """What is wrong with a manifest's `target_vocab` and `shortlist` (files without checksums,
     no languages, graphs or projections of variants the bundle lacks)."""
-    problems: list[str] = []
-    vocab = raw.get("target_vocab") or {}
-    if vocab:
-        if vocab.get("file") not in raw["files"]:
-            problems.append(f"target_vocab file {vocab.get('file')!r} has no checksum in files")
-        if not vocab.get("languages"):
-            problems.append("target_vocab lists no languages")
-        for vname in vocab.get("projection") or {}:
-            if vname not in raw["variants"]:
-                problems.append(f"target_vocab projection for {vname!r}, not a variant")
-    shortlist = raw.get("shortlist") or {}
-    if shortlist:
-        if shortlist.get("file") not in raw["files"]:
-            problems.append(f"shortlist file {shortlist.get('file')!r} has no checksum in files")
-        if not shortlist.get("languages"):
-            problems.append("shortlist lists no languages")
-        for vname, file in (shortlist.get("graphs") or {}).items():
-            if vname not in raw["variants"]:
-                problems.append(f"shortlist graph for {vname!r}, not a variant")
-            if file not in raw["files"]:
-                problems.append(f"shortlist graph file {file!r} has no checksum in files")
+    problems = _listed(raw, "target_vocab")
+    for vname in (raw.get("target_vocab") or {}).get("projection") or {}:
+        if vname not in raw["variants"]:
+            problems.append(f"target_vocab projection for {vname!r}, not a variant")
+    problems += _listed(raw, "shortlist")
+    for vname, file in ((raw.get("shortlist") or {}).get("graphs") or {}).items():
+        if vname not in raw["variants"]:
+            problems.append(f"shortlist graph for {vname!r}, not a variant")
+        if file not in raw["files"]:
+            problems.append(f"shortlist graph file {file!r} has no checksum in files")
     return problems
 
 
