@@ -10,7 +10,6 @@ random name, and are deleted after `ttl_s` (or at shutdown). The formats: servic
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import fcntl
 import functools
@@ -33,6 +32,7 @@ from typing import Any
 
 from service.errors import ServiceError, too_large
 from service.html import T
+from service.runtime.allocator import trim_heap
 
 log = logging.getLogger("service")
 
@@ -112,10 +112,7 @@ def _release_memory() -> None:
     service keeps up to 2 x `retain_freed_mb` of freed heap otherwise, and a file job's
     documents can free hundreds of MB)."""
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    trim_heap()
 
 
 MAX_NAME_BYTES = 128  # a stored file's name, in UTF-8 (file systems allow 255, some 143)

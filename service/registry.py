@@ -19,7 +19,6 @@ and /models list it.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import logging
 import os
@@ -35,7 +34,7 @@ from typing import NamedTuple
 from service import probe
 from service.errors import ServiceError
 from service.metrics import Metrics
-from service.runtime.allocator import retain_freed_memory
+from service.runtime.allocator import retain_freed_memory, trim_heap
 from service.runtime.bundle import BundleError, Manifest, find_bundles, load_manifest, verify_files
 from service.runtime.classifier import Classifier
 from service.runtime.sessions import resolve_providers, share_thread_pool
@@ -288,7 +287,7 @@ class Registry:
         # its sessions are freed when the last reference goes (the translator's step runners
         # refer back to it: a collection), and the heap's freed pages go back to the system
         gc.collect()
-        _trim_heap()
+        trim_heap()
         if self.metrics is not None:
             self.metrics.model_evictions.labels(m.name).inc()
             self.metrics.models_loaded.dec()
@@ -467,15 +466,6 @@ def _onnx_bytes(bundle_dir: Path, engine: Engine) -> int:
     """The sizes of the ONNX files of the variant `engine` serves."""
     graphs = engine.manifest.variants[engine.variant].values()
     return sum((bundle_dir / g.file).stat().st_size for g in graphs if (bundle_dir / g.file).is_file())
-
-
-def _trim_heap() -> None:
-    """glibc: give the heap's free pages back to the system (an unloaded engine's, kept for reuse
-    otherwise, retain_freed_mb); nothing elsewhere."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _mb(n: int | None) -> str:

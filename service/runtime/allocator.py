@@ -24,3 +24,12 @@ def retain_freed_memory(megabytes: int) -> bool:
     m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
     size = megabytes << 20
     return bool(mallopt(m_mmap_threshold, size)) and bool(mallopt(m_trim_threshold, 2 * size))
+
+
+def trim_heap() -> None:
+    """glibc: give the heap's free pages back to the system (freed memory is kept for reuse up
+    to twice `retain_freed_memory`'s size otherwise); nothing where the C library is not glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
